@@ -1,0 +1,214 @@
+"""Tokenward's exception hierarchy.
+
+Every failure the core can report is one of these. Each class knows its problem ``slug``
+and HTTP ``status`` (RFC 9457 ``urn:tokenward:problem:<slug>``); the HTTP adapter maps them
+to responses in one place (:mod:`tokenward.http.problems`). The core never raises an HTTP
+exception and never returns ``None`` or ``False`` for a failure.
+
+    TokenwardError
+    ├── AuthError (401)
+    │   ├── TokenExpired          token-expired
+    │   ├── TokenInvalid          unauthenticated
+    │   ├── SessionEnded          unauthenticated
+    │   ├── RefreshReused         refresh-reused
+    │   └── InvalidCredentials    invalid-credentials
+    ├── CsrfError (403)           csrf
+    ├── Forbidden (403)           forbidden
+    ├── WrongPassword (403)       invalid-credentials
+    ├── RateLimited (429)         rate-limited, carries retry_after
+    ├── Unavailable (503)         unavailable
+    ├── PolicyError (422)         validation, carries the rule that failed
+    ├── Conflict (409)            conflict
+    ├── NotFound (404)            not-found
+    ├── BadRequest (400)          bad-request
+    ├── PayloadTooLarge (413)     payload-too-large
+    ├── UnsupportedMediaType (415) unsupported-media-type
+    └── ConfigError               start-up only, names the variable
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AuthError",
+    "BadRequest",
+    "ConfigError",
+    "Conflict",
+    "CsrfError",
+    "Forbidden",
+    "InvalidCredentials",
+    "NotFound",
+    "PayloadTooLarge",
+    "PolicyError",
+    "RateLimited",
+    "RefreshReused",
+    "SessionEnded",
+    "TokenExpired",
+    "TokenInvalid",
+    "TokenwardError",
+    "Unavailable",
+    "UnsupportedMediaType",
+    "WrongPassword",
+]
+
+
+class TokenwardError(Exception):
+    """Root of every error Tokenward raises on purpose.
+
+    Attributes:
+        slug: the problem type suffix, ``urn:tokenward:problem:<slug>``.
+        status: the HTTP status the adapter answers with.
+        title: a short, fixed, human summary of the problem type.
+        detail: a message for this occurrence; never holds a token, password or secret.
+    """
+
+    slug: ClassVar[str] = "bad-request"
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or self.title
+        super().__init__(self.detail)
+
+
+class AuthError(TokenwardError):
+    """The caller is not authenticated; the client should log in."""
+
+    slug = "unauthenticated"
+    status = 401
+    title = "Authentication required"
+
+
+class TokenExpired(AuthError):
+    """The access token is well formed and genuine but past ``exp``: refresh, then retry."""
+
+    slug = "token-expired"
+    title = "Access token expired"
+
+
+class TokenInvalid(AuthError):
+    """The token is missing, malformed, forged, or signed by an unknown key."""
+
+    title = "Invalid or missing token"
+
+
+class SessionEnded(AuthError):
+    """The token is genuine but its session has ended (logout, expiry, revocation)."""
+
+    title = "Session ended"
+
+
+class RefreshReused(AuthError):
+    """A replaced refresh token came back after the grace window: the session was ended."""
+
+    slug = "refresh-reused"
+    title = "Refresh token reused; session ended"
+
+
+class InvalidCredentials(AuthError):
+    """Wrong email or password at login; identical whichever of the two was wrong."""
+
+    slug = "invalid-credentials"
+    title = "Invalid email or password"
+
+
+class CsrfError(TokenwardError):
+    """A cookie-authenticated unsafe request failed the CSRF or Origin check."""
+
+    slug = "csrf"
+    status = 403
+    title = "CSRF check failed"
+
+
+class Forbidden(TokenwardError):
+    """Authenticated, but not allowed to do this."""
+
+    slug = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class WrongPassword(TokenwardError):
+    """The ``current_password`` of a signed-in user was wrong.
+
+    403, not 401: the session itself is fine, so the client must not log in again.
+    """
+
+    slug = "invalid-credentials"
+    status = 403
+    title = "Current password is wrong"
+
+
+class RateLimited(TokenwardError):
+    """Too many attempts; ``retry_after`` is a whole number of seconds, at least 1."""
+
+    slug = "rate-limited"
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        self.retry_after = max(1, int(retry_after))
+        super().__init__(detail)
+
+
+class Unavailable(TokenwardError):
+    """A back end (Redis, the database) did not answer; nothing was changed."""
+
+    slug = "unavailable"
+    status = 503
+    title = "Service unavailable"
+
+
+class PolicyError(TokenwardError):
+    """Input broke a rule (password policy, field format); ``rule`` names which one."""
+
+    slug = "validation"
+    status = 422
+    title = "Validation failed"
+
+    def __init__(self, rule: str, detail: str) -> None:
+        self.rule = rule
+        super().__init__(detail)
+
+
+class Conflict(TokenwardError):
+    """The resource already exists (an email already registered)."""
+
+    slug = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class NotFound(TokenwardError):
+    """No such resource, or not one of the caller's."""
+
+    slug = "not-found"
+    status = 404
+    title = "Not found"
+
+
+class BadRequest(TokenwardError):
+    """The request is malformed in a way no more specific problem covers."""
+
+
+class PayloadTooLarge(TokenwardError):
+    """The request body is larger than the route accepts."""
+
+    slug = "payload-too-large"
+    status = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(TokenwardError):
+    """The request body's media type is not one the route accepts."""
+
+    slug = "unsupported-media-type"
+    status = 415
+    title = "Unsupported media type"
+
+
+class ConfigError(TokenwardError):
+    """Configuration is invalid; the message is one line naming the variable."""
+
+    title = "Configuration error"

@@ -1,0 +1,131 @@
+"""Authenticating HTTP requests: which transport, which token, CSRF for cookies.
+
+Rules (``API.md``): two ``Authorization`` headers are a 400; a bearer token wins over an
+access cookie; bearer requests are exempt from CSRF; a cookie-authenticated unsafe request
+must pass the Origin check and the session-bound double-submit check. With transparent
+refresh on, a cookie request whose access token is expired or gone is refreshed here (the
+new cookies are attached to the response by :func:`apply_pending_cookies`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tokenward.cookies import CookieSpec
+from tokenward.csrf import check_origin, check_token
+from tokenward.errors import BadRequest, TokenExpired, TokenInvalid
+from tokenward.runtime import Tokenward
+from tokenward.sessions import Principal
+
+__all__ = ["RequestAuth", "apply_pending_cookies", "authenticate", "check_cookie_csrf", "is_unsafe"]
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_PENDING = "tokenward_cookies"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAuth:
+    """An authenticated request and how it authenticated."""
+
+    principal: Principal
+    bearer: bool
+
+
+def is_unsafe(request: Request) -> bool:
+    """Whether the method changes state (POST, PUT, PATCH, DELETE, ...)."""
+    return request.method not in SAFE_METHODS
+
+
+def bearer_token(request: Request) -> str | None:
+    """The bearer token, ``None`` without ``Authorization``.
+
+    Raises:
+        BadRequest: more than one ``Authorization`` header.
+        TokenInvalid: an ``Authorization`` header that is not ``Bearer <token>``.
+    """
+    values = request.headers.getlist("authorization")
+    if len(values) > 1:
+        raise BadRequest("more than one Authorization header")
+    if not values:
+        return None
+    scheme, _, token = values[0].partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise TokenInvalid("expected 'Authorization: Bearer <token>'")
+    return token
+
+
+def check_cookie_csrf(tw: Tokenward, request: Request, session_digest: str) -> None:
+    """The Origin check and the session-bound double-submit check."""
+    check_origin(
+        request.headers.get("origin"),
+        request.headers.get("sec-fetch-site"),
+        tw.settings.allowed_origins,
+    )
+    check_token(
+        request.headers.get("x-csrf-token"),
+        request.cookies.get(tw.cookies.names.csrf),
+        session_digest,
+    )
+
+
+async def authenticate(tw: Tokenward, request: Request) -> RequestAuth:
+    """Authenticate a request to a protected route.
+
+    Raises:
+        BadRequest, TokenExpired, TokenInvalid, SessionEnded, CsrfError, Unavailable.
+    """
+    now = tw.clock.now()
+    token = bearer_token(request)
+    if token is not None:
+        return RequestAuth(await tw.sessions.authenticate(token, now=now), bearer=True)
+    cookie = request.cookies.get(tw.cookies.names.access)
+    try:
+        if not cookie:
+            raise TokenInvalid("no access token")
+        principal = await tw.sessions.authenticate(cookie, now=now)
+    except (TokenExpired, TokenInvalid) as exc:
+        refresh = request.cookies.get(tw.cookies.names.refresh)
+        expired_or_gone = isinstance(exc, TokenExpired) or not cookie
+        if not (tw.settings.transparent_refresh and refresh and expired_or_gone):
+            raise
+        principal = await _refresh_in_place(tw, request, refresh, now)
+    if is_unsafe(request):
+        check_cookie_csrf(tw, request, principal.state.csrf_digest)
+    return RequestAuth(principal, bearer=False)
+
+
+async def _refresh_in_place(tw: Tokenward, request: Request, refresh: str, now: int) -> Principal:
+    csrf = request.cookies.get(tw.cookies.names.csrf)
+    if csrf is None:
+        raise TokenInvalid("no CSRF cookie; log in again")
+    if is_unsafe(request):
+        check_origin(
+            request.headers.get("origin"),
+            request.headers.get("sec-fetch-site"),
+            tw.settings.allowed_origins,
+        )
+        header = request.headers.get("x-csrf-token")
+        if not header or header != csrf:
+            raise TokenInvalid("CSRF token required to refresh on an unsafe request")
+    issued = await tw.sessions.refresh(refresh, csrf_token=csrf, now=now)
+    request.scope.setdefault("state", {})[_PENDING] = tw.cookies.issue(
+        access_token=issued.access_token,
+        access_max_age=tw.tokens.ttl,
+        refresh_token=issued.refresh_token,
+        refresh_max_age=issued.refresh_expires_in,
+        csrf_token=csrf,
+    )
+    state = await tw.sessions.state(issued.uid, issued.sid, now=now)
+    return Principal(issued.access_claims, state)
+
+
+def apply_pending_cookies(request: Request, response: Response) -> Response:
+    """Attach cookies a transparent refresh produced during this request."""
+    pending: list[CookieSpec] = request.scope.get("state", {}).get(_PENDING, [])
+    for spec in pending:
+        response.headers.append("set-cookie", spec.header())
+    return response

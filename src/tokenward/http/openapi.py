@@ -1,0 +1,257 @@
+"""The OpenAPI 3.1 document served at ``/openapi.json``, built from one table of endpoints.
+
+Each endpoint lists every status it can answer; every error status points at the
+problem+json schema, with the problem ``type`` values that status can carry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tokenward.runtime import Tokenward
+
+__all__ = ["PROBLEM_TYPES", "openapi_document"]
+
+PROBLEM_TYPES: dict[int, list[str]] = {
+    400: ["bad-request"],
+    401: ["unauthenticated", "token-expired", "refresh-reused", "invalid-credentials"],
+    403: ["csrf", "forbidden", "invalid-credentials"],
+    404: ["not-found"],
+    409: ["conflict"],
+    413: ["payload-too-large"],
+    415: ["unsupported-media-type"],
+    422: ["validation"],
+    429: ["rate-limited"],
+    503: ["unavailable"],
+}
+
+_STR = {"type": "string"}
+_TIME = {"type": "string", "format": "date-time"}
+_CREDENTIALS = {
+    "type": "object",
+    "required": ["email", "password"],
+    "properties": {"email": {"type": "string", "maxLength": 1024}, "password": {"type": "string"}},
+}
+_USER = {
+    "type": "object",
+    "required": ["id", "email", "created_at"],
+    "properties": {"id": _STR, "email": _STR, "created_at": _TIME},
+}
+_SESSION_BODY = {
+    "type": "object",
+    "required": ["user", "session"],
+    "properties": {
+        "user": {
+            "type": "object",
+            "required": ["id", "email"],
+            "properties": {"id": _STR, "email": _STR},
+        },
+        "session": {
+            "type": "object",
+            "required": ["id", "expires_at"],
+            "properties": {"id": _STR, "expires_at": _TIME},
+        },
+        "access_token": _STR,
+        "refresh_token": _STR,
+        "token_type": {"type": "string", "const": "Bearer"},
+        "expires_in": {"type": "integer"},
+        "refresh_expires_in": {"type": "integer"},
+    },
+}
+_SESSION_ROW = {
+    "type": "object",
+    "required": ["id", "created_at", "last_used_at", "expires_at", "ip", "user_agent", "current"],
+    "properties": {
+        "id": _STR,
+        "created_at": _TIME,
+        "last_used_at": _TIME,
+        "expires_at": _TIME,
+        "ip": _STR,
+        "user_agent": _STR,
+        "current": {"type": "boolean"},
+    },
+}
+_ENDED_ROW = {
+    "type": "object",
+    "required": ["id", "reason", "ended_at"],
+    "properties": {"id": _STR, "reason": _STR, "ended_at": _TIME},
+}
+
+# method, path, summary, request schema (or None), success status, success schema, error statuses
+_AUTHED = [400, 401, 403, 503]
+_ENDPOINTS: list[
+    tuple[str, str, str, dict[str, Any] | None, int, dict[str, Any] | None, list[int]]
+] = [
+    (
+        "post",
+        "/auth/register",
+        "Create an account",
+        _CREDENTIALS,
+        201,
+        _USER,
+        [400, 403, 409, 413, 415, 422, 429, 503],
+    ),
+    (
+        "post",
+        "/auth/login",
+        "Log in",
+        _CREDENTIALS,
+        200,
+        _SESSION_BODY,
+        [400, 401, 403, 413, 415, 422, 429, 503],
+    ),
+    (
+        "post",
+        "/auth/refresh",
+        "Rotate the refresh token",
+        {"type": "object", "properties": {"refresh_token": _STR}},
+        200,
+        _SESSION_BODY,
+        [400, 401, 403, 413, 415, 422, 429, 503],
+    ),
+    (
+        "post",
+        "/auth/logout",
+        "End the current session",
+        {"type": "object", "properties": {"refresh_token": _STR}},
+        204,
+        None,
+        [400, 401, 403, 404, 413, 415, 422, 503],
+    ),
+    (
+        "post",
+        "/auth/logout-all",
+        "End every session",
+        {"type": "object", "properties": {"keep_current": {"type": "boolean"}}},
+        204,
+        None,
+        [*_AUTHED, 413, 415, 422],
+    ),
+    ("get", "/auth/me", "The current user", None, 200, _USER, _AUTHED),
+    (
+        "get",
+        "/auth/sessions",
+        "The user's live sessions",
+        None,
+        200,
+        {"type": "array", "items": _SESSION_ROW},
+        _AUTHED,
+    ),
+    (
+        "get",
+        "/auth/sessions/ended",
+        "Recently ended sessions and why",
+        None,
+        200,
+        {"type": "array", "items": _ENDED_ROW},
+        _AUTHED,
+    ),
+    (
+        "delete",
+        "/auth/sessions/{sid}",
+        "End one of the user's sessions",
+        None,
+        204,
+        None,
+        [*_AUTHED, 404],
+    ),
+    (
+        "post",
+        "/auth/password",
+        "Change the password",
+        {
+            "type": "object",
+            "required": ["current_password", "new_password"],
+            "properties": {"current_password": _STR, "new_password": _STR},
+        },
+        204,
+        None,
+        [*_AUTHED, 413, 415, 422],
+    ),
+    (
+        "get",
+        "/.well-known/jwks.json",
+        "Public keys that verify access tokens",
+        None,
+        200,
+        {
+            "type": "object",
+            "required": ["keys"],
+            "properties": {"keys": {"type": "array", "items": {"type": "object"}}},
+        },
+        [],
+    ),
+    ("get", "/healthz", "Liveness", None, 200, {"type": "object"}, []),
+    (
+        "get",
+        "/readyz",
+        "Readiness: Redis and the database answer",
+        None,
+        200,
+        {"type": "object"},
+        [503],
+    ),
+]
+
+
+def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document."""
+    paths: dict[str, Any] = {}
+    for method, path, summary, request, status, schema, errors in _ENDPOINTS:
+        responses: dict[str, Any] = {}
+        ok: dict[str, Any] = {"description": "Success"}
+        if schema is not None:
+            ok["content"] = {"application/json": {"schema": schema}}
+        if status == 200 and path == "/auth/login":
+            ok["description"] = "Logged in (HTML form posts get 303 instead)"
+        responses[str(status)] = ok
+        if path in ("/auth/login", "/auth/register"):
+            responses["303"] = {"description": "HTML form post: go to the next page"}
+        for code in errors:
+            types = " | ".join(f"urn:tokenward:problem:{t}" for t in PROBLEM_TYPES[code])
+            responses[str(code)] = {
+                "description": types,
+                "content": {
+                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+                },
+            }
+        op: dict[str, Any] = {"summary": summary, "responses": responses}
+        if request is not None:
+            content: dict[str, Any] = {"application/json": {"schema": request}}
+            if path in ("/auth/login", "/auth/register"):
+                content["application/x-www-form-urlencoded"] = {"schema": request}
+            op["requestBody"] = {
+                "required": path in ("/auth/login", "/auth/register", "/auth/password"),
+                "content": content,
+            }
+        if path.startswith("/auth/") and path not in ("/auth/register", "/auth/login"):
+            op["security"] = [{"bearer": []}, {"cookie": []}]
+        if "{sid}" in path:
+            op["parameters"] = [{"name": "sid", "in": "path", "required": True, "schema": _STR}]
+        paths.setdefault(path, {})[method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Tokenward", "version": "1"},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": "__Host-access_token"},
+            },
+            "schemas": {
+                "Problem": {
+                    "type": "object",
+                    "required": ["type", "title", "status", "detail"],
+                    "properties": {
+                        "type": {"type": "string"},
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                        "rule": {"type": "string"},
+                        "retry_after": {"type": "integer"},
+                    },
+                }
+            },
+        },
+    }

@@ -1,0 +1,314 @@
+"""The ``/auth`` endpoints. Each handler: read the request, call the core, render.
+
+Handlers never decide security questions themselves; they pick the transport (cookie or
+bearer), call :mod:`tokenward.http.auth` and the core, and render what comes back.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from tokenward.csrf import check_origin
+from tokenward.errors import (
+    AuthError,
+    CsrfError,
+    NotFound,
+    TokenExpired,
+    TokenInvalid,
+    TokenwardError,
+)
+from tokenward.http.auth import (
+    RequestAuth,
+    apply_pending_cookies,
+    authenticate,
+    bearer_token,
+    check_cookie_csrf,
+)
+from tokenward.http.body import read_body
+from tokenward.http.problems import render_error
+from tokenward.runtime import Tokenward
+from tokenward.sessions import EndReason, Issued, UserRef
+
+__all__ = ["AuthRoutes", "rfc3339"]
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+#: Where form posts send the browser next (the pages are served by Tokenward itself).
+PAGE_AFTER_LOGIN = "/account"
+PAGE_LOGIN = "/login"
+PAGE_REGISTER = "/register"
+
+
+def rfc3339(epoch: int) -> str:
+    """``2026-11-29T09:00:00Z``."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response that no cache keeps."""
+    return Response(
+        orjson.dumps(data),
+        status_code=status,
+        media_type="application/json",
+        headers={**NO_STORE, **(headers or {})},
+    )
+
+
+def _is_bearer_transport(request: Request) -> bool:
+    return request.headers.get("x-auth-transport", "").strip().lower() == "bearer"
+
+
+class AuthRoutes:
+    """The handlers of one :class:`~tokenward.runtime.Tokenward`."""
+
+    def __init__(self, tw: Tokenward) -> None:
+        self.tw = tw
+
+    def _client(self, request: Request) -> tuple[str, str]:
+        peer = request.client.host if request.client else None
+        ip = self.tw.proxies.client_ip(peer, request.headers.get("x-forwarded-for"))
+        return ip, request.headers.get("user-agent", "")[:256]
+
+    def _login_origin_check(self, request: Request) -> None:
+        check_origin(
+            request.headers.get("origin"),
+            request.headers.get("sec-fetch-site"),
+            self.tw.settings.allowed_origins,
+        )
+
+    def _session_body(self, issued: Issued, *, bearer: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "user": {"id": issued.uid, "email": issued.email},
+            "session": {"id": issued.sid, "expires_at": rfc3339(issued.session_expires_at)},
+        }
+        if bearer:
+            body.update(
+                access_token=issued.access_token,
+                refresh_token=issued.refresh_token,
+                token_type="Bearer",
+                expires_in=self.tw.tokens.ttl,
+                refresh_expires_in=issued.refresh_expires_in,
+            )
+        return body
+
+    def _with_cookies(self, response: Response, issued: Issued, csrf: str) -> Response:
+        for spec in self.tw.cookies.issue(
+            access_token=issued.access_token,
+            access_max_age=self.tw.tokens.ttl,
+            refresh_token=issued.refresh_token,
+            refresh_max_age=issued.refresh_expires_in,
+            csrf_token=csrf,
+        ):
+            response.headers.append("set-cookie", spec.header())
+        return response
+
+    def _clear_cookies(self, response: Response) -> Response:
+        for spec in self.tw.cookies.clear():
+            response.headers.append("set-cookie", spec.header())
+        return response
+
+    async def register(self, request: Request) -> Response:
+        """``POST /auth/register``: 201 ``{id, email, created_at}``."""
+        body = await read_body(request, allow_form=True)
+        try:
+            self._login_origin_check(request)
+            email = body.string("email", max_length=1024) or ""
+            password = body.string("password", max_length=1 << 16) or ""
+            user = await self.tw.users.register(email, password, now=self.tw.clock.now())
+        except TokenwardError as exc:
+            if body.form:
+                return _form_redirect(PAGE_REGISTER, exc)
+            raise
+        if body.form:
+            return RedirectResponse(f"{PAGE_LOGIN}?registered=1", status_code=303, headers=NO_STORE)
+        return json_response(
+            {"id": user.id, "email": user.email, "created_at": rfc3339(user.created_at)}, status=201
+        )
+
+    async def login(self, request: Request) -> Response:
+        """``POST /auth/login``: 200 with the session (and tokens in bearer mode)."""
+        body = await read_body(request, allow_form=True)
+        bearer = _is_bearer_transport(request)
+        try:
+            if not bearer:
+                self._login_origin_check(request)
+            email = body.string("email", max_length=1024) or ""
+            password = body.string("password", max_length=1 << 16) or ""
+            now = self.tw.clock.now()
+            user = await self.tw.users.authenticate(email, password, now=now)
+            ip, agent = self._client(request)
+            issued = await self.tw.sessions.open(
+                UserRef(user.id, user.email, user.created_at), ip=ip, user_agent=agent, now=now
+            )
+        except TokenwardError as exc:
+            if body.form:
+                return _form_redirect(PAGE_LOGIN, exc)
+            raise
+        assert issued.csrf_token is not None  # noqa: S101 - open() always makes one
+        if body.form:
+            return self._with_cookies(
+                RedirectResponse(PAGE_AFTER_LOGIN, status_code=303, headers=NO_STORE),
+                issued,
+                issued.csrf_token,
+            )
+        response = json_response(self._session_body(issued, bearer=bearer))
+        if bearer:
+            return response
+        return self._with_cookies(response, issued, issued.csrf_token)
+
+    async def refresh(self, request: Request) -> Response:
+        """``POST /auth/refresh``: rotate the refresh token, issue a new access token."""
+        now = self.tw.clock.now()
+        if _is_bearer_transport(request):
+            body = await read_body(request)
+            token = body.string("refresh_token", max_length=512) or ""
+            issued = await self.tw.sessions.refresh(token, csrf_token=None, now=now)
+            return json_response(self._session_body(issued, bearer=True))
+        await read_body(request, allow_empty=True)
+        names = self.tw.cookies.names
+        cookie = request.cookies.get(names.refresh)
+        if not cookie:
+            raise TokenInvalid("no refresh token")
+        self._login_origin_check(request)
+        csrf = request.cookies.get(names.csrf)
+        header = request.headers.get("x-csrf-token")
+        if not csrf or not header or header != csrf:
+            raise CsrfError("missing or mismatched X-CSRF-Token")
+        try:
+            issued = await self.tw.sessions.refresh(cookie, csrf_token=csrf, now=now)
+        except AuthError as exc:
+            return self._clear_cookies(render_error(exc))
+        return self._with_cookies(
+            json_response(self._session_body(issued, bearer=False)), issued, csrf
+        )
+
+    async def _current(self, request: Request) -> RequestAuth:
+        return await authenticate(self.tw, request)
+
+    async def logout(self, request: Request) -> Response:
+        """``POST /auth/logout``: end the current session; 204, cookies cleared."""
+        now = self.tw.clock.now()
+        token = bearer_token(request)
+        if token is not None:
+            principal = await self.tw.sessions.authenticate(token, now=now)
+            await self.tw.sessions.end(principal.uid, principal.sid, EndReason.LOGOUT, now=now)
+            return Response(status_code=204, headers=NO_STORE)
+        body = await read_body(request, allow_empty=True)
+        body_token = body.string("refresh_token", required=False, max_length=512)
+        if body_token is not None:
+            uid, sid = await self.tw.sessions.owner_of_refresh(body_token)
+            await self.tw.sessions.end(uid, sid, EndReason.LOGOUT, now=now)
+            return Response(status_code=204, headers=NO_STORE)
+        uid, sid = await self._cookie_session(request, now)
+        await self.tw.sessions.end(uid, sid, EndReason.LOGOUT, now=now)
+        return self._clear_cookies(Response(status_code=204, headers=NO_STORE))
+
+    async def _cookie_session(self, request: Request, now: int) -> tuple[str, str]:
+        """The session of a cookie request, by access cookie or, failing that, refresh cookie."""
+        names = self.tw.cookies.names
+        access = request.cookies.get(names.access)
+        uid_sid: tuple[str, str] | None = None
+        if access:
+            try:
+                claims = self.tw.tokens.verify(access, now=now)
+                uid_sid = (claims.sub, claims.sid)
+            except (TokenExpired, TokenInvalid):
+                uid_sid = None
+        if uid_sid is None:
+            refresh = request.cookies.get(names.refresh)
+            if not refresh:
+                raise TokenInvalid("no session cookie")
+            uid_sid = await self.tw.sessions.owner_of_refresh(refresh)
+        state = await self.tw.sessions.state(*uid_sid, now=now)
+        check_cookie_csrf(self.tw, request, state.csrf_digest)
+        return uid_sid
+
+    async def logout_all(self, request: Request) -> Response:
+        """``POST /auth/logout-all``: end every session (or every other one)."""
+        auth = await self._current(request)
+        body = await read_body(request, allow_empty=True)
+        keep_current = body.boolean("keep_current", default=False)
+        now = self.tw.clock.now()
+        p = auth.principal
+        await self.tw.sessions.end_all(
+            p.uid, keep=p.sid if keep_current else None, reason=EndReason.LOGOUT_ALL, now=now
+        )
+        response = Response(status_code=204, headers=NO_STORE)
+        if not keep_current and not auth.bearer:
+            self._clear_cookies(response)
+        return apply_pending_cookies(request, response)
+
+    async def me(self, request: Request) -> Response:
+        """``GET /auth/me``: ``{id, email, created_at}``."""
+        auth = await self._current(request)
+        state = auth.principal.state
+        body = {"id": state.uid, "email": state.email, "created_at": rfc3339(state.user_created_at)}
+        return apply_pending_cookies(request, json_response(body))
+
+    async def sessions(self, request: Request) -> Response:
+        """``GET /auth/sessions``: the user's live sessions, most recently used first."""
+        auth = await self._current(request)
+        p = auth.principal
+        rows = await self.tw.sessions.list(p.uid, current=p.sid, now=self.tw.clock.now())
+        body = [
+            {
+                "id": info.record.sid,
+                "created_at": rfc3339(info.record.created_at),
+                "last_used_at": rfc3339(info.record.last_used_at),
+                "expires_at": rfc3339(info.record.expires_at),
+                "ip": info.record.ip,
+                "user_agent": info.record.user_agent,
+                "current": info.current,
+            }
+            for info in rows
+        ]
+        return apply_pending_cookies(request, json_response(body))
+
+    async def ended_sessions(self, request: Request) -> Response:
+        """``GET /auth/sessions/ended``: recently ended sessions and why (theft shows here)."""
+        auth = await self._current(request)
+        rows = await self.tw.session_store.ended(auth.principal.uid)
+        body = [{"id": sid, "reason": reason, "ended_at": rfc3339(at)} for sid, reason, at in rows]
+        return apply_pending_cookies(request, json_response(body))
+
+    async def end_session(self, request: Request) -> Response:
+        """``DELETE /auth/sessions/{id}``: end one of the user's own sessions."""
+        auth = await self._current(request)
+        sid = request.path_params["sid"]
+        p = auth.principal
+        now = self.tw.clock.now()
+        if not _looks_like_sid(sid):
+            raise NotFound("no such session")
+        await self.tw.sessions.end(p.uid, sid, EndReason.REVOKED, now=now)
+        response = Response(status_code=204, headers=NO_STORE)
+        if sid == p.sid and not auth.bearer:
+            self._clear_cookies(response)
+        return apply_pending_cookies(request, response)
+
+    async def change_password(self, request: Request) -> Response:
+        """``POST /auth/password``: check the current password, set a new one, end the others."""
+        auth = await self._current(request)
+        body = await read_body(request)
+        current = body.string("current_password", max_length=1 << 16) or ""
+        new = body.string("new_password", max_length=1 << 16) or ""
+        now = self.tw.clock.now()
+        p = auth.principal
+        await self.tw.users.change_password(p.uid, current, new, now=now)
+        await self.tw.sessions.end_all(
+            p.uid, keep=p.sid, reason=EndReason.PASSWORD_CHANGED, now=now
+        )
+        return apply_pending_cookies(request, Response(status_code=204, headers=NO_STORE))
+
+
+def _looks_like_sid(value: str) -> bool:
+    return len(value) == 22 and all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
+
+
+def _form_redirect(page: str, exc: TokenwardError) -> Response:
+    return RedirectResponse(f"{page}?error={quote(exc.slug)}", status_code=303, headers=NO_STORE)

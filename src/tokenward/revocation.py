@@ -1,0 +1,94 @@
+"""A per-process cache of live sessions, kept coherent by an invalidation feed.
+
+Checking every request's session in Redis costs the worker more CPU than the web framework
+does (``PERF-FACTS.md``). Instead each process remembers the sessions it has seen alive and
+forgets one as soon as the feed announces its end (the Redis adapter subscribes to the
+channel every ending operation publishes to, in the same atomic step as the deletion).
+
+Fail closed: the cache vouches for nothing while the feed is down (``healthy`` is false),
+and is emptied whenever the feed (re)connects, since messages may have been missed. A
+lookup that raced an invalidation is not cached (the ``ticket`` check), so a stale "alive"
+can never be stored after the "ended" that should have removed it.
+
+No store import here: the feed adapter drives :meth:`SessionCache.forget`,
+:meth:`SessionCache.reset` and :attr:`SessionCache.healthy`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenward.sessions import SessionState
+
+__all__ = ["SessionCache"]
+
+
+class SessionCache:
+    """Live sessions seen recently by this process.
+
+    Args:
+        max_entries: bound on memory; the least recently stored entry goes first.
+        max_age: seconds an entry may vouch before it is looked up again, a safety net
+            on top of the feed.
+    """
+
+    def __init__(self, max_entries: int = 100_000, max_age: int = 60) -> None:
+        self._entries: OrderedDict[str, tuple[SessionState, int]] = OrderedDict()
+        self._max_entries = max_entries
+        self._max_age = max_age
+        self._generation = 0
+        self._healthy = False
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the invalidation feed is connected; the cache is bypassed otherwise."""
+        return self._healthy
+
+    def set_healthy(self, healthy: bool) -> None:
+        """Record the feed's state; every change empties the cache."""
+        if healthy != self._healthy:
+            self._healthy = healthy
+            self.reset()
+
+    def ticket(self) -> int:
+        """Take before a store lookup; pass to :meth:`put` afterwards."""
+        return self._generation
+
+    def get(self, sid: str, *, now: int) -> SessionState | None:
+        """The cached state of ``sid`` if the cache may vouch for it now."""
+        if not self._healthy:
+            return None
+        entry = self._entries.get(sid)
+        if entry is None:
+            return None
+        state, valid_until = entry
+        if now >= valid_until:
+            del self._entries[sid]
+            return None
+        return state
+
+    def put(self, sid: str, state: SessionState, *, ticket: int, now: int) -> None:
+        """Remember a state just read from the store, unless anything ended meanwhile."""
+        if not self._healthy or ticket != self._generation:
+            return
+        self._entries[sid] = (state, min(state.expires_at, now + self._max_age))
+        self._entries.move_to_end(sid)
+        if len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def forget(self, sids: Iterable[str]) -> None:
+        """Drop these sessions (they ended, or changed)."""
+        self._generation += 1
+        for sid in sids:
+            self._entries.pop(sid, None)
+
+    def reset(self) -> None:
+        """Drop everything (the feed reconnected or went down)."""
+        self._generation += 1
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

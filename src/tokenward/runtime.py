@@ -1,0 +1,140 @@
+"""The assembled service: settings in, wired core and back ends out.
+
+:class:`Tokenward` is the composition root. It owns the connections (Redis, the database,
+an embedded Redis when no URL is configured), the invalidation feed and the core objects,
+and it is what every adapter (the HTTP app, the FastAPI integration, the CLI) is built on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenward.clientinfo import TrustedProxies
+from tokenward.clock import Clock, SystemClock
+from tokenward.cookies import CookieTransport
+from tokenward.errors import Unavailable
+from tokenward.keys import KeySet
+from tokenward.password_policy import PasswordPolicy
+from tokenward.passwords import Argon2Params, PasswordHasher
+from tokenward.revocation import SessionCache
+from tokenward.sessions import SessionPolicy, Sessions
+from tokenward.settings import Settings
+from tokenward.stores.embedded_redis import EmbeddedRedis
+from tokenward.stores.redis_client import RedisClient, connect_redis
+from tokenward.stores.redis_feed import RevocationFeed
+from tokenward.stores.redis_sessions import RedisSessionStore
+from tokenward.stores.sql_users import SqlUserStore, create_engine, upgrade
+from tokenward.tokens import AccessTokens
+from tokenward.users import Users
+
+__all__ = ["Tokenward", "default_database_url", "load_keys"]
+
+SQLITE_FILE = "tokenward.db"
+
+
+def default_database_url(data_dir: Path) -> str:
+    """The embedded SQLite database in the data directory."""
+    return f"sqlite+aiosqlite:///{(data_dir / SQLITE_FILE).resolve()}"
+
+
+def load_keys(settings: Settings) -> KeySet:
+    """The configured key file, or keys generated once into the data directory."""
+    if settings.signing_keys is not None:
+        return KeySet.from_file(settings.signing_keys)
+    return KeySet.load_or_generate(settings.data_dir, settings.signing_alg)
+
+
+@dataclass
+class Tokenward:
+    """A running Tokenward: call :meth:`start` before use and :meth:`stop` after.
+
+    Args:
+        settings: resolved settings (``issuer`` set; see :meth:`Settings.resolved`).
+        clock: the time source; the system clock by default.
+        argon2: password hashing cost; from settings unless given (tests pass
+            :data:`~tokenward.passwords.CHEAP_FOR_TESTS`).
+        migrate: apply database migrations on start (the CLI does it once, before workers).
+    """
+
+    settings: Settings
+    clock: Clock = field(default_factory=SystemClock)
+    argon2: Argon2Params | None = None
+    migrate: bool = True
+    embedded: EmbeddedRedis | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.keys = load_keys(s)
+        self.tokens = AccessTokens(
+            self.keys,
+            issuer=s.effective_issuer,
+            audience=s.audience,
+            ttl=s.access_ttl,
+            leeway=s.leeway,
+        )
+        self.cache = SessionCache()
+        self.cookies = CookieTransport(
+            secure=s.cookie_secure, transparent_refresh=s.transparent_refresh
+        )
+        self.proxies = TrustedProxies(s.trusted_proxies)
+        self.policy = SessionPolicy(
+            idle_ttl=s.session_idle_ttl,
+            max_ttl=s.session_max_ttl,
+            grace=s.refresh_grace,
+            max_sessions=s.max_sessions,
+            refresh_rate_limit=s.refresh_rate_limit,
+            refresh_rate_window=s.refresh_rate_window,
+        )
+        self.hasher = PasswordHasher(
+            self.argon2
+            or Argon2Params(s.argon2_memory_kib, s.argon2_time_cost, s.argon2_parallelism)
+        )
+        self.password_policy = PasswordPolicy(min_length=s.password_min_length)
+        self._started = False
+
+    async def start(self) -> None:
+        """Connect to the back ends, apply migrations, subscribe to the invalidation feed."""
+        s = self.settings
+        redis_url = s.redis_url
+        if redis_url is None:
+            self.embedded = EmbeddedRedis(s.data_dir)
+            redis_url = await asyncio.to_thread(self.embedded.start)
+        self.redis: RedisClient = connect_redis(redis_url, timeout=s.backend_timeout)
+        self.engine = create_engine(
+            s.database_url or default_database_url(s.data_dir), timeout=s.backend_timeout
+        )
+        if s.database_url is None:
+            s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.migrate:
+            await upgrade(self.engine)
+        self.session_store = RedisSessionStore(self.redis)
+        self.user_store = SqlUserStore(self.engine)
+        self.sessions = Sessions(self.session_store, self.tokens, self.cache, self.policy)
+        self.users = Users(self.user_store, self.hasher, self.password_policy)
+        self.feed = RevocationFeed(self.redis, self.cache)
+        await self.feed.start(wait=s.backend_timeout)
+        self._started = True
+
+    async def stop(self) -> None:
+        """Close everything :meth:`start` opened."""
+        if not self._started:
+            return
+        self._started = False
+        await self.feed.stop()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+        await self.engine.dispose()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+            self.embedded = None
+
+    async def check_ready(self) -> None:
+        """Raise :class:`Unavailable` unless Redis and the database both answer."""
+        try:
+            await asyncio.wait_for(self.redis.ping(), self.settings.backend_timeout)
+        except Exception as exc:
+            raise Unavailable("session store unreachable") from exc
+        await self.user_store.ping()

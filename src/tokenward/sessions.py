@@ -1,0 +1,463 @@
+"""Sessions: opening, rotating, checking and ending them. Framework-free.
+
+A session is one login on one device. Its record lives in a :class:`SessionStore` with a TTL
+of ``min(idle timeout, time left until the absolute limit)``, so an idle or over-age session
+simply disappears; the TTL slides on every refresh.
+
+:class:`Sessions` holds the rules (lifetimes, grace, limits, token issue); the store offers
+atomic verbs (:meth:`SessionStore.rotate` is one compare-and-swap), and
+:class:`~tokenward.revocation.SessionCache` spares the hot path a store round trip per
+request while staying coherent with it.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from tokenward.csrf import csrf_digest, new_csrf_token
+from tokenward.errors import (
+    CsrfError,
+    NotFound,
+    RateLimited,
+    RefreshReused,
+    SessionEnded,
+    TokenInvalid,
+)
+from tokenward.refresh import RefreshToken, new_salt
+from tokenward.revocation import SessionCache
+from tokenward.tokens import AccessClaims, AccessTokens
+
+__all__ = [
+    "EndReason",
+    "Issued",
+    "Principal",
+    "RotateOutcome",
+    "RotateResult",
+    "SessionInfo",
+    "SessionPolicy",
+    "SessionRecord",
+    "SessionState",
+    "SessionStore",
+    "Sessions",
+    "UserRef",
+    "new_session_id",
+]
+
+
+def new_session_id() -> str:
+    """128 random bits, base64url (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
+class EndReason(enum.StrEnum):
+    """Why a session ended; kept with the ended-session record shown to its owner."""
+
+    LOGOUT = "logout"
+    LOGOUT_ALL = "logout-all"
+    REVOKED = "revoked"
+    REFRESH_REUSED = "refresh-reused"
+    PASSWORD_CHANGED = "password-changed"
+    EVICTED = "session-limit"
+    USER_DISABLED = "user-disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class UserRef:
+    """What a session needs to know of its user (so ``/auth/me`` needs no database read)."""
+
+    id: str
+    email: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """What the hot path needs to accept a request of a session."""
+
+    uid: str
+    email: str
+    user_created_at: int
+    csrf_digest: str
+    created_at: int
+    #: when the record will expire if nothing refreshes it (min of idle and absolute)
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """Everything stored about a session except secrets (for listings)."""
+
+    sid: str
+    uid: str
+    created_at: int
+    last_used_at: int
+    expires_at: int
+    absolute_expires_at: int
+    ip: str
+    user_agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A session as the owner sees it in ``GET /auth/sessions``."""
+
+    record: SessionRecord
+    current: bool
+
+
+class RotateOutcome(enum.Enum):
+    """What :meth:`SessionStore.rotate` did."""
+
+    ROTATED = "rotated"
+    GRACE = "grace"
+    REUSED = "reused"
+    UNKNOWN = "unknown"
+    MISSING = "missing"
+    CSRF = "csrf"
+    LIMITED = "limited"
+
+
+@dataclass(frozen=True, slots=True)
+class RotateResult:
+    """The outcome of a rotation, with what the caller needs to answer.
+
+    ``salt`` is set for ``GRACE`` (derive the existing successor with it); ``ttl`` is the
+    session's remaining life for ``ROTATED`` and ``GRACE``; ``retry_after`` for ``LIMITED``.
+    """
+
+    outcome: RotateOutcome
+    state: SessionState | None = None
+    salt: str = ""
+    ttl: int = 0
+    retry_after: int = 0
+
+
+class SessionStore(Protocol):
+    """Where sessions live. Every method is one atomic operation on the back end.
+
+    Concurrency contract: ``create``, ``rotate``, ``end`` and ``end_all`` are linearizable
+    per user. ``rotate`` is a compare-and-swap on the current refresh digest: of N
+    concurrent callers presenting the current token exactly one gets ``ROTATED`` and the
+    others ``GRACE`` with the same salt. Nothing ever re-creates an ended session: a
+    ``rotate`` racing an ``end`` either completes before it (and the end still wins) or
+    finds the record gone (``MISSING``). Every ended session is announced to the
+    invalidation feed in the same atomic step.
+    """
+
+    async def create(
+        self,
+        record: SessionRecord,
+        state: SessionState,
+        *,
+        refresh_digest: str,
+        ttl: int,
+        max_sessions: int,
+        index_ttl: int,
+    ) -> list[str]:
+        """Store a new session; end the least recently used ones past ``max_sessions``.
+
+        Returns the ids of the sessions it ended.
+        """
+        ...
+
+    async def rotate(
+        self,
+        uid: str,
+        sid: str,
+        *,
+        presented_digest: str,
+        salt: str,
+        successor_digest: str,
+        csrf_digest: str | None,
+        now: int,
+        grace: int,
+        idle_ttl: int,
+        rate_limit: int,
+        rate_window: int,
+    ) -> RotateResult:
+        """Replace the current refresh digest, or recognise a replay or a reuse."""
+        ...
+
+    async def get(self, uid: str, sid: str, *, now: int) -> SessionState | None:
+        """The state of a live session, or ``None`` when it has ended."""
+        ...
+
+    async def end(self, uid: str, sid: str, reason: EndReason, *, now: int) -> bool:
+        """End one session; ``False`` if it was not live."""
+        ...
+
+    async def end_all(
+        self, uid: str, *, keep: str | None, reason: EndReason, now: int
+    ) -> list[str]:
+        """End every session of a user but ``keep``; returns the ids ended."""
+        ...
+
+    async def list(self, uid: str, *, now: int) -> list[SessionRecord]:
+        """The user's live sessions, most recently used first."""
+        ...
+
+    async def matches_refresh(self, uid: str, sid: str, digest: str) -> bool:
+        """Whether ``digest`` is the session's current or just-replaced refresh digest."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    """The lifetimes and limits of sessions (see the ``TOKENWARD_*`` settings)."""
+
+    idle_ttl: int = 2_592_000
+    max_ttl: int = 7_776_000
+    grace: int = 10
+    max_sessions: int = 100
+    refresh_rate_limit: int = 30
+    refresh_rate_window: int = 60
+
+    def __post_init__(self) -> None:
+        for name in (
+            "idle_ttl",
+            "max_ttl",
+            "max_sessions",
+            "refresh_rate_limit",
+            "refresh_rate_window",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.grace < 0:
+            raise ValueError("grace must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """The tokens handed out by a login or a refresh. ``repr`` hides the secrets."""
+
+    uid: str
+    email: str
+    user_created_at: int
+    sid: str
+    access_token: str
+    access_claims: AccessClaims
+    refresh_token: str
+    #: the session's remaining life, seconds (refresh cookie Max-Age, ``refresh_expires_in``)
+    refresh_expires_in: int
+    session_expires_at: int
+    #: set on login; ``None`` on refresh, where the client keeps the one it has
+    csrf_token: str | None
+
+    def __repr__(self) -> str:
+        return f"Issued(uid={self.uid!r}, sid={self.sid!r}, tokens=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated request: the verified claims and the live session's state."""
+
+    claims: AccessClaims
+    state: SessionState
+
+    @property
+    def uid(self) -> str:
+        """The user id."""
+        return self.claims.sub
+
+    @property
+    def sid(self) -> str:
+        """The session id."""
+        return self.claims.sid
+
+
+class Sessions:
+    """The session rules, over a store, an access-token issuer and a coherent cache."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        tokens: AccessTokens,
+        cache: SessionCache,
+        policy: SessionPolicy,
+    ) -> None:
+        self.store = store
+        self.tokens = tokens
+        self.cache = cache
+        self.policy = policy
+
+    async def open(self, user: UserRef, *, ip: str, user_agent: str, now: int) -> Issued:
+        """Start a session for an authenticated user; may end their least recently used one."""
+        sid = new_session_id()
+        refresh = RefreshToken.new(user.id, sid)
+        csrf = new_csrf_token()
+        ttl = min(self.policy.idle_ttl, self.policy.max_ttl)
+        record = SessionRecord(
+            sid=sid,
+            uid=user.id,
+            created_at=now,
+            last_used_at=now,
+            expires_at=now + ttl,
+            absolute_expires_at=now + self.policy.max_ttl,
+            ip=ip[:64],
+            user_agent=user_agent[:256],
+        )
+        state = SessionState(
+            uid=user.id,
+            email=user.email,
+            user_created_at=user.created_at,
+            csrf_digest=csrf_digest(csrf),
+            created_at=now,
+            expires_at=now + ttl,
+        )
+        evicted = await self.store.create(
+            record,
+            state,
+            refresh_digest=refresh.digest,
+            ttl=ttl,
+            max_sessions=self.policy.max_sessions,
+            index_ttl=self.policy.max_ttl,
+        )
+        self.cache.forget(evicted)
+        return self._issued(state, sid, refresh, ttl, now, csrf)
+
+    async def refresh(self, token: str, *, csrf_token: str | None, now: int) -> Issued:
+        """Rotate a refresh token and issue a new access token.
+
+        Args:
+            token: the presented refresh token.
+            csrf_token: in cookie mode, the (already double-submit checked) CSRF token;
+                it must belong to the session. ``None`` in bearer mode.
+            now: the current time.
+
+        Raises:
+            TokenInvalid: malformed, or not this session's token.
+            SessionEnded: the session is gone (expired, logged out).
+            RefreshReused: a replaced token came back after the grace window; the session
+                has just been ended.
+            CsrfError: the CSRF token is not this session's.
+            RateLimited: too many rotations of this session.
+        """
+        presented = RefreshToken.parse(token)
+        salt = new_salt()
+        candidate = presented.successor(salt)
+        result = await self.store.rotate(
+            presented.uid,
+            presented.sid,
+            presented_digest=presented.digest,
+            salt=salt,
+            successor_digest=candidate.digest,
+            csrf_digest=None if csrf_token is None else csrf_digest(csrf_token),
+            now=now,
+            grace=self.policy.grace,
+            idle_ttl=self.policy.idle_ttl,
+            rate_limit=self.policy.refresh_rate_limit,
+            rate_window=self.policy.refresh_rate_window,
+        )
+        outcome = result.outcome
+        if outcome is RotateOutcome.ROTATED or outcome is RotateOutcome.GRACE:
+            assert result.state is not None  # noqa: S101 - the store's contract
+            successor = (
+                candidate if outcome is RotateOutcome.ROTATED else presented.successor(result.salt)
+            )
+            self.cache.forget([presented.sid])
+            return self._issued(result.state, presented.sid, successor, result.ttl, now, None)
+        if outcome is RotateOutcome.REUSED:
+            self.cache.forget([presented.sid])
+            raise RefreshReused(
+                "a replaced refresh token was presented again; the session was ended"
+            )
+        if outcome is RotateOutcome.CSRF:
+            raise CsrfError("CSRF token does not belong to this session")
+        if outcome is RotateOutcome.LIMITED:
+            raise RateLimited(result.retry_after, "too many refreshes of this session")
+        if outcome is RotateOutcome.MISSING:
+            raise SessionEnded("the session has ended")
+        raise TokenInvalid("refresh token not recognised")
+
+    def _issued(
+        self,
+        state: SessionState,
+        sid: str,
+        refresh: RefreshToken,
+        ttl: int,
+        now: int,
+        csrf: str | None,
+    ) -> Issued:
+        access, claims = self.tokens.issue(sub=state.uid, sid=sid, now=now)
+        return Issued(
+            uid=state.uid,
+            email=state.email,
+            user_created_at=state.user_created_at,
+            sid=sid,
+            access_token=access,
+            access_claims=claims,
+            refresh_token=refresh.encode(),
+            refresh_expires_in=ttl,
+            session_expires_at=now + ttl,
+            csrf_token=csrf,
+        )
+
+    async def authenticate(self, access_token: str, *, now: int) -> Principal:
+        """Verify an access token and that its session is still live.
+
+        Raises:
+            TokenExpired: genuine but expired; the client should refresh.
+            TokenInvalid: not a genuine token of ours.
+            SessionEnded: the session has ended.
+            Unavailable: the store did not answer and the cache could not vouch.
+        """
+        claims = self.tokens.verify(access_token, now=now)
+        return Principal(claims, await self.state(claims.sub, claims.sid, now=now))
+
+    async def state(self, uid: str, sid: str, *, now: int) -> SessionState:
+        """The live state of a session, from the cache when it can vouch for it.
+
+        Raises:
+            SessionEnded: the session has ended or does not belong to ``uid``.
+        """
+        state = self.cache.get(sid, now=now)
+        if state is None:
+            ticket = self.cache.ticket()
+            state = await self.store.get(uid, sid, now=now)
+            if state is None:
+                raise SessionEnded("the session has ended")
+            self.cache.put(sid, state, ticket=ticket, now=now)
+        if state.uid != uid:
+            raise SessionEnded("the session has ended")
+        return state
+
+    async def owner_of_refresh(self, token: str) -> tuple[str, str]:
+        """The (user id, session id) of a live session whose refresh token this is.
+
+        Accepts the current token and the one just replaced; used by logout.
+
+        Raises:
+            TokenInvalid: malformed or not a live session's refresh token.
+        """
+        presented = RefreshToken.parse(token)
+        if not await self.store.matches_refresh(presented.uid, presented.sid, presented.digest):
+            raise TokenInvalid("refresh token not recognised")
+        return presented.uid, presented.sid
+
+    async def end(self, uid: str, sid: str, reason: EndReason, *, now: int) -> None:
+        """End one of ``uid``'s sessions.
+
+        Raises:
+            NotFound: no live session ``sid`` belongs to ``uid``.
+        """
+        ended = await self.store.end(uid, sid, reason, now=now)
+        self.cache.forget([sid])
+        if not ended:
+            raise NotFound("no such session")
+
+    async def end_all(
+        self, uid: str, *, keep: str | None, reason: EndReason, now: int
+    ) -> list[str]:
+        """End every session of ``uid`` except ``keep``; returns the ids ended."""
+        ended = await self.store.end_all(uid, keep=keep, reason=reason, now=now)
+        self.cache.forget(ended)
+        return ended
+
+    async def list(self, uid: str, *, current: str | None, now: int) -> Sequence[SessionInfo]:
+        """The user's live sessions, most recently used first."""
+        records = await self.store.list(uid, now=now)
+        return [SessionInfo(r, r.sid == current) for r in records]

@@ -1,0 +1,1 @@
+"""Storage back ends: Redis connections and the embedded Redis-compatible server."""

@@ -1,0 +1,167 @@
+"""The SQL :class:`~tokenward.users.UserStore` (SQLAlchemy 2 async; SQLite and PostgreSQL).
+
+The schema is owned by Alembic migrations (``tokenward/migrations``); :func:`upgrade`
+applies them and runs at start-up and as ``tokenward db upgrade``. Any database failure
+becomes :class:`~tokenward.errors.Unavailable` (503) with nothing half-written: each verb
+is one statement in its own transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    MetaData,
+    String,
+    Table,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tokenward.errors import Conflict, Unavailable
+from tokenward.users import User
+
+__all__ = ["SqlUserStore", "create_engine", "metadata", "upgrade", "users_table"]
+
+metadata = MetaData()
+
+users_table = Table(
+    "tokenward_users",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("email", String(254), nullable=False),
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Index("ix_tokenward_users_email", "email", unique=True),
+)
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def create_engine(url: str, *, timeout: float = 2.0) -> AsyncEngine:
+    """An async engine with bounded connect and statement times."""
+    connect_args: dict[str, Any]
+    if url.startswith("sqlite"):
+        connect_args = {"timeout": timeout}
+    else:
+        connect_args = {"timeout": timeout, "command_timeout": timeout}
+    return create_async_engine(url, connect_args=connect_args, pool_pre_ping=True)
+
+
+async def upgrade(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest migration."""
+    from alembic import command
+    from alembic.config import Config
+
+    def run(connection: Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    async with _backend(), engine.begin() as conn:
+        await conn.run_sync(run)
+
+
+@asynccontextmanager
+async def _backend() -> AsyncIterator[None]:
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise Unavailable("user database unreachable") from exc
+
+
+def _user(row: Any) -> User:
+    return User(
+        id=row.id,
+        email=row.email,
+        password_hash=row.password_hash,
+        created_at=int(row.created_at),
+        disabled=bool(row.disabled),
+    )
+
+
+class SqlUserStore:
+    """Users in one table, ``tokenward_users``."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def add(self, user: User) -> None:
+        """See :meth:`tokenward.users.UserStore.add`."""
+        try:
+            async with _backend(), self.engine.begin() as conn:
+                await conn.execute(
+                    insert(users_table).values(
+                        id=user.id,
+                        email=user.email,
+                        password_hash=user.password_hash,
+                        created_at=user.created_at,
+                        updated_at=user.created_at,
+                        disabled=user.disabled,
+                    )
+                )
+        except IntegrityError:
+            raise Conflict("an account with this email already exists") from None
+
+    async def by_email(self, email: str) -> User | None:
+        """See :meth:`tokenward.users.UserStore.by_email`."""
+        async with _backend(), self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(users_table).where(users_table.c.email == email))
+            ).first()
+        return None if row is None else _user(row)
+
+    async def by_id(self, user_id: str) -> User | None:
+        """See :meth:`tokenward.users.UserStore.by_id`."""
+        async with _backend(), self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(users_table).where(users_table.c.id == user_id))
+            ).first()
+        return None if row is None else _user(row)
+
+    async def set_password_hash(self, user_id: str, password_hash: str, *, now: int) -> None:
+        """See :meth:`tokenward.users.UserStore.set_password_hash`."""
+        async with _backend(), self.engine.begin() as conn:
+            await conn.execute(
+                update(users_table)
+                .where(users_table.c.id == user_id)
+                .values(password_hash=password_hash, updated_at=now)
+            )
+
+    async def set_disabled(self, user_id: str, disabled: bool, *, now: int) -> bool:
+        """See :meth:`tokenward.users.UserStore.set_disabled`."""
+        async with _backend(), self.engine.begin() as conn:
+            result = await conn.execute(
+                update(users_table)
+                .where(users_table.c.id == user_id)
+                .values(disabled=disabled, updated_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def list(self, *, limit: int = 100, offset: int = 0) -> list[User]:
+        """See :meth:`tokenward.users.UserStore.list`."""
+        query = select(users_table).order_by(users_table.c.created_at, users_table.c.id)
+        async with _backend(), self.engine.connect() as conn:
+            rows = (await conn.execute(query.limit(limit).offset(offset))).all()
+        return [_user(r) for r in rows]
+
+    async def ping(self) -> None:
+        """Raise ``Unavailable`` unless the database answers."""
+        async with _backend(), self.engine.connect() as conn:
+            await conn.execute(select(1))

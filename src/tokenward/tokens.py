@@ -1,0 +1,180 @@
+"""Access tokens: RFC 9068 JWTs, issued and verified with pinned algorithms.
+
+Header ``{alg, kid, typ: "at+jwt"}``; claims ``iss aud sub sid iat exp jti``. Verification
+refuses, before any signature work: a ``typ`` other than ``at+jwt``, embedded key material
+(``jwk``, ``jku``, ``x5u``, ``x5c``), ``crit``, an unknown ``kid``, and an ``alg`` other than
+the one pinned to that key (so ``none`` and HMAC-with-a-public-key never reach a verifier).
+Claims are then checked against ``now`` passed in by the caller, with the configured leeway.
+
+A token is presented many times during its short life and a signature check costs about ten
+framework requests (``PERF-FACTS.md``), so successful verifications are remembered in a
+bounded in-process map keyed by the exact token string. The expiry is still checked against
+``now`` on every hit; whether the *session* is still alive is the session cache's business.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import orjson
+from jwt.api_jws import PyJWS
+
+from tokenward.errors import TokenExpired, TokenInvalid
+from tokenward.keys import KeySet
+
+__all__ = ["ACCESS_TOKEN_TYP", "AccessClaims", "AccessTokens"]
+
+ACCESS_TOKEN_TYP = "at+jwt"
+_FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
+_REQUIRED_CLAIMS = ("iss", "aud", "sub", "sid", "iat", "exp", "jti")
+#: A JWT larger than this is not one of ours; refusing early bounds the parsing work.
+MAX_TOKEN_LENGTH = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    """The verified claims of an access token."""
+
+    sub: str
+    sid: str
+    iat: int
+    exp: int
+    jti: str
+    iss: str
+    aud: str
+
+
+class AccessTokens:
+    """Issues and verifies access tokens for one issuer and audience.
+
+    Args:
+        keys: the key set; the newest key signs.
+        issuer: the ``iss`` claim, also required on verification.
+        audience: the ``aud`` claim, also required on verification.
+        ttl: lifetime in seconds.
+        leeway: clock skew tolerated on ``exp``, ``iat``, ``nbf``.
+        cache_size: how many verified tokens to remember; 0 disables the cache.
+    """
+
+    def __init__(
+        self,
+        keys: KeySet,
+        *,
+        issuer: str,
+        audience: str,
+        ttl: int,
+        leeway: int = 30,
+        cache_size: int = 65_536,
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl = ttl
+        self.leeway = leeway
+        self._jws = PyJWS()
+        self._cache: OrderedDict[str, AccessClaims] = OrderedDict()
+        self._cache_size = cache_size
+
+    def issue(self, *, sub: str, sid: str, now: int) -> tuple[str, AccessClaims]:
+        """Sign a new access token for session ``sid`` of user ``sub``."""
+        key = self.keys.signing_key
+        claims = AccessClaims(
+            sub=sub,
+            sid=sid,
+            iat=now,
+            exp=now + self.ttl,
+            jti=secrets.token_urlsafe(16),
+            iss=self.issuer,
+            aud=self.audience,
+        )
+        payload = {
+            "iss": claims.iss,
+            "aud": claims.aud,
+            "sub": claims.sub,
+            "sid": claims.sid,
+            "iat": claims.iat,
+            "exp": claims.exp,
+            "jti": claims.jti,
+        }
+        token = jwt.encode(
+            payload,
+            key.private_key,
+            algorithm=key.alg,
+            headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP},
+        )
+        return token, claims
+
+    def verify(self, token: str, *, now: int) -> AccessClaims:
+        """Return the claims of a genuine, current token for this issuer and audience.
+
+        Raises:
+            TokenExpired: genuine but past ``exp`` (plus leeway).
+            TokenInvalid: anything else wrong: format, header, key, signature, claims.
+        """
+        claims = self._cache.get(token)
+        if claims is None:
+            claims = self._verify_signed(token, now)
+            if self._cache_size:
+                self._cache[token] = claims
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        if now > claims.exp + self.leeway:
+            raise TokenExpired("access token expired")
+        return claims
+
+    def _verify_signed(self, token: str, now: int) -> AccessClaims:
+        if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
+            raise TokenInvalid("malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenInvalid("malformed token") from None
+        if header.get("typ") != ACCESS_TOKEN_TYP:
+            raise TokenInvalid("wrong token type")
+        if _FORBIDDEN_HEADERS & header.keys():
+            raise TokenInvalid("forbidden header parameter")
+        kid = header.get("kid")
+        key = self.keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise TokenInvalid("unknown signing key")
+        if header.get("alg") != key.alg:
+            raise TokenInvalid("algorithm not allowed for this key")
+        try:
+            decoded = self._jws.decode_complete(token, key=key.public_key, algorithms=[key.alg])
+            payload = orjson.loads(decoded["payload"])
+        except (jwt.PyJWTError, orjson.JSONDecodeError):
+            raise TokenInvalid("bad signature or payload") from None
+        return self._check_claims(payload, now)
+
+    def _check_claims(self, payload: Any, now: int) -> AccessClaims:
+        if not isinstance(payload, dict) or any(c not in payload for c in _REQUIRED_CLAIMS):
+            raise TokenInvalid("missing claims")
+        strings = ("iss", "aud", "sub", "sid", "jti")
+        if any(not isinstance(payload[c], str) for c in strings):
+            raise TokenInvalid("malformed claims")
+        if any(type(payload[c]) is not int for c in ("iat", "exp")):
+            raise TokenInvalid("malformed claims")
+        if payload["iss"] != self.issuer or payload["aud"] != self.audience:
+            raise TokenInvalid("wrong issuer or audience")
+        if payload["iat"] > now + self.leeway:
+            raise TokenInvalid("issued in the future")
+        nbf = payload.get("nbf")
+        if nbf is not None and (type(nbf) is not int or nbf > now + self.leeway):
+            raise TokenInvalid("not yet valid")
+        if payload["exp"] <= payload["iat"]:
+            raise TokenInvalid("malformed claims")
+        return AccessClaims(
+            sub=payload["sub"],
+            sid=payload["sid"],
+            iat=payload["iat"],
+            exp=payload["exp"],
+            jti=payload["jti"],
+            iss=payload["iss"],
+            aud=payload["aud"],
+        )
