@@ -202,4 +202,6 @@ def load_settings(env: dict[str, str] | None = None, *, env_file: Path | None = 
         raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {message}") from None
     if settings.session_idle_ttl > settings.session_max_ttl:
         raise ConfigError("TOKENWARD_SESSION_IDLE_TTL: must not exceed TOKENWARD_SESSION_MAX_TTL")
+    if settings.issuer is not None and not settings.allowed_origins:
+        settings = settings.model_copy(update={"allowed_origins": (_origin_of(settings.issuer),)})
     return settings

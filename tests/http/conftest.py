@@ -1,0 +1,113 @@
+"""App fixtures: a started Tokenward over the real Redis, an SQLite file, and a client.
+
+* ``make_tw(**settings)``  -- build and start a Tokenward with overrides; stopped at teardown.
+* ``tw``                   -- one with the defaults below.
+* ``client``               -- an ``httpx.AsyncClient`` on ``tw``'s app at ``https://tokenward.test``.
+* ``accounts``             -- helpers: ``register``, ``login_cookie``, ``login_bearer``.
+
+Time is a :class:`FrozenClock` starting at the real time, so tests move it instead of
+sleeping; Redis TTLs are checked as values.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tokenward.clock import FrozenClock
+from tokenward.http.app import create_app
+from tokenward.passwords import CHEAP_FOR_TESTS
+from tokenward.runtime import Tokenward
+from tokenward.settings import load_settings
+
+ORIGIN = "https://tokenward.test"
+PASSWORD = "correct horse battery staple"
+
+MakeTw = Callable[..., Awaitable[Tokenward]]
+
+
+@pytest.fixture
+async def make_tw(redis_url: str, tmp_path: Path) -> AsyncIterator[MakeTw]:
+    started: list[Tokenward] = []
+
+    async def make(**overrides: Any) -> Tokenward:
+        env = {
+            "TOKENWARD_REDIS_URL": redis_url,
+            "TOKENWARD_DATA_DIR": str(tmp_path / f"data{len(started)}"),
+            "TOKENWARD_ISSUER": ORIGIN,
+        }
+        env.update({f"TOKENWARD_{k.upper()}": str(v) for k, v in overrides.items()})
+        settings = load_settings(env, env_file=tmp_path / "no.env")
+        tw = Tokenward(settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS)
+        await tw.start()
+        started.append(tw)
+        return tw
+
+    yield make
+    for tw in started:
+        await tw.stop()
+
+
+@pytest.fixture
+async def tw(make_tw: MakeTw) -> Tokenward:
+    return await make_tw()
+
+
+def client_for(tw: Tokenward) -> httpx.AsyncClient:
+    """A client on ``tw``'s app (the app's lifespan is not run: the fixture started ``tw``)."""
+    app = create_app(tw, manage_lifespan=False)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN)
+
+
+@pytest.fixture
+async def client(tw: Tokenward) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(tw) as c:
+        yield c
+
+
+class Accounts:
+    """Registration and login helpers for one client."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    @staticmethod
+    def new_email() -> str:
+        return f"user-{uuid.uuid4().hex[:12]}@example.com"
+
+    async def register(self, email: str | None = None, password: str = PASSWORD) -> str:
+        email = email or self.new_email()
+        r = await self.client.post("/auth/register", json={"email": email, "password": password})
+        assert r.status_code == 201, r.text
+        return email
+
+    async def login_bearer(self, email: str, password: str = PASSWORD) -> dict[str, Any]:
+        r = await self.client.post(
+            "/auth/login",
+            json={"email": email, "password": password},
+            headers={"X-Auth-Transport": "bearer"},
+        )
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    async def login_cookie(self, email: str, password: str = PASSWORD) -> httpx.Response:
+        r = await self.client.post("/auth/login", json={"email": email, "password": password})
+        assert r.status_code == 200, r.text
+        return r
+
+    def csrf_headers(self) -> dict[str, str]:
+        token = self.client.cookies.get("__Host-csrf_token") or self.client.cookies.get("csrf_token")
+        assert token, "no csrf cookie"
+        return {"X-CSRF-Token": token, "Origin": ORIGIN}
+
+
+@pytest.fixture
+def accounts(client: httpx.AsyncClient) -> Accounts:
+    return Accounts(client)
