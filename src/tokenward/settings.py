@@ -34,6 +34,8 @@ OWASP_ARGON2_MEMORY_KIB = 19_456
 OWASP_ARGON2_TIME_COST = 2
 OWASP_ARGON2_PARALLELISM = 1
 
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
 Csv = Annotated[tuple[str, ...], NoDecode]
 
 
@@ -142,6 +144,9 @@ class Settings(BaseSettings):
         """Fill what depends on where the server listens: the issuer and allowed origins."""
         issuer = self.issuer or f"http://{host}:{port}"
         origins = self.allowed_origins or (_origin_of(issuer),)
+        if not self.allowed_origins and self.issuer is None and host in _LOOPBACK:
+            # A browser may call a local server by any loopback name; all are this server.
+            origins = tuple(f"http://{name}:{port}" for name in ("localhost", "127.0.0.1", "[::1]"))
         return self.model_copy(update={"issuer": issuer, "allowed_origins": origins})
 
     @property
