@@ -66,6 +66,7 @@ def connect_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
         plain = "redis://" + url.split("://", 1)[1]
         opts = _options(timeout)
         opts.pop("health_check_interval")
+        opts.pop("retry_on_timeout")
         cluster: Any = RedisCluster.from_url(plain, **opts)
         return cluster  # type: ignore[no-any-return]
     return aioredis.from_url(url, **_options(timeout))

@@ -75,12 +75,20 @@ class RevocationFeed:
                 await self._listen()
             except (RedisError, OSError) as exc:
                 log.warning("revocation feed down: %s", type(exc).__name__)
+            except Exception as exc:
+                # Anything else must not end the task for good: the cache would stay cold
+                # (safe, since it fails closed) but never recover.
+                log.exception("revocation feed failed: %s", type(exc).__name__)
             self._subscribed.clear()
             self.cache.set_healthy(False)
             await asyncio.sleep(self.retry_delay)
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
+        initialize = getattr(self.redis, "initialize", None)
+        if initialize is not None:
+            # A cluster client must know the slot map before it can place a subscription.
+            await initialize()
         async with self.redis.pubsub() as pubsub:
             await pubsub.subscribe(self.channel)
             last_seen = loop.time()

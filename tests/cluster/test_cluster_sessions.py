@@ -1,0 +1,71 @@
+"""The whole session life on a real Redis Cluster: every script stays in one hash slot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from tokenward.clock import FrozenClock
+from tokenward.errors import RefreshReused, SessionEnded
+from tokenward.passwords import CHEAP_FOR_TESTS
+from tokenward.runtime import Tokenward
+from tokenward.sessions import EndReason, UserRef
+from tokenward.settings import load_settings
+
+
+@pytest.fixture
+async def cluster_tw(redis_cluster_url: str, tmp_path: Path) -> Tokenward:
+    env = {
+        "TOKENWARD_REDIS_URL": redis_cluster_url,
+        "TOKENWARD_DATA_DIR": str(tmp_path),
+        "TOKENWARD_ISSUER": "https://tokenward.test",
+        "TOKENWARD_REFRESH_GRACE": "5",
+    }
+    settings = load_settings(env, env_file=tmp_path / "none.env")
+    tw = Tokenward(settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS)
+    await tw.start()
+    yield tw
+    await tw.stop()
+
+
+def _user(n: int) -> UserRef:
+    return UserRef(id=f"{n:032x}", email=f"u{n}@example.com", created_at=1)
+
+
+async def test_open_rotate_replay_and_end_on_cluster(cluster_tw: Tokenward) -> None:
+    """Many users (spread over the slots): login, rotate, grace replay, reuse, end_all."""
+    tw = cluster_tw
+    now = tw.clock.now()
+    for n in range(12):
+        user = _user(n)
+        first = await tw.sessions.open(user, ip="127.0.0.1", user_agent="t", now=now)
+        second = await tw.sessions.open(user, ip="127.0.0.1", user_agent="t", now=now)
+        rotated = await tw.sessions.refresh(first.refresh_token, csrf_token=None, now=now)
+        replay = await tw.sessions.refresh(first.refresh_token, csrf_token=None, now=now)
+        assert replay.refresh_token == rotated.refresh_token
+        assert len(await tw.sessions.list(user.id, current=None, now=now)) == 2
+        tw.clock.advance(10)
+        with pytest.raises(RefreshReused):
+            await tw.sessions.refresh(first.refresh_token, csrf_token=None, now=tw.clock.now())
+        ended = await tw.sessions.end_all(
+            user.id, keep=None, reason=EndReason.LOGOUT_ALL, now=tw.clock.now()
+        )
+        assert ended == [second.sid]
+        with pytest.raises(SessionEnded):
+            await tw.sessions.authenticate(second.access_token, now=tw.clock.now())
+
+
+async def test_revocation_feed_works_on_cluster(cluster_tw: Tokenward) -> None:
+    """The invalidation feed subscribes on a cluster, so the cache may vouch for sessions."""
+    tw = cluster_tw
+    deadline = time.monotonic() + 5
+    while not tw.cache.healthy:
+        assert time.monotonic() < deadline, "feed never subscribed on the cluster"
+        await asyncio.sleep(0.02)
+    user = _user(999)
+    issued = await tw.sessions.open(user, ip="127.0.0.1", user_agent="t", now=tw.clock.now())
+    await tw.sessions.authenticate(issued.access_token, now=tw.clock.now())
+    assert len(tw.cache) >= 1
