@@ -68,7 +68,7 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
                         "",
                         "--appendonly",
                         "no",
-                    ],  # fmt: skip
+                    ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
@@ -78,9 +78,13 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
             assert time.monotonic() < deadline, "cluster nodes did not start"
             time.sleep(0.05)
         created = _cli(
-            "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-            "--cluster-replicas", "0", "--cluster-yes",
-        )  # fmt: skip
+            "--cluster",
+            "create",
+            *[f"127.0.0.1:{p}" for p in ports],
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        )
         assert created.returncode == 0, created.stdout + created.stderr
         while True:
             infos = [_cli("-p", str(p), "cluster", "info").stdout for p in ports]
