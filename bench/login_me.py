@@ -42,8 +42,10 @@ def free_port() -> int:
 
 def post(url: str, body: dict[str, str], headers: dict[str, str]) -> dict[str, object]:
     data = json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json", **headers})
-    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - 127.0.0.1 only
+    req = urllib.request.Request(
+        url, data=data, headers={"content-type": "application/json", **headers}
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
         payload = r.read()
     return json.loads(payload) if payload else {}
 
@@ -52,7 +54,9 @@ def wrk(url: str, seconds: int, token: str | None) -> float:
     cmd = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency", url]
     if token:
         cmd[1:1] = ["-H", f"Authorization: Bearer {token}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=seconds + 30, check=True
+    ).stdout
     if "Non-2xx" in out:
         raise SystemExit(f"wrk saw errors:\n{out}")
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -77,7 +81,7 @@ def run(workers: int, seconds: int) -> dict[str, float]:
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    urllib.request.urlopen(base + "/healthz", timeout=1).read()  # noqa: S310
+                    urllib.request.urlopen(base + "/healthz", timeout=1).read()
                     break
                 except OSError:
                     if time.monotonic() > deadline:
@@ -120,7 +124,9 @@ def main() -> None:
         raise SystemExit("wrk is required (Debian: apt-get install wrk)")
     for workers in args.workers:
         result = run(workers, args.seconds)
-        print(f"workers={workers} " + " ".join(f"{k}={v:.2f}" for k, v in result.items()), flush=True)
+        print(
+            f"workers={workers} " + " ".join(f"{k}={v:.2f}" for k, v in result.items()), flush=True
+        )
 
 
 if __name__ == "__main__":
