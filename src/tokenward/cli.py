@@ -4,28 +4,61 @@
 With no configuration it starts an embedded Redis and an SQLite database in the data
 directory and generates signing keys there. The supervising process does the one-time work
 (embedded Redis, keys, migrations) before any worker starts, so workers never race on it.
+
+Administration, from the same settings (``TOKENWARD_*``, ``.env``)::
+
+    tokenward users create EMAIL          password from stdin, or prompted (never argv)
+    tokenward users list [--limit N] [--offset N]
+    tokenward users disable|enable USER   USER: an email or an id; disable ends all sessions
+    tokenward sessions list --user USER
+    tokenward sessions revoke --user USER [--session ID]
+    tokenward db upgrade
+    tokenward keys list
+    tokenward keys rotate [--alg EdDSA|ES256] [--activate-in SECONDS]
+
+Every administrative command takes ``--json`` for scripts. Exit codes: 0 done; 1 the
+operation failed (no such user or session, email taken, password refused); 2 usage or
+configuration error; 3 a back end (Redis, the database) is unavailable.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import json
 import logging
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
-from tokenward.errors import ConfigError, TokenwardError
+from tokenward.errors import ConfigError, TokenwardError, Unavailable
 from tokenward.settings import Settings, load_settings
 
-__all__ = ["main"]
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "main"]
 
 log = logging.getLogger("tokenward")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+class UsageError(Exception):
+    """A command was used wrongly; exits with :data:`EXIT_USAGE`."""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tokenward", description="Tokenward authentication service"
+        prog="tokenward",
+        description="Tokenward authentication service",
+        epilog="exit codes: 0 ok, 1 operation failed, 2 usage or configuration error, "
+        "3 back end unavailable",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP server")
@@ -34,7 +67,62 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+
+    out = argparse.ArgumentParser(add_help=False)
+    out.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+
+    users = commands.add_parser("users", help="manage users").add_subparsers(
+        dest="action", required=True
+    )
+    create = users.add_parser(
+        "create", parents=[out], help="create a user; the password is read from stdin"
+    )
+    create.add_argument("email")
+    listing = users.add_parser("list", parents=[out], help="list users, oldest first")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    listing.add_argument("--offset", type=int, default=0, help="skip this many (default 0)")
+    for action, text in (
+        ("disable", "refuse the user's logins and end all their sessions now"),
+        ("enable", "allow a disabled user to log in again"),
+    ):
+        users.add_parser(action, parents=[out], help=text).add_argument(
+            "user", help="email address or user id"
+        )
+
+    sessions = commands.add_parser("sessions", help="manage sessions").add_subparsers(
+        dest="action", required=True
+    )
+    s_list = sessions.add_parser("list", parents=[out], help="a user's live sessions")
+    s_revoke = sessions.add_parser("revoke", parents=[out], help="end a user's sessions")
+    for sub in (s_list, s_revoke):
+        sub.add_argument("--user", required=True, help="email address or user id")
+    s_revoke.add_argument("--session", help="end only this session (default: all)")
+
+    db = commands.add_parser("db", help="manage the user database").add_subparsers(
+        dest="action", required=True
+    )
+    db.add_parser("upgrade", parents=[out], help="apply pending migrations")
+
+    keys = commands.add_parser("keys", help="manage signing keys").add_subparsers(
+        dest="action", required=True
+    )
+    keys.add_parser("list", parents=[out], help="the keys of the key file and their state")
+    rotate = keys.add_parser(
+        "rotate", parents=[out], help="add a new signing key and retire the current one"
+    )
+    rotate.add_argument(
+        "--alg", choices=["EdDSA", "ES256"], help="the new key's algorithm (TOKENWARD_SIGNING_ALG)"
+    )
+    rotate.add_argument(
+        "--activate-in",
+        type=int,
+        metavar="SECONDS",
+        help="seconds until the new key signs (default: JWKS max-age + reload interval)",
+    )
     return parser
+
+
+# -- serve ------------------------------------------------------------------------------------
 
 
 def _prepare(settings: Settings) -> Settings:
@@ -81,6 +169,7 @@ def serve(host: str, port: int, workers: int) -> int:
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
     embedded: EmbeddedRedis | None = None
+    metrics_dir: str | None = None
     try:
         if settings.redis_url is None:
             embedded = EmbeddedRedis(settings.data_dir)
@@ -97,6 +186,11 @@ def serve(host: str, port: int, workers: int) -> int:
         os.environ["TOKENWARD_REDIS_URL"] = str(settings.redis_url)
         os.environ["TOKENWARD_ISSUER"] = settings.effective_issuer
         os.environ["TOKENWARD_ALLOWED_ORIGINS"] = ",".join(settings.allowed_origins)
+        if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            # Several processes: prometheus_client's multiprocess mode, one fresh directory
+            # per run (stale files would add a previous run's counts). See docs/deployment.md.
+            metrics_dir = tempfile.mkdtemp(prefix="tokenward-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         uvicorn.run(
             "tokenward.cli:worker_app",
             factory=True,
@@ -109,24 +203,223 @@ def serve(host: str, port: int, workers: int) -> int:
             access_log=False,
         )
     finally:
+        if metrics_dir is not None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if embedded is not None:
             embedded.stop()
-    return 0
+    return EXIT_OK
+
+
+# -- administration ---------------------------------------------------------------------------
+
+
+def _time(epoch: int | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def _table(rows: Sequence[Sequence[object]]) -> str:
+    """Aligned columns; ``None`` shows as ``-``."""
+    cells = [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )
+
+
+def _read_password() -> str:
+    """The new user's password: prompted twice on a terminal, else one line of stdin."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != first:
+            raise UsageError("the passwords do not match")
+        return first
+    line = sys.stdin.readline()
+    return line.removesuffix("\n").removesuffix("\r")
+
+
+def _user_json(user: Any) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "created_at": _time(user.created_at),
+        "disabled": user.disabled,
+    }
+
+
+async def _users(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenward import admin
+
+    password = _read_password() if args.action == "create" else ""
+    if args.action == "list" and (args.limit < 1 or args.offset < 0):
+        raise UsageError("--limit must be at least 1 and --offset at least 0")
+    async with admin.admin_runtime(settings) as tw:
+        if args.action == "create":
+            user = await admin.create_user(tw, args.email, password)
+            _emit(args, _user_json(user), f"created user {user.id} <{user.email}>")
+        elif args.action == "list":
+            users = await admin.list_users(tw, limit=args.limit, offset=args.offset)
+            rows = [["ID", "EMAIL", "CREATED", "DISABLED"]] + [
+                [u.id, u.email, _time(u.created_at), "yes" if u.disabled else "no"] for u in users
+            ]
+            _emit(args, [_user_json(u) for u in users], _table(rows))
+        elif args.action == "disable":
+            user, ended = await admin.disable_user(tw, args.user)
+            _emit(
+                args,
+                {"user": _user_json(user) | {"disabled": True}, "sessions_ended": ended},
+                f"disabled user {user.id} <{user.email}>; ended {len(ended)} session(s)",
+            )
+        else:
+            user = await admin.enable_user(tw, args.user)
+            _emit(
+                args,
+                {"user": _user_json(user) | {"disabled": False}},
+                f"enabled user {user.id} <{user.email}>",
+            )
+    return EXIT_OK
+
+
+async def _sessions(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenward import admin
+
+    async with admin.admin_runtime(settings) as tw:
+        if args.action == "list":
+            found = await admin.list_sessions(tw, args.user)
+            data = [
+                {
+                    "id": r.sid,
+                    "created_at": _time(r.created_at),
+                    "last_used_at": _time(r.last_used_at),
+                    "expires_at": _time(r.expires_at),
+                    "ip": r.ip,
+                    "user_agent": r.user_agent,
+                }
+                for r in found.sessions
+            ]
+            rows = [["ID", "CREATED", "LAST USED", "EXPIRES", "IP", "USER AGENT"]] + [
+                [d["id"], d["created_at"], d["last_used_at"], d["expires_at"], d["ip"],
+                 str(d["user_agent"])[:40]]
+                for d in data
+            ]  # fmt: skip
+            _emit(args, {"user": _user_json(found.user), "sessions": data}, _table(rows))
+        else:
+            ended = await admin.revoke_sessions(tw, args.user, args.session)
+            _emit(args, {"sessions_ended": ended}, f"ended {len(ended)} session(s)")
+    return EXIT_OK
+
+
+async def _db(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenward import admin
+
+    revision = await admin.db_upgrade(settings)
+    _emit(args, {"revision": revision}, f"database at revision {revision}")
+    return EXIT_OK
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from tokenward import keyring
+    from tokenward.clock import SystemClock
+    from tokenward.keys import KeySet
+
+    now = SystemClock().now()
+    path = keyring.key_file_path(settings)
+    retain = keyring.retain_seconds(settings)
+    if args.action == "rotate":
+        activate_in = args.activate_in
+        if activate_in is None:
+            activate_in = keyring.default_activation_delay(settings)
+        elif activate_in < 0:
+            raise UsageError("--activate-in must not be negative")
+        done = keyring.rotate(
+            path,
+            alg=args.alg or settings.signing_alg,
+            now=now,
+            activate_in=activate_in,
+            retain=retain,
+        )
+        _emit(
+            args,
+            {
+                "kid": done.new.kid,
+                "alg": done.new.alg,
+                "activates_at": _time(done.activates_at),
+                "retired": list(done.retired),
+                "pruned": list(done.pruned),
+                "file": str(path),
+            },
+            f"new key {done.new.kid} ({done.new.alg}) signs from {_time(done.activates_at)}; "
+            f"retired {len(done.retired)}, pruned {len(done.pruned)}; running servers pick "
+            f"it up within {settings.key_reload_interval} s",
+        )
+        return EXIT_OK
+    if not path.exists():
+        raise TokenwardError(
+            f"no key file at {path} yet; `tokenward serve` or `tokenward keys rotate` creates it"
+        )
+    statuses = keyring.describe(KeySet.from_file(path), now=now, retain=retain)
+    data = [
+        {
+            "kid": k.kid,
+            "alg": k.alg,
+            "state": k.state,
+            "signing": k.signing,
+            "created_at": _time(k.created_at),
+            "active_from": _time(k.not_before),
+            "retired_at": _time(k.retired_at),
+        }
+        for k in statuses
+    ]
+    rows = [["KID", "ALG", "STATE", "CREATED", "ACTIVE FROM", "RETIRED"]] + [
+        [d["kid"], d["alg"], d["state"], d["created_at"], d["active_from"], d["retired_at"]]
+        for d in data
+    ]  # fmt: skip
+    _emit(args, {"file": str(path), "keys": data}, _table(rows))
+    return EXIT_OK
+
+
+_ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
+    "users": _users,
+    "sessions": _sessions,
+    "db": _db,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tokenward`` console script."""
-    args = _parser().parse_args(argv)
+    """Entry point of the ``tokenward`` console script; returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         if args.command == "serve":
             return serve(args.host, args.port, args.workers)
-    except ConfigError as exc:
-        print(f"tokenward: configuration error: {exc.detail}", file=sys.stderr)
-        return 2
+        settings = load_settings()
+        # Commands print their result; only problems are logged (to stderr).
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        if args.command == "keys":
+            return _keys(args, settings)
+        return asyncio.run(_ASYNC_COMMANDS[args.command](args, settings))
+    except (ConfigError, UsageError) as exc:
+        message = exc.detail if isinstance(exc, ConfigError) else str(exc)
+        kind = "configuration error" if isinstance(exc, ConfigError) else "usage error"
+        print(f"tokenward: {kind}: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except Unavailable as exc:
+        print(f"tokenward: unavailable: {exc.detail}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except TokenwardError as exc:
         print(f"tokenward: {exc.detail}", file=sys.stderr)
-        return 1
-    return 2
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ thumbprint, so every instance that reads the same key file agrees on it.
 Keys come from ``TOKENWARD_SIGNING_KEYS`` (a PEM file with one or more private keys, or a
 JWKS file with private members; the last key signs) or are generated once into the data
 directory (``signing-keys.jwks``, mode 0600).
+
+Rotation (see :mod:`tokenward.keyring`): a JWKS entry may carry three extra members (RFC 7517
+allows them; other readers ignore them): ``iat`` (when the key was created), ``nbf`` (when
+it starts signing) and ``retired_at`` (when it stopped signing). :meth:`KeySet.at` turns the
+keys of a file into the set in force at a given time: the last key that has started and not
+retired signs, and a retired key keeps verifying for ``retain`` seconds, then is dropped.
 """
 
 from __future__ import annotations
@@ -18,13 +24,14 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
+from jwt.exceptions import InvalidKeyError
 
 from tokenward.errors import ConfigError
 
@@ -46,6 +53,12 @@ class SigningKey:
     kid: str
     alg: SigningAlg
     private_key: PrivateKey
+    #: when the key was created (``iat``), if the key file says
+    created_at: int | None = None
+    #: when the key starts signing (``nbf``); it verifies from the moment it is in the file
+    not_before: int | None = None
+    #: when the key stopped signing (``retired_at``); it verifies a while longer
+    retired_at: int | None = None
 
     @property
     def public_key(self) -> PublicKey:
@@ -58,8 +71,21 @@ class SigningKey:
         return {**jwk, "kid": self.kid, "alg": self.alg, "use": "sig"}
 
     def private_jwk(self) -> dict[str, Any]:
-        """The private JWK, for writing the generated key file only."""
-        return {**_to_jwk(self.private_key), "kid": self.kid, "alg": self.alg, "use": "sig"}
+        """The private JWK with the rotation members, for writing the key file only."""
+        jwk = {**_to_jwk(self.private_key), "kid": self.kid, "alg": self.alg, "use": "sig"}
+        for member, value in (
+            ("iat", self.created_at),
+            ("nbf", self.not_before),
+            ("retired_at", self.retired_at),
+        ):
+            if value is not None:
+                jwk[member] = value
+        return jwk
+
+    def signs_at(self, now: int) -> bool:
+        """Whether the key may sign at ``now``: it has started and has not retired."""
+        started = self.not_before is None or self.not_before <= now
+        return started and (self.retired_at is None or self.retired_at > now)
 
     def __repr__(self) -> str:
         return f"SigningKey(kid={self.kid!r}, alg={self.alg!r})"
@@ -107,18 +133,48 @@ def generate_key(alg: SigningAlg = "EdDSA") -> SigningKey:
 
 
 class KeySet:
-    """An ordered, non-empty list of keys: the last one signs, all of them verify."""
+    """An ordered, non-empty list of keys: the last one signs, all of them verify.
 
-    def __init__(self, keys: Sequence[SigningKey]) -> None:
+    Args:
+        keys: the keys, oldest first.
+        signer: the key that signs; the last one when omitted (see :meth:`at`).
+    """
+
+    def __init__(self, keys: Sequence[SigningKey], *, signer: SigningKey | None = None) -> None:
         if not keys:
             raise ConfigError("TOKENWARD_SIGNING_KEYS: the key set is empty")
         self._keys = tuple(keys)
         self._by_kid = {k.kid: k for k in self._keys}
+        if signer is not None and self._by_kid.get(signer.kid) is not signer:
+            raise ValueError("the signer must be one of the keys")
+        self._signer = signer or self._keys[-1]
 
     @property
     def signing_key(self) -> SigningKey:
-        """The newest key, the one that signs."""
-        return self._keys[-1]
+        """The key that signs: the newest one in force."""
+        return self._signer
+
+    def at(self, now: int, *, retain: int) -> KeySet:
+        """The keys in force at ``now``.
+
+        The signer is the last key that has started (``nbf``) and not retired; if there is
+        none (a hand-edited file), the last key. A key retired more than ``retain`` seconds
+        ago is dropped (unless it is that fallback signer): every token it signed has expired.
+        Keys that have not started yet are kept, so verifiers learn them before first use.
+
+        Args:
+            now: the current time.
+            retain: how long a retired key keeps verifying (the longest access token
+                lifetime plus leeway).
+        """
+        eligible = [k for k in self._keys if k.signs_at(now)]
+        signer = eligible[-1] if eligible else self._keys[-1]
+        kept = [
+            k
+            for k in self._keys
+            if k is signer or k.retired_at is None or now < k.retired_at + retain
+        ]
+        return KeySet(kept, signer=signer)
 
     @property
     def keys(self) -> tuple[SigningKey, ...]:
@@ -147,16 +203,25 @@ class KeySet:
         return cls(_keys_from_pem(data, str(path)))
 
     @classmethod
-    def load_or_generate(cls, data_dir: Path, alg: SigningAlg = "EdDSA") -> KeySet:
+    def load_or_generate(
+        cls, data_dir: Path, alg: SigningAlg = "EdDSA", *, now: int | None = None
+    ) -> KeySet:
         """Read ``data_dir/signing-keys.jwks``, creating it (mode 0600) on first use.
 
         Creation is exclusive (``O_EXCL``), so two processes starting at once end up with the
         same key: the loser of the race reads the winner's file.
+
+        Args:
+            data_dir: the data directory.
+            alg: the algorithm of a generated key.
+            now: recorded as the generated key's ``iat`` when given.
         """
         path = data_dir / GENERATED_KEYS_FILE
         if not path.exists():
             data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             key = generate_key(alg)
+            if now is not None:
+                key = replace(key, created_at=now)
             body = json.dumps({"keys": [key.private_jwk()]}, indent=2).encode()
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -193,6 +258,15 @@ def _keys_from_pem(data: bytes, where: str) -> list[SigningKey]:
     return keys
 
 
+def _time_member(entry: dict[str, Any], member: str) -> int | None:
+    value = entry.get(member)
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise ValueError(f'"{member}" must be a non-negative integer (seconds since the epoch)')
+    return value
+
+
 def _keys_from_jwks(data: bytes, where: str) -> list[SigningKey]:
     try:
         entries = json.loads(data)["keys"]
@@ -205,8 +279,14 @@ def _keys_from_jwks(data: bytes, where: str) -> list[SigningKey]:
                 private = ECAlgorithm.from_jwk(entry)
             else:
                 raise ValueError("unsupported kty")
-            keys.append(_signing_key(private, where))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            key = replace(
+                _signing_key(private, where),
+                created_at=_time_member(entry, "iat"),
+                not_before=_time_member(entry, "nbf"),
+                retired_at=_time_member(entry, "retired_at"),
+            )
+            keys.append(key)
+    except (ValueError, KeyError, TypeError, AttributeError, InvalidKeyError) as exc:
         raise ConfigError(
             f"TOKENWARD_SIGNING_KEYS: {where}: not a JWKS of private keys ({exc})"
         ) from None

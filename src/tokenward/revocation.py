@@ -30,7 +30,9 @@ class SessionCache:
     """Live sessions seen recently by this process.
 
     Args:
-        max_entries: bound on memory; the least recently stored entry goes first.
+        max_entries: bound on memory; the least recently stored entry goes first. ``0``
+            turns caching off: every request asks the store (for measurements and for
+            deployments that prefer a Redis round trip to any staleness window).
         max_age: seconds an entry may vouch before it is looked up again, a safety net
             on top of the feed.
     """
@@ -72,7 +74,7 @@ class SessionCache:
 
     def put(self, sid: str, state: SessionState, *, ticket: int, now: int) -> None:
         """Remember a state just read from the store, unless anything ended meanwhile."""
-        if not self._healthy or ticket != self._generation:
+        if not self._healthy or ticket != self._generation or self._max_entries <= 0:
             return
         self._entries[sid] = (state, min(state.expires_at, now + self._max_age))
         self._entries.move_to_end(sid)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,15 +17,20 @@ from tokenward.clientinfo import TrustedProxies
 from tokenward.clock import Clock, SystemClock
 from tokenward.cookies import CookieTransport
 from tokenward.errors import Unavailable
+from tokenward.events import SecurityEvents
+from tokenward.keyring import KeyRing
 from tokenward.keys import KeySet
 from tokenward.password_policy import PasswordPolicy
 from tokenward.passwords import Argon2Params, PasswordHasher
+from tokenward.ratelimit import Limits, Throttle
 from tokenward.revocation import SessionCache
 from tokenward.sessions import SessionPolicy, Sessions
 from tokenward.settings import Settings
 from tokenward.stores.embedded_redis import EmbeddedRedis
 from tokenward.stores.redis_client import RedisClient, connect_redis
+from tokenward.stores.redis_events import RedisEventLog
 from tokenward.stores.redis_feed import RevocationFeed
+from tokenward.stores.redis_ratelimit import RedisRateLimiter
 from tokenward.stores.redis_sessions import RedisSessionStore
 from tokenward.stores.sql_users import SqlUserStore, create_engine, upgrade
 from tokenward.tokens import AccessTokens
@@ -33,6 +39,7 @@ from tokenward.users import Users
 __all__ = ["Tokenward", "default_database_url", "load_keys"]
 
 SQLITE_FILE = "tokenward.db"
+_log = logging.getLogger("tokenward.keys")
 
 
 def default_database_url(data_dir: Path) -> str:
@@ -40,11 +47,15 @@ def default_database_url(data_dir: Path) -> str:
     return f"sqlite+aiosqlite:///{(data_dir / SQLITE_FILE).resolve()}"
 
 
-def load_keys(settings: Settings) -> KeySet:
-    """The configured key file, or keys generated once into the data directory."""
-    if settings.signing_keys is not None:
-        return KeySet.from_file(settings.signing_keys)
-    return KeySet.load_or_generate(settings.data_dir, settings.signing_alg)
+def load_keys(settings: Settings, now: int | None = None) -> KeySet:
+    """The keys in force: the configured key file, or keys generated into the data directory.
+
+    Args:
+        settings: the settings.
+        now: the current time; the system clock when omitted.
+    """
+    when = SystemClock().now() if now is None else now
+    return KeyRing.from_settings(settings).load(when)
 
 
 @dataclass
@@ -67,7 +78,8 @@ class Tokenward:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.keys = load_keys(s)
+        self.keyring = KeyRing.from_settings(s)
+        self.keys = self.keyring.load(self.clock.now())
         self.tokens = AccessTokens(
             self.keys,
             issuer=s.effective_issuer,
@@ -94,6 +106,28 @@ class Tokenward:
         )
         self.password_policy = PasswordPolicy(min_length=s.password_min_length)
         self._started = False
+        self._key_watch: asyncio.Task[None] | None = None
+
+    def reload_keys(self) -> bool:
+        """Pick up a rotated key file, or keys that started or stopped signing since.
+
+        Runs every ``TOKENWARD_KEY_RELOAD_INTERVAL`` seconds while started; cheap (one
+        ``stat``). Returns whether the keys in force changed.
+        """
+        fresh = self.keyring.refresh(self.clock.now())
+        if fresh is None:
+            return False
+        self.keys = fresh
+        self.tokens.keys = fresh
+        return True
+
+    async def _watch_keys(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.key_reload_interval)
+            try:
+                self.reload_keys()
+            except Exception:  # keep watching: the keys in use stay valid
+                _log.exception("key reload failed")
 
     async def start(self) -> None:
         """Connect to the back ends, apply migrations, subscribe to the invalidation feed."""
@@ -114,8 +148,16 @@ class Tokenward:
         self.user_store = SqlUserStore(self.engine)
         self.sessions = Sessions(self.session_store, self.tokens, self.cache, self.policy)
         self.users = Users(self.user_store, self.hasher, self.password_policy)
+        self.event_log = RedisEventLog(
+            self.redis, ttl=s.events_ttl, per_user=s.events_per_user, global_max=s.events_global_max
+        )
+        self.events = SecurityEvents(self.event_log, self.event_log, self.user_store)
+        self.throttle = Throttle(
+            RedisRateLimiter(self.redis), Limits.from_settings(s), on_lock=self.events.throttled
+        )
         self.feed = RevocationFeed(self.redis, self.cache)
         await self.feed.start(wait=s.backend_timeout)
+        self._key_watch = asyncio.create_task(self._watch_keys(), name="tokenward-key-watch")
         self._started = True
 
     async def stop(self) -> None:
@@ -123,6 +165,13 @@ class Tokenward:
         if not self._started:
             return
         self._started = False
+        if self._key_watch is not None:
+            self._key_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._key_watch
+            self._key_watch = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.events.drain(), self.settings.backend_timeout)
         await self.feed.stop()
         with contextlib.suppress(Exception):
             await self.redis.aclose()

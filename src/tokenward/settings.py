@@ -60,31 +60,209 @@ class Settings(BaseSettings):
         case_sensitive=False,
     )
 
-    data_dir: Path = Path("./.tokenward")
-    redis_url: str | None = None
-    database_url: str | None = None
-    issuer: str | None = None
-    audience: str = Field(default="tokenward", min_length=1)
-    access_ttl: int = Field(default=600, gt=0)
-    session_idle_ttl: int = Field(default=2_592_000, gt=0)
-    session_max_ttl: int = Field(default=7_776_000, gt=0)
-    refresh_grace: int = Field(default=10, ge=0, le=300)
-    refresh_rate_limit: int = Field(default=30, gt=0)
-    refresh_rate_window: int = Field(default=60, gt=0)
-    cookie_secure: bool = True
-    allowed_origins: Csv = ()
-    signing_keys: Path | None = None
-    signing_alg: Literal["EdDSA", "ES256"] = "EdDSA"
-    leeway: int = Field(default=30, ge=0, le=300)
-    password_min_length: int = Field(default=12, ge=8, le=64)
-    trusted_proxies: Csv = ()
-    max_sessions: int = Field(default=100, gt=0)
-    transparent_refresh: bool = False
-    argon2_memory_kib: int = Field(default=OWASP_ARGON2_MEMORY_KIB, ge=OWASP_ARGON2_MEMORY_KIB)
-    argon2_time_cost: int = Field(default=OWASP_ARGON2_TIME_COST, ge=OWASP_ARGON2_TIME_COST)
-    argon2_parallelism: int = Field(default=OWASP_ARGON2_PARALLELISM, ge=1, le=16)
-    backend_timeout: float = Field(default=2.0, gt=0, le=60)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    data_dir: Path = Field(
+        default=Path("./.tokenward"),
+        description="Where the embedded Redis (socket, append-only file), the SQLite database "
+        "and generated signing keys live. Created with mode 0700.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Session store: `redis://`, `rediss://` (TLS), `unix://`, "
+        "`redis+sentinel://host:port,host:port/<service>[/db]` or `redis+cluster://host:port`. "
+        "Unset: an embedded Valkey in the data directory (development only).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="User database, an SQLAlchemy async URL: `postgresql+asyncpg://...` in "
+        "production (`postgresql://` is accepted) or `sqlite+aiosqlite:///path`. "
+        "Unset: SQLite in the data directory.",
+    )
+    issuer: str | None = Field(
+        default=None,
+        description="The `iss` claim of access tokens and the service's public URL. "
+        "Unset: `http://<host>:<port>` of `tokenward serve`.",
+    )
+    audience: str = Field(
+        default="tokenward", min_length=1, description="The `aud` claim of access tokens."
+    )
+    access_ttl: int = Field(default=600, gt=0, description="Access token lifetime, seconds.")
+    session_idle_ttl: int = Field(
+        default=2_592_000,
+        gt=0,
+        description="A session with no refresh for this many seconds ends (30 days).",
+    )
+    session_max_ttl: int = Field(
+        default=7_776_000,
+        gt=0,
+        description="No session lives longer than this many seconds from login (90 days).",
+    )
+    refresh_grace: int = Field(
+        default=10,
+        ge=0,
+        le=300,
+        description="Seconds during which the refresh token just replaced may be presented "
+        "again and gets the same successor (concurrent tabs); 0 is strict mode.",
+    )
+    refresh_rate_limit: int = Field(
+        default=30,
+        gt=0,
+        description="Refreshes of one session allowed per `TOKENWARD_REFRESH_RATE_WINDOW`; "
+        "more get 429 (replays inside the grace window never count).",
+    )
+    refresh_rate_window: int = Field(
+        default=60, gt=0, description="Window of the per-session refresh limit, seconds."
+    )
+    # Abuse limits (docs/abuse.md). Each is "N events in any window of W seconds"; reaching
+    # it locks for W, doubling per repeated lock up to the max block.
+    login_pair_limit: int = Field(
+        default=10,
+        gt=0,
+        description="Failed logins per (account, client address) in `TOKENWARD_LOGIN_WINDOW`; "
+        "the next attempt gets 429 and the pair is locked (growing back-off).",
+    )
+    login_account_limit: int = Field(
+        default=50,
+        gt=0,
+        description="Failed logins per account, all addresses, in `TOKENWARD_LOGIN_WINDOW`; "
+        "past it only addresses the account logged in from recently may try. Never locks "
+        "longer than one window.",
+    )
+    login_ip_limit: int = Field(
+        default=100,
+        gt=0,
+        description="Failed logins per client address (IPv6: per /64), any account, in "
+        "`TOKENWARD_LOGIN_WINDOW` (credential stuffing).",
+    )
+    login_window: int = Field(
+        default=900, gt=0, description="Sliding window of the login limits, seconds."
+    )
+    login_max_block: int = Field(
+        default=3600,
+        gt=0,
+        description="Longest lock of the per-pair and per-address login limits, seconds; "
+        "locks grow from one window, doubling each time.",
+    )
+    register_ip_limit: int = Field(
+        default=20,
+        gt=0,
+        description="Registrations per client address in `TOKENWARD_REGISTER_WINDOW` "
+        "(attempts refused by the password policy do not count).",
+    )
+    register_window: int = Field(
+        default=3600, gt=0, description="Window of the registration limit, seconds."
+    )
+    refresh_ip_limit: int = Field(
+        default=60,
+        gt=0,
+        description="Refused refreshes (bad, expired or reused tokens) per client address in "
+        "`TOKENWARD_REFRESH_IP_WINDOW`.",
+    )
+    refresh_ip_window: int = Field(
+        default=60, gt=0, description="Window of the per-address refresh limit, seconds."
+    )
+    events_ttl: int = Field(
+        default=7_776_000,
+        gt=0,
+        description="Security events (logins, throttling, theft, password changes) are kept "
+        "this many seconds (90 days).",
+    )
+    events_per_user: int = Field(
+        default=100,
+        gt=0,
+        le=10_000,
+        description="Security events kept per user (`GET /auth/events`), newest first.",
+    )
+    events_global_max: int = Field(
+        default=100_000,
+        gt=0,
+        description="Security events kept in the operators' stream (approximately).",
+    )
+    cookie_secure: bool = Field(
+        default=True,
+        description="Cookies get `Secure` and the `__Host-`/`__Secure-` prefixes. `false` only "
+        "for plain-http testing off localhost.",
+    )
+    allowed_origins: Csv = Field(
+        default=(),
+        description="Comma-separated origins allowed to make cookie-authenticated unsafe "
+        "requests and browser logins. Unset: the issuer's origin.",
+    )
+    signing_keys: Path | None = Field(
+        default=None,
+        description="PEM or JWKS file with the private signing key(s), the same file for "
+        "every instance; the last key in force signs, all verify (see `tokenward keys`). "
+        "Unset: a JWKS generated in the data directory.",
+    )
+    signing_alg: Literal["EdDSA", "ES256"] = Field(
+        default="EdDSA",
+        description="Algorithm of generated keys (first start, `tokenward keys rotate`): "
+        "`EdDSA` (Ed25519) or `ES256` (P-256). Keys read from a file carry their own.",
+    )
+    leeway: int = Field(
+        default=30,
+        ge=0,
+        le=300,
+        description="Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.",
+    )
+    password_min_length: int = Field(
+        default=12,
+        ge=8,
+        le=64,
+        description="Shortest password accepted. Up to 1024 characters of any Unicode are "
+        "accepted; common and breached passwords are refused (NIST SP 800-63B-4).",
+    )
+    trusted_proxies: Csv = Field(
+        default=(),
+        description="Comma-separated addresses or CIDR networks of reverse proxies whose "
+        "`X-Forwarded-For` is believed for client IPs (rate limits, session metadata). "
+        "Unset: the peer address is the client.",
+    )
+    max_sessions: int = Field(
+        default=100,
+        gt=0,
+        description="Sessions per user; a new login past it ends the least recently used one.",
+    )
+    transparent_refresh: bool = Field(
+        default=False,
+        description="`true`: protected routes refresh an expired (or dropped) access cookie "
+        "themselves, as the classic tutorial's `validate_jwt` did; the refresh cookie then "
+        "uses `Path=/`.",
+    )
+    argon2_memory_kib: int = Field(
+        default=OWASP_ARGON2_MEMORY_KIB,
+        ge=OWASP_ARGON2_MEMORY_KIB,
+        description="argon2id memory cost, KiB; the OWASP minimum (19 MiB) or more.",
+    )
+    argon2_time_cost: int = Field(
+        default=OWASP_ARGON2_TIME_COST,
+        ge=OWASP_ARGON2_TIME_COST,
+        description="argon2id iterations; the OWASP minimum (2) or more.",
+    )
+    argon2_parallelism: int = Field(
+        default=OWASP_ARGON2_PARALLELISM, ge=1, le=16, description="argon2id lanes."
+    )
+    backend_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="Seconds to wait for Redis or the database (connecting, and each command) "
+        "before answering 503.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Least severe level logged."
+    )
+    key_reload_interval: int = Field(
+        default=5,
+        ge=1,
+        le=300,
+        description="Seconds between checks of the key file for a change (a rotation), so "
+        "running instances agree on the keys; also added to how long a retired key verifies.",
+    )
+    access_log: bool = Field(
+        default=True,
+        description="Log one JSON line per HTTP request (method, route, status, duration, "
+        "request id; never query strings, headers or bodies).",
+    )
 
     _split = field_validator("allowed_origins", "trusted_proxies", mode="before")(_split_csv)
 
@@ -161,7 +339,11 @@ def _origin_of(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http(s) URL")
-    return f"{parts.scheme}://{parts.netloc}".lower()
+    # Serialise as browsers send ``Origin``: no userinfo, no default port, brackets on IPv6.
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = parts.port
+    default_port = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + ("" if port in (None, default_port) else f":{port}")
 
 
 def _unknown_variables(env: dict[str, str]) -> list[str]:

@@ -10,6 +10,10 @@ A token is presented many times during its short life and a signature check cost
 framework requests (``PERF-FACTS.md``), so successful verifications are remembered in a
 bounded in-process map keyed by the exact token string. The expiry is still checked against
 ``now`` on every hit; whether the *session* is still alive is the session cache's business.
+
+:class:`AccessTokenVerifier` holds every check and needs public keys only, so services that
+verify tokens from the JWKS (:mod:`tokenward.verifier`) run exactly the checks the issuer
+runs; :class:`AccessTokens` adds issuing.
 """
 
 from __future__ import annotations
@@ -17,16 +21,23 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 import orjson
 from jwt.api_jws import PyJWS
 
 from tokenward.errors import TokenExpired, TokenInvalid
-from tokenward.keys import KeySet
+from tokenward.keys import KeySet, PublicKey, SigningAlg
 
-__all__ = ["ACCESS_TOKEN_TYP", "AccessClaims", "AccessTokens"]
+__all__ = [
+    "ACCESS_TOKEN_TYP",
+    "AccessClaims",
+    "AccessTokenVerifier",
+    "AccessTokens",
+    "VerificationKey",
+    "VerificationKeys",
+]
 
 ACCESS_TOKEN_TYP = "at+jwt"
 _FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
@@ -48,67 +59,60 @@ class AccessClaims:
     aud: str
 
 
-class AccessTokens:
-    """Issues and verifies access tokens for one issuer and audience.
+class VerificationKey(Protocol):
+    """A public key with its pinned algorithm (a :class:`~tokenward.keys.SigningKey` is one)."""
+
+    @property
+    def kid(self) -> str:
+        """The key id tokens name in their header."""
+        ...
+
+    @property
+    def alg(self) -> SigningAlg:
+        """The one algorithm this key verifies."""
+        ...
+
+    @property
+    def public_key(self) -> PublicKey:
+        """The key that checks signatures."""
+        ...
+
+
+class VerificationKeys(Protocol):
+    """Keys by ``kid`` (a :class:`~tokenward.keys.KeySet` is one)."""
+
+    def get(self, kid: str) -> VerificationKey | None:
+        """The key with this ``kid``, or ``None`` when it is not known."""
+        ...
+
+
+class AccessTokenVerifier:
+    """Verifies access tokens for one issuer and audience with public keys only.
 
     Args:
-        keys: the key set; the newest key signs.
-        issuer: the ``iss`` claim, also required on verification.
-        audience: the ``aud`` claim, also required on verification.
-        ttl: lifetime in seconds.
+        keys: the keys that verify; replace :attr:`keys` to rotate.
+        issuer: the required ``iss`` claim.
+        audience: the required ``aud`` claim.
         leeway: clock skew tolerated on ``exp``, ``iat``, ``nbf``.
         cache_size: how many verified tokens to remember; 0 disables the cache.
     """
 
     def __init__(
         self,
-        keys: KeySet,
+        keys: VerificationKeys,
         *,
         issuer: str,
         audience: str,
-        ttl: int,
         leeway: int = 30,
         cache_size: int = 65_536,
     ) -> None:
-        if ttl <= 0:
-            raise ValueError("ttl must be positive")
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
-        self.ttl = ttl
         self.leeway = leeway
         self._jws = PyJWS()
         self._cache: OrderedDict[str, AccessClaims] = OrderedDict()
         self._cache_size = cache_size
-
-    def issue(self, *, sub: str, sid: str, now: int) -> tuple[str, AccessClaims]:
-        """Sign a new access token for session ``sid`` of user ``sub``."""
-        key = self.keys.signing_key
-        claims = AccessClaims(
-            sub=sub,
-            sid=sid,
-            iat=now,
-            exp=now + self.ttl,
-            jti=secrets.token_urlsafe(16),
-            iss=self.issuer,
-            aud=self.audience,
-        )
-        payload = {
-            "iss": claims.iss,
-            "aud": claims.aud,
-            "sub": claims.sub,
-            "sid": claims.sid,
-            "iat": claims.iat,
-            "exp": claims.exp,
-            "jti": claims.jti,
-        }
-        token = jwt.encode(
-            payload,
-            key.private_key,
-            algorithm=key.alg,
-            headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP},
-        )
-        return token, claims
 
     def verify(self, token: str, *, now: int) -> AccessClaims:
         """Return the claims of a genuine, current token for this issuer and audience.
@@ -178,3 +182,64 @@ class AccessTokens:
             iss=payload["iss"],
             aud=payload["aud"],
         )
+
+
+class AccessTokens(AccessTokenVerifier):
+    """Issues and verifies access tokens for one issuer and audience.
+
+    Args:
+        keys: the key set; the newest key signs.
+        issuer: the ``iss`` claim, also required on verification.
+        audience: the ``aud`` claim, also required on verification.
+        ttl: lifetime in seconds.
+        leeway: clock skew tolerated on ``exp``, ``iat``, ``nbf``.
+        cache_size: how many verified tokens to remember; 0 disables the cache.
+    """
+
+    keys: KeySet
+
+    def __init__(
+        self,
+        keys: KeySet,
+        *,
+        issuer: str,
+        audience: str,
+        ttl: int,
+        leeway: int = 30,
+        cache_size: int = 65_536,
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        super().__init__(
+            keys, issuer=issuer, audience=audience, leeway=leeway, cache_size=cache_size
+        )
+        self.ttl = ttl
+
+    def issue(self, *, sub: str, sid: str, now: int) -> tuple[str, AccessClaims]:
+        """Sign a new access token for session ``sid`` of user ``sub``."""
+        key = self.keys.signing_key
+        claims = AccessClaims(
+            sub=sub,
+            sid=sid,
+            iat=now,
+            exp=now + self.ttl,
+            jti=secrets.token_urlsafe(16),
+            iss=self.issuer,
+            aud=self.audience,
+        )
+        payload = {
+            "iss": claims.iss,
+            "aud": claims.aud,
+            "sub": claims.sub,
+            "sid": claims.sid,
+            "iat": claims.iat,
+            "exp": claims.exp,
+            "jti": claims.jti,
+        }
+        token = jwt.encode(
+            payload,
+            key.private_key,
+            algorithm=key.alg,
+            headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP},
+        )
+        return token, claims

@@ -111,3 +111,24 @@ class Accounts:
 @pytest.fixture
 def accounts(client: httpx.AsyncClient) -> Accounts:
     return Accounts(client)
+
+
+# ---------------------------------------------------------------------------------------
+# Appended helpers (they change none of the fixtures above).
+
+from tokenward.settings import Settings as _Settings  # noqa: E402
+
+#: Abuse limits high enough that tests which are not about throttling never trip them,
+#: although the whole run shares one Redis and one client address. Pass as
+#: ``make_tw(**GENEROUS_LIMITS, ...)``; names the settings do not (yet) have are left out.
+GENEROUS_LIMITS: dict[str, int] = {
+    name: 1_000_000
+    for name in (
+        "register_ip_limit",
+        "login_pair_limit",
+        "login_account_limit",
+        "login_ip_limit",
+        "refresh_ip_limit",
+    )
+    if name in _Settings.model_fields
+}

@@ -12,15 +12,20 @@ from contextlib import asynccontextmanager
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from tokenward.errors import TokenwardError
 from tokenward.http.openapi import openapi_document
+from tokenward.http.observability import ObservabilityMiddleware
 from tokenward.http.problems import handle_tokenward_error, handle_unexpected, problem_response
 from tokenward.http.routes import AuthRoutes
+from tokenward.keyring import JWKS_MAX_AGE
+from tokenward.metrics import CONTENT_TYPE, Metrics, SessionCounter
 from tokenward.runtime import Tokenward
+from tokenward.web import SecurityHeaders, page_routes
 
 __all__ = ["create_app"]
 
@@ -48,14 +53,18 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         manage_lifespan: run :meth:`Tokenward.start` and :meth:`Tokenward.stop` with the app.
     """
     auth = AuthRoutes(tw)
-    jwks_body = orjson.dumps(tw.keys.jwks())
+    # Rendered once per key set: a rotation picked up by tw.reload_keys() swaps tw.keys.
+    jwks_cache = (tw.keys, orjson.dumps(tw.keys.jwks()))
     openapi_body = orjson.dumps(openapi_document(tw))
 
     async def jwks(request: Request) -> Response:
+        nonlocal jwks_cache
+        if jwks_cache[0] is not tw.keys:
+            jwks_cache = (tw.keys, orjson.dumps(tw.keys.jwks()))
         return Response(
-            jwks_body,
+            jwks_cache[1],
             media_type="application/json",
-            headers={"Cache-Control": "public, max-age=300"},
+            headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"},
         )
 
     async def healthz(request: Request) -> Response:
@@ -68,6 +77,15 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
     async def openapi(request: Request) -> Response:
         return Response(openapi_body, media_type="application/json")
 
+    metrics = Metrics(sessions=SessionCounter(lambda: tw.redis))
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(
+            await metrics.render(),
+            media_type=CONTENT_TYPE,
+            headers={"Cache-Control": "no-store"},
+        )
+
     routes = [
         Route("/auth/register", auth.register, methods=["POST"]),
         Route("/auth/login", auth.login, methods=["POST"]),
@@ -77,12 +95,15 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         Route("/auth/me", auth.me, methods=["GET"]),
         Route("/auth/sessions", auth.sessions, methods=["GET"]),
         Route("/auth/sessions/ended", auth.ended_sessions, methods=["GET"]),
+        Route("/auth/events", auth.security_events, methods=["GET"]),
         Route("/auth/sessions/{sid}", auth.end_session, methods=["DELETE"]),
         Route("/auth/password", auth.change_password, methods=["POST"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *page_routes(tw.cookies.names, password_min_length=tw.settings.password_min_length),
     ]
 
     @asynccontextmanager
@@ -98,6 +119,15 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[
+            Middleware(
+                ObservabilityMiddleware,
+                metrics=metrics,
+                log_requests=tw.settings.access_log,
+                proxies=tw.proxies,
+            ),
+            Middleware(SecurityHeaders, hsts=tw.settings.cookie_secure),
+        ],
         exception_handlers={
             TokenwardError: handle_tokenward_error,
             HTTPException: _handle_http_exception,
@@ -105,4 +135,5 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         },
     )
     app.state.tokenward = tw
+    app.state.metrics = metrics
     return app

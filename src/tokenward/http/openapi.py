@@ -77,6 +77,34 @@ _ENDED_ROW = {
     "required": ["id", "reason", "ended_at"],
     "properties": {"id": _STR, "reason": _STR, "ended_at": _TIME},
 }
+_EVENT_ROW = {
+    "type": "object",
+    "required": ["id", "kind", "at", "ip", "user_agent", "session_id", "detail"],
+    "properties": {
+        "id": _STR,
+        "kind": {
+            "type": "string",
+            "enum": [
+                "account.registered",
+                "login.succeeded",
+                "login.failed",
+                "login.new-device",
+                "throttled",
+                "refresh.reused",
+                "password.changed",
+                "sessions.ended",
+            ],
+        },
+        "at": _TIME,
+        "ip": _STR,
+        "user_agent": _STR,
+        "session_id": {"type": ["string", "null"]},
+        "detail": {
+            "type": "object",
+            "additionalProperties": {"type": ["string", "integer"]},
+        },
+    },
+}
 
 # method, path, summary, request schema (or None), success status, success schema, error statuses
 _AUTHED = [400, 401, 403, 503]
@@ -148,6 +176,15 @@ _ENDPOINTS: list[
         _AUTHED,
     ),
     (
+        "get",
+        "/auth/events",
+        "The user's own recent security events, newest first",
+        None,
+        200,
+        {"type": "array", "items": _EVENT_ROW},
+        _AUTHED,
+    ),
+    (
         "delete",
         "/auth/sessions/{sid}",
         "End one of the user's sessions",
@@ -167,7 +204,7 @@ _ENDPOINTS: list[
         },
         204,
         None,
-        [*_AUTHED, 413, 415, 422],
+        [*_AUTHED, 413, 415, 422, 429],
     ),
     (
         "get",

@@ -18,10 +18,14 @@ from tokenward.csrf import check_origin
 from tokenward.errors import (
     AuthError,
     CsrfError,
+    InvalidCredentials,
     NotFound,
+    PolicyError,
+    RefreshReused,
     TokenExpired,
     TokenInvalid,
     TokenwardError,
+    WrongPassword,
 )
 from tokenward.http.auth import (
     RequestAuth,
@@ -32,6 +36,7 @@ from tokenward.http.auth import (
 )
 from tokenward.http.body import read_body
 from tokenward.http.problems import render_error
+from tokenward.ratelimit import Ticket
 from tokenward.runtime import Tokenward
 from tokenward.sessions import EndReason, Issued, UserRef
 
@@ -120,7 +125,15 @@ class AuthRoutes:
             self._login_origin_check(request)
             email = body.string("email", max_length=1024) or ""
             password = body.string("password", max_length=1 << 16) or ""
-            user = await self.tw.users.register(email, password, now=self.tw.clock.now())
+            now = self.tw.clock.now()
+            client = self._client(request)
+            ticket = await self.tw.throttle.register(client[0], now=now)
+            try:
+                user = await self.tw.users.register(email, password, now=now)
+            except PolicyError:
+                await ticket.refund()  # refused before any hashing: cheap, and reveals nothing
+                raise
+            self.tw.events.registered(user.id, client=client, now=now)
         except TokenwardError as exc:
             if body.form:
                 return _form_redirect(PAGE_REGISTER, exc)
@@ -141,11 +154,19 @@ class AuthRoutes:
             email = body.string("email", max_length=1024) or ""
             password = body.string("password", max_length=1 << 16) or ""
             now = self.tw.clock.now()
-            user = await self.tw.users.authenticate(email, password, now=now)
             ip, agent = self._client(request)
+            # Throttled before any hashing; unknown and existing accounts alike.
+            ticket = await self.tw.throttle.login(email, ip, now=now)
+            try:
+                user = await self.tw.users.authenticate(email, password, now=now)
+            except InvalidCredentials:
+                self.tw.events.login_failed(email, client=(ip, agent), now=now)
+                raise
+            await ticket.succeeded(now=now)
             issued = await self.tw.sessions.open(
                 UserRef(user.id, user.email, user.created_at), ip=ip, user_agent=agent, now=now
             )
+            self.tw.events.login_succeeded(user.id, issued.sid, client=(ip, agent), now=now)
         except TokenwardError as exc:
             if body.form:
                 return _form_redirect(PAGE_LOGIN, exc)
@@ -168,25 +189,45 @@ class AuthRoutes:
         if _is_bearer_transport(request):
             body = await read_body(request)
             token = body.string("refresh_token", max_length=512) or ""
-            issued = await self.tw.sessions.refresh(token, csrf_token=None, now=now)
+            ticket = await self.tw.throttle.refresh(self._client(request)[0], now=now)
+            issued = await self._rotate(request, ticket, token, None, now)
             return json_response(self._session_body(issued, bearer=True))
         await read_body(request, allow_empty=True)
         names = self.tw.cookies.names
         cookie = request.cookies.get(names.refresh)
         if not cookie:
             raise TokenInvalid("no refresh token")
+        ticket = await self.tw.throttle.refresh(self._client(request)[0], now=now)
         self._login_origin_check(request)
         csrf = request.cookies.get(names.csrf)
         header = request.headers.get("x-csrf-token")
         if not csrf or not header or header != csrf:
             raise CsrfError("missing or mismatched X-CSRF-Token")
         try:
-            issued = await self.tw.sessions.refresh(cookie, csrf_token=csrf, now=now)
+            issued = await self._rotate(request, ticket, cookie, csrf, now)
         except AuthError as exc:
             return self._clear_cookies(render_error(exc))
         return self._with_cookies(
             json_response(self._session_body(issued, bearer=False)), issued, csrf
         )
+
+    async def _rotate(
+        self, request: Request, ticket: Ticket, token: str, csrf: str | None, now: int
+    ) -> Issued:
+        """Rotate a refresh token: a success refunds the throttle, a reuse is recorded."""
+        try:
+            issued = await self.tw.sessions.refresh(token, csrf_token=csrf, now=now)
+        except RefreshReused:
+            self.tw.events.refresh_reused(token, client=self._client(request), now=now)
+            raise
+        await ticket.refund()
+        return issued
+
+    def _ended(
+        self, request: Request, uid: str, sids: list[str], reason: EndReason, now: int
+    ) -> None:
+        client = self._client(request)
+        self.tw.events.sessions_ended(uid, sids, reason.value, client=client, now=now)
 
     async def _current(self, request: Request) -> RequestAuth:
         return await authenticate(self.tw, request)
@@ -198,15 +239,18 @@ class AuthRoutes:
         if token is not None:
             principal = await self.tw.sessions.authenticate(token, now=now)
             await self.tw.sessions.end(principal.uid, principal.sid, EndReason.LOGOUT, now=now)
+            self._ended(request, principal.uid, [principal.sid], EndReason.LOGOUT, now)
             return Response(status_code=204, headers=NO_STORE)
         body = await read_body(request, allow_empty=True)
         body_token = body.string("refresh_token", required=False, max_length=512)
         if body_token is not None:
             uid, sid = await self.tw.sessions.owner_of_refresh(body_token)
             await self.tw.sessions.end(uid, sid, EndReason.LOGOUT, now=now)
+            self._ended(request, uid, [sid], EndReason.LOGOUT, now)
             return Response(status_code=204, headers=NO_STORE)
         uid, sid = await self._cookie_session(request, now)
         await self.tw.sessions.end(uid, sid, EndReason.LOGOUT, now=now)
+        self._ended(request, uid, [sid], EndReason.LOGOUT, now)
         return self._clear_cookies(Response(status_code=204, headers=NO_STORE))
 
     async def _cookie_session(self, request: Request, now: int) -> tuple[str, str]:
@@ -236,9 +280,10 @@ class AuthRoutes:
         keep_current = body.boolean("keep_current", default=False)
         now = self.tw.clock.now()
         p = auth.principal
-        await self.tw.sessions.end_all(
+        ended = await self.tw.sessions.end_all(
             p.uid, keep=p.sid if keep_current else None, reason=EndReason.LOGOUT_ALL, now=now
         )
+        self._ended(request, p.uid, ended, EndReason.LOGOUT_ALL, now)
         response = Response(status_code=204, headers=NO_STORE)
         if not keep_current and not auth.bearer:
             self._clear_cookies(response)
@@ -286,6 +331,7 @@ class AuthRoutes:
         if not _looks_like_sid(sid):
             raise NotFound("no such session")
         await self.tw.sessions.end(p.uid, sid, EndReason.REVOKED, now=now)
+        self._ended(request, p.uid, [sid], EndReason.REVOKED, now)
         response = Response(status_code=204, headers=NO_STORE)
         if sid == p.sid and not auth.bearer:
             self._clear_cookies(response)
@@ -299,11 +345,40 @@ class AuthRoutes:
         new = body.string("new_password", max_length=1 << 16) or ""
         now = self.tw.clock.now()
         p = auth.principal
-        await self.tw.users.change_password(p.uid, current, new, now=now)
-        await self.tw.sessions.end_all(
+        # Guessing the current password from a stolen session meets the login limits.
+        ticket = await self.tw.throttle.login(p.state.email, self._client(request)[0], now=now)
+        try:
+            await self.tw.users.change_password(p.uid, current, new, now=now)
+        except TokenwardError as exc:
+            if not isinstance(exc, WrongPassword):
+                await ticket.refund()  # no wrong guess was made: it does not count
+            raise
+        await ticket.succeeded(now=now)
+        ended = await self.tw.sessions.end_all(
             p.uid, keep=p.sid, reason=EndReason.PASSWORD_CHANGED, now=now
         )
+        self.tw.events.password_changed(
+            p.uid, p.sid, ended=len(ended), client=self._client(request), now=now
+        )
         return apply_pending_cookies(request, Response(status_code=204, headers=NO_STORE))
+
+    async def security_events(self, request: Request) -> Response:
+        """``GET /auth/events``: the user's own recent security events, newest first."""
+        auth = await self._current(request)
+        rows = await self.tw.events.for_user(auth.principal.uid, now=self.tw.clock.now())
+        body = [
+            {
+                "id": e.id,
+                "kind": e.kind.value,
+                "at": rfc3339(e.at),
+                "ip": e.ip,
+                "user_agent": e.user_agent,
+                "session_id": e.sid,
+                "detail": dict(e.detail),
+            }
+            for e in rows
+        ]
+        return apply_pending_cookies(request, json_response(body))
 
 
 def _looks_like_sid(value: str) -> bool:

@@ -1,9 +1,15 @@
 """The invalidation feed: Redis pub/sub driving a :class:`~tokenward.revocation.SessionCache`.
 
-Runs as one background task per process. While subscribed, the cache may vouch for live
-sessions; the moment the subscription fails (or a health ping goes unanswered) the cache is
-marked unhealthy and emptied, and every request looks its session up in Redis until the
-feed is back, when the cache starts again from empty (messages may have been missed).
+Runs as one background task per process. The cache may vouch for live sessions only while
+this feed holds a *lease*: it has heard from Redis (a message or the answer to its own
+ping) within the last ``lease`` seconds. The moment the subscription fails, or the lease
+lapses because Redis went silent (a partition, a stuck reconnect inside the client
+library), the cache is marked unhealthy and emptied, and every request looks its session
+up in Redis until the feed is back. A new subscription empties the cache again before it
+vouches for anything, since messages may have been missed in between.
+
+The lease is watched by a separate task, so it lapses on time even while the listening task
+is blocked inside redis-py (whose pub/sub transparently reconnects and resubscribes).
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ class RevocationFeed:
         redis: the client (a dedicated pub/sub connection is taken from its pool).
         cache: the cache to drive.
         channel: the channel the session store publishes ended session ids on.
-        ping_interval: seconds between health pings; a silent connection for twice this
-            long counts as down.
+        ping_interval: seconds between health pings.
+        lease: seconds without hearing from Redis after which the cache stops vouching;
+            twice ``ping_interval`` unless given. With the defaults an instance cut off
+            from Redis stops trusting its cache within 0.8 s.
         retry_delay: seconds to wait before resubscribing after a failure.
     """
 
@@ -41,71 +49,98 @@ class RevocationFeed:
         cache: SessionCache,
         *,
         channel: str = ENDED_CHANNEL,
-        ping_interval: float = 1.0,
+        ping_interval: float = 0.4,
+        lease: float | None = None,
         retry_delay: float = 0.5,
     ) -> None:
         self.redis = redis
         self.cache = cache
         self.channel = channel
         self.ping_interval = ping_interval
+        self.lease = 2 * ping_interval if lease is None else lease
         self.retry_delay = retry_delay
         self._task: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._last_seen = 0.0
+        #: times the subscription was (re)established; for tests and metrics
+        self.subscriptions = 0
 
     async def start(self, wait: float | None = None) -> None:
-        """Start the background task; optionally wait up to ``wait`` seconds for it to subscribe."""
+        """Start the background tasks; optionally wait up to ``wait`` s for the subscription."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="tokenward-revocation-feed")
+            self._watchdog = asyncio.create_task(
+                self._watch(), name="tokenward-revocation-lease"
+            )
         if wait:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._subscribed.wait(), wait)
 
     async def stop(self) -> None:
-        """Stop the task; the cache is left unhealthy (empty)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the tasks; the cache is left unhealthy (empty)."""
+        for task in (self._task, self._watchdog):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watchdog = None
+        self._subscribed.clear()
         self.cache.set_healthy(False)
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the feed is currently subscribed and holding its lease."""
+        return self._subscribed.is_set() and self.cache.healthy
+
+    def _lapse(self, why: str) -> None:
+        if self.cache.healthy:
+            log.warning("revocation feed down (%s): checking every session in Redis", why)
+        self._subscribed.clear()
+        self.cache.set_healthy(False)
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.ping_interval / 4)
+            if self.cache.healthy and loop.time() - self._last_seen > self.lease:
+                self._lapse("lease lapsed")
 
     async def _run(self) -> None:
         while True:
             try:
                 await self._listen()
             except (RedisError, OSError) as exc:
-                log.warning("revocation feed down: %s", type(exc).__name__)
-            except Exception as exc:
-                # Anything else must not end the task for good: the cache would stay cold
-                # (safe, since it fails closed) but never recover.
-                log.exception("revocation feed failed: %s", type(exc).__name__)
-            self._subscribed.clear()
-            self.cache.set_healthy(False)
+                self._lapse(type(exc).__name__)
             await asyncio.sleep(self.retry_delay)
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
-        initialize = getattr(self.redis, "initialize", None)
-        if initialize is not None:
-            # A cluster client must know the slot map before it can place a subscription.
-            await initialize()
         async with self.redis.pubsub() as pubsub:
             await pubsub.subscribe(self.channel)
-            last_seen = loop.time()
-            next_ping = last_seen + self.ping_interval
+            next_ping = loop.time() + self.ping_interval
             while True:
                 message = await pubsub.get_message(timeout=self.ping_interval / 2)
                 now = loop.time()
                 if message is not None:
-                    last_seen = now
                     kind = message.get("type")
                     if kind == "subscribe":
+                        # A first subscription, or redis-py's silent resubscription after
+                        # a reconnect: anything may have been missed, so start empty.
+                        self._last_seen = now
                         self.cache.set_healthy(True)
                         self.cache.reset()
+                        self.subscriptions += 1
                         self._subscribed.set()
-                    elif kind == "message":
-                        self.cache.forget([str(message["data"])])
-                if now - last_seen > 2 * self.ping_interval:
+                    elif not self._subscribed.is_set():
+                        # The lease lapsed on this connection: resubscribe from scratch.
+                        raise ConnectionError("lease lapsed; resubscribing")
+                    else:
+                        self._last_seen = now
+                        if kind == "message":
+                            self.cache.forget([str(message["data"])])
+                if self._subscribed.is_set() and now - self._last_seen > self.lease:
+                    self._lapse("no answer to health pings")
                     raise ConnectionError("no answer to health pings")
                 if now >= next_ping:
                     await pubsub.ping()

@@ -11,11 +11,16 @@ key                                type    TTL
 ``tw:{u:<uid>}:ended``             list    recently ended sessions and why; 30 days
 =================================  ======  ==================================================
 
-Session hash fields: ``uid email uca`` (user), ``created last abs`` (times), ``ip ua``,
+Session hash fields: ``uid email uca`` (user), ``created last abs exp`` (times: ``exp`` is
+``min(last refresh + idle timeout, abs)``, the moment the key's TTL runs out), ``ip ua``,
 ``csrf`` (SHA-256 of the CSRF token), ``cur`` (SHA-256 of the current refresh secret),
 ``prev`` and ``rot`` (the just-replaced digest and when), ``salt`` (of the last rotation),
 ``old`` (older replaced digests, for theft detection), ``rlw rln`` (refresh rate window).
 No field holds a usable token.
+
+Expiry is enforced twice, by the same numbers: Redis drops the key when its TTL runs out (no
+clean-up job), and every script treats a record whose ``exp`` has passed (by the caller's
+clock) as gone, so application time and Redis time can never disagree about a live session.
 
 Every script that ends a session also ``PUBLISH``es its id on the invalidation channel in
 the same atomic step, so no process can keep trusting it.
@@ -74,8 +79,13 @@ local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #sid)
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now, sid)
+-- forget sessions that have expired: they must not count against the limit
 for _, s in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if redis.call('EXISTS', prefix .. s) == 0 then redis.call('ZREM', KEYS[2], s) end
+  local e = tonumber(redis.call('HGET', prefix .. s, 'exp'))
+  if not e or e <= tonumber(now) then
+    redis.call('DEL', prefix .. s)
+    redis.call('ZREM', KEYS[2], s)
+  end
 end
 local evicted = {}
 local excess = redis.call('ZCARD', KEYS[2]) - max
@@ -102,22 +112,21 @@ local now, grace, idle = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local limit, window, channel = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
 local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #sid)
 local f = redis.call('HMGET', KEYS[1], 'cur', 'prev', 'rot', 'salt', 'abs', 'csrf', 'rlw',
-  'rln', 'old', 'uid', 'email', 'uca', 'created')
+  'rln', 'old', 'uid', 'email', 'uca', 'created', 'exp')
 if not f[1] then return {'missing'} end
+local exp = tonumber(f[14]) or 0
+if exp <= now then return {'missing'} end
 if csrf ~= '' and csrf ~= f[6] then return {'csrf'} end
 if presented == f[1] then
   local ttl = math.min(idle, tonumber(f[5]) - now)
-  if ttl <= 0 then
-    end_session(prefix, KEYS[2], KEYS[3], sid, 'expired', now, channel)
-    return {'missing'}
-  end
+  if ttl <= 0 then return {'missing'} end
   local rlw, rln = tonumber(f[7]) or 0, tonumber(f[8]) or 0
   if now - rlw >= window then rlw, rln = now, 0 end
   if rln >= limit then return {'limited', tostring(rlw + window - now)} end
   local old = f[9] or ''
   if f[2] then old = string.sub(f[2] .. old, 1, 64 * $KEPT) end
   redis.call('HSET', KEYS[1], 'cur', successor, 'prev', presented, 'salt', salt, 'rot', now,
-    'last', now, 'rlw', rlw, 'rln', rln + 1, 'old', old)
+    'last', now, 'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'old', old)
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[2], now, sid)
   return {'rotated', tostring(ttl), f[10], f[11], f[12], f[6], f[13]}
@@ -125,8 +134,7 @@ end
 local reused = false
 if presented == f[2] then
   if grace > 0 and now - tonumber(f[3]) <= grace then
-    local ttl = redis.call('TTL', KEYS[1])
-    return {'grace', tostring(ttl), f[10], f[11], f[12], f[6], f[13], f[4]}
+    return {'grace', tostring(exp - now), f[10], f[11], f[12], f[6], f[13], f[4]}
   end
   reused = true
 elseif f[9] then
@@ -142,9 +150,9 @@ return {'unknown'}
 )
 
 _GET = """
-local f = redis.call('HMGET', KEYS[1], 'uid', 'email', 'uca', 'csrf', 'created')
-if not f[1] then return false end
-return {f[1], f[2], f[3], f[4], f[5], tostring(redis.call('TTL', KEYS[1]))}
+local f = redis.call('HMGET', KEYS[1], 'uid', 'email', 'uca', 'csrf', 'created', 'exp')
+if not f[1] or (tonumber(f[6]) or 0) <= tonumber(ARGV[1]) then return false end
+return f
 """
 
 _END = (
@@ -171,12 +179,12 @@ return ended
 )
 
 _LIST = """
-local prefix = ARGV[1]
+local prefix, now = ARGV[1], tonumber(ARGV[2])
 local out = {}
 for _, s in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, -1)) do
-  local f = redis.call('HMGET', prefix .. s, 'created', 'last', 'abs', 'ip', 'ua')
-  if f[1] then
-    table.insert(out, {s, f[1], f[2], f[3], f[4], f[5], tostring(redis.call('TTL', prefix .. s))})
+  local f = redis.call('HMGET', prefix .. s, 'created', 'last', 'abs', 'ip', 'ua', 'exp')
+  if f[1] and (tonumber(f[6]) or 0) > now then
+    table.insert(out, {s, f[1], f[2], f[3], f[4], f[5], f[6]})
   end
 end
 return out
@@ -233,7 +241,7 @@ class RedisSessionStore:
             "uid", record.uid, "email", state.email, "uca", state.user_created_at,
             "csrf", state.csrf_digest, "created", record.created_at, "last", record.last_used_at,
             "abs", record.absolute_expires_at, "ip", record.ip, "ua", record.user_agent,
-            "cur", refresh_digest, "rot", 0,
+            "cur", refresh_digest, "rot", 0, "exp", state.expires_at,
         ]  # fmt: skip
         args: list[str | int] = [
             record.sid, ttl, max_sessions, index_ttl, record.created_at, self.channel, *fields,
@@ -270,7 +278,7 @@ class RedisSessionStore:
             return RotateResult(outcome, retry_after=int(reply[1]))
         if outcome in (RotateOutcome.ROTATED, RotateOutcome.GRACE):
             ttl = int(reply[1])
-            state = _state(reply[2:7], ttl, now)
+            state = _state(reply[2:7], now + ttl)
             return RotateResult(
                 outcome, state=state, ttl=ttl, salt=reply[7] if len(reply) > 7 else ""
             )
@@ -280,10 +288,10 @@ class RedisSessionStore:
         """See :meth:`tokenward.sessions.SessionStore.get`."""
         prefix, _, _ = _keys(uid)
         async with _backend():
-            reply = await self._get(keys=[prefix + sid], args=[])
+            reply = await self._get(keys=[prefix + sid], args=[now])
         if not reply:
             return None
-        return _state(reply[:5], int(reply[5]), now)
+        return _state(reply[:5], int(reply[5]))
 
     async def end(self, uid: str, sid: str, reason: EndReason, *, now: int) -> bool:
         """See :meth:`tokenward.sessions.SessionStore.end`."""
@@ -309,8 +317,8 @@ class RedisSessionStore:
         """See :meth:`tokenward.sessions.SessionStore.list`."""
         prefix, idx, _ = _keys(uid)
         async with _backend():
-            rows = await self._list(keys=[idx], args=[prefix])
-        return [_record(uid, row, now) for row in rows]
+            rows = await self._list(keys=[idx], args=[prefix, now])
+        return [_record(uid, row) for row in rows]
 
     async def matches_refresh(self, uid: str, sid: str, digest: str) -> bool:
         """See :meth:`tokenward.sessions.SessionStore.matches_refresh`."""
@@ -331,7 +339,7 @@ class RedisSessionStore:
         return out
 
 
-def _state(fields: Sequence[str], ttl: int, now: int) -> SessionState:
+def _state(fields: Sequence[str], expires_at: int) -> SessionState:
     uid, email, uca, csrf, created = fields
     return SessionState(
         uid=uid,
@@ -339,18 +347,18 @@ def _state(fields: Sequence[str], ttl: int, now: int) -> SessionState:
         user_created_at=int(uca),
         csrf_digest=csrf,
         created_at=int(created),
-        expires_at=now + max(ttl, 0),
+        expires_at=expires_at,
     )
 
 
-def _record(uid: str, row: Sequence[str], now: int) -> SessionRecord:
-    sid, created, last, absolute, ip, ua, ttl = row
+def _record(uid: str, row: Sequence[str]) -> SessionRecord:
+    sid, created, last, absolute, ip, ua, expires = row
     return SessionRecord(
         sid=sid,
         uid=uid,
         created_at=int(created),
         last_used_at=int(last),
-        expires_at=now + max(int(ttl), 0),
+        expires_at=int(expires),
         absolute_expires_at=int(absolute),
         ip=ip,
         user_agent=ua,

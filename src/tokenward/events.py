@@ -1,0 +1,290 @@
+"""Security events: what happened to an account, for its owner and for operators.
+
+Logins (good and bad), logins from a new device, a replayed refresh token (theft),
+throttling, password changes and ended sessions are recorded as :class:`SecurityEvent`
+values. :class:`SecurityEvents` writes each one to an :class:`EventSink` (the Redis adapter
+keeps a capped stream per user, with a TTL, and a global stream for operators) and as one
+structured log line on the ``tokenward.events`` logger.
+
+No event carries a password, a token, a CSRF token or an email: accounts that may not exist
+are named by :func:`~tokenward.ratelimit.account_digest`, users by id.
+
+Recording is off the request path. The HTTP adapter calls the typed methods (which return
+at once); the work (resolving an email to a user, checking the device, writing the
+streams) runs in tracked background tasks. Two things follow: a failed login costs the same
+whether or not the account exists (the account lookup and the per-user write happen after
+the response), and a broken event store never fails a request (the loss is logged).
+:meth:`SecurityEvents.drain` waits for pending writes (read-your-writes in one process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import logging
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tokenward.errors import TokenInvalid, TokenwardError
+from tokenward.ratelimit import LockNotice, account_digest, address_bucket
+from tokenward.refresh import RefreshToken
+from tokenward.users import UserStore, normalize_email
+
+__all__ = [
+    "DEVICE_MEMORY",
+    "DeviceRegistry",
+    "EventKind",
+    "EventSink",
+    "SecurityEvent",
+    "SecurityEvents",
+    "device_digest",
+]
+
+log = logging.getLogger("tokenward.events")
+
+#: A (user agent, address) pair unseen for this long makes the next login a "new device".
+DEVICE_MEMORY = 90 * 86_400
+#: Pending background writes past this are dropped (and the drop logged): back-pressure.
+MAX_PENDING = 10_000
+
+
+class EventKind(enum.StrEnum):
+    """What happened."""
+
+    REGISTERED = "account.registered"
+    LOGIN_SUCCEEDED = "login.succeeded"
+    LOGIN_FAILED = "login.failed"
+    NEW_DEVICE = "login.new-device"
+    THROTTLED = "throttled"
+    REFRESH_REUSED = "refresh.reused"
+    PASSWORD_CHANGED = "password.changed"
+    SESSIONS_ENDED = "sessions.ended"
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityEvent:
+    """One thing that happened to an account (or to an address, for throttling).
+
+    Attributes:
+        kind: what happened.
+        at: when, seconds since the epoch.
+        uid: the user, when known (``None`` for a failed login naming no account).
+        sid: the session concerned, if any.
+        ip: the client address (after trusted proxies).
+        user_agent: the client's ``User-Agent``, truncated.
+        detail: small extra facts (``reason``, ``limit``, ``count``, ``account``); never
+            a secret.
+        id: the store's id for the event (set on events read back).
+    """
+
+    kind: EventKind
+    at: int
+    uid: str | None = None
+    sid: str | None = None
+    ip: str = ""
+    user_agent: str = ""
+    detail: Mapping[str, str | int] = field(default_factory=dict, hash=False)
+    id: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        """A flat, JSON-ready view (for log lines and responses)."""
+        return {
+            "kind": self.kind.value,
+            "at": self.at,
+            "uid": self.uid,
+            "sid": self.sid,
+            "ip": self.ip,
+            "user_agent": self.user_agent,
+            "detail": dict(self.detail),
+        }
+
+
+class EventSink(Protocol):
+    """Where events are kept.
+
+    Contract: :meth:`append` adds the event to the global (operators') stream and, when it
+    has a ``uid``, to that user's stream; both are capped and expire (every key has a TTL).
+    Reads return the newest first.
+    """
+
+    async def append(self, event: SecurityEvent) -> None:
+        """Store one event."""
+        ...
+
+    async def for_user(self, uid: str, *, now: int, limit: int = 100) -> list[SecurityEvent]:
+        """The user's own recent events, newest first."""
+        ...
+
+    async def recent(
+        self, *, limit: int = 100, kinds: Sequence[str] = (), before: str | None = None
+    ) -> list[SecurityEvent]:
+        """The global stream, newest first (for operators), optionally filtered by kind."""
+        ...
+
+
+class DeviceRegistry(Protocol):
+    """The devices each user logged in from recently."""
+
+    async def seen(self, uid: str, device: str, *, now: int, memory: int) -> bool:
+        """Record ``device`` for ``uid``; return whether it was seen within ``memory`` seconds.
+
+        Atomic: of two concurrent first logins from one device, one is "new".
+        """
+        ...
+
+
+def device_digest(user_agent: str, ip: str) -> str:
+    """Names a (user agent, address) pair; IPv6 addresses count by their /64."""
+    raw = f"{user_agent}\x00{address_bucket(ip)}".encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+Client = tuple[str, str]
+"""``(ip, user_agent)`` of a request."""
+
+
+class SecurityEvents:
+    """Records security events to a sink and to the log, off the request path.
+
+    Args:
+        sink: where events are kept.
+        devices: the device registry (for "new device" events).
+        users: used to name the user of a failed login when the account exists.
+        device_memory: see :data:`DEVICE_MEMORY`.
+    """
+
+    def __init__(
+        self,
+        sink: EventSink,
+        devices: DeviceRegistry,
+        users: UserStore,
+        *,
+        device_memory: int = DEVICE_MEMORY,
+    ) -> None:
+        self.sink = sink
+        self.devices = devices
+        self.users = users
+        self.device_memory = device_memory
+        self._pending: set[asyncio.Task[None]] = set()
+        #: events recorded per kind, for metrics
+        self.counts: dict[str, int] = {}
+
+    # -- machinery -----------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            work.close()
+            log.warning("security event dropped: %d writes pending", len(self._pending))
+            return
+        task = asyncio.get_running_loop().create_task(self._guarded(work))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    @staticmethod
+    async def _guarded(work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as exc:  # a lost event must never fail the request that caused it
+            # The type only (noqa): a traceback's messages could carry the event's data.
+            log.error("security event not stored (%s)", type(exc).__name__)  # noqa: TRY400
+
+    async def _write(self, event: SecurityEvent) -> None:
+        self.counts[event.kind.value] = self.counts.get(event.kind.value, 0) + 1
+        log.info(event.kind.value, extra={"event": event.fields()})
+        await self.sink.append(event)
+
+    def record(self, event: SecurityEvent) -> None:
+        """Record ``event`` (log line and sink), in the background."""
+        self._spawn(self._write(event))
+
+    async def drain(self) -> None:
+        """Wait until every event recorded so far has been written."""
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    async def for_user(self, uid: str, *, now: int, limit: int = 100) -> list[SecurityEvent]:
+        """The user's own recent events, newest first (after pending writes land)."""
+        await self.drain()
+        return await self.sink.for_user(uid, now=now, limit=limit)
+
+    # -- what the adapters report --------------------------------------------------------
+
+    def registered(self, uid: str, *, client: Client, now: int) -> None:
+        """An account was created."""
+        self.record(SecurityEvent(EventKind.REGISTERED, now, uid, None, *client))
+
+    def login_succeeded(self, uid: str, sid: str, *, client: Client, now: int) -> None:
+        """A login opened session ``sid``; also reports a new device when it is one."""
+
+        async def work() -> None:
+            await self._write(SecurityEvent(EventKind.LOGIN_SUCCEEDED, now, uid, sid, *client))
+            device = device_digest(client[1], client[0])
+            if not await self.devices.seen(uid, device, now=now, memory=self.device_memory):
+                await self._write(SecurityEvent(EventKind.NEW_DEVICE, now, uid, sid, *client))
+
+        self._spawn(work())
+
+    def login_failed(self, email: str, *, client: Client, now: int) -> None:
+        """A login named ``email`` with a wrong password, or named no account at all."""
+
+        async def work() -> None:
+            uid = await self._uid_of(email)
+            detail = {"account": account_digest(email)}
+            await self._write(
+                SecurityEvent(EventKind.LOGIN_FAILED, now, uid, None, *client, detail=detail)
+            )
+
+        self._spawn(work())
+
+    def throttled(self, notice: LockNotice) -> None:
+        """A throttle lock began (one event per lock, not per refused request)."""
+
+        async def work() -> None:
+            detail: dict[str, str | int] = {
+                "limit": notice.limit, "retry_after": notice.retry_after,
+            }  # fmt: skip
+            uid = None
+            if notice.email is not None:
+                detail["account"] = account_digest(notice.email)
+                uid = await self._uid_of(notice.email)
+            event = SecurityEvent(EventKind.THROTTLED, notice.at, uid, None, notice.ip,
+                                  detail=detail)  # fmt: skip
+            await self._write(event)
+
+        self._spawn(work())
+
+    def refresh_reused(self, token: str, *, client: Client, now: int) -> None:
+        """A replaced refresh token came back; its session has been ended."""
+        try:
+            presented = RefreshToken.parse(token)
+        except TokenInvalid:
+            return
+        self.record(
+            SecurityEvent(EventKind.REFRESH_REUSED, now, presented.uid, presented.sid, *client)
+        )
+
+    def password_changed(
+        self, uid: str, sid: str | None, *, ended: int, client: Client, now: int
+    ) -> None:
+        """The password of ``uid`` was changed from session ``sid``; ``ended`` others ended."""
+        detail = {"sessions_ended": ended}
+        self.record(
+            SecurityEvent(EventKind.PASSWORD_CHANGED, now, uid, sid, *client, detail=detail)
+        )
+
+    def sessions_ended(
+        self, uid: str, sids: Sequence[str], reason: str, *, client: Client, now: int
+    ) -> None:
+        """Sessions of ``uid`` were ended by the user (logout, logout-all, revocation)."""
+        detail: dict[str, str | int] = {"reason": reason, "count": len(sids)}
+        sid = sids[0] if len(sids) == 1 else None
+        self.record(SecurityEvent(EventKind.SESSIONS_ENDED, now, uid, sid, *client, detail=detail))
+
+    async def _uid_of(self, email: str) -> str | None:
+        try:
+            user = await self.users.by_email(normalize_email(email))
+        except TokenwardError:  # not an address (PolicyError), or the database is down
+            return None
+        return None if user is None else user.id

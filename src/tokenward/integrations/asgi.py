@@ -1,0 +1,196 @@
+"""Plain ASGI middleware: Tokenward in front of any ASGI app (Starlette, Litestar, FastAPI).
+
+:class:`TokenwardMiddleware` does three things, all with the code the standalone server runs:
+
+* requests to a *protected* path are authenticated with
+  :func:`tokenward.http.auth.authenticate` (bearer or cookie, CSRF for cookie-authenticated
+  unsafe methods, transparent refresh when configured); a failure is answered right here
+  with the same problem+json response the server gives, and a success puts the
+  :class:`~tokenward.sessions.Principal` into ``scope["state"]["tokenward"]`` (read it
+  with :func:`get_principal`, or ``request.state.tokenward`` in Starlette and Litestar);
+* with ``serve_routes=True`` it answers Tokenward's own paths (``/auth/*`` and
+  ``/.well-known/jwks.json``) with the standalone server's app, so one process serves the
+  host's routes and Tokenward's;
+* cookies produced by a transparent refresh are added to whatever response the host sends.
+
+Paths under ``/auth/`` and ``/.well-known/`` are never "protected": they authenticate
+themselves (login must be reachable without a session).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tokenward.cookies import CookieSpec
+from tokenward.errors import TokenwardError
+from tokenward.http.auth import RequestAuth, authenticate
+from tokenward.http.problems import handle_tokenward_error
+from tokenward.runtime import Tokenward
+from tokenward.sessions import Principal
+
+__all__ = [
+    "STATE_KEY",
+    "TokenwardMiddleware",
+    "authenticate_once",
+    "get_principal",
+    "is_tokenward_path",
+    "presents_credentials",
+]
+
+#: Where the principal of an authenticated request is kept: ``scope["state"][STATE_KEY]``.
+STATE_KEY = "tokenward"
+_AUTH_KEY = "tokenward_auth"
+# The key tokenward.http.auth uses for cookies of a transparent refresh.
+_PENDING_KEY = "tokenward_cookies"
+
+#: A predicate deciding which requests must be authenticated.
+ProtectPredicate = Callable[[Scope], bool]
+
+
+def is_tokenward_path(path: str) -> bool:
+    """Whether Tokenward itself answers ``path`` (its routes, the JWKS).
+
+    The routes must stay at ``/auth/*``: the refresh cookie is scoped to ``Path=/auth``.
+    """
+    return path.startswith(("/auth/", "/.well-known/"))
+
+
+def _prefix_predicate(prefixes: Sequence[str]) -> ProtectPredicate:
+    # Match whole path segments: "/notes" protects "/notes" and "/notes/1", not "/notesy".
+    exact = tuple(p.rstrip("/") or "/" for p in prefixes)
+    under = tuple(p if p.endswith("/") else p + "/" for p in exact)
+
+    def protected(scope: Scope) -> bool:
+        path: str = scope["path"]
+        return path in exact or path.startswith(under)
+
+    return protected
+
+
+def get_principal(scope: Scope) -> Principal | None:
+    """The principal the middleware (or a FastAPI dependency) authenticated, if any."""
+    state = scope.get("state")
+    if not isinstance(state, dict):
+        return None
+    principal = state.get(STATE_KEY)
+    return principal if isinstance(principal, Principal) else None
+
+
+def presents_credentials(tw: Tokenward, request: Request) -> bool:
+    """Whether the request carries anything to authenticate with.
+
+    A bearer header, an access cookie, or (with transparent refresh) a refresh cookie the
+    access cookie could be renewed from.
+    """
+    if "authorization" in request.headers:
+        return True
+    names = tw.cookies.names
+    if names.access in request.cookies:
+        return True
+    return tw.settings.transparent_refresh and names.refresh in request.cookies
+
+
+async def authenticate_once(tw: Tokenward, request: Request) -> RequestAuth:
+    """:func:`~tokenward.http.auth.authenticate`, at most once per request.
+
+    The result is kept in the request's state, so several dependencies of one request (or
+    the middleware and a dependency) never verify twice, nor refresh twice.
+    """
+    state: dict[str, Any] = request.scope.setdefault("state", {})
+    done = state.get(_AUTH_KEY)
+    if isinstance(done, RequestAuth):
+        return done
+    auth = await authenticate(tw, request)
+    state[_AUTH_KEY] = auth
+    state[STATE_KEY] = auth.principal
+    return auth
+
+
+def _http_view(scope: Scope) -> Request:
+    """A Request on the scope; a WebSocket handshake is seen as the GET it is."""
+    if scope["type"] == "websocket":
+        return Request({**scope, "type": "http", "method": "GET"})
+    return Request(scope)
+
+
+class TokenwardMiddleware:
+    """Authenticates protected paths and (optionally) serves Tokenward's routes.
+
+    Args:
+        app: the ASGI app to wrap.
+        tw: the Tokenward service; start and stop it with the host app's lifespan.
+        protect: path prefixes that require authentication (whole segments:
+            ``"/notes"`` covers ``/notes`` and ``/notes/1``), or a predicate on the ASGI
+            scope. Paths under ``/auth/`` and ``/.well-known/`` are never protected.
+        serve_routes: answer ``/auth/*`` and ``/.well-known/jwks.json`` with Tokenward's own
+            app (the standalone server's routes and error mapping).
+
+    WebSocket connections to protected paths are authenticated at the handshake and
+    closed with code 1008 when that fails (cookies of a transparent refresh cannot be set
+    on a WebSocket, so such a handshake needs a live access token).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        tw: Tokenward,
+        *,
+        protect: Sequence[str] | ProtectPredicate = (),
+        serve_routes: bool = False,
+    ) -> None:
+        if isinstance(protect, str):
+            raise TypeError("protect: pass a list of path prefixes, not one string")
+        self.app = app
+        self.tw = tw
+        self._protected = protect if callable(protect) else _prefix_predicate(protect)
+        self._routes: ASGIApp | None = None
+        if serve_routes:
+            from tokenward.http.app import create_app
+
+            self._routes = create_app(tw, manage_lifespan=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if is_tokenward_path(path):
+            if self._routes is not None and scope["type"] == "http":
+                # A copy: the Tokenward app records itself as scope["app"].
+                await self._routes(dict(scope), receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        if self._protected(scope):
+            # Created first, so the request view (a copy for WebSockets) shares this dict.
+            scope.setdefault("state", {})
+            request = _http_view(scope)
+            try:
+                await authenticate_once(self.tw, request)
+            except TokenwardError as exc:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                response = await handle_tokenward_error(request, exc)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, self._with_pending_cookies(scope, send))
+
+    @staticmethod
+    def _with_pending_cookies(scope: Scope, send: Send) -> Send:
+        async def send_with_cookies(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                pending: list[CookieSpec] = scope.get("state", {}).get(_PENDING_KEY, [])
+                if pending:
+                    headers = list(message.get("headers", []))
+                    headers.extend(
+                        (b"set-cookie", spec.header().encode("latin-1")) for spec in pending
+                    )
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        return send_with_cookies

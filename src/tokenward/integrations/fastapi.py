@@ -1,0 +1,149 @@
+"""FastAPI integration: Tokenward's routes in your app, and dependencies for your routes.
+
+::
+
+    from typing import Annotated
+    from fastapi import Depends, FastAPI
+    from tokenward import Tokenward, UserRef, load_settings
+    from tokenward.integrations.fastapi import TokenwardFastAPI
+
+    tw = Tokenward(load_settings())
+    auth = TokenwardFastAPI(tw)
+    app = FastAPI()
+    auth.install(app)      # /auth/*, the JWKS, error mapping, lifespan
+
+    @app.get("/hello")
+    async def hello(user: Annotated[UserRef, Depends(auth.current_user)]) -> dict[str, str]:
+        return {"hello": user.email}
+
+One implementation, not two: the routes are the standalone server's app (served by
+:class:`~tokenward.integrations.asgi.TokenwardMiddleware`), the dependencies call the
+server's :func:`~tokenward.http.auth.authenticate` (bearer or cookie, CSRF, transparent
+refresh) and errors are rendered by the server's problem mapping.
+
+Authorization beyond "who is this" is the app's: :meth:`TokenwardFastAPI.require_scope`
+asks the ``scopes_for`` callback the app supplies (access tokens carry no scopes).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+
+from tokenward.errors import ConfigError, Forbidden, TokenwardError
+from tokenward.http.problems import handle_tokenward_error
+from tokenward.integrations.asgi import (
+    TokenwardMiddleware,
+    authenticate_once,
+    presents_credentials,
+)
+from tokenward.runtime import Tokenward
+from tokenward.sessions import Principal, UserRef
+
+__all__ = ["ScopeResolver", "TokenwardFastAPI"]
+
+#: ``scopes_for(principal)``: the scopes the app grants this user, sync or async.
+ScopeResolver = Callable[[Principal], Collection[str] | Awaitable[Collection[str]]]
+
+
+def _user(principal: Principal) -> UserRef:
+    state = principal.state
+    return UserRef(id=principal.uid, email=state.email, created_at=state.user_created_at)
+
+
+class TokenwardFastAPI:
+    """Tokenward for one FastAPI app.
+
+    Args:
+        tw: the service.
+        scopes_for: what a user may do, for :meth:`require_scope`; called once per request
+            that needs it, so cache in the callback if the answer is costly.
+    """
+
+    def __init__(self, tw: Tokenward, *, scopes_for: ScopeResolver | None = None) -> None:
+        self.tw = tw
+        self.scopes_for = scopes_for
+
+    def install(self, app: FastAPI, *, manage_lifespan: bool = True) -> None:
+        """Serve Tokenward's routes in ``app`` and render its errors as problem+json.
+
+        Call before the app starts. Adds :class:`TokenwardMiddleware` (which answers
+        ``/auth/*`` and ``/.well-known/jwks.json``; the host's own routes must live
+        elsewhere), an exception handler for :class:`~tokenward.errors.TokenwardError`, and,
+        with ``manage_lifespan``, starts the service before the app's own lifespan and
+        stops it after, so the app's startup code can already use it.
+        """
+        app.add_middleware(TokenwardMiddleware, tw=self.tw, serve_routes=True)
+        app.add_exception_handler(TokenwardError, handle_tokenward_error)
+        if manage_lifespan:
+            app.router.lifespan_context = self._wrap_lifespan(app.router.lifespan_context)
+
+    def _wrap_lifespan(
+        self, inner: Callable[[Any], AbstractAsyncContextManager[Any]]
+    ) -> Callable[[Any], AbstractAsyncContextManager[Any]]:
+        @asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[Any]:
+            await self.tw.start()
+            try:
+                async with inner(app) as state:
+                    yield state
+            finally:
+                await self.tw.stop()
+
+        return lifespan
+
+    async def current_session(self, request: Request) -> Principal:
+        """Dependency: the authenticated session (claims and live state).
+
+        Raises:
+            TokenExpired, TokenInvalid, SessionEnded: 401; CsrfError: 403;
+            BadRequest: 400; Unavailable: 503.
+        """
+        return (await authenticate_once(self.tw, request)).principal
+
+    async def current_user(self, request: Request) -> UserRef:
+        """Dependency: the signed-in user (id, email, created_at); no database read.
+
+        Raises:
+            The same errors as :meth:`current_session`.
+        """
+        return _user(await self.current_session(request))
+
+    async def optional_user(self, request: Request) -> UserRef | None:
+        """Dependency: the signed-in user, or ``None`` when the request has no credentials.
+
+        Credentials that are present but wrong (expired, ended, a cookie request without
+        its CSRF token) still fail, so the client learns to refresh or log in.
+        """
+        if not presents_credentials(self.tw, request):
+            return None
+        return await self.current_user(request)
+
+    def require_scope(self, *scopes: str) -> Callable[[Request], Awaitable[Principal]]:
+        """Dependency factory: the session, if ``scopes_for`` grants every one of ``scopes``.
+
+        Raises:
+            ConfigError: now, when no ``scopes_for`` was given.
+            Forbidden: (403, at request time) a scope is missing.
+        """
+        resolver = self.scopes_for
+        if resolver is None:
+            raise ConfigError("require_scope: pass scopes_for= to TokenwardFastAPI")
+        needed = frozenset(scopes)
+
+        async def scoped_session(request: Request) -> Principal:
+            principal = await self.current_session(request)
+            granted = resolver(principal)
+            if inspect.isawaitable(granted):
+                granted = await granted
+            missing = needed.difference(granted)
+            if missing:
+                raise Forbidden(f"missing scope: {' '.join(sorted(missing))}")
+            return principal
+
+        return scoped_session

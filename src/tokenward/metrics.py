@@ -1,0 +1,239 @@
+"""Prometheus metrics, served at ``/metrics`` in the text exposition format.
+
+=============================================  =========  ===================================
+metric                                         type       labels
+=============================================  =========  ===================================
+``tokenward_http_requests_total``              counter    ``method``, ``route``, ``status``
+``tokenward_http_request_duration_seconds``    histogram  ``method``, ``route``
+``tokenward_logins_total``                     counter    ``outcome``: ok, failed, throttled,
+                                                          rejected
+``tokenward_refreshes_total``                  counter    ``outcome``: ok, reused, failed,
+                                                          throttled, rejected
+``tokenward_sessions_active``                  gauge      (computed on scrape, see below)
+``tokenward_sessions_active_exact``            gauge      1, or 0 when the count is a lower
+                                                          bound
+``tokenward_build_info``                       gauge      ``version``
+=============================================  =========  ===================================
+
+``route`` is the route *template* (``/auth/sessions/{sid}``), never the raw path, so label
+cardinality stays bounded; requests that match no route count as ``<unmatched>``. A
+``reused`` refresh is a theft detection: the session was ended.
+
+**Active sessions** are counted when scraped, by a ``SCAN`` of the session keys
+(``tw:{u:*}:s:*``), at most once every :data:`SESSIONS_CACHE_SECONDS` per process and within
+:data:`SESSIONS_SCAN_BUDGET` seconds; a scan that runs out of time reports what it found
+with ``tokenward_sessions_active_exact 0``. A counter maintained on login and logout would
+drift, because sessions also end silently when their Redis key expires.
+
+**Several worker processes** (``tokenward serve --workers N``) use prometheus_client's
+multiprocess mode: ``serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory, every
+worker writes its counters there and any worker's ``/metrics`` adds them up, so a scrape
+sees the whole server whichever worker answers. (Process metrics such as CPU and memory are
+only exported with one worker: the multiprocess mode cannot merge them.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from tokenward.stores.redis_client import RedisClient
+
+__all__ = [
+    "CONTENT_TYPE",
+    "SESSIONS_CACHE_SECONDS",
+    "SESSIONS_SCAN_BUDGET",
+    "Metrics",
+    "SessionCounter",
+]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: A scrape reuses a session count younger than this (scrapers usually poll every 15-60 s).
+SESSIONS_CACHE_SECONDS = 15.0
+#: Longest time one count may scan Redis; past it the count is a lower bound.
+SESSIONS_SCAN_BUDGET = 2.0
+_SESSION_KEYS = "tw:{u:*}:s:*"
+_SCAN_COUNT = 1000
+#: Seconds. Tokenward's own routes answer in well under 10 ms unless they hash a password.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+UNMATCHED = "<unmatched>"
+
+
+class SessionCounter:
+    """Counts live sessions in Redis on demand, bounded in time and cached.
+
+    Args:
+        redis: returns the session store's client (standalone, Sentinel or Cluster); called
+            on each count, since the client only exists once the service has started.
+        cache_seconds: see :data:`SESSIONS_CACHE_SECONDS`.
+        budget: see :data:`SESSIONS_SCAN_BUDGET`.
+    """
+
+    def __init__(
+        self,
+        redis: Callable[[], RedisClient],
+        *,
+        cache_seconds: float = SESSIONS_CACHE_SECONDS,
+        budget: float = SESSIONS_SCAN_BUDGET,
+    ) -> None:
+        self.redis = redis
+        self.cache_seconds = cache_seconds
+        self.budget = budget
+        self.value: int | None = None
+        self.exact = False
+        self._at = -float("inf")
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        """Recount unless the last count is recent; a Redis failure leaves no value."""
+        async with self._lock:  # concurrent scrapes share one scan
+            if time.monotonic() - self._at < self.cache_seconds:
+                return
+            found, exact = 0, True
+            deadline = time.monotonic() + self.budget
+            try:
+                client = self.redis()
+                async for _ in client.scan_iter(match=_SESSION_KEYS, count=_SCAN_COUNT):
+                    found += 1
+                    if found % _SCAN_COUNT == 0 and time.monotonic() > deadline:
+                        exact = False
+                        break
+            except Exception:  # a scrape must answer even when Redis does not
+                self.value, self.exact = None, False
+            else:
+                self.value, self.exact = found, exact
+            self._at = time.monotonic()
+
+
+class _SessionsCollector(Collector):
+    """Exposes the last :class:`SessionCounter` result (collectors are synchronous)."""
+
+    def __init__(self, counter: SessionCounter) -> None:
+        self.counter = counter
+
+    def collect(self) -> Iterator[Metric]:
+        if self.counter.value is None:
+            return
+        yield GaugeMetricFamily(
+            "tokenward_sessions_active",
+            "Live sessions in the session store (counted on scrape).",
+            value=self.counter.value,
+        )
+        yield GaugeMetricFamily(
+            "tokenward_sessions_active_exact",
+            "1 when tokenward_sessions_active is exact, 0 when the scan ran out of time.",
+            value=1 if self.counter.exact else 0,
+        )
+
+
+class _BuildInfo(Collector):
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "tokenward_build_info", "Tokenward version (always 1).", labels=["version"]
+        )
+        info.add_metric([self.version], 1)
+        yield info
+
+
+class Metrics:
+    """The metrics of one HTTP app (one per process).
+
+    Multiprocess mode is on when ``PROMETHEUS_MULTIPROC_DIR`` is set when this is created.
+
+    Args:
+        sessions: counts active sessions on scrape; none when omitted.
+    """
+
+    def __init__(self, *, sessions: SessionCounter | None = None) -> None:
+        from tokenward import __version__
+
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.sessions = sessions
+        self.registry = CollectorRegistry()
+        # In multiprocess mode the values live in files, read back by MultiProcessCollector;
+        # registering the metrics themselves as well would count them twice.
+        own: CollectorRegistry | None
+        if self.multiprocess:
+            own = None
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+        else:
+            own = self.registry
+            ProcessCollector(registry=self.registry)
+        self.requests = Counter(
+            "tokenward_http_requests",
+            "HTTP requests by method, route template and status.",
+            ["method", "route", "status"],
+            registry=own,
+        )
+        self.latency = Histogram(
+            "tokenward_http_request_duration_seconds",
+            "Time from request to the end of the response, by method and route template.",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=own,
+        )
+        self.logins = Counter(
+            "tokenward_logins",
+            "Login attempts by outcome: ok, failed (wrong email or password), throttled, "
+            "rejected (malformed, CSRF).",
+            ["outcome"],
+            registry=own,
+        )
+        self.refreshes = Counter(
+            "tokenward_refreshes",
+            "Refresh attempts by outcome: ok, reused (theft detected, session ended), failed, "
+            "throttled, rejected.",
+            ["outcome"],
+            registry=own,
+        )
+        if sessions is not None:
+            self.registry.register(_SessionsCollector(sessions))
+        self.registry.register(_BuildInfo(__version__))
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one request and its latency (label children are cached: the hot path)."""
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+            if len(self._children) < 10_000:  # bounded even if methods are odd
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def login(self, outcome: str) -> None:
+        """Count a login attempt."""
+        self.logins.labels(outcome).inc()
+
+    def refresh(self, outcome: str) -> None:
+        """Count a refresh attempt."""
+        self.refreshes.labels(outcome).inc()
+
+    async def render(self) -> bytes:
+        """The exposition text (counts active sessions first if that is due)."""
+        if self.sessions is not None:
+            await self.sessions.refresh()
+        return generate_latest(self.registry)

@@ -1,0 +1,452 @@
+"""Throttling: exact sliding windows that lock with a growing back-off. Framework-free.
+
+The rule for one key under a :class:`Limit` (``limit`` events in ``window`` seconds):
+
+* Every attempt that gets through is recorded as an *event* (at ``now``, with an id).
+  Events older than ``window`` no longer count: the window slides, it is exact, and no
+  burst at a window edge ever lets more than ``limit`` events in within ``window`` seconds.
+* An attempt that finds ``limit`` events already in the window is refused and *locks* the
+  key for ``window`` seconds; each further lock while the key is remembered lasts twice as
+  long, up to ``max_block`` (1, 2, 4 ... windows). Refused attempts while locked record
+  nothing and do not extend the lock, so hammering a locked key gains nothing and costs
+  its owner nothing more. A key is forgotten (back to the first step) ``max_block`` seconds
+  after its last lock ended.
+* Several keys can be checked together, all or nothing: either every key records the
+  event, or none does and the caller is told the longest wait (``retry_after``).
+
+:func:`acquire` and :func:`release` are the reference model: pure functions over
+:class:`KeyState`. A :class:`RateLimiter` (the Redis adapter runs one Lua script per call)
+must behave exactly like them; a property test runs both on random histories.
+
+:class:`Throttle` applies the rule to Tokenward's endpoints. Login failures are counted per
+(account, client address), per account, and per client address; an attempt is reserved
+*before* the password is checked (so concurrent guesses cannot slip past the count and a
+throttled request never runs argon2), and refunded when it succeeds. Registration and
+refresh are limited per client address. Key names carry SHA-256 digests, never an email.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import secrets
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
+
+from tokenward.errors import RateLimited
+
+if TYPE_CHECKING:
+    from tokenward.settings import Settings
+
+__all__ = [
+    "KNOWN_ADDRESS_TTL",
+    "Decision",
+    "KeyState",
+    "Limit",
+    "Limits",
+    "LockNotice",
+    "RateLimiter",
+    "Throttle",
+    "Ticket",
+    "account_digest",
+    "acquire",
+    "address_bucket",
+    "address_digest",
+    "release",
+]
+
+#: A client address stays "known" for an account this long after a successful login from it.
+KNOWN_ADDRESS_TTL = 30 * 86_400
+#: Known addresses kept per account (the most recent ones).
+KNOWN_ADDRESSES_KEPT = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """At most ``limit`` events per ``window`` seconds; locks grow up to ``max_block``.
+
+    Attributes:
+        name: names the limit in events, logs and metrics (``login-pair``, ...).
+        limit: events allowed in any ``window`` seconds.
+        window: the sliding window and the first lock's length, seconds.
+        max_block: the longest lock, seconds; raised to ``window`` when smaller (a lock
+            never ends before the window has slid past the events that caused it).
+    """
+
+    name: str
+    limit: int
+    window: int
+    max_block: int = 0
+
+    def __post_init__(self) -> None:
+        if self.limit <= 0 or self.window <= 0:
+            raise ValueError(f"{self.name}: limit and window must be positive")
+        if self.max_block < self.window:
+            object.__setattr__(self, "max_block", self.window)
+
+    def block_for(self, strikes: int) -> int:
+        """How long the ``strikes``-th lock lasts: ``window * 2**(strikes - 1)``, capped."""
+        block = self.window
+        for _ in range(1, strikes):
+            if block >= self.max_block:
+                break
+            block *= 2
+        return min(block, self.max_block)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer of :meth:`RateLimiter.acquire`.
+
+    Attributes:
+        allowed: the event was recorded under every key.
+        retry_after: when refused, seconds until the longest lock ends (at least 1).
+        remaining: when allowed, how many more events the tightest key takes now.
+        blocked: names of the limits that refused.
+        locked: names of the limits whose lock began with this call (one per lock, so
+            events and logs are bounded under attack).
+    """
+
+    allowed: bool
+    retry_after: int = 0
+    remaining: int = 0
+    blocked: tuple[str, ...] = ()
+    locked: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """The reference model's state of one key.
+
+    Attributes:
+        events: ``(time, id)`` of recorded events, oldest first.
+        strikes: locks so far (the back-off level).
+        until: the current or last lock ends at this time; 0 if never locked.
+    """
+
+    events: tuple[tuple[int, str], ...] = ()
+    strikes: int = 0
+    until: int = 0
+
+    def at(self, limit: Limit, now: int) -> KeyState:
+        """This state at ``now``: expired events dropped, an old back-off forgotten."""
+        events = tuple(e for e in self.events if e[0] > now - limit.window)
+        if now >= self.until + limit.max_block:
+            return KeyState(events, 0, 0)
+        return KeyState(events, self.strikes, self.until)
+
+
+def acquire(
+    states: Sequence[KeyState], limits: Sequence[Limit], *, now: int, event: str
+) -> tuple[Decision, list[KeyState]]:
+    """Record ``event`` under every key, or under none (the reference model).
+
+    Args:
+        states: the keys' current states.
+        limits: the limit of each key, in the same order.
+        now: the current time, seconds.
+        event: a unique id for this event (used by :func:`release`).
+
+    Returns:
+        The decision and the keys' new states.
+    """
+    current = [s.at(lim, now) for s, lim in zip(states, limits, strict=True)]
+    retry, blocked, locked = 0, [], []
+    for i, (state, lim) in enumerate(zip(current, limits, strict=True)):
+        if state.until > now:
+            retry = max(retry, state.until - now)
+            blocked.append(lim.name)
+        elif len(state.events) >= lim.limit:
+            strikes = state.strikes + 1
+            block = lim.block_for(strikes)
+            current[i] = KeyState((), strikes, now + block)
+            retry = max(retry, block)
+            blocked.append(lim.name)
+            locked.append(lim.name)
+    if blocked:
+        return Decision(False, retry, 0, tuple(blocked), tuple(locked)), current
+    after = [replace(s, events=(*s.events, (now, event))) for s in current]
+    remaining = min(lim.limit - len(s.events) for s, lim in zip(after, limits, strict=True))
+    return Decision(True, 0, remaining), after
+
+
+def release(state: KeyState, event: str) -> KeyState:
+    """Forget one event (a refund: the attempt turned out not to count)."""
+    return replace(state, events=tuple(e for e in state.events if e[1] != event))
+
+
+class RateLimiter(Protocol):
+    """Stored sliding windows with the semantics of :func:`acquire` and :func:`release`.
+
+    Concurrency contract: :meth:`acquire` is atomic over all the keys it is given (they must
+    share one Redis hash slot), so N concurrent callers on a key with room for k events get
+    exactly k acceptances. Every stored key has a TTL; time is the caller's ``now``.
+    """
+
+    async def acquire(
+        self, checks: Sequence[tuple[str, Limit]], *, now: int, event: str
+    ) -> Decision:
+        """Record ``event`` under every key of ``checks`` or under none (see :func:`acquire`)."""
+        ...
+
+    async def release(self, keys: Sequence[str], *, event: str) -> None:
+        """Forget ``event`` under each key (a refund)."""
+        ...
+
+    async def reset(self, keys: Sequence[str]) -> None:
+        """Forget everything about each key: events, locks and back-off."""
+        ...
+
+    async def remember(self, key: str, member: str, *, now: int, ttl: int, keep: int) -> None:
+        """Add ``member`` to the set ``key`` (kept ``ttl`` seconds, newest ``keep`` only)."""
+        ...
+
+    async def remembers(self, key: str, member: str, *, now: int, ttl: int) -> bool:
+        """Whether ``member`` was added to ``key`` within the last ``ttl`` seconds."""
+        ...
+
+
+def _digest(kind: str, value: str) -> str:
+    # 128 bits: ample against collisions, short keys. Domain-separated per kind.
+    return hashlib.sha256(f"tokenward:{kind}:{value}".encode()).hexdigest()[:32]
+
+
+def account_digest(email: str) -> str:
+    """The digest that names an account in throttle keys and logs (never the email itself).
+
+    The same NFKC, case-folded form as login uses, so every spelling of one address shares
+    one bucket, whether or not the account exists.
+    """
+    folded = unicodedata.normalize("NFKC", email.strip()).lower()
+    return _digest("account", folded)
+
+
+def address_bucket(ip: str) -> str:
+    """The unit of per-address limits: an IPv4 address, or an IPv6 address's /64.
+
+    One IPv6 host usually holds a whole /64, so counting single addresses would give it
+    2**64 buckets. IPv4-mapped IPv6 addresses count as their IPv4 address.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def address_digest(ip: str) -> str:
+    """The digest of :func:`address_bucket`, as used in key names."""
+    return _digest("address", address_bucket(ip))
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits Tokenward applies (``TOKENWARD_LOGIN_*``, ``_REGISTER_*``, ``_REFRESH_IP_*``).
+
+    Attributes:
+        login_pair: failed logins per (account, client address).
+        login_account: failed logins per account from addresses it has not logged in from.
+        login_ip: failed logins per client address, any account.
+        register_ip: registrations per client address (policy refusals do not count).
+        refresh_ip: refused refreshes per client address.
+    """
+
+    login_pair: Limit = Limit("login-pair", 10, 900, 3600)
+    login_account: Limit = Limit("login-account", 50, 900, 900)
+    login_ip: Limit = Limit("login-ip", 100, 900, 3600)
+    register_ip: Limit = Limit("register-ip", 20, 3600, 3600)
+    refresh_ip: Limit = Limit("refresh-ip", 60, 60, 60)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Limits:
+        """The limits configured in ``s``."""
+        return cls(
+            login_pair=Limit("login-pair", s.login_pair_limit, s.login_window, s.login_max_block),
+            # The account-wide lock never grows past one window: it also holds back the
+            # owner (from new addresses), so a distributed attack must not lock them out long.
+            login_account=Limit("login-account", s.login_account_limit, s.login_window),
+            login_ip=Limit("login-ip", s.login_ip_limit, s.login_window, s.login_max_block),
+            register_ip=Limit("register-ip", s.register_ip_limit, s.register_window),
+            refresh_ip=Limit("refresh-ip", s.refresh_ip_limit, s.refresh_ip_window),
+        )
+
+    def all(self) -> tuple[Limit, ...]:
+        """Every limit (for documentation and metrics)."""
+        return (self.login_pair, self.login_account, self.login_ip, self.register_ip,
+                self.refresh_ip)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class LockNotice:
+    """A lock just began: what security events and metrics are told (no secrets)."""
+
+    limit: str
+    ip: str
+    retry_after: int
+    at: int
+    #: the email the attempt named (login only); consumers hash or resolve it, never log it
+    email: str | None = None
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An attempt that got through the throttle; counted unless refunded.
+
+    Call :meth:`refund` when the attempt turned out not to count (a successful refresh, a
+    registration refused by the password policy before any hashing).
+    """
+
+    limiter: RateLimiter
+    event: str
+    keys: tuple[str, ...]
+    refunded: bool = False
+
+    async def refund(self) -> None:
+        """Forget this attempt under every key it was counted under."""
+        if not self.refunded:
+            self.refunded = True
+            await self.limiter.release(self.keys, event=self.event)
+
+
+@dataclass(slots=True)
+class LoginTicket:
+    """A login attempt reserved as a failure; :meth:`succeeded` refunds it."""
+
+    limiter: RateLimiter
+    event: str
+    ip_key: str
+    pair_key: str
+    account_key: str | None
+    known_key: str
+    address: str
+    done: bool = field(default=False)
+
+    def _keys(self) -> list[str]:
+        keys = [self.ip_key, self.pair_key]
+        return keys if self.account_key is None else [*keys, self.account_key]
+
+    async def refund(self) -> None:
+        """No password was judged (the input was refused first): the attempt does not count."""
+        if not self.done:
+            self.done = True
+            await self.limiter.release(self._keys(), event=self.event)
+
+    async def succeeded(self, *, now: int) -> None:
+        """The password was right: clear the (account, address) record, refund the rest,
+        and remember the address as one this account logs in from."""
+        if self.done:
+            return
+        self.done = True
+        await self.limiter.reset([self.pair_key])
+        others = [k for k in self._keys() if k != self.pair_key]
+        await self.limiter.release(others, event=self.event)
+        await self.limiter.remember(
+            self.known_key, self.address, now=now, ttl=KNOWN_ADDRESS_TTL, keep=KNOWN_ADDRESSES_KEPT
+        )
+
+
+class Throttle:
+    """Tokenward's limits on login, registration and refresh.
+
+    Args:
+        limiter: where the windows live.
+        limits: the limits to apply.
+        on_lock: told once whenever a lock begins (security events); must not block.
+    """
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        limits: Limits | None = None,
+        *,
+        on_lock: Callable[[LockNotice], None] | None = None,
+    ) -> None:
+        self.limiter = limiter
+        self.limits = limits or Limits()
+        self.on_lock = on_lock
+        #: refusals per limit name, for metrics
+        self.refused: Counter[str] = Counter()
+        #: locks begun per limit name, for metrics
+        self.locks: Counter[str] = Counter()
+
+    def _note_locks(self, decision: Decision, *, ip: str, now: int, email: str | None) -> None:
+        for name in decision.locked:
+            self.locks[name] += 1
+            if self.on_lock is not None:
+                self.on_lock(LockNotice(name, ip, decision.retry_after, now, email))
+
+    def _refuse(self, decision: Decision, *, ip: str, now: int, email: str | None) -> RateLimited:
+        for name in decision.blocked:
+            self.refused[name] += 1
+        self._note_locks(decision, ip=ip, now=now, email=email)
+        # One message whatever refused: it must not tell an attacker which bucket is full.
+        return RateLimited(decision.retry_after, "too many attempts; retry later")
+
+    async def login(self, email: str, ip: str, *, now: int) -> LoginTicket:
+        """Reserve a login attempt before the password is checked.
+
+        The same for existing and unknown accounts, so throttling reveals nothing. An
+        address the account has logged in from recently is exempt from the account-wide
+        limit (a botnet cannot lock the owner out of their usual devices); the
+        (account, address) and per-address limits always apply.
+
+        Raises:
+            RateLimited: a limit refused; nothing was counted.
+        """
+        event = secrets.token_hex(8)
+        address = address_digest(ip)
+        ip_key = f"tw:{{rl:ip:{address}}}:login"
+        scope = f"tw:{{rl:a:{account_digest(email)}}}"
+        pair_key, account_key, known_key = f"{scope}:ip:{address}", f"{scope}:all", f"{scope}:known"
+        lim = self.limits
+        by_ip = await self.limiter.acquire([(ip_key, lim.login_ip)], now=now, event=event)
+        if not by_ip.allowed:
+            raise self._refuse(by_ip, ip=ip, now=now, email=None)
+        checks = [(pair_key, lim.login_pair), (account_key, lim.login_account)]
+        decision = await self.limiter.acquire(checks, now=now, event=event)
+        counted_account: str | None = account_key
+        if (
+            not decision.allowed
+            and decision.blocked == (lim.login_account.name,)
+            and await self.limiter.remembers(known_key, address, now=now, ttl=KNOWN_ADDRESS_TTL)
+        ):
+            self._note_locks(decision, ip=ip, now=now, email=email)
+            decision = await self.limiter.acquire(checks[:1], now=now, event=event)
+            counted_account = None
+        if not decision.allowed:
+            await self.limiter.release([ip_key], event=event)
+            raise self._refuse(decision, ip=ip, now=now, email=email)
+        return LoginTicket(
+            self.limiter, event, ip_key, pair_key, counted_account, known_key, address
+        )
+
+    async def _per_address(self, kind: str, limit: Limit, ip: str, now: int) -> Ticket:
+        event = secrets.token_hex(8)
+        key = f"tw:{{rl:ip:{address_digest(ip)}}}:{kind}"
+        decision = await self.limiter.acquire([(key, limit)], now=now, event=event)
+        if not decision.allowed:
+            raise self._refuse(decision, ip=ip, now=now, email=None)
+        return Ticket(self.limiter, event, (key,))
+
+    async def register(self, ip: str, *, now: int) -> Ticket:
+        """Count a registration attempt from ``ip``; refund it when the policy refused it.
+
+        Raises:
+            RateLimited: too many registrations from this address.
+        """
+        return await self._per_address("register", self.limits.register_ip, ip, now)
+
+    async def refresh(self, ip: str, *, now: int) -> Ticket:
+        """Count a refresh attempt from ``ip`` as refused; refund it when it succeeds.
+
+        Raises:
+            RateLimited: too many refused refreshes from this address.
+        """
+        return await self._per_address("refresh", self.limits.refresh_ip, ip, now)

@@ -1,0 +1,164 @@
+"""The Redis :class:`~tokenward.ratelimit.RateLimiter`: one Lua script per acquisition.
+
+A limit key ``K`` (chosen by :class:`~tokenward.ratelimit.Throttle`, with a hash tag so
+that every key of one scope lives in one slot) is stored as two Redis keys:
+
+=================  ======  ===========================================================
+key                type    content and TTL
+=================  ======  ===========================================================
+``K:z``            zset    event id -> time, the sliding window; TTL ``window``
+``K:l``            hash    ``until`` (lock end), ``strikes``; TTL ``lock + max_block``
+``...:known``      zset    address digest -> last good login; TTL 30 days
+=================  ======  ===========================================================
+
+Key names hold SHA-256 digests (``tw:{rl:a:<account>}:ip:<address>``,
+``tw:{rl:ip:<address>}:login``), never an email or an address. Time comes from the caller
+(``now``), not from the Redis clock, so the script matches the reference model in
+:mod:`tokenward.ratelimit` to the second; the TTLs only collect garbage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from redis.exceptions import RedisError
+
+from tokenward.errors import Unavailable
+from tokenward.ratelimit import Decision, Limit
+from tokenward.stores.redis_client import RedisClient
+
+__all__ = ["RedisRateLimiter"]
+
+# KEYS: z1, l1, z2, l2, ...   ARGV: now, event, then limit, window, max_block per key.
+# Mirrors tokenward.ratelimit.acquire line by line; keep them in step.
+_ACQUIRE = """
+local now, event = tonumber(ARGV[1]), ARGV[2]
+local n = #KEYS / 2
+local retry, blocked, locked, counts = 0, {}, {}, {}
+for i = 1, n do
+  local z, l = KEYS[2 * i - 1], KEYS[2 * i]
+  local limit, window, cap = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1]),
+    tonumber(ARGV[3 * i + 2])
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', now - window)
+  local st = redis.call('HMGET', l, 'until', 'strikes')
+  local untl, strikes = tonumber(st[1]) or 0, tonumber(st[2]) or 0
+  if now >= untl + cap then untl, strikes = 0, 0 end
+  if untl > now then
+    retry = math.max(retry, untl - now)
+    table.insert(blocked, i)
+  else
+    local count = redis.call('ZCARD', z)
+    if count >= limit then
+      strikes = strikes + 1
+      local block = window
+      for _ = 2, strikes do
+        if block >= cap then break end
+        block = block * 2
+      end
+      block = math.min(block, cap)
+      redis.call('HSET', l, 'until', now + block, 'strikes', strikes)
+      redis.call('EXPIRE', l, block + cap)
+      redis.call('DEL', z)
+      retry = math.max(retry, block)
+      table.insert(blocked, i)
+      table.insert(locked, i)
+    else
+      counts[i] = count
+    end
+  end
+end
+if #blocked > 0 then
+  return {0, retry, table.concat(blocked, ','), table.concat(locked, ',')}
+end
+local remaining = -1
+for i = 1, n do
+  local z, window = KEYS[2 * i - 1], tonumber(ARGV[3 * i + 1])
+  redis.call('ZADD', z, now, event)
+  redis.call('EXPIRE', z, window)
+  local left = tonumber(ARGV[3 * i]) - counts[i] - 1
+  if remaining < 0 or left < remaining then remaining = left end
+end
+return {1, remaining}
+"""
+
+# KEYS: the zset. ARGV: member, now, ttl, keep.
+_REMEMBER = """
+local now, ttl, keep = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -keep - 1)
+redis.call('EXPIRE', KEYS[1], ttl)
+return 1
+"""
+
+
+@asynccontextmanager
+async def _backend() -> AsyncIterator[None]:
+    """Any Redis failure is a 503: throttling fails closed, it never waves attempts through."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise Unavailable("rate limiter unreachable") from exc
+
+
+def _indexes(value: object) -> list[int]:
+    text = str(value or "")
+    return [int(i) - 1 for i in text.split(",") if i]
+
+
+class RedisRateLimiter:
+    """Sliding windows in Redis (or Valkey, or a Redis Cluster).
+
+    Args:
+        redis: a client created with ``decode_responses=True``.
+    """
+
+    def __init__(self, redis: RedisClient) -> None:
+        self.redis = redis
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._remember = redis.register_script(_REMEMBER)
+
+    async def acquire(
+        self, checks: Sequence[tuple[str, Limit]], *, now: int, event: str
+    ) -> Decision:
+        """See :meth:`tokenward.ratelimit.RateLimiter.acquire`."""
+        keys: list[str] = []
+        args: list[str | int] = [now, event]
+        for key, limit in checks:
+            keys += [f"{key}:z", f"{key}:l"]
+            args += [limit.limit, limit.window, limit.max_block]
+        async with _backend():
+            reply = await self._acquire(keys=keys, args=args)
+        if int(reply[0]) == 1:
+            return Decision(True, remaining=int(reply[1]))
+        names = [limit.name for _, limit in checks]
+        return Decision(
+            False,
+            retry_after=max(1, int(reply[1])),
+            blocked=tuple(names[i] for i in _indexes(reply[2])),
+            locked=tuple(names[i] for i in _indexes(reply[3])),
+        )
+
+    async def release(self, keys: Sequence[str], *, event: str) -> None:
+        """See :meth:`tokenward.ratelimit.RateLimiter.release`."""
+        async with _backend():
+            for key in keys:  # one command per key: keys of other scopes live in other slots
+                await self.redis.zrem(f"{key}:z", event)
+
+    async def reset(self, keys: Sequence[str]) -> None:
+        """See :meth:`tokenward.ratelimit.RateLimiter.reset`."""
+        async with _backend():
+            for key in keys:
+                await self.redis.delete(f"{key}:z", f"{key}:l")  # one key's pair: one slot
+
+    async def remember(self, key: str, member: str, *, now: int, ttl: int, keep: int) -> None:
+        """See :meth:`tokenward.ratelimit.RateLimiter.remember`."""
+        async with _backend():
+            await self._remember(keys=[key], args=[member, now, ttl, keep])
+
+    async def remembers(self, key: str, member: str, *, now: int, ttl: int) -> bool:
+        """See :meth:`tokenward.ratelimit.RateLimiter.remembers`."""
+        async with _backend():
+            score = await self.redis.zscore(key, member)
+        return score is not None and now - int(score) < ttl

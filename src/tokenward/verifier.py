@@ -1,0 +1,459 @@
+"""Verifying Tokenward access tokens in other services (Flask, Django, workers, any asyncio app).
+
+::
+
+    verifier = Verifier("https://auth.example.com", redis_url="redis://cache:6379/0")
+    claims = verifier.verify(token)     # AccessClaims, or raises a TokenwardError
+
+Keys come from the issuer's JWKS (``<issuer>/.well-known/jwks.json``), fetched with httpx
+at start and kept in memory. A token naming an unknown ``kid`` (the issuer rotated keys)
+triggers a refetch, at most once per ``min_refetch_interval`` (30 s) however many such
+tokens arrive, so forged ``kid`` values cannot turn the verifier into a JWKS flood; the
+set is also refreshed in the background every ``keys_max_age`` (5 min), so retired keys
+stop verifying. The claim checks are the issuer's own
+(:class:`~tokenward.tokens.AccessTokenVerifier`): ``typ``, pinned ``alg``, ``iss``, ``aud``,
+``exp``/``iat``/``nbf`` with leeway, and the verified-token cache.
+
+Ended sessions, when given the Redis URL Tokenward uses: the verifier subscribes to the
+feed on which every ending of a session is published (``tw:ended``) and keeps the same
+coherent cache of live sessions as the server (:class:`~tokenward.revocation.SessionCache`
+driven by :class:`~tokenward.stores.redis_feed.RevocationFeed`). The feed only announces
+*ended* sessions, so the first time a session is seen (and again once a minute) its record
+is looked up in Redis; after that, requests cost no Redis round trip, and a logout is
+refused within a second. While the feed is down every request looks its session up, and
+when Redis is unreachable requests fail with ``Unavailable``: fail closed. Without Redis
+only the token itself is checked, and a token stays valid until ``exp`` after logout
+(``TOKENWARD_ACCESS_TTL``, 10 minutes by default).
+
+:class:`AsyncVerifier` is the implementation; :class:`Verifier` runs one on a private
+event loop thread for blocking code and answers cached tokens without leaving the caller's
+thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import httpx
+import jwt
+
+from tokenward.clock import Clock, SystemClock
+from tokenward.errors import SessionEnded, TokenInvalid, Unavailable
+from tokenward.jwks import PublicKeySet
+from tokenward.revocation import SessionCache
+from tokenward.sessions import SessionState
+from tokenward.stores.redis_client import RedisClient, connect_redis
+from tokenward.stores.redis_feed import RevocationFeed
+from tokenward.stores.redis_sessions import RedisSessionStore
+from tokenward.tokens import MAX_TOKEN_LENGTH, AccessClaims, AccessTokenVerifier
+
+__all__ = ["AsyncVerifier", "Verifier"]
+
+log = logging.getLogger("tokenward.verifier")
+
+T = TypeVar("T")
+
+#: A JWKS larger than this is not Tokenward's; refusing early bounds the parsing work.
+MAX_JWKS_BYTES = 256 * 1024
+
+
+class _LockedSessionCache(SessionCache):
+    """A :class:`SessionCache` safe to read from request threads while the feed writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.RLock()
+
+    def set_healthy(self, healthy: bool) -> None:
+        with self._lock:
+            super().set_healthy(healthy)
+
+    def ticket(self) -> int:
+        with self._lock:
+            return super().ticket()
+
+    def get(self, sid: str, *, now: int) -> SessionState | None:
+        with self._lock:
+            return super().get(sid, now=now)
+
+    def put(self, sid: str, state: SessionState, *, ticket: int, now: int) -> None:
+        with self._lock:
+            super().put(sid, state, ticket=ticket, now=now)
+
+    def forget(self, sids: Any) -> None:
+        with self._lock:
+            super().forget(sids)
+
+    def reset(self) -> None:
+        with self._lock:
+            super().reset()
+
+
+def _unverified_kid(token: str) -> str | None:
+    if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
+        return None
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.PyJWTError:
+        return None
+    return kid if isinstance(kid, str) else None
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header value.
+
+    Raises:
+        TokenInvalid: no header, or not the Bearer scheme.
+    """
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise TokenInvalid("expected 'Authorization: Bearer <token>'")
+    return token
+
+
+class AsyncVerifier:
+    """Verifies access tokens from the issuer's JWKS; asyncio API.
+
+    Use as ``async with AsyncVerifier(...) as verifier:`` or call :meth:`start` and
+    :meth:`stop`.
+
+    Args:
+        issuer: Tokenward's ``TOKENWARD_ISSUER``; the required ``iss`` claim.
+        audience: the required ``aud`` claim (``TOKENWARD_AUDIENCE``).
+        jwks_url: where the keys are; ``<issuer>/.well-known/jwks.json`` by default.
+        redis_url: Tokenward's ``TOKENWARD_REDIS_URL``, to refuse ended sessions at once;
+            without it a token is good until it expires.
+        leeway: clock skew tolerated on ``exp``, ``iat``, ``nbf`` (``TOKENWARD_LEEWAY``).
+        min_refetch_interval: seconds between JWKS fetches caused by unknown ``kid`` values.
+        keys_max_age: seconds after which the key set is refreshed in the background.
+        timeout: seconds allowed for each network operation.
+        clock: the time source for token checks; the system clock by default.
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        *,
+        audience: str = "tokenward",
+        jwks_url: str | None = None,
+        redis_url: str | None = None,
+        leeway: int = 30,
+        min_refetch_interval: float = 30.0,
+        keys_max_age: float = 300.0,
+        timeout: float = 2.0,
+        clock: Clock | None = None,
+    ) -> None:
+        issuer = issuer.rstrip("/")
+        self.jwks_url = jwks_url or f"{issuer}/.well-known/jwks.json"
+        self.redis_url = redis_url
+        self.min_refetch_interval = min_refetch_interval
+        self.keys_max_age = keys_max_age
+        self.timeout = timeout
+        self.clock: Clock = clock or SystemClock()
+        self._keys = PublicKeySet([])
+        self._tokens = AccessTokenVerifier(
+            self._keys, issuer=issuer, audience=audience, leeway=leeway
+        )
+        self._cache = _LockedSessionCache()
+        self._http: httpx.AsyncClient | None = None
+        self._redis: RedisClient | None = None
+        self._store: RedisSessionStore | None = None
+        self._feed: RevocationFeed | None = None
+        self._fetch_lock = asyncio.Lock()
+        self._last_attempt = -float("inf")
+        self._last_success = -float("inf")
+        self._background: asyncio.Task[None] | None = None
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        """The ``kid`` of every key currently trusted."""
+        return self._keys.kids
+
+    async def start(self) -> None:
+        """Fetch the keys and, with Redis, subscribe to the ended-session feed.
+
+        Raises:
+            Unavailable: the JWKS could not be fetched.
+        """
+        self._http = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        if self.redis_url is not None:
+            self._redis = connect_redis(self.redis_url, timeout=self.timeout)
+            self._store = RedisSessionStore(self._redis)
+            self._feed = RevocationFeed(self._redis, self._cache)
+            await self._feed.start(wait=self.timeout)
+        async with self._fetch_lock:
+            if not await self._fetch():
+                raise Unavailable(f"cannot fetch the JWKS from {self.jwks_url}")
+
+    async def stop(self) -> None:
+        """Close the connections :meth:`start` opened."""
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+            self._background = None
+        if self._feed is not None:
+            await self._feed.stop()
+            self._feed = None
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+            self._redis = self._store = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def __aenter__(self) -> AsyncVerifier:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def verify(self, token: str) -> AccessClaims:
+        """The claims of a genuine, current token whose session is live.
+
+        Raises:
+            TokenExpired: genuine but expired (401, the client should refresh).
+            TokenInvalid: not a genuine token for this issuer and audience (401).
+            SessionEnded: the session has ended (401); only with ``redis_url``.
+            Unavailable: Redis did not answer and the cache could not vouch (503).
+        """
+        now = self.clock.now()
+        self._refresh_if_stale()
+        claims = self._claims(token, now)
+        if claims is None:
+            await self._refetch(_unverified_kid(token) or "")
+            claims = self._claims(token, now)
+            if claims is None:
+                raise TokenInvalid("unknown signing key")
+        if self._store is not None:
+            await self._check_session(claims, now)
+        return claims
+
+    async def verify_authorization(self, authorization: str | None) -> AccessClaims:
+        """:meth:`verify` the token of an ``Authorization: Bearer <token>`` header value."""
+        return await self.verify(bearer_token(authorization))
+
+    def verify_cached(self, token: str) -> AccessClaims | None:
+        """Verify without any I/O, or return ``None`` when I/O is needed.
+
+        ``None`` means: the token names an unknown key, the session is not in the cache,
+        or the keys are due for a refresh; :meth:`verify` then does the rest. Safe to
+        call from any thread.
+
+        Raises:
+            The errors of :meth:`verify` that need no I/O to decide.
+        """
+        if time.monotonic() - self._last_success > self.keys_max_age:
+            return None
+        now = self.clock.now()
+        claims = self._claims(token, now)
+        if claims is None or self._store is None:
+            return claims
+        state = self._cache.get(claims.sid, now=now)
+        if state is None:
+            return None
+        if state.uid != claims.sub:
+            raise SessionEnded("the session has ended")
+        return claims
+
+    def _claims(self, token: str, now: int) -> AccessClaims | None:
+        """Verified claims; ``None`` when the token names a key we do not have."""
+        try:
+            return self._tokens.verify(token, now=now)
+        except TokenInvalid:
+            kid = _unverified_kid(token)
+            if kid is not None and self._keys.get(kid) is None:
+                return None
+            raise
+
+    async def _check_session(self, claims: AccessClaims, now: int) -> None:
+        # The same steps as Sessions.state, over the verifier's own cache and feed.
+        assert self._store is not None  # noqa: S101 - only called when Redis is configured
+        state = self._cache.get(claims.sid, now=now)
+        if state is None:
+            ticket = self._cache.ticket()
+            state = await self._store.get(claims.sub, claims.sid, now=now)
+            if state is None:
+                raise SessionEnded("the session has ended")
+            self._cache.put(claims.sid, state, ticket=ticket, now=now)
+        if state.uid != claims.sub:
+            raise SessionEnded("the session has ended")
+
+    async def _refetch(self, kid: str) -> None:
+        """Fetch the keys again for ``kid``, unless a fetch was attempted too recently."""
+        async with self._fetch_lock:
+            # Many requests with the new kid arrive together: the first one fetches.
+            if self._keys.get(kid) is not None:
+                return
+            if time.monotonic() - self._last_attempt >= self.min_refetch_interval:
+                await self._fetch()
+
+    def _refresh_if_stale(self) -> None:
+        stale = time.monotonic() - self._last_success > self.keys_max_age
+        if stale and self._http is not None and self._background is None:
+            self._background = asyncio.create_task(self._background_refresh())
+
+    async def _background_refresh(self) -> None:
+        try:
+            async with self._fetch_lock:
+                if time.monotonic() - self._last_attempt >= min(
+                    self.min_refetch_interval, self.keys_max_age
+                ):
+                    await self._fetch()
+        finally:
+            self._background = None
+
+    async def _fetch(self) -> bool:
+        """One JWKS fetch (caller holds the lock); keeps the old keys on any failure."""
+        self._last_attempt = time.monotonic()
+        if self._http is None:
+            return False
+        try:
+            response = await self._http.get(self.jwks_url, headers={"Accept": "application/json"})
+            if response.status_code != 200 or len(response.content) > MAX_JWKS_BYTES:
+                raise ValueError(f"HTTP {response.status_code}, {len(response.content)} bytes")
+            keys = PublicKeySet.from_jwks(response.json())
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("JWKS fetch from %s failed: %s", self.jwks_url, exc)
+            return False
+        self._keys = keys
+        self._tokens.keys = keys
+        self._last_success = time.monotonic()
+        log.info("JWKS fetched from %s: %d keys", self.jwks_url, len(keys))
+        return True
+
+
+class Verifier:
+    """Blocking front of :class:`AsyncVerifier`, for WSGI apps (Flask, Django) and scripts.
+
+    Takes the arguments of :class:`AsyncVerifier`. The asyncio side (JWKS fetches, the
+    Redis feed) runs on a private daemon thread started on first use in each process, so it
+    survives servers that fork after import (gunicorn ``--preload``). A token whose key and
+    session are already known is answered in the calling thread with no I/O. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        *,
+        audience: str = "tokenward",
+        jwks_url: str | None = None,
+        redis_url: str | None = None,
+        leeway: int = 30,
+        min_refetch_interval: float = 30.0,
+        keys_max_age: float = 300.0,
+        timeout: float = 2.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self._make = functools.partial(
+            AsyncVerifier,
+            issuer,
+            audience=audience,
+            jwks_url=jwks_url,
+            redis_url=redis_url,
+            leeway=leeway,
+            min_refetch_interval=min_refetch_interval,
+            keys_max_age=keys_max_age,
+            timeout=timeout,
+            clock=clock,
+        )
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._inner: AsyncVerifier | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        """The ``kid`` of every key currently trusted (empty before the first use)."""
+        return self._inner.key_ids if self._inner is not None else frozenset()
+
+    def start(self) -> None:
+        """Start now rather than on the first :meth:`verify` (to fail early).
+
+        Raises:
+            Unavailable: the JWKS could not be fetched.
+        """
+        self._running()
+
+    def close(self) -> None:
+        """Stop the thread and close the connections."""
+        with self._lock:
+            inner, loop, thread = self._inner, self._loop, self._thread
+            self._inner = self._loop = self._thread = None
+            self._pid = None
+        if inner is None or loop is None or thread is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(inner.stop(), loop).result(self._timeout + 5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(self._timeout + 5)
+        loop.close()
+
+    def __enter__(self) -> Verifier:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def verify(self, token: str) -> AccessClaims:
+        """See :meth:`AsyncVerifier.verify`."""
+        inner, loop = self._running()
+        claims = inner.verify_cached(token)
+        if claims is not None:
+            return claims
+        return self._call(loop, inner.verify(token))
+
+    def verify_authorization(self, authorization: str | None) -> AccessClaims:
+        """:meth:`verify` the token of an ``Authorization: Bearer <token>`` header value."""
+        return self.verify(bearer_token(authorization))
+
+    def _running(self) -> tuple[AsyncVerifier, asyncio.AbstractEventLoop]:
+        inner, loop = self._inner, self._loop
+        if inner is not None and loop is not None and self._pid == os.getpid():
+            return inner, loop
+        with self._lock:
+            inner, loop = self._inner, self._loop
+            if inner is None or loop is None or self._pid != os.getpid():
+                inner, loop = self._boot()
+            return inner, loop
+
+    def _boot(self) -> tuple[AsyncVerifier, asyncio.AbstractEventLoop]:
+        # After a fork the parent's thread does not exist here: start afresh.
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="tokenward-verifier", daemon=True)
+        thread.start()
+        inner = self._make()
+        try:
+            self._call(loop, inner.start())
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._call(loop, inner.stop())
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(self._timeout + 5)
+            loop.close()
+            raise
+        self._inner, self._loop, self._thread, self._pid = inner, loop, thread, os.getpid()
+        return inner, loop
+
+    def _call(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            # Bounded: a fetch, a Redis lookup and the feed's start each take <= timeout.
+            return future.result(3 * self._timeout + 1)
+        except TimeoutError:
+            future.cancel()
+            raise Unavailable("the verifier did not answer in time") from None

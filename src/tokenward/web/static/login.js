@@ -1,0 +1,39 @@
+// The sign-in page. Without JavaScript the form posts to /auth/login and the server
+// answers 303 to /account or back here with ?error=<slug>; with it, the same form is sent
+// as JSON so a failure is explained without a reload and the typed email is kept.
+import { passwordToggles, revealScriptedControls, safeNext, showProblem, withBusy } from "./ui.js";
+
+const REMEMBERED_EMAIL = "tokenward:registered-email";
+
+revealScriptedControls();
+passwordToggles();
+
+const form = document.querySelector('[data-form="login"]');
+const { email, password } = form.elements;
+
+// Just registered in this tab: the email is known, the password is next.
+const remembered = sessionStorage.getItem(REMEMBERED_EMAIL);
+sessionStorage.removeItem(REMEMBERED_EMAIL);
+if (remembered && !email.value) {
+  email.value = remembered;
+  password.focus();
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const button = form.querySelector('[type="submit"]');
+  withBusy(button, async () => {
+    try {
+      await window.Tokenward.api("POST", "/auth/login", {
+        email: email.value,
+        password: password.value,
+      });
+    } catch (problem) {
+      password.value = "";
+      showProblem(problem);
+      password.focus();
+      return;
+    }
+    location.assign(safeNext(new URLSearchParams(location.search).get("next")));
+  });
+});

@@ -1,0 +1,115 @@
+// The sessions page: every live session of the user (GET /auth/sessions), ending one
+// (DELETE /auth/sessions/{id}), ending all the others (POST /auth/logout-all), and the
+// recently ended ones with the reason (a theft detection shows up there).
+import {
+  describeDevice, formatDate, formatRelative, revealScriptedControls, showNotice, showProblem,
+  wireLogout, withBusy,
+} from "./ui.js";
+
+const api = (...args) => window.Tokenward.api(...args);
+
+const ENDED_REASONS = {
+  "logout": "Signed out",
+  "logout-all": "Signed out everywhere",
+  "revoked": "Ended from another device",
+  "refresh-reused": "Ended for safety: its credentials were used twice",
+  "password-changed": "Ended by a password change",
+  "session-limit": "Ended: too many sessions",
+  "user-disabled": "Ended: account disabled",
+};
+
+revealScriptedControls();
+wireLogout();
+
+const panel = document.querySelector("[data-sessions]");
+const activeList = document.querySelector('[data-list="active"]');
+const endOthers = document.querySelector('[data-action="end-others"]');
+const template = document.getElementById("session-item");
+
+function sessionItem(session) {
+  const item = template.content.firstElementChild.cloneNode(true);
+  const slot = (name) => item.querySelector(`[data-slot="${name}"]`);
+  const device = describeDevice(session.user_agent);
+  item.dataset.sessionId = session.id;
+  item.classList.toggle("session--phone", device.phone);
+  slot("device").textContent = device.name;
+  slot("current").hidden = !session.current;
+  const where = session.ip ? `${session.ip} · ` : "";
+  slot("meta").textContent = `${where}signed in ${formatDate(session.created_at)} · `
+    + (session.current ? "active now" : `last active ${formatRelative(session.last_used_at)}`);
+  if (!session.current) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "button button--danger-outline button--small";
+    button.textContent = "End session";
+    button.dataset.busyLabel = "Ending…";
+    button.setAttribute("aria-label", `End session: ${device.name}, signed in ${formatDate(session.created_at)}`);
+    button.addEventListener("click", () => endOne(button, session.id));
+    slot("action").append(button);
+  }
+  return item;
+}
+
+function endedItem(ended) {
+  const item = template.content.firstElementChild.cloneNode(true);
+  const slot = (name) => item.querySelector(`[data-slot="${name}"]`);
+  slot("device").textContent = ENDED_REASONS[ended.reason] || "Ended";
+  slot("meta").textContent = `${formatRelative(ended.ended_at)} · ${formatDate(ended.ended_at)}`;
+  return item;
+}
+
+async function loadEnded() {
+  let ended;
+  try {
+    ended = await api("GET", "/auth/sessions/ended");
+  } catch (_) {
+    return; // a nicety: the active list is what matters
+  }
+  const section = document.querySelector("[data-ended]");
+  document.querySelector('[data-list="ended"]').replaceChildren(...ended.slice(0, 5).map(endedItem));
+  section.hidden = ended.length === 0;
+}
+
+async function load() {
+  let sessions;
+  try {
+    sessions = await api("GET", "/auth/sessions");
+  } catch (problem) {
+    showProblem(problem);
+    return;
+  }
+  sessions.sort((a, b) => Number(b.current) - Number(a.current));
+  activeList.replaceChildren(...sessions.map(sessionItem));
+  document.querySelector('[data-bind="count"]').textContent = `(${sessions.length})`;
+  document.querySelector('[data-bind="loading"]').hidden = true;
+  endOthers.hidden = false;
+  endOthers.disabled = sessions.length < 2;
+  panel.setAttribute("aria-busy", "false");
+  await loadEnded();
+}
+
+async function endOne(button, id) {
+  await withBusy(button, async () => {
+    try {
+      await api("DELETE", `/auth/sessions/${encodeURIComponent(id)}`);
+      showNotice("ended-one");
+    } catch (problem) {
+      showProblem(problem);
+    }
+  });
+  await load();
+}
+
+endOthers.addEventListener("click", async () => {
+  await withBusy(endOthers, async () => {
+    try {
+      await api("POST", "/auth/logout-all", { keep_current: true });
+      showNotice("ended-others");
+    } catch (problem) {
+      showProblem(problem);
+    }
+  });
+  await load(); // after withBusy, which re-enables the button: load decides
+});
+
+load();

@@ -1,0 +1,132 @@
+"""Browser tests: a real ``tokenward serve``, Debian's headless Chromium, a foreign site.
+
+Fixtures:
+
+* ``server``           -- session: ``tokenward serve`` on 127.0.0.1, reached by the browser as
+  ``http://localhost:<port>`` (the issuer), default settings.
+* ``short_ttl_server`` -- session: the same with ``TOKENWARD_ACCESS_TTL=2`` (refresh tests).
+* ``browser``          -- session: Debian's Chromium (``/usr/bin/chromium``) via Playwright.
+* ``new_context``      -- factory of browser contexts ("devices"); the test fails at teardown
+  if a page threw or the browser reported a Content-Security-Policy violation.
+* ``foreign_site``     -- session: ``http://127.0.0.1:<port>``, another site than
+  ``localhost``, serving the HTML a test gives it.
+
+Secure cookies over plain http: Chromium treats ``http://localhost`` as a secure context, so
+``Secure`` and the ``__Host-`` / ``__Secure-`` prefixes work there as on HTTPS
+(``test_browser_cookies.py`` checks it); the servers keep ``TOKENWARD_COOKIE_SECURE=true``.
+Helpers live in ``browserkit.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from browserkit import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    SHORT_TTL,
+    ForeignSite,
+    NewContext,
+    Server,
+    start_server,
+    stop_server,
+    watchdog,
+)
+from playwright.async_api import Browser, BrowserContext, ConsoleMessage, async_playwright
+
+
+@pytest.fixture(scope="session")
+def _servers(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Server]]:
+    started: list[tuple[Server, subprocess.Popen[bytes]]] = []
+
+    def start(**overrides: str) -> Server:
+        server = start_server(redis_url, tmp_path_factory.mktemp("tokenward"), **overrides)
+        started.append((server, watchdog(server.process.pid)))
+        return server
+
+    yield start
+    for server, guard in started:
+        guard.kill()
+        guard.wait()
+        stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def server(_servers: Callable[..., Server]) -> Server:
+    return _servers()
+
+
+@pytest.fixture(scope="session")
+def short_ttl_server(_servers: Callable[..., Server]) -> Server:
+    return _servers(access_ttl=str(SHORT_TTL))
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"{CHROMIUM} not found: install Debian's chromium (scripts/test does it as root)",
+            pytrace=False,
+        )
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        await chromium.close()
+
+
+@pytest.fixture
+async def new_context(browser: Browser) -> AsyncIterator[NewContext]:
+    contexts: list[BrowserContext] = []
+    failures: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        # The 401s of the refresh flow log "Failed to load resource": expected, not counted.
+        if message.type == "error" and "Content Security Policy" in message.text:
+            failures.append(f"CSP violation on {message.location.get('url')}: {message.text}")
+
+    async def make(**options: Any) -> BrowserContext:
+        options.setdefault("viewport", {"width": 1280, "height": 860})
+        context = await browser.new_context(**options)
+        context.set_default_timeout(10_000)
+        context.on("console", on_console)
+        context.on("weberror", lambda error: failures.append(f"page error: {error.error}"))
+        contexts.append(context)
+        return context
+
+    yield make
+    for context in contexts:
+        await context.close()
+    assert not failures, "\n".join(failures)
+
+
+@pytest.fixture(scope="session")
+def foreign_site() -> Iterator[ForeignSite]:
+    site = ForeignSite()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = site.pages.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(body or b"not found")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: the test output is not the place for an access log."""
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    site.port = httpd.server_address[1]
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield site
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()

@@ -1,0 +1,298 @@
+"""Helpers for the session tests: real server processes, a private Redis, account helpers.
+
+Not a test module (no ``test_`` prefix) and not the conftest, so the test files can import
+it by a unique name (``from sessions_support import ...``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tokenward.http.app import create_app
+from tokenward.runtime import Tokenward
+
+#: ``make_tw(clock=None, **settings)``: the fixture's factory of started instances.
+MakeTw = Callable[..., Awaitable[Tokenward]]
+
+ORIGIN = "https://tokenward.test"
+PASSWORD = "correct horse battery staple"
+BEARER = {"X-Auth-Transport": "bearer"}
+STARTUP_TIMEOUT = 30.0
+
+
+def client_for(tw: Tokenward) -> httpx.AsyncClient:
+    """A client on ``tw``'s app (its lifespan is not run: the fixture started ``tw``)."""
+    app = create_app(tw, manage_lifespan=False)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def new_email() -> str:
+    """A fresh, unique address."""
+    return f"user-{uuid.uuid4().hex[:12]}@example.com"
+
+
+def session_key(uid: str, sid: str) -> str:
+    """The Redis key of a session hash."""
+    return f"tw:{{u:{uid}}}:s:{sid}"
+
+
+def user_keys(uid: str) -> tuple[str, str]:
+    """The Redis keys of a user's index and ended list."""
+    return f"tw:{{u:{uid}}}:idx", f"tw:{{u:{uid}}}:ended"
+
+
+def set_cookies(response: httpx.Response) -> dict[str, dict[str, str]]:
+    """``Set-Cookie`` headers of a response as ``{name: {value, max-age, path, ...}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for header in response.headers.get_list("set-cookie"):
+        jar: SimpleCookie = SimpleCookie()
+        jar.load(header)
+        for name, morsel in jar.items():
+            attrs = {k: v for k, v in morsel.items() if v}
+            attrs["value"] = morsel.value
+            out[name] = attrs
+    return out
+
+
+async def poll(check: Callable[[], Awaitable[bool]], timeout: float, step: float = 0.01) -> float:
+    """Await ``check`` until it is true; return the seconds it took. Fails after ``timeout``."""
+    start = time.monotonic()
+    while True:
+        if await check():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not reached within {timeout}s")
+        await asyncio.sleep(step)
+
+
+class Accounts:
+    """Registration and login helpers for one client."""
+
+    def __init__(self, client: httpx.AsyncClient, origin: str = ORIGIN) -> None:
+        self.client = client
+        self.origin = origin
+
+    async def register(self, email: str | None = None, password: str = PASSWORD) -> str:
+        """Register a fresh account; returns its email."""
+        email = email or new_email()
+        r = await self.client.post("/auth/register", json={"email": email, "password": password})
+        assert r.status_code == 201, r.text
+        return email
+
+    async def login_bearer(
+        self, email: str, password: str = PASSWORD, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Log in with the bearer transport; returns the body (tokens included)."""
+        r = await self.client.post(
+            "/auth/login",
+            json={"email": email, "password": password},
+            headers={**BEARER, **(headers or {})},
+        )
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    async def new_bearer(self) -> dict[str, Any]:
+        """Register and log in a fresh account (bearer)."""
+        return await self.login_bearer(await self.register())
+
+    async def login_cookie(self, email: str, password: str = PASSWORD) -> httpx.Response:
+        """Log in with cookies (the client's jar keeps them)."""
+        r = await self.client.post("/auth/login", json={"email": email, "password": password})
+        assert r.status_code == 200, r.text
+        return r
+
+    def csrf_headers(self) -> dict[str, str]:
+        """The double-submit header (and Origin) for the client's current cookies."""
+        token = self.client.cookies.get("__Host-csrf_token") or self.client.cookies.get(
+            "csrf_token"
+        )
+        assert token, "no csrf cookie"
+        return {"X-CSRF-Token": token, "Origin": self.origin}
+
+
+async def refresh_bearer(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    """``POST /auth/refresh`` in bearer mode."""
+    return await client.post("/auth/refresh", json={"refresh_token": token}, headers=BEARER)
+
+
+def auth(access: str) -> dict[str, str]:
+    """The ``Authorization`` header for an access token."""
+    return {"Authorization": f"Bearer {access}"}
+
+
+# ------------------------------------------------------------------ real server processes
+
+
+@dataclass
+class Server:
+    """A ``tokenward serve`` process group started by a test."""
+
+    proc: subprocess.Popen[bytes]
+    base_url: str
+    log: Path
+    workers: int
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """A client for this server (plain http on 127.0.0.1)."""
+        kwargs.setdefault("timeout", 30.0)
+        return httpx.AsyncClient(base_url=self.base_url, **kwargs)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the server's log, for failure messages."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """Terminate the supervisor and its workers (their own process group)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@contextlib.contextmanager
+def run_server(
+    redis_url: str, data_dir: Path, *, workers: int = 1, **settings: Any
+) -> Iterator[Server]:
+    """Run ``python -m tokenward.cli serve`` on a free 127.0.0.1 port until the block ends.
+
+    Plain-http cookies (``TOKENWARD_COOKIE_SECURE=false``); ``settings`` become
+    ``TOKENWARD_<NAME>`` variables. Waits (bounded) until every worker has started.
+    """
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TOKENWARD_")}
+    env.update(
+        TOKENWARD_REDIS_URL=redis_url,
+        TOKENWARD_DATA_DIR=str(data_dir),
+        TOKENWARD_COOKIE_SECURE="false",
+        TOKENWARD_LOG_LEVEL="info",
+    )
+    env.update({f"TOKENWARD_{k.upper()}": str(v) for k, v in settings.items()})
+    log = data_dir / "server.log"
+    argv = [sys.executable, "-m", "tokenward.cli", "serve", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--workers", str(workers)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv,
+            cwd=data_dir,  # no stray ./.env is read
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, stopped as one
+        )
+    # If pytest dies without running finalizers, the watchdog stops the server group.
+    reaper = subprocess.Popen(
+        ["sh", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; "
+         f"kill -TERM -{proc.pid} 2>/dev/null"],  # fmt: skip
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    server = Server(proc, f"http://127.0.0.1:{port}", log, workers)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while log.read_text(errors="replace").count("Application startup complete") < workers:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"server did not start:\n{server.log_tail()}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        server.stop()
+        reaper.kill()
+        reaper.wait()
+
+
+# --------------------------------------------------------------------- private redis-server
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server owned by one test (so it may be killed, reconfigured, stopped)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Its URL."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        """Stop the server."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _pings(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def private_redis(workdir: Path) -> Iterator[PrivateRedis]:
+    """Start a throw-away redis-server on a free port (bounded readiness poll)."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    argv = [binary, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]
+    argv += ["--port", str(port), "--dir", str(workdir)]
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    server = PrivateRedis(proc, port)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not _pings(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("private redis-server did not start")
+            time.sleep(0.02)
+        yield server
+    finally:
+        server.stop()

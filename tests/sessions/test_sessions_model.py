@@ -1,0 +1,323 @@
+"""A stateful property test of the session life against a real Redis.
+
+Hypothesis drives the core (``tw.sessions``) through logins, refreshes (of the current token,
+of the one just replaced inside and outside the grace window, of older ancestors), logouts,
+logout-all, password changes and clock moves, next to a plain Python model of what should
+be. After every step two invariants are checked against Redis:
+
+* no usable token for an ended session: its access token is refused by ``authenticate``, its
+  state lookup fails and its refresh tokens are refused;
+* no session ended without cause: every session the model holds live still authenticates
+  (or, past the access token's ``exp``, is told to refresh) and its current refresh token is
+  the one the store knows.
+
+Expiry is modelled on the application clock. Redis TTLs run on real time, which a
+FrozenClock cannot move, so the model relies on the store treating a record past its
+``exp`` field (idle) or its ``abs`` field (absolute limit) as gone; the real-time TTL
+removal is covered by ``test_sessions_lifetimes.py``.
+
+Password change is modelled at the session level (``end_all`` keeping the current session),
+which is what ``POST /auth/password`` does after the password check.
+
+The core is async and Hypothesis' state machines are not, so the test owns a private event
+loop (not pytest-asyncio's) and runs each call to completion on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from sessions_support import session_key
+
+from tokenward.clock import FrozenClock
+from tokenward.errors import (
+    AuthError,
+    NotFound,
+    RateLimited,
+    RefreshReused,
+    SessionEnded,
+    TokenExpired,
+    TokenInvalid,
+)
+from tokenward.passwords import CHEAP_FOR_TESTS
+from tokenward.refresh import RefreshToken
+from tokenward.runtime import Tokenward
+from tokenward.sessions import EndReason, UserRef
+from tokenward.settings import load_settings
+from tokenward.stores.redis_sessions import ANCESTORS_KEPT
+
+T = TypeVar("T")
+
+GRACE, ACCESS_TTL, LEEWAY = 10, 600, 30
+IDLE, MAX_TTL = 3_600, 7_200
+MAX_SESSIONS, RATE_LIMIT, RATE_WINDOW = 3, 3, 60
+STEPS = [1, 5, GRACE, GRACE + 1, RATE_WINDOW, ACCESS_TTL + LEEWAY + 1, IDLE // 2, IDLE, MAX_TTL // 3]
+
+
+@dataclass
+class Modelled:
+    """What the model knows of one session."""
+
+    sid: str
+    current: str
+    access: str
+    access_exp: int
+    created: int
+    last_used: int
+    expires: int
+    ended: str | None = None
+    replaced: list[str] = field(default_factory=list)
+    rotated_at: int = 0
+    window_start: int = 0
+    window_count: int = 0
+
+    def live(self, now: int) -> bool:
+        return self.ended is None and now < self.expires
+
+
+class SessionLife(RuleBasedStateMachine):
+    """The machine; ``tw``, ``loop`` and ``redis`` are set by the test before it runs."""
+
+    tw: ClassVar[Tokenward]
+    loop: ClassVar[asyncio.AbstractEventLoop]
+    redis: ClassVar[aioredis.Redis]
+
+    def __init__(self) -> None:
+        super().__init__()
+        uid = uuid.uuid4().hex
+        self.user = UserRef(uid, f"{uid}@example.com", self.now)
+        self.sessions: list[Modelled] = []
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @property
+    def now(self) -> int:
+        return self.tw.clock.now()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def pick(self, index: int, *, live: bool | None = None) -> Modelled | None:
+        pool = [s for s in self.sessions if live is None or s.live(self.now) == live]
+        return pool[index % len(pool)] if pool else None
+
+    def live_sessions(self) -> list[Modelled]:
+        return [s for s in self.sessions if s.live(self.now)]
+
+    # -- rules -----------------------------------------------------------------------------
+
+    @rule()
+    def login(self) -> None:
+        now = self.now
+        issued = self.run(self.tw.sessions.open(self.user, ip="192.0.2.1", user_agent="m", now=now))
+        assert issued.refresh_expires_in == min(IDLE, MAX_TTL)
+        live = self.live_sessions()
+        excess = len(live) + 1 - MAX_SESSIONS
+        for victim in sorted(live, key=lambda s: (s.last_used, s.sid))[: max(excess, 0)]:
+            victim.ended = "session-limit"
+        self.sessions.append(
+            Modelled(
+                sid=issued.sid,
+                current=issued.refresh_token,
+                access=issued.access_token,
+                access_exp=issued.access_claims.exp,
+                created=now,
+                last_used=now,
+                expires=now + min(IDLE, MAX_TTL),
+            )
+        )
+
+    @rule(index=st.integers(0, 99), which=st.sampled_from(["current", "prev", "older", "stale"]))
+    def refresh(self, index: int, which: str) -> None:
+        s = self.pick(index)
+        if s is None:
+            return
+        now = self.now
+        ancestors = list(reversed(s.replaced))  # most recent first
+        if which == "current":
+            token = s.current
+        elif which == "prev" and ancestors:
+            token = ancestors[0]
+        elif which == "older" and len(ancestors) > 1:
+            token = ancestors[min(len(ancestors) - 1, 1 + index % ANCESTORS_KEPT)]
+        elif which == "stale" and len(ancestors) > ANCESTORS_KEPT + 1:
+            token = ancestors[ANCESTORS_KEPT + 1]
+        else:
+            return
+        try:
+            issued = self.run(self.tw.sessions.refresh(token, csrf_token=None, now=now))
+        except (SessionEnded, TokenInvalid, RefreshReused, RateLimited) as exc:
+            outcome: Any = exc
+        else:
+            outcome = issued
+        position = ancestors.index(token) if token in ancestors else -1
+
+        if not s.live(now):
+            assert isinstance(outcome, SessionEnded), outcome
+        elif token == s.current:
+            if now - s.window_start >= RATE_WINDOW:
+                s.window_start, s.window_count = now, 0
+            if s.window_count >= RATE_LIMIT:
+                assert isinstance(outcome, RateLimited), outcome
+                assert outcome.retry_after == s.window_start + RATE_WINDOW - now
+                return
+            assert not isinstance(outcome, Exception), outcome
+            ttl = min(IDLE, s.created + MAX_TTL - now)
+            assert outcome.refresh_expires_in == ttl
+            assert outcome.refresh_token != token
+            s.window_count += 1
+            s.replaced.append(token)
+            s.current, s.rotated_at, s.last_used, s.expires = (
+                outcome.refresh_token, now, now, now + ttl,
+            )  # fmt: skip
+            s.access, s.access_exp = outcome.access_token, outcome.access_claims.exp
+        elif position == 0 and now - s.rotated_at <= GRACE:
+            assert not isinstance(outcome, Exception), outcome
+            assert outcome.refresh_token == s.current, "a grace replay got another successor"
+            assert outcome.refresh_expires_in == s.expires - now
+            s.access, s.access_exp = outcome.access_token, outcome.access_claims.exp
+        elif 0 <= position <= ANCESTORS_KEPT:
+            assert isinstance(outcome, RefreshReused), outcome
+            s.ended = "refresh-reused"
+        else:
+            assert isinstance(outcome, TokenInvalid), outcome
+
+    @rule(index=st.integers(0, 99))
+    def logout(self, index: int) -> None:
+        s = self.pick(index)
+        if s is None:
+            return
+        try:
+            self.run(self.tw.sessions.end(self.user.id, s.sid, EndReason.LOGOUT, now=self.now))
+        except NotFound:
+            assert not s.live(self.now), "a live session was not found"
+        else:
+            # Ending a record whose time is up but whose key Redis has not dropped yet is fine.
+            assert s.ended is None, "an ended session was found live"
+        if s.ended is None:
+            s.ended = "logout"
+
+    @rule(index=st.integers(0, 99), keep_current=st.booleans())
+    def logout_all(self, index: int, keep_current: bool) -> None:
+        keep = self.pick(index, live=True) if keep_current else None
+        self._end_all(keep, EndReason.LOGOUT_ALL)
+
+    @rule(index=st.integers(0, 99))
+    def change_password(self, index: int) -> None:
+        current = self.pick(index, live=True)
+        if current is not None:
+            self._end_all(current, EndReason.PASSWORD_CHANGED)
+
+    def _end_all(self, keep: Modelled | None, reason: EndReason) -> None:
+        ended = self.run(
+            self.tw.sessions.end_all(
+                self.user.id, keep=keep.sid if keep else None, reason=reason, now=self.now
+            )
+        )
+        for s in self.live_sessions():
+            if s is not keep:
+                assert s.sid in ended, "a live session survived end_all"
+                s.ended = reason.value
+        assert keep is None or keep.sid not in ended
+
+    @rule(seconds=st.sampled_from(STEPS))
+    def advance_clock(self, seconds: int) -> None:
+        clock = self.tw.clock
+        assert isinstance(clock, FrozenClock)
+        clock.advance(seconds)
+
+    # -- invariants ------------------------------------------------------------------------
+
+    @invariant()
+    def ended_sessions_have_no_usable_token(self) -> None:
+        for s in self.sessions:
+            if s.live(self.now):
+                continue
+            for coro in (
+                self.tw.sessions.authenticate(s.access, now=self.now),
+                self.tw.sessions.state(self.user.id, s.sid, now=self.now),
+                self.tw.sessions.refresh(s.current, csrf_token=None, now=self.now),
+            ):
+                try:
+                    self.run(coro)
+                except AuthError:
+                    pass
+                else:
+                    raise AssertionError(f"ended session {s.sid} ({s.ended}) still usable")
+
+    @invariant()
+    def live_sessions_still_work(self) -> None:
+        now = self.now
+        for s in self.live_sessions():
+            state = self.run(self.tw.sessions.state(self.user.id, s.sid, now=now))
+            assert state.expires_at == s.expires
+            try:
+                self.run(self.tw.sessions.authenticate(s.access, now=now))
+            except TokenExpired:
+                assert now > s.access_exp + LEEWAY, "a fresh access token was called expired"
+            else:
+                assert now <= s.access_exp + LEEWAY
+            digest = RefreshToken.parse(s.current).digest
+            assert self.run(self.tw.session_store.matches_refresh(self.user.id, s.sid, digest))
+
+    @invariant()
+    def every_key_has_a_ttl(self) -> None:
+        async def ttls() -> list[int]:
+            keys = [k async for k in self.redis.scan_iter(match=f"tw:{{u:{self.user.id}}}:*")]
+            return [await self.redis.ttl(k) for k in keys]
+
+        assert all(t > 0 for t in self.run(ttls()))
+        for s in self.sessions:
+            if s.ended is not None:
+                gone = self.run(self.redis.exists(session_key(self.user.id, s.sid)))
+                assert gone == 0, f"{s.sid} ended ({s.ended}) but its record is still stored"
+
+
+def test_session_life_state_machine(redis_url: str, tmp_path: Path) -> None:
+    """Random session histories never leave a usable token behind nor end a session early."""
+    env = {
+        "TOKENWARD_REDIS_URL": redis_url,
+        "TOKENWARD_DATA_DIR": str(tmp_path / "data"),
+        "TOKENWARD_ISSUER": "https://tokenward.test",
+        "TOKENWARD_REFRESH_GRACE": str(GRACE),
+        "TOKENWARD_ACCESS_TTL": str(ACCESS_TTL),
+        "TOKENWARD_LEEWAY": str(LEEWAY),
+        "TOKENWARD_SESSION_IDLE_TTL": str(IDLE),
+        "TOKENWARD_SESSION_MAX_TTL": str(MAX_TTL),
+        "TOKENWARD_MAX_SESSIONS": str(MAX_SESSIONS),
+        "TOKENWARD_REFRESH_RATE_LIMIT": str(RATE_LIMIT),
+        "TOKENWARD_REFRESH_RATE_WINDOW": str(RATE_WINDOW),
+    }
+    tw = Tokenward(
+        load_settings(env, env_file=tmp_path / "no.env"),
+        clock=FrozenClock(int(time.time())),
+        argon2=CHEAP_FOR_TESTS,
+    )
+    loop = asyncio.new_event_loop()
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        loop.run_until_complete(tw.start())
+        SessionLife.tw, SessionLife.loop, SessionLife.redis = tw, loop, client
+        run_state_machine_as_test(
+            SessionLife,
+            settings=settings(
+                max_examples=40,
+                stateful_step_count=20,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            ),
+        )
+    finally:
+        loop.run_until_complete(client.aclose())
+        loop.run_until_complete(tw.stop())
+        loop.close()

@@ -1,0 +1,79 @@
+"""The per-session refresh rate limit: a burst gets 429 + Retry-After, while concurrent
+replays of one token inside the grace window are never refused by it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+from sessions_support import Accounts, MakeTw, Server, auth, client_for, refresh_bearer
+
+from tokenward.clock import FrozenClock
+
+LIMITED = "urn:tokenward:problem:rate-limited"
+
+
+async def test_a_burst_of_refreshes_gets_429_with_retry_after(make_tw: MakeTw) -> None:
+    """Limit 3 per 60 s: the fourth rotation is refused; the session survives it."""
+    tw = await make_tw(refresh_rate_limit=3, refresh_rate_window=60)
+    assert isinstance(tw.clock, FrozenClock)
+    async with client_for(tw) as client:
+        tokens = await Accounts(client).new_bearer()
+        current = tokens["refresh_token"]
+        for _ in range(3):
+            r = await refresh_bearer(client, current)
+            assert r.status_code == 200
+            current = r.json()["refresh_token"]
+        tw.clock.advance(15)
+        limited = await refresh_bearer(client, current)
+        assert limited.status_code == 429
+        assert limited.json()["type"] == LIMITED
+        assert limited.headers["retry-after"] == "45"
+        assert limited.json()["retry_after"] == 45
+        # Not a theft, not an ending: the same token works once the window has passed.
+        assert (await client.get("/auth/me", headers=auth(r.json()["access_token"]))).status_code == 200
+        tw.clock.advance(45)
+        assert (await refresh_bearer(client, current)).status_code == 200
+
+
+async def test_grace_replays_are_never_rate_limited(make_tw: MakeTw) -> None:
+    """Limit 1: twenty concurrent first refreshes all succeed with one successor, and twenty
+    later replays of the replaced token too; the current token meanwhile is limited."""
+    tw = await make_tw(refresh_rate_limit=1, refresh_rate_window=60)
+    async with client_for(tw) as client:
+        tokens = await Accounts(client).new_bearer()
+        first = await asyncio.gather(
+            *(refresh_bearer(client, tokens["refresh_token"]) for _ in range(20))
+        )
+        assert [r.status_code for r in first] == [200] * 20
+        successors = {r.json()["refresh_token"] for r in first}
+        assert len(successors) == 1
+        replays = await asyncio.gather(
+            *(refresh_bearer(client, tokens["refresh_token"]) for _ in range(20))
+        )
+        assert [r.status_code for r in replays] == [200] * 20
+        assert {r.json()["refresh_token"] for r in replays} == successors
+        successor = successors.pop()
+        limited = await asyncio.gather(*(refresh_bearer(client, successor) for _ in range(5)))
+        assert {r.status_code for r in limited} == {429}
+        assert all(int(r.headers["retry-after"]) >= 1 for r in limited)
+
+
+async def test_rate_limit_on_a_real_server_with_two_workers(
+    server: Callable[..., Server],
+) -> None:
+    """Same story over real processes: concurrent grace callers pass, the burst gets 429."""
+    srv = server(workers=2, refresh_rate_limit=1)
+    async with srv.client(limits=httpx.Limits(max_connections=20)) as c:
+        tokens = await Accounts(c, srv.base_url).new_bearer()
+        first = await asyncio.gather(
+            *(refresh_bearer(c, tokens["refresh_token"]) for _ in range(20))
+        )
+        assert [r.status_code for r in first] == [200] * 20
+        successors = {r.json()["refresh_token"] for r in first}
+        assert len(successors) == 1
+        successor = successors.pop()
+        burst = await asyncio.gather(*(refresh_bearer(c, successor) for _ in range(20)))
+        assert {r.status_code for r in burst} == {429}
+        assert all(1 <= int(r.headers["retry-after"]) <= 60 for r in burst)

@@ -1,0 +1,361 @@
+"""Sessions and refresh tokens in a real Redis: secrecy at rest, TTLs, rotation, theft detection.
+
+The :class:`Sessions` service runs over the real :class:`RedisSessionStore`. Time is passed
+in as ``now`` (the store's own clock only matters for Redis TTLs, which are checked as
+values). Every test uses fresh user ids, so tests never see each other's keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from tokenward.errors import CsrfError, RefreshReused, SessionEnded, TokenInvalid
+from tokenward.keys import KeySet, generate_key
+from tokenward.refresh import RefreshToken
+from tokenward.revocation import SessionCache
+from tokenward.sessions import EndReason, Issued, SessionPolicy, Sessions, UserRef
+from tokenward.stores.redis_client import connect_redis
+from tokenward.stores.redis_feed import RevocationFeed
+from tokenward.stores.redis_sessions import RedisSessionStore
+from tokenward.tokens import AccessTokens
+
+NOW = int(time.time())
+GRACE = 10
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect_redis(redis_url)
+    yield client
+    await client.aclose()
+
+
+def _sessions(redis: aioredis.Redis, **policy: int) -> Sessions:
+    tokens = AccessTokens(
+        KeySet([generate_key()]), issuer="https://t.test", audience="tokenward", ttl=600
+    )
+    options = {"idle_ttl": 3600, "max_ttl": 7200, "grace": GRACE, **policy}
+    return Sessions(RedisSessionStore(redis), tokens, SessionCache(), SessionPolicy(**options))
+
+
+@pytest.fixture
+def sessions(redis: aioredis.Redis) -> Sessions:
+    return _sessions(redis)
+
+
+def _user() -> UserRef:
+    uid = uuid.uuid4().hex
+    return UserRef(uid, f"{uid[:8]}@example.com", NOW - 100)
+
+
+async def _open(sessions: Sessions, user: UserRef | None = None, now: int = NOW) -> Issued:
+    return await sessions.open(user or _user(), ip="192.0.2.1", user_agent="pytest", now=now)
+
+
+async def _user_keys(redis: aioredis.Redis, uid: str) -> list[str]:
+    return sorted([k async for k in redis.scan_iter(match=f"*{uid}*", count=1000)])
+
+
+async def _dump(redis: aioredis.Redis, key: str) -> str:
+    """Everything stored under ``key``, whatever its type, as one string."""
+    kind = await redis.type(key)
+    if kind == "hash":
+        items = await redis.hgetall(key)
+        return " ".join(f"{k}={v}" for k, v in items.items())
+    if kind == "zset":
+        return " ".join(await redis.zrange(key, 0, -1))
+    if kind == "list":
+        return " ".join(await redis.lrange(key, 0, -1))
+    if kind == "set":
+        return " ".join(await redis.smembers(key))
+    if kind == "string":
+        return str(await redis.get(key))
+    return ""
+
+
+def _secret_forms(token: str) -> list[str]:
+    """A token and the forms of its secret part that must never be stored."""
+    forms = [token, token.rsplit(".", 1)[-1]]
+    if token.count(".") == 2 and len(token.rsplit(".", 1)[-1]) == 43:
+        secret = RefreshToken.parse(token).secret
+        forms += [secret.hex(), base64.b64encode(secret).decode()]
+    return forms
+
+
+async def _assert_all_have_ttl(redis: aioredis.Redis, keys: list[str]) -> None:
+    assert keys
+    for key in keys:
+        ttl = await redis.ttl(key)
+        assert ttl > 0, f"{key} has TTL {ttl}"
+
+
+# ------------------------------------------------------------------------ token secrecy
+
+
+async def test_refresh_token_is_opaque_with_256_bit_secret(sessions: Sessions) -> None:
+    """The refresh token is ``uid.sid.secret`` with a 32-byte secret, not a JWT."""
+    issued = await _open(sessions)
+    parsed = RefreshToken.parse(issued.refresh_token)
+    assert len(parsed.secret) == 32
+    assert parsed.uid == issued.uid and parsed.sid == issued.sid
+    assert not issued.refresh_token.startswith("eyJ")
+
+
+async def test_two_logins_give_unrelated_tokens(sessions: Sessions) -> None:
+    """Two logins of one user share nothing but the user id."""
+    user = _user()
+    a, b = await _open(sessions, user), await _open(sessions, user)
+    ra, rb = RefreshToken.parse(a.refresh_token), RefreshToken.parse(b.refresh_token)
+    assert ra.sid != rb.sid and ra.secret != rb.secret
+    differing = sum(bin(x ^ y).count("1") for x, y in zip(ra.secret, rb.secret, strict=True))
+    assert 64 <= differing <= 192, "secrets should differ in about half their 256 bits"
+    assert a.csrf_token != b.csrf_token and a.access_token != b.access_token
+
+
+async def test_a_thousand_refresh_tokens_are_distinct_and_high_entropy(
+    sessions: Sessions,
+) -> None:
+    """1000 logins: all secrets and session ids distinct, secret bytes near 8 bits of entropy."""
+    user = _user()
+    issued = [await _open(sessions, user) for _ in range(1000)]
+    secrets_ = [RefreshToken.parse(i.refresh_token).secret for i in issued]
+    assert len(set(secrets_)) == 1000
+    assert len({i.sid for i in issued}) == 1000
+    counts = Counter(b for s in secrets_ for b in s)
+    total = sum(counts.values())
+    entropy = -sum(c / total * math.log2(c / total) for c in counts.values())
+    assert entropy > 7.9, entropy
+    ones = sum(bin(b).count("1") for s in secrets_ for b in s)
+    assert abs(ones / (total * 8) - 0.5) < 0.01
+    first_bytes = Counter(s[0] for s in secrets_)
+    assert max(first_bytes.values()) < 20, "no favoured leading byte"
+
+
+async def test_redis_holds_no_usable_token(sessions: Sessions, redis: aioredis.Redis) -> None:
+    """No key or field holds a refresh, CSRF or access token (or a refresh secret)."""
+    user = _user()
+    first = await _open(sessions, user)
+    second = await sessions.refresh(first.refresh_token, csrf_token=first.csrf_token, now=NOW + 1)
+    other = await _open(sessions, user)
+    await sessions.end(user.id, other.sid, EndReason.LOGOUT, now=NOW + 2)
+    secrets_: list[str] = []
+    for issued in (first, second, other):
+        secrets_ += _secret_forms(issued.refresh_token) + [issued.access_token]
+        secrets_.append(issued.access_token.rsplit(".", 1)[1])  # the signature alone
+        if issued.csrf_token:
+            secrets_.append(issued.csrf_token)
+    keys = await _user_keys(redis, user.id)
+    assert len(keys) >= 2
+    stored = " ".join(keys) + " " + " ".join([await _dump(redis, k) for k in keys])
+    for secret in secrets_:
+        assert secret not in stored
+
+
+# ---------------------------------------------------------------------------------- TTLs
+
+
+async def test_every_key_has_a_ttl_through_the_whole_lifecycle(
+    sessions: Sessions, redis: aioredis.Redis
+) -> None:
+    """After login, refresh, logout, reuse and logout-all every key of the user expires."""
+    user = _user()
+    a = await _open(sessions, user)
+    await _assert_all_have_ttl(redis, await _user_keys(redis, user.id))
+    a2 = await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 1)
+    await _assert_all_have_ttl(redis, await _user_keys(redis, user.id))
+    b = await _open(sessions, user)
+    await sessions.end(user.id, b.sid, EndReason.LOGOUT, now=NOW + 2)
+    await _assert_all_have_ttl(redis, await _user_keys(redis, user.id))
+    await sessions.refresh(a2.refresh_token, csrf_token=None, now=NOW + 3)
+    with pytest.raises(RefreshReused):
+        await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 3 + GRACE + 1)
+    await _assert_all_have_ttl(redis, await _user_keys(redis, user.id))
+    await _open(sessions, user)
+    await sessions.end_all(user.id, keep=None, reason=EndReason.LOGOUT_ALL, now=NOW + 20)
+    await _assert_all_have_ttl(redis, await _user_keys(redis, user.id))
+
+
+async def test_no_tokenward_key_anywhere_lacks_a_ttl(
+    sessions: Sessions, redis: aioredis.Redis
+) -> None:
+    """Across everything the test run has stored, no ``tw:*`` key is immortal."""
+    await _open(sessions)
+    immortal = [k async for k in redis.scan_iter(match="tw:*", count=1000) if await redis.ttl(k) == -1]
+    assert not immortal
+
+
+async def test_session_ttl_is_idle_timeout_capped_by_absolute_limit(redis: aioredis.Redis) -> None:
+    """The session lives min(idle, time left to the absolute limit), renewed on refresh."""
+    sessions = _sessions(redis, idle_ttl=1000, max_ttl=1500)
+    a = await _open(sessions)
+    assert a.refresh_expires_in == 1000
+    key = f"tw:{{u:{a.uid}}}:s:{a.sid}"
+    assert 990 <= await redis.ttl(key) <= 1000
+    b = await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 800)
+    assert b.refresh_expires_in == 700  # 1500 - 800 < 1000
+    assert 690 <= await redis.ttl(key) <= 700
+    assert b.session_expires_at == NOW + 1500
+
+
+async def test_session_past_absolute_limit_cannot_refresh(redis: aioredis.Redis) -> None:
+    """At the absolute limit a refresh fails and the session is ended, not extended."""
+    sessions = _sessions(redis, idle_ttl=1000, max_ttl=1000)
+    a = await _open(sessions)
+    b = await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 999)
+    assert b.refresh_expires_in == 1
+    with pytest.raises(SessionEnded):
+        await sessions.refresh(b.refresh_token, csrf_token=None, now=NOW + 1000)
+    with pytest.raises(SessionEnded):
+        await sessions.authenticate(b.access_token, now=NOW + 1000)
+    assert await sessions.store.get(a.uid, a.sid, now=NOW + 1000) is None
+
+
+# ----------------------------------------------------------------------- rotation & reuse
+
+
+async def test_every_refresh_returns_a_new_token(sessions: Sessions) -> None:
+    """Each rotation hands out a refresh token never seen before, in the same session."""
+    issued = await _open(sessions)
+    seen = {issued.refresh_token}
+    token = issued.refresh_token
+    for step in range(1, 6):
+        nxt = await sessions.refresh(token, csrf_token=None, now=NOW + step)
+        assert nxt.refresh_token not in seen and nxt.sid == issued.sid
+        seen.add(nxt.refresh_token)
+        token = nxt.refresh_token
+
+
+async def test_replay_within_grace_gets_the_same_successor(sessions: Sessions) -> None:
+    """Concurrent tabs: the replaced token inside the grace window gets the same successor."""
+    a = await _open(sessions)
+    b = await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 1)
+    again = await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 1 + GRACE)
+    assert again.refresh_token == b.refresh_token
+
+
+async def test_concurrent_refreshes_all_get_one_successor(sessions: Sessions) -> None:
+    """Ten simultaneous refreshes with one token: all succeed with the same new token."""
+    a = await _open(sessions)
+    results = await asyncio.gather(
+        *(sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 1) for _ in range(10))
+    )
+    assert len({r.refresh_token for r in results}) == 1
+    assert results[0].refresh_token != a.refresh_token
+
+
+async def test_replay_after_grace_ends_the_session(sessions: Sessions) -> None:
+    """A replaced token after the grace window: RefreshReused, session and access tokens dead."""
+    a = await _open(sessions)
+    b = await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 1)
+    with pytest.raises(RefreshReused):
+        await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 2 + GRACE)
+    with pytest.raises(SessionEnded):
+        await sessions.refresh(b.refresh_token, csrf_token=None, now=NOW + 3 + GRACE)
+    for access in (a.access_token, b.access_token):
+        with pytest.raises(SessionEnded):
+            await sessions.authenticate(access, now=NOW + 3 + GRACE)
+
+
+async def test_older_ancestor_replay_is_also_theft(sessions: Sessions) -> None:
+    """A token replaced two rotations ago is recognised as reuse too."""
+    a = await _open(sessions)
+    b = await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 1)
+    await sessions.refresh(b.refresh_token, csrf_token=None, now=NOW + 2)
+    with pytest.raises(RefreshReused):
+        await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 3)
+
+
+async def test_strict_mode_has_no_grace(redis: aioredis.Redis) -> None:
+    """With grace 0 even an immediate replay is reuse."""
+    sessions = _sessions(redis, grace=0)
+    a = await _open(sessions)
+    await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 1)
+    with pytest.raises(RefreshReused):
+        await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 1)
+
+
+async def test_forged_secret_for_a_real_session_is_refused(sessions: Sessions) -> None:
+    """Knowing uid and sid is not enough: a made-up secret is refused, the session lives on."""
+    a = await _open(sessions)
+    forged = RefreshToken.new(a.uid, a.sid).encode()
+    with pytest.raises(TokenInvalid):
+        await sessions.refresh(forged, csrf_token=None, now=NOW + 1)
+    assert (await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 2)).sid == a.sid
+
+
+async def test_csrf_token_of_another_session_cannot_refresh(sessions: Sessions) -> None:
+    """In cookie mode the CSRF token must belong to the session being refreshed."""
+    user = _user()
+    a, b = await _open(sessions, user), await _open(sessions, user)
+    with pytest.raises(CsrfError):
+        await sessions.refresh(a.refresh_token, csrf_token=b.csrf_token, now=NOW + 1)
+    assert await sessions.refresh(a.refresh_token, csrf_token=a.csrf_token, now=NOW + 1)
+
+
+# ------------------------------------------------------------------------------ ending
+
+
+async def test_logout_ends_only_the_current_session(sessions: Sessions) -> None:
+    """Ending one session leaves the user's other session working."""
+    user = _user()
+    a, b = await _open(sessions, user), await _open(sessions, user)
+    await sessions.end(user.id, a.sid, EndReason.LOGOUT, now=NOW + 1)
+    with pytest.raises(SessionEnded):
+        await sessions.authenticate(a.access_token, now=NOW + 1)
+    assert (await sessions.authenticate(b.access_token, now=NOW + 1)).sid == b.sid
+    assert (await sessions.refresh(b.refresh_token, csrf_token=None, now=NOW + 2)).sid == b.sid
+
+
+async def test_ended_session_is_announced_to_other_processes(redis_url: str) -> None:
+    """Another process's cache stops vouching for an ended session within a second."""
+    clients = [connect_redis(redis_url), connect_redis(redis_url)]
+    a_side, b_side = _sessions(clients[0]), _sessions(clients[1])
+    b_side.tokens = a_side.tokens  # one deployment, one key set
+    feed = RevocationFeed(clients[1], b_side.cache, ping_interval=0.2)
+    try:
+        await feed.start(wait=5)
+        assert b_side.cache.healthy
+        issued = await _open(a_side)
+        await b_side.authenticate(issued.access_token, now=NOW)  # now cached in B
+        assert len(b_side.cache) == 1
+        await a_side.end(issued.uid, issued.sid, EndReason.LOGOUT, now=NOW)
+        deadline = time.monotonic() + 1.0
+        while b_side.cache.get(issued.sid, now=NOW) is not None:
+            assert time.monotonic() < deadline, "B's cache still vouches after 1 s"
+            await asyncio.sleep(0.01)
+        with pytest.raises(SessionEnded):
+            await b_side.authenticate(issued.access_token, now=NOW)
+    finally:
+        await feed.stop()
+        for c in clients:
+            await c.aclose()
+
+
+async def test_all_keys_of_a_user_share_one_hash_slot(
+    sessions: Sessions, redis: aioredis.Redis
+) -> None:
+    """Every key a user has lands in one cluster hash slot (single-slot Lua scripts)."""
+    user = _user()
+    a = await _open(sessions, user)
+    b = await _open(sessions, user)
+    await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 1)
+    await sessions.end(user.id, b.sid, EndReason.LOGOUT, now=NOW + 2)
+    keys = await _user_keys(redis, user.id)
+    assert len(keys) >= 3, keys  # session, index, ended list
+    slots = {key_slot(k.encode()) for k in keys}
+    assert len(slots) == 1, dict(zip(keys, slots, strict=False))
+    other = _user()
+    await _open(sessions, other)
+    assert {key_slot(k.encode()) for k in await _user_keys(redis, other.id)} == {
+        key_slot(f"{{u:{other.id}}}".encode())
+    }
