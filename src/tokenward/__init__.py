@@ -27,13 +27,15 @@ from tokenward.errors import (
     UnsupportedMediaType,
     WrongPassword,
 )
+from tokenward.integrations.asgi import TokenwardMiddleware
 from tokenward.keys import KeySet, SigningKey
 from tokenward.password_policy import PasswordPolicy
 from tokenward.passwords import Argon2Params, PasswordHasher
 from tokenward.runtime import Tokenward
-from tokenward.sessions import Principal, SessionPolicy, Sessions
+from tokenward.sessions import Principal, SessionPolicy, Sessions, UserRef
 from tokenward.settings import Settings, load_settings
 from tokenward.tokens import AccessClaims, AccessTokens
+from tokenward.verifier import AsyncVerifier, Verifier
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,7 @@ __all__ = [
     "AccessClaims",
     "AccessTokens",
     "Argon2Params",
+    "AsyncVerifier",
     "AuthError",
     "BadRequest",
     "Clock",
@@ -69,8 +72,11 @@ __all__ = [
     "TokenInvalid",
     "Tokenward",
     "TokenwardError",
+    "TokenwardMiddleware",
     "Unavailable",
     "UnsupportedMediaType",
+    "UserRef",
+    "Verifier",
     "WrongPassword",
     "__version__",
     "load_settings",

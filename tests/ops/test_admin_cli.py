@@ -9,12 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tokenward.admin import running_embedded_redis
-from tokenward.clock import FrozenClock
-from tokenward.stores.embedded_redis import EmbeddedRedis
-
-from conftest import (
+from ops_support import (
     OPS_PASSWORD,
     MakeOpsTw,
     RunCli,
@@ -22,6 +17,10 @@ from conftest import (
     ops_env,
     register_and_login,
 )
+
+from tokenward.admin import running_embedded_redis
+from tokenward.clock import FrozenClock
+from tokenward.stores.embedded_redis import EmbeddedRedis
 
 
 async def test_users_create_reads_the_password_from_stdin(
@@ -34,7 +33,8 @@ async def test_users_create_reads_the_password_from_stdin(
     )
     assert created.code == 0, created.err
     user = json.loads(created.out)
-    assert user["email"] == "admin@example.com" and user["disabled"] is False
+    assert user["email"] == "admin@example.com"
+    assert user["disabled"] is False
     assert OPS_PASSWORD not in created.out + created.err
     listed = await run_cli("users", "list", "--json", env=env)
     assert [u["id"] for u in json.loads(listed.out)] == [user["id"]]
@@ -46,11 +46,14 @@ async def test_users_create_errors_exit_1_without_echoing_the_password(
     """A refused password or a taken email exits 1 with a one-line reason."""
     env = ops_env(redis_url, tmp_path / "d")
     weak = await run_cli("users", "create", "a@example.com", env=env, stdin="hunter2\n")
-    assert weak.code == 1 and "hunter2" not in weak.err and weak.err.strip()
+    assert weak.code == 1
+    assert "hunter2" not in weak.err
+    assert weak.err.strip()
     ok = await run_cli("users", "create", "a@example.com", env=env, stdin=OPS_PASSWORD)
     assert ok.code == 0
     taken = await run_cli("users", "create", "a@example.com", env=env, stdin=OPS_PASSWORD)
-    assert taken.code == 1 and "already exists" in taken.err
+    assert taken.code == 1
+    assert "already exists" in taken.err
 
 
 async def test_disabling_a_user_ends_their_sessions_at_once(
@@ -125,7 +128,8 @@ async def test_sessions_list_and_revoke(
             "sessions", "revoke", "--user", "s@example.com",
             "--session", first["session"]["id"], env=env,
         )  # fmt: skip
-        assert again.code == 1 and "no such session" in again.err
+        assert again.code == 1
+        assert "no such session" in again.err
 
         everything = await run_cli(
             "sessions", "revoke", "--user", first["user"]["id"], "--json", env=env
@@ -173,7 +177,8 @@ async def test_exit_codes_for_usage_config_and_unavailable(run_cli: RunCli, tmp_
     assert (await run_cli("users", "list", "--limit", "0", env=env)).code == 2
     assert (await run_cli("users", "list", env={**env, "TOKENWARD_ACCESS_TTL": "0"})).code == 2
     bad = await run_cli("users", "list", env={**env, "TOKENWARD_NOPE": "1"})
-    assert bad.code == 2 and "TOKENWARD_NOPE" in bad.err
+    assert bad.code == 2
+    assert "TOKENWARD_NOPE" in bad.err
     down = {
         **env,
         "TOKENWARD_REDIS_URL": "redis://127.0.0.1:9/0",
@@ -183,7 +188,8 @@ async def test_exit_codes_for_usage_config_and_unavailable(run_cli: RunCli, tmp_
     created = await run_cli("users", "create", "x@example.com", env=down, stdin=OPS_PASSWORD)
     assert created.code == 0, created.err
     result = await run_cli("sessions", "list", "--user", "x@example.com", env=down)
-    assert result.code == 3 and "unavailable" in result.err
+    assert result.code == 3
+    assert "unavailable" in result.err
     db_down = {
         **env,
         "TOKENWARD_DATABASE_URL": "postgresql+asyncpg://u@127.0.0.1:9/x",
@@ -206,9 +212,7 @@ async def test_cli_joins_the_embedded_redis_of_a_running_server(
             env = ops_env(None, data)
             listed = await run_cli("sessions", "list", "--user", "e@example.com", "--json", env=env)
             assert listed.code == 0, listed.err
-            assert [s["id"] for s in json.loads(listed.out)["sessions"]] == [
-                login["session"]["id"]
-            ]
+            assert [s["id"] for s in json.loads(listed.out)["sessions"]] == [login["session"]["id"]]
             revoked = await run_cli("sessions", "revoke", "--user", "e@example.com", env=env)
             assert revoked.code == 0, revoked.err
             auth = {"Authorization": f"Bearer {login['access_token']}"}
@@ -235,7 +239,8 @@ def test_console_script_reads_password_from_stdin(redis_url: str, tmp_path: Path
     run = subprocess.run(
         [str(script), "--help"], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
     )
-    assert run.returncode == 0 and "exit codes" in run.stdout
+    assert run.returncode == 0
+    assert "exit codes" in run.stdout
     run = subprocess.run(
         [str(script), "users", "create", "cli@example.com"],
         input=OPS_PASSWORD + "\n",
@@ -247,7 +252,8 @@ def test_console_script_reads_password_from_stdin(redis_url: str, tmp_path: Path
         timeout=60,
     )
     assert run.returncode == 0, run.stderr
-    assert "cli@example.com" in run.stdout and OPS_PASSWORD not in run.stdout + run.stderr
+    assert "cli@example.com" in run.stdout
+    assert OPS_PASSWORD not in run.stdout + run.stderr
 
 
 @pytest.mark.parametrize("argv", [["users", "create"], ["sessions", "revoke"], ["keys", "spin"]])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from ops_support import MakeOpsTw, RunCli, ops_client, ops_env, register_and_login
 
 from tokenward.clock import FrozenClock
 from tokenward.errors import ConfigError, TokenInvalid
@@ -24,8 +25,6 @@ from tokenward.keys import GENERATED_KEYS_FILE, KeySet, generate_key
 from tokenward.runtime import Tokenward
 from tokenward.settings import load_settings
 from tokenward.tokens import AccessTokens
-
-from conftest import MakeOpsTw, RunCli, ops_client, ops_env, register_and_login
 
 NOW = 1_800_000_000
 TTL, LEEWAY, INTERVAL = 600, 30, 5
@@ -50,11 +49,13 @@ def test_rotate_appends_a_pending_key_and_retires_the_signer(tmp_path: Path) -> 
     first = rotate(path, alg="EdDSA", now=NOW, activate_in=300, retain=RETAIN)
     assert first.activates_at == NOW  # nothing signed before: the first key signs at once
     second = rotate(path, alg="EdDSA", now=NOW + 10, activate_in=300, retain=RETAIN)
-    assert second.activates_at == NOW + 310 and second.retired == (first.new.kid,)
+    assert second.activates_at == NOW + 310
+    assert second.retired == (first.new.kid,)
     entries = _entries(path)
     assert [e["kid"] for e in entries] == [first.new.kid, second.new.kid]
     assert entries[0]["retired_at"] == NOW + 310
-    assert entries[1]["iat"] == NOW + 10 and entries[1]["nbf"] == NOW + 310
+    assert entries[1]["iat"] == NOW + 10
+    assert entries[1]["nbf"] == NOW + 310
     assert "retired_at" not in entries[1]
     keys = KeySet.from_file(path)
     assert keys.at(NOW + 309, retain=RETAIN).signing_key.kid == first.new.kid
@@ -96,7 +97,8 @@ def test_next_rotation_prunes_keys_retired_longer_than_retain(tmp_path: Path) ->
     a = rotate(path, alg="EdDSA", now=NOW, activate_in=0, retain=RETAIN).new
     b = rotate(path, alg="EdDSA", now=NOW + 1, activate_in=0, retain=RETAIN).new
     c = rotate(path, alg="EdDSA", now=NOW + 1 + RETAIN, activate_in=0, retain=RETAIN)
-    assert c.pruned == (a.kid,) and c.retired == (b.kid,)
+    assert c.pruned == (a.kid,)
+    assert c.retired == (b.kid,)
     assert [e["kid"] for e in _entries(path)] == [b.kid, c.new.kid]
 
 
@@ -162,10 +164,12 @@ def test_key_ring_reloads_only_when_something_changed(tmp_path: Path) -> None:
     assert ring.refresh(NOW + 1) is None
     second = rotate(path, alg="EdDSA", now=NOW + 2, activate_in=60, retain=RETAIN).new
     published = ring.refresh(NOW + 2)
-    assert published is not None and published.get(second.kid) is not None
+    assert published is not None
+    assert published.get(second.kid) is not None
     assert published.signing_key.kid == first.kid
     switched = ring.refresh(NOW + 62)
-    assert switched is not None and switched.signing_key.kid == second.kid
+    assert switched is not None
+    assert switched.signing_key.kid == second.kid
     assert ring.refresh(NOW + 63) is None
 
 
@@ -182,7 +186,8 @@ def test_key_ring_keeps_its_keys_when_the_file_is_broken(tmp_path: Path) -> None
     rotate(rotate_target, alg="EdDSA", now=NOW, activate_in=0, retain=RETAIN)
     path.write_bytes(rotate_target.read_bytes())
     fresh = ring.refresh(NOW + 3)
-    assert fresh is not None and fresh.get(first.kid) is None
+    assert fresh is not None
+    assert fresh.get(first.kid) is None
 
 
 # -- running servers --------------------------------------------------------------------------
@@ -221,7 +226,8 @@ async def test_running_server_picks_up_rotation_without_downtime(
         assert r.status_code == 200
         new_token = r.json()["access_token"]
         header = json.loads(_b64(new_token.split(".")[0]))
-        assert header["kid"] == done.new.kid and header["alg"] == "ES256"
+        assert header["kid"] == done.new.kid
+        assert header["alg"] == "ES256"
 
         clock.advance(retain_seconds(tw.settings))
         assert tw.reload_keys()
@@ -276,7 +282,8 @@ async def test_cli_keys_rotate_and_list(run_cli: RunCli, tmp_path: Path) -> None
     second = await run_cli("keys", "rotate", "--alg", "ES256", "--json", env=env)
     assert second.code == 0, second.err
     rotated = json.loads(second.out)
-    assert rotated["alg"] == "ES256" and rotated["retired"] == [json.loads(first.out)["kid"]]
+    assert rotated["alg"] == "ES256"
+    assert rotated["retired"] == [json.loads(first.out)["kid"]]
     listed = await run_cli("keys", "list", "--json", env=env)
     assert listed.code == 0, listed.err
     keys = json.loads(listed.out)["keys"]
@@ -285,7 +292,8 @@ async def test_cli_keys_rotate_and_list(run_cli: RunCli, tmp_path: Path) -> None
     assert keys[0]["retired_at"] == rotated["activates_at"] == keys[1]["active_from"]
     assert keys[1]["created_at"] is not None
     text = await run_cli("keys", "list", env=env)
-    assert rotated["kid"] in text.out and "pending" in text.out
+    assert rotated["kid"] in text.out
+    assert "pending" in text.out
 
 
 async def test_cli_keys_rotate_on_pem_is_a_configuration_error(
@@ -300,13 +308,13 @@ async def test_cli_keys_rotate_on_pem_is_a_configuration_error(
             serialization.NoEncryption(),
         )
     )
-    result = await run_cli(
-        "keys", "rotate", env=ops_env(None, tmp_path / "d", signing_keys=path)
-    )
+    result = await run_cli("keys", "rotate", env=ops_env(None, tmp_path / "d", signing_keys=path))
     assert result.code == 2
-    assert "PEM file" in result.err and "TOKENWARD_SIGNING_KEYS" in result.err
+    assert "PEM file" in result.err
+    assert "TOKENWARD_SIGNING_KEYS" in result.err
     listed = await run_cli("keys", "list", env=ops_env(None, tmp_path / "d", signing_keys=path))
-    assert listed.code == 0 and "signing" in listed.out
+    assert listed.code == 0
+    assert "signing" in listed.out
 
 
 async def test_tokenward_restarted_after_rotation_keeps_old_tokens(

@@ -80,7 +80,9 @@ async def _dump(redis: aioredis.Redis, key: str) -> str:
         return " ".join(await redis.smembers(key))
     if kind == "string":
         return str(await redis.get(key))
-    return ""
+    if kind == "stream":
+        return str(await redis.xrange(key))
+    raise AssertionError(f"{key}: unexpected type {kind}")
 
 
 def _secret_forms(token: str) -> list[str]:

@@ -229,6 +229,7 @@ _ENDPOINTS: list[
         {"type": "object"},
         [503],
     ),
+    ("get", "/metrics", "Prometheus metrics (text exposition format)", None, 200, None, []),
 ]
 
 

@@ -46,8 +46,9 @@ def security_headers(*, hsts: bool) -> list[tuple[bytes, bytes]]:
         ("content-security-policy", CONTENT_SECURITY_POLICY),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
-        # Auth pages carry nothing a third party should learn from a Referer.
-        ("referrer-policy", "no-referrer"),
+        # No Referer leaves the origin. Not "no-referrer": with it, browsers send
+        # "Origin: null" on the pages' own form posts, which the Origin check must refuse.
+        ("referrer-policy", "same-origin"),
         # A page opened from another site cannot reach back into ours (window.opener).
         ("cross-origin-opener-policy", "same-origin"),
         ("permissions-policy", "camera=(), microphone=(), geolocation=(), payment=()"),

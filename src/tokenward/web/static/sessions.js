@@ -33,7 +33,7 @@ function sessionItem(session) {
   item.dataset.sessionId = session.id;
   item.classList.toggle("session--phone", device.phone);
   slot("device").textContent = device.name;
-  slot("current").hidden = !session.current;
+  if (!session.current) slot("current").remove();
   const where = session.ip ? `${session.ip} · ` : "";
   slot("meta").textContent = `${where}signed in ${formatDate(session.created_at)} · `
     + (session.current ? "active now" : `last active ${formatRelative(session.last_used_at)}`);
@@ -54,6 +54,7 @@ function endedItem(ended) {
   const item = template.content.firstElementChild.cloneNode(true);
   const slot = (name) => item.querySelector(`[data-slot="${name}"]`);
   slot("device").textContent = ENDED_REASONS[ended.reason] || "Ended";
+  slot("current").remove();
   slot("meta").textContent = `${formatRelative(ended.ended_at)} · ${formatDate(ended.ended_at)}`;
   return item;
 }

@@ -103,16 +103,12 @@
     const reason = problem.slug === "refresh-reused" ? "refresh-reused"
       : hadSession ? "session-ended" : "unauthenticated";
     problem.loginRequired = true;
-    if (!leaving) {
-      leaving = true;
-      if (config.onLoginRequired) {
-        leaving = false;
-        config.onLoginRequired(reason, problem);
-      } else {
-        const here = location.pathname + location.search;
-        const next = location.pathname === config.loginUrl ? "" : "&next=" + encodeURIComponent(here);
-        location.assign(config.loginUrl + "?reason=" + reason + next);
-      }
+    if (config.onLoginRequired) {
+      config.onLoginRequired(reason, problem);
+    } else if (!leaving && location.pathname !== config.loginUrl) {
+      leaving = true; // many calls may fail at once: navigate once
+      const next = encodeURIComponent(location.pathname + location.search);
+      location.assign(config.loginUrl + "?reason=" + reason + "&next=" + next);
     }
     throw problem;
   }
