@@ -28,10 +28,13 @@ import asyncio
 import getpass
 import json
 import logging
+import logging.config
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -154,6 +157,36 @@ def worker_app() -> object:
     return create_app(Tokenward(load_settings(), migrate=False))
 
 
+def log_config(level: str) -> dict[str, Any]:
+    """``logging.config`` for the server: JSON lines on stderr for Tokenward and uvicorn.
+
+    Given to uvicorn too, which applies it in every worker process it spawns.
+    """
+    handler = {"handlers": ["json"], "level": level.upper(), "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "tokenward.logs.JsonFormatter"}},
+        "handlers": {
+            "json": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {"tokenward": handler, "uvicorn": handler},
+    }
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM is how servers are stopped: unwind through the clean-up and exit 0.
+
+    uvicorn re-raises the signal it caught once it has shut down; with the default handler
+    that kills the process before ``serve`` stops the embedded Redis and removes its files.
+    """
+    raise SystemExit(EXIT_OK)
+
+
 def serve(host: str, port: int, workers: int) -> int:
     """Run the server until interrupted; returns the exit status."""
     import uvicorn
@@ -165,9 +198,9 @@ def serve(host: str, port: int, workers: int) -> int:
     if workers < 1:
         raise ConfigError(f"--workers: must be at least 1 (got {workers})")
     settings = load_settings().resolved(host=host, port=port)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.config.dictConfig(log_config(settings.log_level))
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     embedded: EmbeddedRedis | None = None
     metrics_dir: str | None = None
     try:
@@ -198,6 +231,7 @@ def serve(host: str, port: int, workers: int) -> int:
             port=port,
             workers=workers,
             log_level=settings.log_level,
+            log_config=log_config(settings.log_level),
             proxy_headers=False,
             server_header=False,
             access_log=False,

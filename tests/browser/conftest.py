@@ -4,7 +4,8 @@ Fixtures:
 
 * ``server``           -- session: ``tokenward serve`` on 127.0.0.1, reached by the browser as
   ``http://localhost:<port>`` (the issuer), default settings.
-* ``short_ttl_server`` -- session: the same with ``TOKENWARD_ACCESS_TTL=2`` (refresh tests).
+* ``short_ttl_server`` -- session: the same with ``TOKENWARD_ACCESS_TTL=2`` and
+  ``TOKENWARD_LEEWAY=0`` (refresh tests).
 * ``browser``          -- session: Debian's Chromium (``/usr/bin/chromium``) via Playwright.
 * ``new_context``      -- factory of browser contexts ("devices"); the test fails at teardown
   if a page threw or the browser reported a Content-Security-Policy violation.
@@ -66,7 +67,8 @@ def server(_servers: Callable[..., Server]) -> Server:
 
 @pytest.fixture(scope="session")
 def short_ttl_server(_servers: Callable[..., Server]) -> Server:
-    return _servers(access_ttl=str(SHORT_TTL))
+    # No leeway on exp: an expired token a browser still sends is refused at once.
+    return _servers(access_ttl=str(SHORT_TTL), leeway="0")
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,7 @@ async def test_ending_the_other_device_signs_it_out_on_its_next_action(
 async def test_sign_out_everywhere_else_keeps_only_this_device(
     server: Server, new_context: NewContext
 ) -> None:
-    """"Sign out everywhere else" ends the phone's session and keeps the laptop's."""
+    """ "Sign out everywhere else" ends the phone's session and keeps the laptop's."""
     email = server.register(new_email("everywhere"))
     laptop, phone = await _two_devices(server, new_context, email)
 

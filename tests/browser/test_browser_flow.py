@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import httpx
 from browserkit import (
     ACCESS,
     CSRF,
     SHORT_TTL,
     NewContext,
     Server,
+    api,
     cookie,
     profile_shows,
     screenshot,
+    sign_in,
     wait_for_access_cookie_expiry,
 )
 from playwright.async_api import Request, Response, expect
@@ -57,8 +63,7 @@ async def test_register_sign_in_refresh_unnoticed_and_sign_out(
 
     # The access token expires; the browser drops its cookie at Max-Age = TTL. The session
     # (refresh and CSRF cookies) stays.
-    waited = await wait_for_access_cookie_expiry(context, limit=SHORT_TTL + 5)
-    assert waited <= SHORT_TTL + 1
+    await wait_for_access_cookie_expiry(context, limit=SHORT_TTL + 5)
     assert await cookie(context, CSRF) is not None
 
     # The next action needs the API: the client refreshes once and retries, unnoticed.
@@ -136,3 +141,47 @@ async def test_signed_in_visitor_goes_straight_to_the_account(
     await page.goto(server.url + "/")
     await expect(page).to_have_url(server.url + "/account")
     await profile_shows(page, email)
+
+
+async def test_an_expired_token_the_browser_still_sends_is_refreshed(
+    short_ttl_server: Server, new_context: NewContext
+) -> None:
+    """The ``token-expired`` answer (a browser whose clock keeps the cookie) also refreshes."""
+    base = short_ttl_server.url
+    email = short_ttl_server.register("dorothy.vaughan@example.com")
+    context = await new_context()
+    page = await context.new_page()
+    await sign_in(page, base, email)
+    await profile_shows(page, email)
+    stale = await cookie(context, ACCESS)
+    assert stale is not None
+    await wait_for_access_cookie_expiry(context, limit=SHORT_TTL + 5)
+    # exp has whole-second resolution: poll until the server, too, calls the token expired.
+    deadline = time.monotonic() + 5
+    while _me_problem(short_ttl_server, stale["value"]) != "token-expired":
+        assert time.monotonic() < deadline, "the server still accepts the expired token"
+        await asyncio.sleep(0.1)
+    stale["expires"] = stale["expires"] + 3600  # as if the browser's clock were behind
+    await context.add_cookies([stale])  # type: ignore[list-item]
+
+    responses: list[Response] = []
+    page.on("response", lambda r: responses.append(r) if "/auth/" in r.url else None)
+    body = await api(page, "GET", "/auth/me")
+
+    assert body["body"]["email"] == email
+    answers = [
+        (r.url.removeprefix(base), r.status, (await r.json())["type"] if r.status == 401 else "")
+        for r in responses
+    ]
+    assert answers == [
+        ("/auth/me", 401, "urn:tokenward:problem:token-expired"),
+        ("/auth/refresh", 200, ""),
+        ("/auth/me", 200, ""),
+    ]
+
+
+def _me_problem(server: Server, access_token: str) -> str:
+    r = httpx.get(
+        f"http://127.0.0.1:{server.port}/auth/me", headers={"Cookie": f"{ACCESS}={access_token}"}
+    )
+    return "" if r.status_code == 200 else str(r.json()["type"]).rsplit(":", 1)[-1]

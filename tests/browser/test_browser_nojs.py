@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from browserkit import ACCESS, PASSWORD, NewContext, Server, cookie, new_email
+from browserkit import ACCESS, PASSWORD, NewContext, Server, cookie, new_email, screenshot
 from playwright.async_api import Page, expect
 
 
@@ -29,9 +29,13 @@ async def test_register_and_sign_in_without_javascript(
 
     await _submit(page, email, PASSWORD, "Sign in")
     await expect(page).to_have_url(server.url + "/account")
-    await expect(page.get_by_text("You are signed in. This page uses JavaScript")).to_be_visible()
-    # The scripted controls stay hidden rather than broken.
+    note = page.locator("noscript > p")  # get_by_text does not look inside <noscript>
+    await expect(note).to_be_visible()
+    await expect(note).to_contain_text("You are signed in. This page uses JavaScript")
+    # The controls that need scripts are gone rather than broken.
     await expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+    await expect(page.get_by_role("heading", name="Change password")).to_be_hidden()
+    await screenshot(page, "account-nojs")
     assert await cookie(context, ACCESS) is not None
 
     # The session is real: the protected API answers this browser.

@@ -86,7 +86,8 @@ def test_pem_file_with_several_keys_last_signs_all_verify(tmp_path: Path) -> Non
     env = {"TOKENWARD_DATA_DIR": str(tmp_path), "TOKENWARD_SIGNING_KEYS": str(path)}
     keys = load_keys(load_settings(env, env_file=tmp_path / "none.env"))
     assert [k.kid for k in keys.keys] == [old.kid, new.kid]
-    assert keys.signing_key.kid == new.kid and keys.signing_key.alg == "ES256"
+    assert keys.signing_key.kid == new.kid
+    assert keys.signing_key.alg == "ES256"
     old_token, _ = _tokens(KeySet([old])).issue(sub="before", sid="s", now=NOW)
     new_token, _ = _tokens(keys).issue(sub="after", sid="s", now=NOW)
     assert _tokens(keys).verify(old_token, now=NOW).sub == "before"
@@ -151,7 +152,9 @@ def test_signing_key_repr_hides_the_private_key() -> None:
         b'{"keys": []}',
         b'{"keys": [{"kty": "RSA", "n": "x", "e": "AQAB"}]}',
         b'{"keys": [{"kty": "OKP", "crv": "Ed25519"}]}',
-        b'{"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}',
+        # a public key only: it cannot sign
+        b'{"keys": [{"kty": "OKP", "crv": "Ed25519", '
+        b'"x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}',
         b'{"keys": "nope"}',
         b"[1, 2]",
         b"{not json",

@@ -43,7 +43,8 @@ def test_refresh_repr_hides_the_secret() -> None:
     token = RefreshToken.new(UID, SID)
     text = repr(token)
     secret_b64 = token.encode().rsplit(".", 1)[1]
-    assert secret_b64 not in text and token.secret.hex() not in text
+    assert secret_b64 not in text
+    assert token.secret.hex() not in text
 
 
 def test_successor_depends_on_secret_and_salt() -> None:
@@ -174,7 +175,10 @@ def test_secure_cookies_have_prefixes_and_flags() -> None:
         csrf_token="C",
     )  # fmt: skip
     access, refresh, csrf = specs
-    assert access.header() == "__Host-access_token=A; Path=/; Max-Age=600; HttpOnly; Secure; SameSite=Lax"
+    assert (
+        access.header()
+        == "__Host-access_token=A; Path=/; Max-Age=600; HttpOnly; Secure; SameSite=Lax"
+    )
     assert refresh.header() == (
         "__Secure-refresh_token=R; Path=/auth; Max-Age=999; HttpOnly; Secure; SameSite=Strict"
     )
@@ -190,7 +194,9 @@ def test_insecure_cookies_drop_prefixes_and_secure() -> None:
     headers = [s.header() for s in specs]
     assert [h.split("=", 1)[0] for h in headers] == ["access_token", "refresh_token", "csrf_token"]
     assert all("Secure" not in h for h in headers)
-    assert "HttpOnly" in headers[0] and "HttpOnly" in headers[1] and "HttpOnly" not in headers[2]
+    assert "HttpOnly" in headers[0]
+    assert "HttpOnly" in headers[1]
+    assert "HttpOnly" not in headers[2]
 
 
 def test_transparent_refresh_puts_the_refresh_cookie_on_root() -> None:
@@ -211,4 +217,6 @@ def test_clear_expires_all_three_cookies_on_their_paths() -> None:
     assert [(c.name, c.path) for c in cleared] == [(c.name, c.path) for c in issued]
     for spec in cleared:
         header = spec.header()
-        assert spec.value == "" and "Max-Age=0" in header and "Expires=Thu, 01 Jan 1970" in header
+        assert spec.value == ""
+        assert "Max-Age=0" in header
+        assert "Expires=Thu, 01 Jan 1970" in header

@@ -31,13 +31,18 @@ def test_defaults_match_the_contract(no_dotenv: Path) -> None:
     """With no variables the documented defaults apply, and no secret is set."""
     s = _load({}, no_dotenv)
     assert s.data_dir == Path("./.tokenward")
-    assert s.redis_url is None and s.database_url is None
-    assert s.issuer is None and s.audience == "tokenward"
+    assert s.redis_url is None
+    assert s.database_url is None
+    assert s.issuer is None
+    assert s.audience == "tokenward"
     assert (s.access_ttl, s.session_idle_ttl, s.session_max_ttl) == (600, 2_592_000, 7_776_000)
     assert (s.refresh_grace, s.leeway, s.password_min_length) == (10, 30, 12)
-    assert s.cookie_secure is True and s.transparent_refresh is False
-    assert s.signing_keys is None and s.signing_alg == "EdDSA"
-    assert s.trusted_proxies == () and s.max_sessions == 100
+    assert s.cookie_secure is True
+    assert s.transparent_refresh is False
+    assert s.signing_keys is None
+    assert s.signing_alg == "EdDSA"
+    assert s.trusted_proxies == ()
+    assert s.max_sessions == 100
 
 
 def test_no_setting_holds_a_default_secret() -> None:
@@ -188,8 +193,9 @@ def test_lifetime_must_be_a_positive_integer(no_dotenv: Path, name: str, value: 
     assert _config_error({name: value}, no_dotenv).startswith(name + ":")
 
 
-@pytest.mark.parametrize(("name", "value"), [("TOKENWARD_REFRESH_GRACE", "-1"),
-                                             ("TOKENWARD_LEEWAY", "-5")])
+@pytest.mark.parametrize(
+    ("name", "value"), [("TOKENWARD_REFRESH_GRACE", "-1"), ("TOKENWARD_LEEWAY", "-5")]
+)
 def test_negative_durations_are_refused(no_dotenv: Path, name: str, value: str) -> None:
     """Grace and leeway may be 0, never negative."""
     assert _config_error({name: value}, no_dotenv).startswith(name + ":")

@@ -42,9 +42,7 @@ def b64url_decode(text: str) -> bytes:
 
 def forge(header: dict[str, Any], payload: dict[str, Any], sign: Signer) -> str:
     """A compact JWS assembled by hand: ``b64(header).b64(payload).b64(sign(input))``."""
-    signing_input = (
-        b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(payload).encode())
-    )
+    signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(payload).encode())
     return signing_input + "." + b64url(sign(signing_input.encode()))
 
 
@@ -119,7 +117,8 @@ def test_issued_claims_are_exactly_the_rfc9068_set(tokens: AccessTokens) -> None
     token, issued = tokens.issue(sub="u1", sid="s1", now=NOW)
     payload = json.loads(b64url_decode(token.split(".")[1]))
     assert set(payload) == {"iss", "aud", "sub", "sid", "iat", "exp", "jti"}
-    assert payload["iss"] == ISS and payload["aud"] == AUD
+    assert payload["iss"] == ISS
+    assert payload["aud"] == AUD
     assert (payload["sub"], payload["sid"]) == ("u1", "s1")
     assert (payload["iat"], payload["exp"]) == (NOW, NOW + TTL)
     assert payload["jti"] == issued.jti
@@ -409,7 +408,7 @@ def test_truncated_signature_is_refused(tokens: AccessTokens) -> None:
         "Bearer x.y.z",
         "ä.ö.ü",
         "x" * 5000,
-        "eyJ" + "A" * 100 + ".." ,
+        "eyJ" + "A" * 100 + "..",
         "null.null.null",
         b64url(b"[]") + "." + b64url(b"{}") + ".",
     ],

@@ -30,9 +30,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import tokenward
+from conftest import GENEROUS_LIMITS, Accounts, MakeTw, client_for
 from tokenward.runtime import Tokenward
-
-from conftest import GENEROUS_LIMITS, PASSWORD, Accounts, MakeTw, client_for
 
 BEARER = {"X-Auth-Transport": "bearer"}
 PROBLEM = "urn:tokenward:problem:"
@@ -217,7 +216,7 @@ async def test_flaw_logout_of_a_user_id_from_the_body(
 async def test_flaw_cookies_without_httponly_secure_samesite(
     client: httpx.AsyncClient, accounts: Accounts
 ) -> None:
-    """Flaw: framework-default cookies. Every auth cookie is Secure and SameSite; tokens HttpOnly."""
+    """Flaw: framework-default cookies. All are Secure and SameSite; token cookies HttpOnly."""
     email = await accounts.register()
     login = await accounts.login_cookie(email)
     refreshed = await client.post("/auth/refresh", headers=accounts.csrf_headers())
@@ -231,7 +230,8 @@ async def test_flaw_cookies_without_httponly_secure_samesite(
                 assert "httponly" in attrs, header
             assert "samesite=none" not in header.lower().replace(" ", "")
         refresh = next(h for h in headers if h.startswith("__Secure-refresh_token="))
-        assert "SameSite=Strict" in refresh and "Path=/auth" in refresh
+        assert "SameSite=Strict" in refresh
+        assert "Path=/auth" in refresh
 
 
 async def test_flaw_hard_coded_secret(make_tw: MakeTw) -> None:
@@ -243,6 +243,10 @@ async def test_flaw_hard_coded_secret(make_tw: MakeTw) -> None:
         tokens = await accounts.login_bearer(await accounts.register())
         r = await cb.get("/auth/me", headers=_bearer(tokens))
         assert r.status_code == 401
+    _assert_no_key_material_in_the_package()
+
+
+def _assert_no_key_material_in_the_package() -> None:
     package = Path(tokenward.__file__).resolve().parent
     private_jwk = re.compile(r'"d"\s*:\s*"[A-Za-z0-9_-]{40,}"')
     for path in package.rglob("*"):
@@ -254,7 +258,9 @@ async def test_flaw_hard_coded_secret(make_tw: MakeTw) -> None:
         assert path.suffix not in (".pem", ".jwks", ".key"), path
 
 
-async def test_flaw_no_rotation(client: httpx.AsyncClient, accounts: Accounts, tw: Tokenward) -> None:
+async def test_flaw_no_rotation(
+    client: httpx.AsyncClient, accounts: Accounts, tw: Tokenward
+) -> None:
     """Flaw: a refresh token that works forever. Each refresh replaces it; reuse ends it all."""
     tokens = await accounts.login_bearer(await accounts.register())
     first = await _refresh(client, tokens["refresh_token"])
@@ -315,7 +321,8 @@ async def test_flaw_session_past_its_absolute_limit(make_tw: MakeTw) -> None:
         tokens = await accounts.login_bearer(await accounts.register())
         tw.clock.advance(650)  # type: ignore[attr-defined]
         r = await _refresh(client, tokens["refresh_token"])
-        assert r.status_code == 200 and r.json()["refresh_expires_in"] == 50
+        assert r.status_code == 200
+        assert r.json()["refresh_expires_in"] == 50
         fresh = r.json()
         assert (await client.get("/auth/me", headers=_bearer(fresh))).status_code == 200
         tw.clock.advance(50)  # type: ignore[attr-defined]  # the absolute limit

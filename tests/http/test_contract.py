@@ -12,11 +12,10 @@ import pytest
 from sqlalchemy import text
 from starlette.routing import Route
 
+from conftest import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, client_for
 from tokenward.http.app import create_app
 from tokenward.passwords import Argon2Params
 from tokenward.runtime import Tokenward
-
-from conftest import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, client_for
 
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 PROBLEM = "urn:tokenward:problem:"
@@ -39,7 +38,8 @@ def _assert_problem(r: httpx.Response, status: int, slug: str) -> dict[str, Any]
     assert r.headers["content-type"].startswith("application/problem+json")
     body: dict[str, Any] = r.json()
     assert {"type", "title", "status", "detail"} <= set(body)
-    assert body["type"] == PROBLEM + slug and body["status"] == status
+    assert body["type"] == PROBLEM + slug
+    assert body["status"] == status
     return body
 
 
@@ -73,7 +73,8 @@ async def test_register_answers_201_with_id_email_created_at(
     body = r.json()
     assert set(body) == {"id", "email", "created_at"}
     assert body["email"] == "new.user@example.com"
-    assert RFC3339.match(body["created_at"]) and body["created_at"] == _at(tw.clock.now())
+    assert RFC3339.match(body["created_at"])
+    assert body["created_at"] == _at(tw.clock.now())
     assert "set-cookie" not in r.headers
 
 
@@ -83,7 +84,8 @@ async def test_register_same_email_other_case_is_409(client: httpx.AsyncClient) 
     assert r1.status_code == 201
     r2 = await client.post("/auth/register", json={"email": "alice@x.test", "password": PASSWORD})
     body = _assert_problem(r2, 409, "conflict")
-    assert PASSWORD not in r2.text and body["detail"]
+    assert PASSWORD not in r2.text
+    assert body["detail"]
 
 
 async def test_register_stores_an_argon2id_hash(
@@ -102,7 +104,8 @@ async def test_register_policy_failure_is_422_without_the_password(
     """A short password is a 422 validation problem naming the rule, never echoing it."""
     r = await client.post("/auth/register", json={"email": "p@x.test", "password": "Sh0rt!"})
     body = _assert_problem(r, 422, "validation")
-    assert body.get("rule") and "Sh0rt!" not in r.text
+    assert body.get("rule")
+    assert "Sh0rt!" not in r.text
 
 
 async def test_login_rehashes_when_argon2_parameters_change(
@@ -119,7 +122,8 @@ async def test_login_rehashes_when_argon2_parameters_change(
             r = await other.post("/auth/login", json={"email": email, "password": PASSWORD})
             assert r.status_code == 200, r.text
         after = await _stored_hash(tw, email)
-        assert "$m=256,t=2,p=1$" in after and after != before
+        assert "$m=256,t=2,p=1$" in after
+        assert after != before
     finally:
         await stronger.stop()
     # the old deployment still verifies the upgraded hash
@@ -137,7 +141,8 @@ async def test_cookie_login_body_has_user_and_session_only(
     r = await accounts.login_cookie(email)
     body = r.json()
     assert set(body) == {"user", "session"}
-    assert set(body["user"]) == {"id", "email"} and body["user"]["email"] == email
+    assert set(body["user"]) == {"id", "email"}
+    assert body["user"]["email"] == email
     assert set(body["session"]) == {"id", "expires_at"}
     policy = tw.policy
     expected = tw.clock.now() + min(policy.idle_ttl, policy.max_ttl)
@@ -198,6 +203,18 @@ async def test_malformed_login_bodies_are_precise_4xx(client: httpx.AsyncClient)
     assert huge.status_code in (413, 422)
 
 
+@pytest.mark.parametrize("path", ["/auth/register", "/auth/login"])
+async def test_password_over_1024_characters_is_422(
+    client: httpx.AsyncClient, accounts: Accounts, path: str
+) -> None:
+    """A password longer than 1024 characters is a 422 (refused before any hashing)."""
+    email = await accounts.register() if path == "/auth/login" else accounts.new_email()
+    r = await client.post(path, json={"email": email, "password": "p" * 1025})
+    body = _assert_problem(r, 422, "validation")
+    assert "p" * 1025 not in r.text
+    assert body["rule"] == "too-long"
+
+
 # ----------------------------------------------------------------------------- refresh
 
 
@@ -235,7 +252,8 @@ async def test_bearer_logout_with_authorization_ends_the_session(
     tokens = await accounts.login_bearer(await accounts.register())
     auth = {"Authorization": f"Bearer {tokens['access_token']}"}
     r = await client.post("/auth/logout", headers=auth)
-    assert r.status_code == 204 and r.content == b""
+    assert r.status_code == 204
+    assert r.content == b""
     _assert_problem(await client.get("/auth/me", headers=auth), 401, "unauthenticated")
     again = await client.post(
         "/auth/refresh", json={"refresh_token": tokens["refresh_token"]}, headers=BEARER
@@ -268,6 +286,23 @@ async def test_cookie_logout_clears_all_three_cookies(
     assert (await client.get("/auth/me")).status_code == 401
 
 
+async def test_logout_ends_only_the_current_session(
+    client: httpx.AsyncClient, accounts: Accounts
+) -> None:
+    """Logging out on one device leaves the user's other session working."""
+    email = await accounts.register()
+    phone, laptop = await accounts.login_bearer(email), await accounts.login_bearer(email)
+    phone_auth = {"Authorization": f"Bearer {phone['access_token']}"}
+    laptop_auth = {"Authorization": f"Bearer {laptop['access_token']}"}
+    assert (await client.post("/auth/logout", headers=phone_auth)).status_code == 204
+    assert (await client.get("/auth/me", headers=phone_auth)).status_code == 401
+    assert (await client.get("/auth/me", headers=laptop_auth)).status_code == 200
+    r = await client.post(
+        "/auth/refresh", json={"refresh_token": laptop["refresh_token"]}, headers=BEARER
+    )
+    assert r.status_code == 200
+
+
 async def test_logout_without_any_credential_is_401(client: httpx.AsyncClient) -> None:
     """Logout needs to know which session: nothing presented is 401."""
     _assert_problem(await client.post("/auth/logout"), 401, "unauthenticated")
@@ -280,9 +315,7 @@ async def test_me_answers_id_email_created_at(
     client: httpx.AsyncClient, accounts: Accounts, tw: Tokenward
 ) -> None:
     """``GET /auth/me`` is ``{id, email, created_at}`` of the token's user."""
-    r = await client.post(
-        "/auth/register", json={"email": "me@x.test", "password": PASSWORD}
-    )
+    r = await client.post("/auth/register", json={"email": "me@x.test", "password": PASSWORD})
     registered = r.json()
     tokens = await accounts.login_bearer("me@x.test")
     me = await client.get("/auth/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
@@ -301,7 +334,8 @@ async def test_me_without_token_is_401(client: httpx.AsyncClient) -> None:
 async def test_jwks_serves_only_public_members(client: httpx.AsyncClient, tw: Tokenward) -> None:
     """The JWKS lists every verifying key, public members only, for the signing kid too."""
     r = await client.get("/.well-known/jwks.json")
-    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
     keys = r.json()["keys"]
     assert [k["kid"] for k in keys] == [k.kid for k in tw.keys.keys]
     private_members = {"d", "p", "q", "dp", "dq", "qi", "k"}
@@ -309,9 +343,7 @@ async def test_jwks_serves_only_public_members(client: httpx.AsyncClient, tw: To
     assert all(k["alg"] == "EdDSA" and k["use"] == "sig" for k in keys)
 
 
-async def test_jwks_verifies_an_issued_token(
-    client: httpx.AsyncClient, accounts: Accounts
-) -> None:
+async def test_jwks_verifies_an_issued_token(client: httpx.AsyncClient, accounts: Accounts) -> None:
     """A relying party can verify our access token with the published JWKS alone."""
     import jwt
 
@@ -329,7 +361,8 @@ async def test_jwks_verifies_an_issued_token(
 async def test_healthz_is_200(client: httpx.AsyncClient) -> None:
     """The process is alive."""
     r = await client.get("/healthz")
-    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok"
 
 
 async def test_readyz_is_200_when_backends_answer(client: httpx.AsyncClient) -> None:
@@ -339,7 +372,9 @@ async def test_readyz_is_200_when_backends_answer(client: httpx.AsyncClient) -> 
 
 async def test_readyz_is_503_when_redis_is_down(make_tw: MakeTw) -> None:
     """With Redis unreachable, the service starts but is not ready: 503 unavailable."""
-    tw = await make_tw(**GENEROUS_LIMITS, redis_url=f"redis://127.0.0.1:{_closed_port()}/0", backend_timeout=0.5)
+    tw = await make_tw(
+        **GENEROUS_LIMITS, redis_url=f"redis://127.0.0.1:{_closed_port()}/0", backend_timeout=0.5
+    )
     async with client_for(tw) as c:
         r = await c.get("/readyz")
         _assert_problem(r, 503, "unavailable")

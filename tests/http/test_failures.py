@@ -20,12 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, client_for
 from tokenward.clock import FrozenClock
 from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
 from tokenward.settings import load_settings
-
-from conftest import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, client_for
 
 BEARER = {"X-Auth-Transport": "bearer"}
 #: Deadline for any one request against a dead back end (the contract's "bounded time").
@@ -72,7 +71,9 @@ async def test_login_without_redis_is_503(tw_without_redis: Tokenward) -> None:
     async with client_for(tw_without_redis) as c:
         for headers in ({}, BEARER):
             r = await _bounded(
-                c.post("/auth/login", json={"email": "a@b.test", "password": PASSWORD}, headers=headers)
+                c.post(
+                    "/auth/login", json={"email": "a@b.test", "password": PASSWORD}, headers=headers
+                )
             )
             _assert_unavailable(r)
 
@@ -212,8 +213,8 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         server.kill()
 
 
-async def _wait_until(condition: Any, what: str, timeout: float = BOUND) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + BOUND
     while not await condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         await asyncio.sleep(0.02)
@@ -223,7 +224,7 @@ async def test_redis_crash_gives_503_then_recovery_loses_nothing(
     private_redis: PrivateRedis, make_tw: MakeTw
 ) -> None:
     """Logged-in users get 503 (not 200) while Redis is down; after restart all works again."""
-    tw = await make_tw(**GENEROUS_LIMITS, redis_url=private_redis.url, backend_timeout=0.5)
+    tw = await make_tw(**GENEROUS_LIMITS, redis_url=private_redis.url)
     async with client_for(tw) as c:
         accounts = Accounts(c)
         email = await accounts.register()
@@ -243,7 +244,9 @@ async def test_redis_crash_gives_503_then_recovery_loses_nothing(
         outage = [
             c.get("/auth/me", headers=_bearer(bearer)),
             c.get("/auth/me"),
-            c.post("/auth/refresh", json={"refresh_token": bearer["refresh_token"]}, headers=BEARER),
+            c.post(
+                "/auth/refresh", json={"refresh_token": bearer["refresh_token"]}, headers=BEARER
+            ),
             c.post("/auth/refresh", headers=csrf),
             c.post("/auth/login", json={"email": email, "password": PASSWORD}, headers=BEARER),
             c.post("/auth/logout", headers=_bearer(bearer)),
@@ -275,7 +278,7 @@ async def test_ended_sessions_stay_ended_across_a_redis_crash(
     private_redis: PrivateRedis, make_tw: MakeTw
 ) -> None:
     """A logout acknowledged before a crash is still in force after the restart."""
-    tw = await make_tw(**GENEROUS_LIMITS, redis_url=private_redis.url, backend_timeout=0.5)
+    tw = await make_tw(**GENEROUS_LIMITS, redis_url=private_redis.url)
     async with client_for(tw) as c:
         accounts = Accounts(c)
         tokens = await accounts.login_bearer(await accounts.register())

@@ -6,14 +6,18 @@ fresh client with an explicit ``Cookie`` header, so no cookie jar rewrites what 
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tokenward.runtime import Tokenward
-
 from conftest import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, client_for
+from tokenward.clock import FrozenClock
+from tokenward.passwords import CHEAP_FOR_TESTS
+from tokenward.runtime import Tokenward
+from tokenward.settings import load_settings
 
 SECURE_NAMES = ("__Host-access_token", "__Secure-refresh_token", "__Host-csrf_token")
 BEARER = {"X-Auth-Transport": "bearer"}
@@ -38,12 +42,6 @@ def cookie_header(values: dict[str, str]) -> dict[str, str]:
     return {"Cookie": "; ".join(f"{k}={v}" for k, v in values.items())}
 
 
-async def _login_cookies(client: httpx.AsyncClient, email: str) -> dict[str, str]:
-    r = await client.post("/auth/login", json={"email": email, "password": PASSWORD})
-    assert r.status_code == 200, r.text
-    return {name: c["value"] for name, c in parse_set_cookies(r).items()}
-
-
 def _assert_csrf_refused(r: httpx.Response) -> None:
     assert r.status_code == 403, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
@@ -54,6 +52,33 @@ def _assert_csrf_refused(r: httpx.Response) -> None:
 async def tw(make_tw: MakeTw) -> Tokenward:
     """This module's service: default settings with the abuse limits out of the way."""
     return await make_tw(**GENEROUS_LIMITS)
+
+
+@pytest.fixture(scope="module")
+async def shared_tw(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Tokenward]:
+    """One service for the CSRF matrix below: those tests never move its clock, and each
+    logs in its own fresh users, so they cannot see each other's state."""
+    data = tmp_path_factory.mktemp("csrf-matrix")
+    env = {
+        "TOKENWARD_REDIS_URL": redis_url,
+        "TOKENWARD_DATA_DIR": str(data / "data"),
+        "TOKENWARD_ISSUER": ORIGIN,
+        **{f"TOKENWARD_{k.upper()}": str(v) for k, v in GENEROUS_LIMITS.items()},
+    }
+    settings = load_settings(env, env_file=data / "no.env")
+    service = Tokenward(settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS)
+    await service.start()
+    yield service
+    await service.stop()
+
+
+@pytest.fixture(scope="module")
+async def shared_accounts(shared_tw: Tokenward) -> AsyncIterator[Accounts]:
+    """Account helpers on a client of ``shared_tw`` (its cookie jar is never relied on)."""
+    async with client_for(shared_tw) as c:
+        yield Accounts(c)
 
 
 # ------------------------------------------------------------------------ cookie flags
@@ -78,7 +103,9 @@ async def test_login_sets_the_three_cookies_with_contract_flags(
         "path": "/auth", "max-age": session_life, "httponly": True, "secure": True,
         "samesite": "Strict",
     }  # fmt: skip
-    assert csrf["path"] == "/" and csrf["secure"] is True and csrf["samesite"] == "Lax"
+    assert csrf["path"] == "/"
+    assert csrf["secure"] is True
+    assert csrf["samesite"] == "Lax"
     assert "httponly" not in csrf, "page scripts must read the CSRF token"
     for name in ("__Host-access_token", "__Host-csrf_token"):
         assert "domain" not in cookies[name]["attrs"], "__Host- cookies carry no Domain"
@@ -136,14 +163,20 @@ async def test_bearer_mode_sets_no_cookie_and_returns_tokens(
 ) -> None:
     """X-Auth-Transport: bearer on login and refresh: tokens in the body, no Set-Cookie."""
     email = await accounts.register()
-    r = await client.post("/auth/login", json={"email": email, "password": PASSWORD}, headers=BEARER)
-    assert r.status_code == 200 and not r.headers.get_list("set-cookie")
+    r = await client.post(
+        "/auth/login", json={"email": email, "password": PASSWORD}, headers=BEARER
+    )
+    assert r.status_code == 200
+    assert not r.headers.get_list("set-cookie")
     body = r.json()
-    assert body["token_type"] == "Bearer" and body["access_token"] and body["refresh_token"]
+    assert body["token_type"] == "Bearer"
+    assert body["access_token"]
+    assert body["refresh_token"]
     r2 = await client.post(
         "/auth/refresh", json={"refresh_token": body["refresh_token"]}, headers=BEARER
     )
-    assert r2.status_code == 200 and not r2.headers.get_list("set-cookie")
+    assert r2.status_code == 200
+    assert not r2.headers.get_list("set-cookie")
 
 
 async def test_refresh_without_transport_header_is_cookie_mode(
@@ -196,71 +229,72 @@ async def _still_logged_in(tw: Tokenward, cookies: dict[str, str]) -> bool:
 
 @pytest.mark.parametrize(("method", "path", "body"), UNSAFE)
 async def test_unsafe_cookie_request_without_csrf_header_is_403(
-    tw: Tokenward, method: str, path: str, body: dict[str, Any] | None
+    shared_tw: Tokenward, method: str, path: str, body: dict[str, Any] | None
 ) -> None:
     """Every unsafe cookie-authenticated request needs X-CSRF-Token: 403 csrf without it."""
-    cookies, sid, _ = await _cookie_session(tw)
-    r = await _send(tw, method, path.format(sid=sid), body, cookies, {"Origin": ORIGIN})
+    cookies, sid, _ = await _cookie_session(shared_tw)
+    r = await _send(shared_tw, method, path.format(sid=sid), body, cookies, {"Origin": ORIGIN})
     _assert_csrf_refused(r)
-    assert await _still_logged_in(tw, cookies)
+    assert await _still_logged_in(shared_tw, cookies)
 
 
 @pytest.mark.parametrize(("method", "path", "body"), UNSAFE)
 async def test_csrf_header_different_from_cookie_is_403(
-    tw: Tokenward, method: str, path: str, body: dict[str, Any] | None
+    shared_tw: Tokenward, method: str, path: str, body: dict[str, Any] | None
 ) -> None:
     """The header must equal the csrf cookie."""
-    cookies, sid, _ = await _cookie_session(tw)
+    cookies, sid, _ = await _cookie_session(shared_tw)
     headers = {"X-CSRF-Token": cookies["__Host-csrf_token"][:-2] + "xx", "Origin": ORIGIN}
-    r = await _send(tw, method, path.format(sid=sid), body, cookies, headers)
+    r = await _send(shared_tw, method, path.format(sid=sid), body, cookies, headers)
     _assert_csrf_refused(r)
-    assert await _still_logged_in(tw, cookies)
+    assert await _still_logged_in(shared_tw, cookies)
 
 
 @pytest.mark.parametrize(("method", "path", "body"), UNSAFE)
 async def test_csrf_token_of_another_session_is_403(
-    tw: Tokenward, method: str, path: str, body: dict[str, Any] | None
+    shared_tw: Tokenward, method: str, path: str, body: dict[str, Any] | None
 ) -> None:
     """A cookie+header pair from another session (planted by a sibling site) is refused."""
-    victim, sid, _ = await _cookie_session(tw)
-    attacker, _, _ = await _cookie_session(tw)
+    victim, sid, _ = await _cookie_session(shared_tw)
+    attacker, _, _ = await _cookie_session(shared_tw)
     planted = attacker["__Host-csrf_token"]
     cookies = {**victim, "__Host-csrf_token": planted}
     headers = {"X-CSRF-Token": planted, "Origin": ORIGIN}
-    r = await _send(tw, method, path.format(sid=sid), body, cookies, headers)
+    r = await _send(shared_tw, method, path.format(sid=sid), body, cookies, headers)
     _assert_csrf_refused(r)
-    assert await _still_logged_in(tw, victim)
+    assert await _still_logged_in(shared_tw, victim)
 
 
 @pytest.mark.parametrize(("method", "path", "body"), UNSAFE)
 async def test_foreign_origin_with_matching_token_is_403(
-    tw: Tokenward, method: str, path: str, body: dict[str, Any] | None
+    shared_tw: Tokenward, method: str, path: str, body: dict[str, Any] | None
 ) -> None:
     """A foreign Origin is refused even when the CSRF token matches."""
-    cookies, sid, _ = await _cookie_session(tw)
+    cookies, sid, _ = await _cookie_session(shared_tw)
     for extra in ({"Origin": "https://evil.test"}, {"Sec-Fetch-Site": "cross-site"}):
         headers = {"X-CSRF-Token": cookies["__Host-csrf_token"], **extra}
-        r = await _send(tw, method, path.format(sid=sid), body, cookies, headers)
+        r = await _send(shared_tw, method, path.format(sid=sid), body, cookies, headers)
         _assert_csrf_refused(r)
-    assert await _still_logged_in(tw, cookies)
+    assert await _still_logged_in(shared_tw, cookies)
 
 
 @pytest.mark.parametrize(("method", "path", "body"), UNSAFE)
 async def test_matching_token_without_origin_is_accepted(
-    tw: Tokenward, method: str, path: str, body: dict[str, Any] | None
+    shared_tw: Tokenward, method: str, path: str, body: dict[str, Any] | None
 ) -> None:
     """No Origin header plus a matching CSRF token of this session: accepted."""
-    cookies, sid, _ = await _cookie_session(tw)
+    cookies, sid, _ = await _cookie_session(shared_tw)
     headers = {"X-CSRF-Token": cookies["__Host-csrf_token"]}
-    r = await _send(tw, method, path.format(sid=sid), body, cookies, headers)
+    r = await _send(shared_tw, method, path.format(sid=sid), body, cookies, headers)
     assert r.status_code in (200, 204), r.text
 
 
-async def test_safe_cookie_request_needs_no_csrf(tw: Tokenward) -> None:
+async def test_safe_cookie_request_needs_no_csrf(shared_tw: Tokenward) -> None:
     """GET requests with cookies need no CSRF header."""
-    cookies, _, email = await _cookie_session(tw)
-    r = await _send(tw, "GET", "/auth/me", None, cookies, {"Origin": "https://evil.test"})
-    assert r.status_code == 200 and r.json()["email"] == email
+    cookies, _, email = await _cookie_session(shared_tw)
+    r = await _send(shared_tw, "GET", "/auth/me", None, cookies, {"Origin": "https://evil.test"})
+    assert r.status_code == 200
+    assert r.json()["email"] == email
 
 
 @pytest.mark.parametrize("path", ["/auth/login", "/auth/register"])
@@ -275,11 +309,15 @@ async def test_safe_cookie_request_needs_no_csrf(tw: Tokenward) -> None:
     ],
 )
 async def test_login_and_register_from_another_site_are_403(
-    client: httpx.AsyncClient, accounts: Accounts, path: str, headers: dict[str, str]
+    shared_accounts: Accounts, path: str, headers: dict[str, str]
 ) -> None:
     """Login CSRF: a foreign Origin or Sec-Fetch-Site: cross-site is refused."""
-    email = await accounts.register() if path == "/auth/login" else accounts.new_email()
-    r = await client.post(path, json={"email": email, "password": PASSWORD}, headers=headers)
+    email = (
+        await shared_accounts.register() if path == "/auth/login" else shared_accounts.new_email()
+    )
+    r = await shared_accounts.client.post(
+        path, json={"email": email, "password": PASSWORD}, headers=headers
+    )
     _assert_csrf_refused(r)
     assert not r.headers.get_list("set-cookie")
 
@@ -289,11 +327,15 @@ async def test_login_and_register_from_another_site_are_403(
     "headers", [{}, {"Origin": ORIGIN}, {"Sec-Fetch-Site": "same-origin", "Origin": ORIGIN}]
 )
 async def test_login_and_register_without_foreign_origin_are_accepted(
-    client: httpx.AsyncClient, accounts: Accounts, path: str, headers: dict[str, str]
+    shared_accounts: Accounts, path: str, headers: dict[str, str]
 ) -> None:
     """Non-browser clients (no Origin) and our own pages may log in and register."""
-    email = await accounts.register() if path == "/auth/login" else accounts.new_email()
-    r = await client.post(path, json={"email": email, "password": PASSWORD}, headers=headers)
+    email = (
+        await shared_accounts.register() if path == "/auth/login" else shared_accounts.new_email()
+    )
+    r = await shared_accounts.client.post(
+        path, json={"email": email, "password": PASSWORD}, headers=headers
+    )
     assert r.status_code in (200, 201), r.text
 
 
@@ -324,17 +366,18 @@ async def test_two_authorization_headers_are_400(
     assert r.json()["type"] == PROBLEM + "bad-request"
 
 
-async def test_bearer_token_wins_over_access_cookie(tw: Tokenward) -> None:
+async def test_bearer_token_wins_over_access_cookie(shared_tw: Tokenward) -> None:
     """With both a bearer token and an access cookie, the bearer token decides."""
-    cookies, _, cookie_email = await _cookie_session(tw)
-    async with client_for(tw) as c:
+    cookies, _, cookie_email = await _cookie_session(shared_tw)
+    async with client_for(shared_tw) as c:
         accounts = Accounts(c)
         bearer_email = await accounts.register()
         tokens = await accounts.login_bearer(bearer_email)
     headers = {"Authorization": f"Bearer {tokens['access_token']}"}
-    r = await _send(tw, "GET", "/auth/me", None, cookies, headers)
-    assert r.status_code == 200 and r.json()["email"] == bearer_email != cookie_email
-    bad = await _send(tw, "GET", "/auth/me", None, cookies, {"Authorization": "Bearer nope"})
+    r = await _send(shared_tw, "GET", "/auth/me", None, cookies, headers)
+    assert r.status_code == 200
+    assert r.json()["email"] == bearer_email != cookie_email
+    bad = await _send(shared_tw, "GET", "/auth/me", None, cookies, {"Authorization": "Bearer nope"})
     assert bad.status_code == 401, "a bad bearer token must not fall back to the cookie"
 
 
@@ -362,15 +405,16 @@ async def test_every_auth_response_is_no_store_and_errors_are_problems(
     tokens = await accounts.login_bearer(email)
     auth = {"Authorization": f"Bearer {tokens['access_token']}"}
     creds = {"email": email, "password": PASSWORD}
+    refresh, json_type = tokens["refresh_token"], "application/json"
     responses = [
-        await client.post("/auth/register", json={"email": accounts.new_email(), "password": PASSWORD}),
+        await client.post("/auth/register", json={**creds, "email": accounts.new_email()}),
         await client.post("/auth/register", json=creds),
         await client.post("/auth/register", json={"email": "x", "password": ""}),
         await client.post("/auth/login", json=creds),
         await client.post("/auth/login", json=creds, headers=BEARER),
         await client.post("/auth/login", json={**creds, "password": "wrong password!"}),
-        await client.post("/auth/login", content=b"{", headers={"content-type": "application/json"}),
-        await client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]}, headers=BEARER),
+        await client.post("/auth/login", content=b"{", headers={"content-type": json_type}),
+        await client.post("/auth/refresh", json={"refresh_token": refresh}, headers=BEARER),
         await client.post("/auth/refresh"),
         await client.get("/auth/me", headers=auth),
         await client.get("/auth/me"),
@@ -389,6 +433,7 @@ async def test_every_auth_response_is_no_store_and_errors_are_problems(
             assert r.headers["content-type"].startswith("application/problem+json"), path
             body = r.json()
             assert {"type", "title", "status", "detail"} <= set(body), path
-            assert body["status"] == r.status_code and body["type"].startswith(PROBLEM)
+            assert body["status"] == r.status_code
+            assert body["type"].startswith(PROBLEM)
             for secret in (tokens["access_token"], tokens["refresh_token"], PASSWORD):
                 assert secret not in r.text

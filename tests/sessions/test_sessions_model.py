@@ -26,6 +26,7 @@ loop (not pytest-asyncio's) and runs each call to completion on it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 import uuid
 from collections.abc import Coroutine
@@ -36,7 +37,14 @@ from typing import Any, ClassVar, TypeVar
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from sessions_support import session_key
 
 from tokenward.clock import FrozenClock
@@ -58,10 +66,13 @@ from tokenward.stores.redis_sessions import ANCESTORS_KEPT
 
 T = TypeVar("T")
 
+#: What the runs exercised (printed at the end, and the common paths are required).
+seen: collections.Counter[str] = collections.Counter()
+
 GRACE, ACCESS_TTL, LEEWAY = 10, 600, 30
 IDLE, MAX_TTL = 3_600, 7_200
 MAX_SESSIONS, RATE_LIMIT, RATE_WINDOW = 3, 3, 60
-STEPS = [1, 5, GRACE, GRACE + 1, RATE_WINDOW, ACCESS_TTL + LEEWAY + 1, IDLE // 2, IDLE, MAX_TTL // 3]
+STEPS = [1, 5, GRACE, GRACE + 1, RATE_WINDOW, ACCESS_TTL + LEEWAY + 1, IDLE // 2, IDLE - 1, IDLE]
 
 
 @dataclass
@@ -85,6 +96,26 @@ class Modelled:
         return self.ended is None and now < self.expires
 
 
+REQUIRED = {
+    "refresh: rotated",
+    "refresh: rotated (capped by the absolute limit)",
+    "refresh: grace replay",
+    "refresh: reuse detected",
+    "refresh: rate limited",
+    "login: least recently used session ended",
+    "checked an ended session (expired)",
+    "checked an ended session (refresh-reused)",
+    "checked an ended session (logout)",
+    "checked an ended session (logout-all)",
+    "checked an ended session (password-changed)",
+    "checked an ended session (session-limit)",
+}
+
+
+def ttl_capped(s: Modelled, now: int) -> bool:
+    return s.created + MAX_TTL - now < IDLE
+
+
 class SessionLife(RuleBasedStateMachine):
     """The machine; ``tw``, ``loop`` and ``redis`` are set by the test before it runs."""
 
@@ -101,6 +132,7 @@ class SessionLife(RuleBasedStateMachine):
         uid = uuid.uuid4().hex
         self.user = UserRef(uid, f"{uid}@example.com", self.now)
         self.sessions: list[Modelled] = []
+        self.checked: set[str] = set()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -111,8 +143,14 @@ class SessionLife(RuleBasedStateMachine):
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
-    def pick(self, index: int, *, live: bool | None = None) -> Modelled | None:
-        pool = [s for s in self.sessions if live is None or s.live(self.now) == live]
+    def pick(
+        self, index: int, *, live: bool | None = None, rotated: bool = False
+    ) -> Modelled | None:
+        pool = [
+            s
+            for s in self.sessions
+            if (live is None or s.live(self.now) == live) and (s.replaced or not rotated)
+        ]
         return pool[index % len(pool)] if pool else None
 
     def live_sessions(self) -> list[Modelled]:
@@ -120,6 +158,11 @@ class SessionLife(RuleBasedStateMachine):
 
     # -- rules -----------------------------------------------------------------------------
 
+    @initialize()
+    def first_login(self) -> None:
+        self.login()
+
+    @precondition(lambda self: len(self.live_sessions()) <= MAX_SESSIONS)
     @rule()
     def login(self) -> None:
         now = self.now
@@ -129,6 +172,7 @@ class SessionLife(RuleBasedStateMachine):
         excess = len(live) + 1 - MAX_SESSIONS
         for victim in sorted(live, key=lambda s: (s.last_used, s.sid))[: max(excess, 0)]:
             victim.ended = "session-limit"
+            seen.update(["login: least recently used session ended"])
         self.sessions.append(
             Modelled(
                 sid=issued.sid,
@@ -145,23 +189,49 @@ class SessionLife(RuleBasedStateMachine):
         # broken by session id in Redis, which is random and would make replays differ).
         self.clock.advance(1)
 
-    @rule(index=st.integers(0, 99), which=st.sampled_from(["current", "prev", "older", "stale"]))
-    def refresh(self, index: int, which: str) -> None:
-        s = self.pick(index)
-        if s is None:
+    @rule(index=st.integers(0, 99))
+    def refresh_current(self, index: int) -> None:
+        """A client refreshing (a live session if there is one; refreshing an ended one is
+        covered by the invariants)."""
+        s = self.pick(index, live=True) or self.pick(index)
+        if s is not None:
+            self._refresh(s, s.current)
+
+    @rule(index=st.integers(0, 99))
+    def keep_alive(self, index: int) -> None:
+        """An active client: refreshes one second before its session would go idle (this is
+        how a session reaches the absolute limit)."""
+        s = self.pick(index, live=True)
+        if s is not None:
+            self.clock.advance(s.expires - 1 - self.now)
+            self._refresh(s, s.current)
+
+    @rule(index=st.integers(0, 99))
+    def burst(self, index: int) -> None:
+        """A client stuck in a refresh loop: one more rotation than the limit allows."""
+        s = self.pick(index, live=True)
+        for _ in range(RATE_LIMIT + 1):
+            if s is not None and s.live(self.now):
+                self._refresh(s, s.current)
+
+    @rule(
+        index=st.integers(0, 99),
+        back=st.sampled_from([1, 1, 2, 3, ANCESTORS_KEPT + 2]),
+        late=st.booleans(),
+    )
+    def replay_replaced(self, index: int, back: int, late: bool) -> None:
+        """A replaced token again: the one just replaced (a concurrent tab inside the grace,
+        a thief after it), an older ancestor, or one too old to be recognised."""
+        s = self.pick(index, live=True, rotated=True) or self.pick(index, rotated=True)
+        if s is None or len(s.replaced) < back:
             return
+        if late:
+            self.clock.advance(max(0, s.rotated_at + GRACE + 1 - self.now))
+        self._refresh(s, s.replaced[-back])
+
+    def _refresh(self, s: Modelled, token: str) -> None:
         now = self.now
         ancestors = list(reversed(s.replaced))  # most recent first
-        if which == "current":
-            token = s.current
-        elif which == "prev" and ancestors:
-            token = ancestors[0]
-        elif which == "older" and len(ancestors) > 1:
-            token = ancestors[min(len(ancestors) - 1, 1 + index % ANCESTORS_KEPT)]
-        elif which == "stale" and len(ancestors) > ANCESTORS_KEPT + 1:
-            token = ancestors[ANCESTORS_KEPT + 1]
-        else:
-            return
         try:
             issued = self.run(self.tw.sessions.refresh(token, csrf_token=None, now=now))
         except (SessionEnded, TokenInvalid, RefreshReused, RateLimited) as exc:
@@ -171,14 +241,17 @@ class SessionLife(RuleBasedStateMachine):
         position = ancestors.index(token) if token in ancestors else -1
 
         if not s.live(now):
+            seen.update([f"refresh: ended session ({s.ended or 'expired'})"])
             assert isinstance(outcome, SessionEnded), outcome
         elif token == s.current:
             if now - s.window_start >= RATE_WINDOW:
                 s.window_start, s.window_count = now, 0
             if s.window_count >= RATE_LIMIT:
+                seen.update(["refresh: rate limited"])
                 assert isinstance(outcome, RateLimited), outcome
                 assert outcome.retry_after == s.window_start + RATE_WINDOW - now
                 return
+            seen.update(["refresh: rotated" + (" (capped by the absolute limit)" if ttl_capped(s, now) else "")])
             assert not isinstance(outcome, Exception), outcome
             ttl = min(IDLE, s.created + MAX_TTL - now)
             assert outcome.refresh_expires_in == ttl
@@ -191,14 +264,17 @@ class SessionLife(RuleBasedStateMachine):
             s.access, s.access_exp = outcome.access_token, outcome.access_claims.exp
             self.clock.advance(1)
         elif position == 0 and now - s.rotated_at <= GRACE:
+            seen.update(["refresh: grace replay"])
             assert not isinstance(outcome, Exception), outcome
             assert outcome.refresh_token == s.current, "a grace replay got another successor"
             assert outcome.refresh_expires_in == s.expires - now
             s.access, s.access_exp = outcome.access_token, outcome.access_claims.exp
         elif 0 <= position <= ANCESTORS_KEPT:
+            seen.update(["refresh: reuse detected" + (" (older ancestor)" if position else "")])
             assert isinstance(outcome, RefreshReused), outcome
             s.ended = "refresh-reused"
         else:
+            seen.update(["refresh: ancestor too old to recognise"])
             assert isinstance(outcome, TokenInvalid), outcome
 
     @rule(index=st.integers(0, 99))
@@ -216,16 +292,19 @@ class SessionLife(RuleBasedStateMachine):
         if s.ended is None:
             s.ended = "logout"
 
-    @rule(index=st.integers(0, 99), keep_current=st.booleans())
-    def logout_all(self, index: int, keep_current: bool) -> None:
+    @rule(
+        index=st.integers(0, 99),
+        keep_current=st.booleans(),
+        reason=st.sampled_from([EndReason.LOGOUT_ALL, EndReason.PASSWORD_CHANGED]),
+    )
+    def end_all(self, index: int, keep_current: bool, reason: EndReason) -> None:
+        """Logout-all (keeping the current session or not), or a password change (which
+        keeps the session it was made from)."""
+        keep_current = keep_current or reason is EndReason.PASSWORD_CHANGED
         keep = self.pick(index, live=True) if keep_current else None
-        self._end_all(keep, EndReason.LOGOUT_ALL)
-
-    @rule(index=st.integers(0, 99))
-    def change_password(self, index: int) -> None:
-        current = self.pick(index, live=True)
-        if current is not None:
-            self._end_all(current, EndReason.PASSWORD_CHANGED)
+        if keep_current and keep is None:
+            return
+        self._end_all(keep, reason)
 
     def _end_all(self, keep: Modelled | None, reason: EndReason) -> None:
         ended = self.run(
@@ -247,20 +326,31 @@ class SessionLife(RuleBasedStateMachine):
 
     @invariant()
     def ended_sessions_have_no_usable_token(self) -> None:
+        """Checked once for each session as it ends (teardown checks all of them again)."""
         for s in self.sessions:
-            if s.live(self.now):
-                continue
-            for coro in (
-                self.tw.sessions.authenticate(s.access, now=self.now),
-                self.tw.sessions.state(self.user.id, s.sid, now=self.now),
-                self.tw.sessions.refresh(s.current, csrf_token=None, now=self.now),
-            ):
-                try:
-                    self.run(coro)
-                except AuthError:
-                    pass
-                else:
-                    raise AssertionError(f"ended session {s.sid} ({s.ended}) still usable")
+            if not s.live(self.now) and s.sid not in self.checked:
+                self._check_unusable(s)
+                self.checked.add(s.sid)
+
+    def teardown(self) -> None:
+        for s in self.sessions:
+            if not s.live(self.now):
+                self._check_unusable(s)
+
+    def _check_unusable(self, s: Modelled) -> None:
+        seen.update([f"checked an ended session ({s.ended or 'expired'})"])
+        now = self.now
+        for coro in (
+            self.tw.sessions.authenticate(s.access, now=now),
+            self.tw.sessions.state(self.user.id, s.sid, now=now),
+            self.tw.sessions.refresh(s.current, csrf_token=None, now=now),
+        ):
+            try:
+                self.run(coro)
+            except AuthError:
+                pass
+            else:
+                raise AssertionError(f"ended session {s.sid} ({s.ended}) still usable")
 
     @invariant()
     def live_sessions_still_work(self) -> None:
@@ -278,16 +368,21 @@ class SessionLife(RuleBasedStateMachine):
             assert self.run(self.tw.session_store.matches_refresh(self.user.id, s.sid, digest))
 
     @invariant()
-    def every_key_has_a_ttl(self) -> None:
-        async def ttls() -> list[int]:
+    def stored_keys_expire_and_ended_records_are_gone(self) -> None:
+        async def read() -> tuple[list[int], list[int]]:
             keys = [k async for k in self.redis.scan_iter(match=f"tw:{{u:{self.user.id}}}:*")]
-            return [await self.redis.ttl(k) for k in keys]
+            ended = [session_key(self.user.id, s.sid) for s in self.sessions if s.ended]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.ttl(key)
+                for key in ended:
+                    pipe.exists(key)
+                replies = await pipe.execute()
+            return replies[: len(keys)], replies[len(keys) :]
 
-        assert all(t > 0 for t in self.run(ttls()))
-        for s in self.sessions:
-            if s.ended is not None:
-                gone = self.run(self.redis.exists(session_key(self.user.id, s.sid)))
-                assert gone == 0, f"{s.sid} ended ({s.ended}) but its record is still stored"
+        ttls, still_there = self.run(read())
+        assert all(t > 0 for t in ttls), "a key without a TTL"
+        assert not any(still_there), "an ended session's record is still stored"
 
 
 def test_session_life_state_machine(redis_url: str, tmp_path: Path) -> None:
@@ -315,13 +410,16 @@ def test_session_life_state_machine(redis_url: str, tmp_path: Path) -> None:
         run_state_machine_as_test(
             SessionLife,
             settings=settings(
-                max_examples=40,
-                stateful_step_count=20,
+                max_examples=50,
+                stateful_step_count=25,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow],
             ),
         )
+        missed = REQUIRED - set(seen)
+        assert not missed, f"the runs never exercised: {missed}"
     finally:
         loop.run_until_complete(client.aclose())
+        print("\n".join(f"{n:6d}  {what}" for what, n in sorted(seen.items())))
         loop.run_until_complete(tw.stop())
         loop.close()

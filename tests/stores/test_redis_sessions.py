@@ -109,7 +109,8 @@ async def test_refresh_token_is_opaque_with_256_bit_secret(sessions: Sessions) -
     issued = await _open(sessions)
     parsed = RefreshToken.parse(issued.refresh_token)
     assert len(parsed.secret) == 32
-    assert parsed.uid == issued.uid and parsed.sid == issued.sid
+    assert parsed.uid == issued.uid
+    assert parsed.sid == issued.sid
     assert not issued.refresh_token.startswith("eyJ")
 
 
@@ -118,10 +119,12 @@ async def test_two_logins_give_unrelated_tokens(sessions: Sessions) -> None:
     user = _user()
     a, b = await _open(sessions, user), await _open(sessions, user)
     ra, rb = RefreshToken.parse(a.refresh_token), RefreshToken.parse(b.refresh_token)
-    assert ra.sid != rb.sid and ra.secret != rb.secret
+    assert ra.sid != rb.sid
+    assert ra.secret != rb.secret
     differing = sum(bin(x ^ y).count("1") for x, y in zip(ra.secret, rb.secret, strict=True))
     assert 64 <= differing <= 192, "secrets should differ in about half their 256 bits"
-    assert a.csrf_token != b.csrf_token and a.access_token != b.access_token
+    assert a.csrf_token != b.csrf_token
+    assert a.access_token != b.access_token
 
 
 async def test_a_thousand_refresh_tokens_are_distinct_and_high_entropy(
@@ -152,7 +155,7 @@ async def test_redis_holds_no_usable_token(sessions: Sessions, redis: aioredis.R
     await sessions.end(user.id, other.sid, EndReason.LOGOUT, now=NOW + 2)
     secrets_: list[str] = []
     for issued in (first, second, other):
-        secrets_ += _secret_forms(issued.refresh_token) + [issued.access_token]
+        secrets_ += [*_secret_forms(issued.refresh_token), issued.access_token]
         secrets_.append(issued.access_token.rsplit(".", 1)[1])  # the signature alone
         if issued.csrf_token:
             secrets_.append(issued.csrf_token)
@@ -192,7 +195,9 @@ async def test_no_tokenward_key_anywhere_lacks_a_ttl(
 ) -> None:
     """Across everything the test run has stored, no ``tw:*`` key is immortal."""
     await _open(sessions)
-    immortal = [k async for k in redis.scan_iter(match="tw:*", count=1000) if await redis.ttl(k) == -1]
+    immortal = [
+        k async for k in redis.scan_iter(match="tw:*", count=1000) if await redis.ttl(k) == -1
+    ]
     assert not immortal
 
 
@@ -232,7 +237,8 @@ async def test_every_refresh_returns_a_new_token(sessions: Sessions) -> None:
     token = issued.refresh_token
     for step in range(1, 6):
         nxt = await sessions.refresh(token, csrf_token=None, now=NOW + step)
-        assert nxt.refresh_token not in seen and nxt.sid == issued.sid
+        assert nxt.refresh_token not in seen
+        assert nxt.sid == issued.sid
         seen.add(nxt.refresh_token)
         token = nxt.refresh_token
 

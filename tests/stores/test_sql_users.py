@@ -96,7 +96,8 @@ async def test_concurrent_registrations_one_wins(users: Users) -> None:
     assert len(created) == 1, results
     assert len(conflicts) == 7, results
     found = await users.store.by_email(email)
-    assert found is not None and found.id == created[0].id
+    assert found is not None
+    assert found.id == created[0].id
 
 
 async def test_set_password_hash_replaces_it(store: SqlUserStore, engine: AsyncEngine) -> None:
@@ -105,7 +106,8 @@ async def test_set_password_hash_replaces_it(store: SqlUserStore, engine: AsyncE
     await store.add(user)
     await store.set_password_hash(user.id, "$argon2id$new", now=NOW + 5)
     found = await store.by_id(user.id)
-    assert found is not None and found.password_hash == "$argon2id$new"
+    assert found is not None
+    assert found.password_hash == "$argon2id$new"
     async with engine.connect() as conn:
         row = (
             await conn.execute(
@@ -120,7 +122,8 @@ async def test_disabled_user_cannot_log_in(store: SqlUserStore, users: Users) ->
     user = await users.register(_email(), PASSWORD, now=NOW)
     assert await store.set_disabled(user.id, True, now=NOW) is True
     found = await store.by_id(user.id)
-    assert found is not None and found.disabled
+    assert found is not None
+    assert found.disabled
     with pytest.raises(InvalidCredentials):
         await users.authenticate(user.email, PASSWORD, now=NOW)
     assert await store.set_disabled(user.id, False, now=NOW) is True
@@ -185,7 +188,8 @@ async def test_hash_is_upgraded_at_login_when_parameters_change(
     stronger = Users(store, PasswordHasher(Argon2Params(128, 2, 1)), PasswordPolicy())
     await stronger.authenticate(user.email, PASSWORD, now=NOW + 1)
     found = await store.by_id(user.id)
-    assert found is not None and "m=128,t=2,p=1" in found.password_hash
+    assert found is not None
+    assert "m=128,t=2,p=1" in found.password_hash
     assert (await stronger.authenticate(user.email, PASSWORD, now=NOW + 2)).id == user.id
 
 
@@ -196,7 +200,8 @@ async def test_wrong_password_does_not_rehash(store: SqlUserStore, users: Users)
     with pytest.raises(InvalidCredentials):
         await stronger.authenticate(user.email, PASSWORD + "!", now=NOW + 1)
     found = await store.by_id(user.id)
-    assert found is not None and found.password_hash == user.password_hash
+    assert found is not None
+    assert found.password_hash == user.password_hash
 
 
 async def test_list_orders_by_creation(store: SqlUserStore) -> None:

@@ -1,12 +1,11 @@
 // The profile page: who is signed in (GET /auth/me, a protected call), how many devices,
 // and the change-password form.
 import {
-  formatDate, revealScriptedControls, showNotice, showProblem, wireLogout, withBusy,
+  formatDate, showNotice, showProblem, wireLogout, withBusy,
 } from "./ui.js";
 
 const api = (...args) => window.Tokenward.api(...args);
 
-revealScriptedControls();
 wireLogout();
 
 function bind(name, text) {

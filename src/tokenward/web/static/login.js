@@ -1,11 +1,10 @@
 // The sign-in page. Without JavaScript the form posts to /auth/login and the server
 // answers 303 to /account or back here with ?error=<slug>; with it, the same form is sent
 // as JSON so a failure is explained without a reload and the typed email is kept.
-import { passwordToggles, revealScriptedControls, safeNext, showProblem, withBusy } from "./ui.js";
+import { passwordToggles, safeNext, showProblem, withBusy } from "./ui.js";
 
 const REMEMBERED_EMAIL = "tokenward:registered-email";
 
-revealScriptedControls();
 passwordToggles();
 
 const form = document.querySelector('[data-form="login"]');

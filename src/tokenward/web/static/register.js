@@ -1,11 +1,10 @@
 // The registration page. Without JavaScript the form posts to /auth/register and the
 // server answers 303 to /login?registered=1 or back here with ?error=<slug>; with it, the
 // API's own explanation of a refused password (which rule failed) is shown in place.
-import { passwordToggles, revealScriptedControls, showProblem, withBusy } from "./ui.js";
+import { passwordToggles, showProblem, withBusy } from "./ui.js";
 
 const REMEMBERED_EMAIL = "tokenward:registered-email";
 
-revealScriptedControls();
 passwordToggles();
 
 const form = document.querySelector('[data-form="register"]');

@@ -2,7 +2,7 @@
 // (DELETE /auth/sessions/{id}), ending all the others (POST /auth/logout-all), and the
 // recently ended ones with the reason (a theft detection shows up there).
 import {
-  describeDevice, formatDate, formatRelative, revealScriptedControls, showNotice, showProblem,
+  describeDevice, formatDate, formatRelative, showNotice, showProblem,
   wireLogout, withBusy,
 } from "./ui.js";
 
@@ -18,7 +18,6 @@ const ENDED_REASONS = {
   "user-disabled": "Ended: account disabled",
 };
 
-revealScriptedControls();
 wireLogout();
 
 const panel = document.querySelector("[data-sessions]");

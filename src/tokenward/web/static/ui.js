@@ -1,11 +1,6 @@
 // Helpers shared by Tokenward's own pages. The API client itself is window.Tokenward
 // (tokenward.js, a deferred classic script that runs before these modules).
 
-/** Show the controls that only work with JavaScript (they start out `hidden`). */
-export function revealScriptedControls() {
-  for (const element of document.querySelectorAll("[data-js]")) element.hidden = false;
-}
-
 /** Hide every notice on the page. */
 export function clearNotices() {
   for (const notice of document.querySelectorAll("[data-notice]")) notice.hidden = true;

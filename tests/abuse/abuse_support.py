@@ -1,0 +1,111 @@
+"""Helpers for the abuse tests: clients at chosen addresses, accounts, Redis inspection.
+
+Not a test module and not the conftest, so test files import it by a unique name
+(``from abuse_support import ...``). Every test that counts attempts uses fresh client
+addresses (:func:`fresh_ip`): the whole run shares one Redis, and per-address limits must
+not leak between tests (or into other suites, which all come from 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+
+from tokenward.http.app import create_app
+from tokenward.runtime import Tokenward
+
+ORIGIN = "https://tokenward.test"
+#: Limits no test that is not about throttling can trip (the run shares one Redis).
+GENEROUS_LIMITS: dict[str, int] = {
+    "register_ip_limit": 1_000_000,
+    "login_pair_limit": 1_000_000,
+    "login_account_limit": 1_000_000,
+    "login_ip_limit": 1_000_000,
+    "refresh_ip_limit": 1_000_000,
+}
+PASSWORD = "correct horse battery staple"
+BEARER = {"X-Auth-Transport": "bearer"}
+
+#: ``make_tw(argon2=CHEAP_FOR_TESTS, clock=None, **settings)``: started instances.
+MakeTw = Callable[..., Awaitable[Tokenward]]
+
+_rng = random.SystemRandom()
+
+
+def fresh_ip() -> str:
+    """A random address in 198.18.0.0/15 (benchmarking range), unused by anything else."""
+    return f"198.{_rng.randint(18, 19)}.{_rng.randint(0, 255)}.{_rng.randint(1, 254)}"
+
+
+def new_email() -> str:
+    """A fresh, unique address."""
+    return f"user-{uuid.uuid4().hex[:12]}@example.com"
+
+
+def client_for(tw: Tokenward, ip: str = "127.0.0.1") -> httpx.AsyncClient:
+    """A client on ``tw``'s app whose requests come from ``ip`` (the socket peer)."""
+    app = create_app(tw, manage_lifespan=False)
+    transport = httpx.ASGITransport(app=app, client=(ip, 40_000))
+    return httpx.AsyncClient(transport=transport, base_url=ORIGIN)
+
+
+class Accounts:
+    """Registration and login helpers for one client (same API as tests/http's)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    @staticmethod
+    def new_email() -> str:
+        return new_email()
+
+    async def register(self, email: str | None = None, password: str = PASSWORD) -> str:
+        email = email or new_email()
+        r = await self.client.post("/auth/register", json={"email": email, "password": password})
+        assert r.status_code == 201, r.text
+        return email
+
+    async def login_bearer(self, email: str, password: str = PASSWORD) -> dict[str, Any]:
+        r = await self.client.post(
+            "/auth/login", json={"email": email, "password": password}, headers=BEARER
+        )
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    async def login_cookie(self, email: str, password: str = PASSWORD) -> httpx.Response:
+        r = await self.client.post("/auth/login", json={"email": email, "password": password})
+        assert r.status_code == 200, r.text
+        return r
+
+    def csrf_headers(self) -> dict[str, str]:
+        token = self.client.cookies.get("__Host-csrf_token") or self.client.cookies.get(
+            "csrf_token"
+        )
+        assert token, "no csrf cookie"
+        return {"X-CSRF-Token": token, "Origin": ORIGIN}
+
+
+async def login(
+    client: httpx.AsyncClient, email: str, password: str, **headers: str
+) -> httpx.Response:
+    """One JSON login attempt in bearer mode."""
+    return await client.post(
+        "/auth/login", json={"email": email, "password": password}, headers={**BEARER, **headers}
+    )
+
+
+async def all_keys(redis: aioredis.Redis, pattern: str = "*") -> list[str]:
+    """Every key matching ``pattern`` (SCAN, never KEYS)."""
+    return [k async for k in redis.scan_iter(match=pattern, count=1000)]
+
+
+def without_volatile(headers: httpx.Headers) -> dict[str, str]:
+    """Response headers minus those that differ on every response by design."""
+    volatile = {"date", "x-request-id"}
+    return {k: v for k, v in headers.multi_items() if k.lower() not in volatile}

@@ -1,0 +1,204 @@
+"""The pages and headers over plain HTTP, against the real server (no browser needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from importlib import resources
+
+import httpx
+import pytest
+from browserkit import Server
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from tokenward.web import CONTENT_SECURITY_POLICY, SecurityHeaders
+
+TEMPLATES = ("login", "register", "account", "sessions")
+
+
+class _Page(HTMLParser):
+    """What the tests look at in a page: notices, scripts, styles, local references."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.notices: dict[str, bool] = {}  # slug: shown
+        self.scripts: list[dict[str, str | None]] = []
+        self.inline_script_text = ""
+        self.styled: list[str] = []
+        self.references: list[str] = []
+        self._in_script = False
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if "data-notice" in found:
+            self.notices[str(found["data-notice"])] = "hidden" not in found
+        if tag == "script":
+            self.scripts.append(found)
+            self._in_script = True
+        if tag == "style" or "style" in found:
+            self.styled.append(tag)
+        self.references += [v for k, v in attrs if k in ("src", "href") and v and v[0] == "/"]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.inline_script_text += data.strip()
+
+    def shown(self) -> list[str]:
+        return [slug for slug, shown in self.notices.items() if shown]
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    "path", ["/login", "/account", "/static/tokenward.js", "/healthz", "/auth/me", "/nope"]
+)
+def test_every_response_carries_the_security_headers(http: httpx.Client, path: str) -> None:
+    """Pages, static files, JSON, errors: the same headers, HSTS included (Secure cookies)."""
+    h = http.get(path).headers
+    assert h["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert h["x-content-type-options"] == "nosniff"
+    assert h["x-frame-options"] == "DENY"
+    assert h["referrer-policy"] == "same-origin"
+    assert h["strict-transport-security"].startswith("max-age=")
+
+
+def test_the_policy_allows_no_inline_code_and_no_framing() -> None:
+    """Scripts and styles from this origin only, never inline; no one may frame a page."""
+    directives = dict(d.split(" ", 1) for d in CONTENT_SECURITY_POLICY.split("; "))
+    assert directives["script-src"] == "'self'"
+    assert directives["style-src"] == "'self'"
+    assert directives["frame-ancestors"] == "'none'"
+    assert directives["default-src"] == "'none'"
+    assert "unsafe" not in CONTENT_SECURITY_POLICY
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_pages_hold_no_inline_code_and_only_local_references(http: httpx.Client, name: str) -> None:
+    """Every script has a src, nothing is styled inline, every local file exists."""
+    page = _Page(resources.files("tokenward.web").joinpath(f"templates/{name}.html").read_text())
+    assert page.scripts
+    assert all(script.get("src") for script in page.scripts)
+    assert page.inline_script_text == ""
+    assert page.styled == []
+    for reference in page.references:
+        if reference.startswith("/static/"):
+            assert http.get(reference).status_code == 200, reference
+
+
+def test_the_client_is_served_at_its_stable_path_and_revalidated(http: httpx.Client) -> None:
+    """``/static/tokenward.js``: JavaScript, an ETag, and a 304 when unchanged."""
+    first = http.get("/static/tokenward.js")
+    assert first.status_code == 200
+    assert first.headers["content-type"].startswith("text/javascript")
+    assert first.headers["cache-control"] == "no-cache"
+    assert "window.Tokenward" in first.text
+    again = http.get("/static/tokenward.js", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304
+    assert again.content == b""
+
+
+@pytest.mark.parametrize("path", ["/static/nope.js", "/static/..%2Fpages.py", "/static/"])
+def test_only_packaged_static_files_are_served(http: httpx.Client, path: str) -> None:
+    """A name is a key in a table of files read at start-up, never a path on disk."""
+    r = http.get(path)
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    ("url", "notice"),
+    [
+        ("/login", None),
+        ("/login?error=invalid-credentials", "invalid-credentials"),
+        ("/login?error=rate-limited", "rate-limited"),
+        ("/login?error=csrf", "csrf"),
+        ("/login?error=no-such-problem", "error"),
+        ("/login?registered=1", "registered"),
+        ("/login?reason=session-ended", "session-ended"),
+        ("/login?reason=refresh-reused", "refresh-reused"),
+        ("/login?reason=whatever", None),
+        ("/register?error=validation", "validation"),
+        ("/register?error=conflict", "conflict"),
+        ("/register?error=invalid-credentials", "error"),
+    ],
+)
+def test_the_query_reveals_exactly_one_written_notice(
+    http: httpx.Client, url: str, notice: str | None
+) -> None:
+    """The form-post redirects (JavaScript off) get their message from the server."""
+    r = http.get(url)
+    assert r.status_code == 200
+    assert r.headers["cache-control"] == "no-store"
+    assert _Page(r.text).shown() == ([notice] if notice else [])
+
+
+def test_query_text_never_reaches_the_page(http: httpx.Client) -> None:
+    """The query only selects a notice; nothing of it is copied into the HTML."""
+    probe = "<script>alert(1)</script>"
+    r = http.get("/login", params={"error": probe, "reason": probe, "next": probe})
+    assert probe not in r.text
+    assert "alert(1)" not in r.text
+    assert _Page(r.text).shown() == ["error"]
+
+
+def test_the_front_door_and_account_pages_follow_the_session_cookie(http: httpx.Client) -> None:
+    """Without a session cookie: to sign in (with next); with one: to the account."""
+    assert http.get("/").headers["location"] == "/login"
+    assert http.get("/account").headers["location"] == "/login?next=%2Faccount"
+    assert http.get("/account/sessions").headers["location"] == "/login?next=%2Faccount%2Fsessions"
+    session = {"Cookie": "__Host-csrf_token=anything"}
+    r = http.get("/", headers=session)
+    assert (r.status_code, r.headers["location"]) == (303, "/account")
+    assert http.get("/account", headers=session).status_code == 200
+
+
+def test_the_register_page_states_the_configured_minimum(http: httpx.Client) -> None:
+    """The hint and ``minlength`` follow TOKENWARD_PASSWORD_MIN_LENGTH (default 12)."""
+    body = http.get("/register").text
+    assert 'minlength="12"' in body
+    assert "At least 12 characters" in body
+    assert "{{" not in body
+
+
+def _app(*, hsts: bool) -> Starlette:
+    async def plain(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    async def own_policy(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok", headers={"Content-Security-Policy": "sandbox"})
+
+    return Starlette(
+        routes=[Route("/", plain), Route("/own", own_policy)],
+        middleware=[Middleware(SecurityHeaders, hsts=hsts)],
+    )
+
+
+async def test_hsts_only_when_cookies_are_secure() -> None:
+    """HSTS follows TOKENWARD_COOKIE_SECURE; the other headers are always there."""
+    for hsts in (True, False):
+        transport = httpx.ASGITransport(app=_app(hsts=hsts))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            h = (await client.get("/")).headers
+        assert ("strict-transport-security" in h) is hsts
+        assert h["x-content-type-options"] == "nosniff"
+
+
+async def test_a_route_keeps_its_own_header() -> None:
+    """A header the application set is not overwritten."""
+    transport = httpx.ASGITransport(app=_app(hsts=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        h = (await client.get("/own")).headers
+    assert h.get_list("content-security-policy") == ["sandbox"]

@@ -1,0 +1,251 @@
+"""``tokenward serve`` as a user runs it: a real process, real ports, real signals.
+
+Every server here is started by the test on a free 127.0.0.1 port, polled with a deadline,
+and stopped with SIGTERM by its pid. The environment is built from scratch (no inherited
+``TOKENWARD_*`` variable), so what is tested is exactly the configuration named.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+TOKENWARD = Path(sys.executable).with_name("tokenward")
+PASSWORD = "correct horse battery staple"
+START_DEADLINE = 60.0
+STOP_DEADLINE = 20.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _env(**variables: str) -> dict[str, str]:
+    """A clean environment: the basics a process needs, plus the given variables."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env.update(variables)
+    return env
+
+
+# ---------------------------------------------------------------------- bad configuration
+
+BAD_CONFIGS = [
+    ("TOKENWARD_ACESS_TTL", "60"),  # unknown variable (a typo)
+    ("TOKENWARD_REDIS_URL", "http://cache.internal:6379"),  # malformed URL
+    ("TOKENWARD_ACCESS_TTL", "0"),  # TTL <= 0
+    ("TOKENWARD_COOKIE_SECURE", "maybe"),  # bad boolean
+    ("TOKENWARD_TRUSTED_PROXIES", "10.0.0.300"),  # bad proxies
+]
+
+
+@pytest.fixture(scope="module")
+def bad_config_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[int, str, str, Path]]:
+    """``tokenward serve`` under each bad configuration, all run at once (start-up is slow)."""
+    cases: dict[str, tuple[list[str], dict[str, str], Path]] = {}
+    for name, value in BAD_CONFIGS:
+        cwd = tmp_path_factory.mktemp("bad")
+        port = ["--port", str(_free_port())]
+        cases[name] = (port, _env(**{name: value}), cwd)
+    dotenv_cwd = tmp_path_factory.mktemp("dotenv")
+    (dotenv_cwd / ".env").write_text("TOKENWARD_LEEWAY=5\nTOKENWARD_LEWAY=5\n")
+    cases["dotenv"] = (["--port", str(_free_port())], _env(), dotenv_cwd)
+    cases["port"] = (["--port", "70000"], _env(), tmp_path_factory.mktemp("port"))
+    procs = {}
+    for key, (args, env, cwd) in cases.items():
+        proc = subprocess.Popen(
+            [str(TOKENWARD), "serve", *args],
+            cwd=cwd,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        procs[key] = (proc, cwd)
+    results = {}
+    for key, (proc, cwd) in procs.items():
+        out, err = proc.communicate(timeout=120)
+        results[key] = (proc.returncode, out, err, cwd)
+    return results
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_CONFIGS)
+def test_bad_configuration_exits_with_one_line(
+    bad_config_runs: dict[str, tuple[int, str, str, Path]], name: str, value: str
+) -> None:
+    """Bad config: non-zero exit, one stderr line naming the variable, no traceback."""
+    returncode, out, err, cwd = bad_config_runs[name]
+    assert returncode != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert name in lines[0]
+    assert "configuration error" in lines[0]
+    assert "Traceback" not in err + out
+    assert not (cwd / ".tokenward").exists(), "nothing is started or written"
+
+
+def test_bad_configuration_in_dotenv_exits_with_one_line(
+    bad_config_runs: dict[str, tuple[int, str, str, Path]],
+) -> None:
+    """A typo in ./.env is caught like one in the environment."""
+    returncode, out, err, _ = bad_config_runs["dotenv"]
+    assert returncode != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "TOKENWARD_LEWAY" in lines[0]
+    assert "Traceback" not in err + out
+
+
+def test_bad_port_exits_with_one_line(
+    bad_config_runs: dict[str, tuple[int, str, str, Path]],
+) -> None:
+    """An impossible --port is refused before anything starts."""
+    returncode, out, err, _ = bad_config_runs["port"]
+    assert returncode != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "--port" in lines[0]
+    assert "Traceback" not in err + out
+
+
+# ------------------------------------------------------------------- embedded defaults
+
+
+class Server:
+    """One ``tokenward serve`` process in ``cwd`` on ``port``; output kept in files."""
+
+    def __init__(self, cwd: Path, port: int) -> None:
+        self.cwd, self.port = cwd, port
+        self.base = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    @property
+    def output(self) -> str:
+        return "".join(
+            (self.cwd / f"serve-{i}.log").read_text(errors="replace") for i in range(self.runs)
+        )
+
+    def start(self) -> None:
+        log = (self.cwd / f"serve-{self.runs}.log").open("wb")
+        self.runs += 1
+        self.proc = subprocess.Popen(
+            [str(TOKENWARD), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=self.cwd, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + START_DEADLINE
+        while True:
+            assert self.proc.poll() is None, f"serve exited early:\n{self.output}"
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"no /healthz within {START_DEADLINE}s"
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        """SIGTERM by pid; wait for the exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill_if_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path, _free_port())
+    try:
+        yield srv
+    finally:
+        srv.kill_if_running()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_serve_with_no_configuration_runs_and_keeps_sessions(server: Server) -> None:
+    """No config: serve starts, users log in, and a restart keeps users, keys and sessions."""
+    server.start()
+    with httpx.Client(base_url=server.base, timeout=10) as c:
+        assert (
+            c.post("/auth/register", json={"email": "a@x.test", "password": PASSWORD}).status_code
+            == 201
+        )
+        r = c.post(
+            "/auth/login",
+            json={"email": "a@x.test", "password": PASSWORD},
+            headers={"X-Auth-Transport": "bearer"},
+        )
+        assert r.status_code == 200, r.text
+        tokens = r.json()
+        auth = {"Authorization": f"Bearer {tokens['access_token']}"}
+        assert c.get("/auth/me", headers=auth).status_code == 200
+        assert c.get("/readyz").status_code == 200
+
+    data = server.cwd / ".tokenward"
+    assert (data / "tokenward.db").is_file(), "SQLite lives in ./.tokenward"
+    key_files = list(data.glob("*.jwks"))
+    assert key_files
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in key_files)
+    assert stat.S_IMODE(data.stat().st_mode) & 0o077 == 0
+    valkey_pid = int((data / "redis" / "valkey.pid").read_text())
+    assert _pid_alive(valkey_pid)
+
+    assert server.stop() == 0
+    deadline = time.monotonic() + STOP_DEADLINE
+    while _pid_alive(valkey_pid):
+        assert time.monotonic() < deadline, "the embedded Redis outlived serve"
+        time.sleep(0.05)
+    assert any(p.name.startswith("appendonly") for p in (data / "redis").iterdir())
+
+    server.start()
+    with httpx.Client(base_url=server.base, timeout=10) as c:
+        me = c.get("/auth/me", headers=auth)
+        assert me.status_code == 200, me.text
+        assert me.json()["email"] == "a@x.test"
+        r = c.post(
+            "/auth/refresh",
+            json={"refresh_token": tokens["refresh_token"]},
+            headers={"X-Auth-Transport": "bearer"},
+        )
+        assert r.status_code == 200, "the session survived the restart (AOF)"
+        again = c.post("/auth/login", json={"email": "a@x.test", "password": PASSWORD})
+        assert again.status_code == 200, "the user survived the restart (SQLite)"
+    assert server.stop() == 0
+
+    log = server.output
+    for secret in (tokens["access_token"], tokens["refresh_token"], PASSWORD):
+        assert secret not in log, "no token or password in the server's output"
+    assert "Traceback" not in log
