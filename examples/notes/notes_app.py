@@ -99,7 +99,8 @@ class NoteStore:
                 (owner, note.title, note.body, now, now),
             )
             note_id = cursor.lastrowid
-        assert note_id is not None
+        if note_id is None:  # sqlite3 always sets it after an INSERT
+            raise RuntimeError("no row id")
         return Note(id=note_id, title=note.title, body=note.body, created_at=now, updated_at=now)
 
     def replace(self, owner: str, note_id: int, note: NoteIn) -> Note:
@@ -150,7 +151,7 @@ def create_app(
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = NoteStore(database or data_dir / "notes.db")
     auth = TokenwardFastAPI(tw)
-    CurrentUser = Annotated[UserRef, Depends(auth.current_user)]
+    CurrentUser = Annotated[UserRef, Depends(auth.current_user)]  # noqa: N806 - a type alias
 
     app = FastAPI(title="Notes")
     auth.install(app, manage_lifespan=manage_lifespan)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from contextvars import ContextVar
 from collections.abc import Mapping
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import IO, Any
 

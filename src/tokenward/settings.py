@@ -259,9 +259,11 @@ class Settings(BaseSettings):
         "running instances agree on the keys; also added to how long a retired key verifies.",
     )
     access_log: bool = Field(
-        default=True,
-        description="Log one JSON line per HTTP request (method, route, status, duration, "
-        "request id; never query strings, headers or bodies).",
+        default=False,
+        description="Log one JSON line per HTTP request (method, route, path, status, "
+        "duration, client address, request id; never query strings, headers or bodies). Off "
+        "by default: the TLS proxy usually logs requests, and a line costs more CPU than "
+        "serving `GET /auth/me` from the caches.",
     )
 
     _split = field_validator("allowed_origins", "trusted_proxies", mode="before")(_split_csv)

@@ -105,6 +105,24 @@ async def all_keys(redis: aioredis.Redis, pattern: str = "*") -> list[str]:
     return [k async for k in redis.scan_iter(match=pattern, count=1000)]
 
 
+def count_hashing(tw: Tokenward) -> dict[str, int]:
+    """Count argon2 verifications and hashes from now on (a spy, not a mock: it calls through)."""
+    calls = {"verify": 0, "hash": 0}
+    verify, hash_ = tw.hasher.verify, tw.hasher.hash
+
+    async def counting_verify(encoded: str | None, password: str) -> bool:
+        calls["verify"] += 1
+        return await verify(encoded, password)
+
+    async def counting_hash(password: str) -> str:
+        calls["hash"] += 1
+        return await hash_(password)
+
+    tw.hasher.verify = counting_verify  # type: ignore[method-assign]
+    tw.hasher.hash = counting_hash  # type: ignore[method-assign]
+    return calls
+
+
 def without_volatile(headers: httpx.Headers) -> dict[str, str]:
     """Response headers minus those that differ on every response by design."""
     volatile = {"date", "x-request-id"}

@@ -48,9 +48,7 @@ async def _compare(redis_url: str, ops: list[tuple[int, tuple[int, ...] | None, 
             )
             for i, state in zip(which, new, strict=True):
                 model[i] = state
-            got = await limiter.acquire(
-                [(keys[i], limits[i]) for i in which], now=now, event=event
-            )
+            got = await limiter.acquire([(keys[i], limits[i]) for i in which], now=now, event=event)
             assert got == expected, (n, now, which)
         for key in await all_keys(client, f"{scope}*"):
             assert await client.ttl(key) > 0, key

@@ -37,6 +37,7 @@ CHROMIUM_ARGS = [
 ]
 PASSWORD = "correct horse battery staple"
 SHORT_TTL = 2  # seconds: the access token lifetime of short_ttl_server
+LOGIN_PAIR_LIMIT = 3  # failed sign-ins per account and address before 429 (server)
 STARTUP_TIMEOUT = 30.0
 PORT_ATTEMPTS = 3
 ACCESS = "__Host-access_token"
@@ -182,6 +183,7 @@ async def screenshot(page: Page, name: str) -> Path:
     """Save ``docs/screenshots/<name>.png`` (full page) and return its path."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
+    await page.mouse.move(0, 0)  # no hover state on the last button clicked
     await page.screenshot(path=str(path), full_page=True, animations="disabled")
     return path
 

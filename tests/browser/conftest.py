@@ -3,7 +3,7 @@
 Fixtures:
 
 * ``server``           -- session: ``tokenward serve`` on 127.0.0.1, reached by the browser as
-  ``http://localhost:<port>`` (the issuer), default settings.
+  ``http://localhost:<port>`` (the issuer), default settings but for the abuse limits.
 * ``short_ttl_server`` -- session: the same with ``TOKENWARD_ACCESS_TTL=2`` and
   ``TOKENWARD_LEEWAY=0`` (refresh tests).
 * ``browser``          -- session: Debian's Chromium (``/usr/bin/chromium``) via Playwright.
@@ -31,6 +31,7 @@ import pytest
 from browserkit import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    LOGIN_PAIR_LIMIT,
     SHORT_TTL,
     ForeignSite,
     NewContext,
@@ -60,15 +61,21 @@ def _servers(
         stop_server(server)
 
 
+#: Every browser test comes from 127.0.0.1, and both servers share the Redis that keeps
+#: the per-address counters: lift the registration limit (20 an hour) out of the way.
+LIMITS = {"register_ip_limit": "1000"}
+
+
 @pytest.fixture(scope="session")
 def server(_servers: Callable[..., Server]) -> Server:
-    return _servers()
+    # Three failed sign-ins per account and address, then 429: the throttling test.
+    return _servers(**LIMITS, login_pair_limit=str(LOGIN_PAIR_LIMIT))
 
 
 @pytest.fixture(scope="session")
 def short_ttl_server(_servers: Callable[..., Server]) -> Server:
     # No leeway on exp: an expired token a browser still sends is refused at once.
-    return _servers(access_ttl=str(SHORT_TTL), leeway="0")
+    return _servers(**LIMITS, access_ttl=str(SHORT_TTL), leeway="0")
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import httpx
 from browserkit import (
     ACCESS,
     CSRF,
+    LOGIN_PAIR_LIMIT,
     SHORT_TTL,
     NewContext,
     Server,
@@ -104,6 +105,33 @@ async def test_wrong_password_is_explained_and_the_email_kept(
     await expect(page.get_by_label("Email address")).to_have_value(email)
     await expect(page.get_by_label("Password", exact=True)).to_have_value("")
     await screenshot(page, "login-error")
+
+
+async def test_throttled_sign_in_says_how_long_to_wait(
+    server: Server, new_context: NewContext
+) -> None:
+    """After repeated wrong passwords the page says to wait, for as long as Retry-After."""
+    email = server.register("hedy.lamarr@example.com")
+    page = await (await new_context()).new_page()
+    await page.goto(server.url + "/login")
+    statuses: list[int] = []
+    for _ in range(LOGIN_PAIR_LIMIT + 1):
+        await page.get_by_label("Email address").fill(email)
+        await page.get_by_label("Password", exact=True).fill("still not the password")
+        async with page.expect_response(server.url + "/auth/login") as answer:
+            await page.get_by_role("button", name="Sign in").click()
+        statuses.append((await answer.value).status)
+    assert statuses == [401] * LOGIN_PAIR_LIMIT + [429]
+    retry_after = int((await answer.value).headers["retry-after"])
+
+    notice = page.locator('[data-notice="rate-limited"]')
+    await expect(notice).to_be_visible()
+    await expect(page.locator('[data-notice="invalid-credentials"]')).to_be_hidden()
+    minutes = -(-retry_after // 60)
+    await expect(notice.locator('[data-field="retry"]')).to_have_text(
+        f"{retry_after} seconds" if retry_after < 60 else f"{minutes} minutes"
+    )
+    await screenshot(page, "login-throttled")
 
 
 async def test_refused_password_names_the_rule(server: Server, new_context: NewContext) -> None:

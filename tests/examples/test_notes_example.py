@@ -72,12 +72,17 @@ async def test_owner_creates_reads_updates_deletes(app: Any) -> None:
     """The happy path: a user manages their own note."""
     alice = await bearer_user(app)
     async with client_for(app) as client:
-        created = await client.post("/notes", json={"title": "groceries", "body": "eggs"}, headers=alice)
+        created = await client.post(
+            "/notes", json={"title": "groceries", "body": "eggs"}, headers=alice
+        )
         assert created.status_code == 201
         note = created.json()
         assert (await client.get(f"/notes/{note['id']}", headers=alice)).json()["body"] == "eggs"
-        updated = await client.put(f"/notes/{note['id']}", json={"title": "groceries", "body": "milk"}, headers=alice)
-        assert updated.status_code == 200 and updated.json()["body"] == "milk"
+        updated = await client.put(
+            f"/notes/{note['id']}", json={"title": "groceries", "body": "milk"}, headers=alice
+        )
+        assert updated.status_code == 200
+        assert updated.json()["body"] == "milk"
         assert [n["id"] for n in (await client.get("/notes", headers=alice)).json()] == [note["id"]]
         assert (await client.delete(f"/notes/{note['id']}", headers=alice)).status_code == 204
         assert (await client.get(f"/notes/{note['id']}", headers=alice)).status_code == 404
@@ -87,7 +92,9 @@ async def test_other_users_notes_are_invisible_404(app: Any) -> None:
     """User B can neither read, change, nor delete user A's note: 404, as if it did not exist."""
     alice, bob = await bearer_user(app), await bearer_user(app)
     async with client_for(app) as client:
-        note = (await client.post("/notes", json={"title": "diary", "body": "secret"}, headers=alice)).json()
+        note = (
+            await client.post("/notes", json={"title": "diary", "body": "secret"}, headers=alice)
+        ).json()
         url = f"/notes/{note['id']}"
         for response in (
             await client.get(url, headers=bob),
@@ -105,7 +112,12 @@ async def test_other_users_notes_are_invisible_404(app: Any) -> None:
 async def test_unauthenticated_is_401(app: Any) -> None:
     """No token, a forged one, or no session: 401 problem+json on every notes route."""
     async with client_for(app) as client:
-        for method, url in (("GET", "/notes"), ("POST", "/notes"), ("GET", "/notes/1"), ("DELETE", "/notes/1")):
+        for method, url in (
+            ("GET", "/notes"),
+            ("POST", "/notes"),
+            ("GET", "/notes/1"),
+            ("DELETE", "/notes/1"),
+        ):
             r = await client.request(method, url, json={"title": "x"} if method == "POST" else None)
             assert r.status_code == 401, (method, url)
             assert r.json()["type"] == "urn:tokenward:problem:unauthenticated"
@@ -114,11 +126,15 @@ async def test_unauthenticated_is_401(app: Any) -> None:
 
 
 async def test_cookie_mode_enforces_csrf(app: Any) -> None:
-    """A browser session (cookies) can read, but writes need X-CSRF-Token; a foreign Origin is refused."""
+    """Cookie sessions read freely; writes need X-CSRF-Token and no foreign Origin."""
     email = f"notes-{uuid.uuid4().hex[:10]}@example.com"
     async with client_for(app) as client:
-        assert (await client.post("/auth/register", json={"email": email, "password": PASSWORD})).status_code == 201
-        assert (await client.post("/auth/login", json={"email": email, "password": PASSWORD})).status_code == 200
+        assert (
+            await client.post("/auth/register", json={"email": email, "password": PASSWORD})
+        ).status_code == 201
+        assert (
+            await client.post("/auth/login", json={"email": email, "password": PASSWORD})
+        ).status_code == 200
         assert (await client.get("/notes")).status_code == 200
         refused = await client.post("/notes", json={"title": "x", "body": ""})
         assert refused.status_code == 403
@@ -126,10 +142,14 @@ async def test_cookie_mode_enforces_csrf(app: Any) -> None:
         csrf = client.cookies.get("__Host-csrf_token")
         assert csrf
         foreign = await client.post(
-            "/notes", json={"title": "x"}, headers={"X-CSRF-Token": csrf, "Origin": "https://evil.test"}
+            "/notes",
+            json={"title": "x"},
+            headers={"X-CSRF-Token": csrf, "Origin": "https://evil.test"},
         )
         assert foreign.status_code == 403
-        ok = await client.post("/notes", json={"title": "x"}, headers={"X-CSRF-Token": csrf, "Origin": ORIGIN})
+        ok = await client.post(
+            "/notes", json={"title": "x"}, headers={"X-CSRF-Token": csrf, "Origin": ORIGIN}
+        )
         assert ok.status_code == 201, ok.text
 
 

@@ -52,7 +52,9 @@ async def test_litestar_protected_route_401_without_token(wrapped: httpx.AsyncCl
     assert (await wrapped.get("/open")).json() == {"open": True}
 
 
-async def test_litestar_handler_reads_principal_from_state(wrapped: httpx.AsyncClient, accounts: Any) -> None:
+async def test_litestar_handler_reads_principal_from_state(
+    wrapped: httpx.AsyncClient, accounts: Any
+) -> None:
     """request.state.tokenward carries the principal into a Litestar handler."""
     email = await accounts.register(wrapped)
     tokens = await accounts.login_bearer(wrapped, email)
@@ -72,7 +74,9 @@ async def test_litestar_middleware_list(tw: Tokenward, accounts: Any) -> None:
     """As a Litestar middleware (runs per matched route), with Tokenward served separately."""
     from tokenward.http.app import create_app
 
-    app = litestar_app(middleware=[DefineMiddleware(TokenwardMiddleware, tw=tw, protect=["/notes"])])
+    app = litestar_app(
+        middleware=[DefineMiddleware(TokenwardMiddleware, tw=tw, protect=["/notes"])]
+    )
     auth_app = create_app(tw, manage_lifespan=False)
     async with (
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as client,

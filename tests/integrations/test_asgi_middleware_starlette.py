@@ -69,7 +69,9 @@ async def test_protected_path_gets_the_principal(client: httpx.AsyncClient, acco
     """A valid bearer token reaches the route with request.state.tokenward set."""
     email = await accounts.register(client)
     tokens = await accounts.login_bearer(client, email)
-    r = await client.get("/private/things", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    r = await client.get(
+        "/private/things", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+    )
     assert r.status_code == 200
     assert r.json() == {"uid": tokens["user"]["id"], "email": email}
 
@@ -80,14 +82,18 @@ async def test_prefixes_match_whole_segments(client: httpx.AsyncClient) -> None:
     assert (await client.get("/public")).status_code == 200
 
 
-async def test_cookie_csrf_enforced_by_the_middleware(client: httpx.AsyncClient, accounts: Any) -> None:
+async def test_cookie_csrf_enforced_by_the_middleware(
+    client: httpx.AsyncClient, accounts: Any
+) -> None:
     """A cookie-authenticated POST without the CSRF header is refused with 403 csrf."""
     await accounts.login_cookie(client)
     assert (await client.get("/private/things")).status_code == 200
     refused = await client.post("/private/things")
     assert refused.status_code == 403
     assert refused.json()["type"] == "urn:tokenward:problem:csrf"
-    assert (await client.post("/private/things", headers=accounts.csrf_headers(client))).status_code == 200
+    assert (
+        await client.post("/private/things", headers=accounts.csrf_headers(client))
+    ).status_code == 200
 
 
 async def test_ended_session_refused_at_once(client: httpx.AsyncClient, accounts: Any) -> None:
@@ -146,10 +152,17 @@ def test_websocket_handshake_is_authenticated(redis_url: str, tmp_path: Path) ->
             pass
         assert refused.value.code == 1008
         email = "ws-user@example.com"
-        assert client.post("/auth/register", json={"email": email, "password": password}).status_code == 201
+        assert (
+            client.post("/auth/register", json={"email": email, "password": password}).status_code
+            == 201
+        )
         r = client.post(
-            "/auth/login", json={"email": email, "password": password}, headers={"X-Auth-Transport": "bearer"}
+            "/auth/login",
+            json={"email": email, "password": password},
+            headers={"X-Auth-Transport": "bearer"},
         )
         token = r.json()["access_token"]
-        with client.websocket_connect("/private/ws", headers={"Authorization": f"Bearer {token}"}) as ws:
+        with client.websocket_connect(
+            "/private/ws", headers={"Authorization": f"Bearer {token}"}
+        ) as ws:
             assert ws.receive_json() == {"uid": r.json()["user"]["id"]}

@@ -31,7 +31,7 @@ def build_app(tw: Tokenward, **options: Any) -> tuple[FastAPI, TokenwardFastAPI]
     auth = TokenwardFastAPI(tw, scopes_for=scopes_for)
     app = FastAPI()
     app.state.grants = grants
-    User = Annotated[UserRef, Depends(auth.current_user)]
+    User = Annotated[UserRef, Depends(auth.current_user)]  # noqa: N806 - a type alias
 
     @app.get("/me")
     async def me(user: User) -> dict[str, str]:
@@ -42,7 +42,9 @@ def build_app(tw: Tokenward, **options: Any) -> tuple[FastAPI, TokenwardFastAPI]
         return {"id": user.id}
 
     @app.get("/session")
-    async def session(principal: Annotated[Principal, Depends(auth.current_session)]) -> dict[str, str]:
+    async def session(
+        principal: Annotated[Principal, Depends(auth.current_session)],
+    ) -> dict[str, str]:
         return {"sid": principal.sid, "uid": principal.uid}
 
     @app.get("/maybe")
@@ -50,7 +52,9 @@ def build_app(tw: Tokenward, **options: Any) -> tuple[FastAPI, TokenwardFastAPI]
         return {"user": user.email if user else None}
 
     @app.delete("/admin")
-    async def admin(principal: Annotated[Principal, Depends(auth.require_scope("notes:admin"))]) -> dict[str, str]:
+    async def admin(
+        principal: Annotated[Principal, Depends(auth.require_scope("notes:admin"))],
+    ) -> dict[str, str]:
         return {"ok": principal.uid}
 
     @app.get("/public")
@@ -68,7 +72,9 @@ async def host(tw: Tokenward) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]
         yield app, client
 
 
-async def test_auth_routes_are_served_inside_the_host_app(host: tuple[FastAPI, httpx.AsyncClient], accounts: Any) -> None:
+async def test_auth_routes_are_served_inside_the_host_app(
+    host: tuple[FastAPI, httpx.AsyncClient], accounts: Any
+) -> None:
     """Register, login and /auth/me work at /auth/* of the host app, with the server's bodies."""
     _, client = host
     email = await accounts.register(client)
@@ -78,10 +84,13 @@ async def test_auth_routes_are_served_inside_the_host_app(host: tuple[FastAPI, h
     assert me.json()["email"] == email
     assert me.headers["cache-control"] == "no-store"
     jwks = await client.get("/.well-known/jwks.json")
-    assert jwks.status_code == 200 and jwks.json()["keys"]
+    assert jwks.status_code == 200
+    assert jwks.json()["keys"]
 
 
-async def test_auth_route_errors_are_problems_even_for_405(host: tuple[FastAPI, httpx.AsyncClient]) -> None:
+async def test_auth_route_errors_are_problems_even_for_405(
+    host: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
     """Tokenward's routes keep the server's error mapping inside FastAPI (not FastAPI's JSON)."""
     _, client = host
     wrong_method = await client.get("/auth/login")
@@ -99,7 +108,9 @@ async def test_host_routes_untouched(host: tuple[FastAPI, httpx.AsyncClient]) ->
     assert (await client.get("/elsewhere")).status_code == 404
 
 
-async def test_current_user_with_bearer_token(host: tuple[FastAPI, httpx.AsyncClient], accounts: Any) -> None:
+async def test_current_user_with_bearer_token(
+    host: tuple[FastAPI, httpx.AsyncClient], accounts: Any
+) -> None:
     """current_user gives id and email from the session, current_session its ids."""
     _, client = host
     email = await accounts.register(client)
@@ -112,7 +123,9 @@ async def test_current_user_with_bearer_token(host: tuple[FastAPI, httpx.AsyncCl
     assert session.json() == {"sid": tokens["session"]["id"], "uid": tokens["user"]["id"]}
 
 
-async def test_missing_token_is_a_401_problem_with_bearer_challenge(host: tuple[FastAPI, httpx.AsyncClient]) -> None:
+async def test_missing_token_is_a_401_problem_with_bearer_challenge(
+    host: tuple[FastAPI, httpx.AsyncClient],
+) -> None:
     """No credentials: 401 unauthenticated, problem+json from the server's mapping."""
     _, client = host
     r = await client.get("/me")
@@ -124,7 +137,9 @@ async def test_missing_token_is_a_401_problem_with_bearer_challenge(host: tuple[
     assert bad.headers["www-authenticate"] == 'Bearer error="invalid_token"'
 
 
-async def test_expired_token_says_token_expired(host: tuple[FastAPI, httpx.AsyncClient], tw: Tokenward, accounts: Any) -> None:
+async def test_expired_token_says_token_expired(
+    host: tuple[FastAPI, httpx.AsyncClient], tw: Tokenward, accounts: Any
+) -> None:
     """An expired access token is 401 token-expired, so the client knows to refresh."""
     _, client = host
     auth = await accounts.bearer(client)
@@ -134,7 +149,9 @@ async def test_expired_token_says_token_expired(host: tuple[FastAPI, httpx.Async
     assert r.json()["type"] == "urn:tokenward:problem:token-expired"
 
 
-async def test_logout_is_effective_at_once_in_the_host_app(host: tuple[FastAPI, httpx.AsyncClient], accounts: Any) -> None:
+async def test_logout_is_effective_at_once_in_the_host_app(
+    host: tuple[FastAPI, httpx.AsyncClient], accounts: Any
+) -> None:
     """After /auth/logout the same access token is refused by the host's routes."""
     _, client = host
     auth = await accounts.bearer(client)
@@ -144,7 +161,9 @@ async def test_logout_is_effective_at_once_in_the_host_app(host: tuple[FastAPI, 
     assert r.status_code == 401
 
 
-async def test_cookie_mode_needs_csrf_on_unsafe_methods(host: tuple[FastAPI, httpx.AsyncClient], accounts: Any) -> None:
+async def test_cookie_mode_needs_csrf_on_unsafe_methods(
+    host: tuple[FastAPI, httpx.AsyncClient], accounts: Any
+) -> None:
     """Cookie-authenticated POST without X-CSRF-Token is 403 csrf; with it, 200."""
     _, client = host
     await accounts.login_cookie(client)
@@ -168,7 +187,9 @@ async def test_optional_user(host: tuple[FastAPI, httpx.AsyncClient], accounts: 
     assert bad.status_code == 401
 
 
-async def test_require_scope_asks_the_app(host: tuple[FastAPI, httpx.AsyncClient], accounts: Any) -> None:
+async def test_require_scope_asks_the_app(
+    host: tuple[FastAPI, httpx.AsyncClient], accounts: Any
+) -> None:
     """require_scope: 403 forbidden until scopes_for grants the scope, then 200."""
     app, client = host
     email = await accounts.register(client)
@@ -188,7 +209,9 @@ def test_require_scope_without_resolver_fails_at_definition(tw: Tokenward) -> No
         TokenwardFastAPI(tw).require_scope("x")
 
 
-async def test_transparent_refresh_sets_new_cookies_on_host_routes(make_tw: Any, accounts: Any) -> None:
+async def test_transparent_refresh_sets_new_cookies_on_host_routes(
+    make_tw: Any, accounts: Any
+) -> None:
     """With transparent refresh, a host route refreshes an expired cookie and sets new ones."""
     tw = await make_tw(transparent_refresh="true")
     app, _ = build_app(tw, manage_lifespan=False)
@@ -231,7 +254,10 @@ def test_install_runs_the_service_with_the_app_lifespan(redis_url: str, tmp_path
     TokenwardFastAPI(tw).install(app)
     with TestClient(app) as client:
         assert client.get("/.well-known/jwks.json").status_code == 200
-        r = client.post("/auth/register", json={"email": "a@example.com", "password": "correct horse battery staple"})
+        r = client.post(
+            "/auth/register",
+            json={"email": "a@example.com", "password": "correct horse battery staple"},
+        )
         assert r.status_code == 201, r.text
     assert seen == ["up", "down"]
     assert not tw._started

@@ -171,7 +171,10 @@ async def _login(tw: Tokenward) -> tuple[str, str, str]:
     """A real session of a new user: (access token, uid, sid)."""
     uid = f"user-{time.time_ns()}"
     issued = await tw.sessions.open(
-        UserRef(uid, f"{uid}@example.com", NOW), ip="127.0.0.1", user_agent="test", now=tw.clock.now()
+        UserRef(uid, f"{uid}@example.com", NOW),
+        ip="127.0.0.1",
+        user_agent="test",
+        now=tw.clock.now(),
     )
     return issued.access_token, issued.uid, issued.sid
 
@@ -221,7 +224,9 @@ async def test_session_ended_before_first_sight_is_refused(
             await verifier.verify(token)
 
 
-async def test_without_redis_only_the_token_is_checked(tw: Tokenward, jwks_server: JwksServer) -> None:
+async def test_without_redis_only_the_token_is_checked(
+    tw: Tokenward, jwks_server: JwksServer
+) -> None:
     """Documented trade-off: no Redis, no revocation; the token lives until exp."""
     jwks_server.publish(tw.keys)
     token, uid, sid = await _login(tw)
@@ -230,7 +235,9 @@ async def test_without_redis_only_the_token_is_checked(tw: Tokenward, jwks_serve
         assert (await verifier.verify(token)).sid == sid
 
 
-async def test_blocking_verifier_from_threads(tw: Tokenward, jwks_server: JwksServer, redis_url: str) -> None:
+async def test_blocking_verifier_from_threads(
+    tw: Tokenward, jwks_server: JwksServer, redis_url: str
+) -> None:
     """The sync Verifier: threads verify concurrently; logout is seen; close is clean."""
     jwks_server.publish(tw.keys)
     token, uid, sid = await _login(tw)
@@ -288,10 +295,11 @@ def test_public_jwks_parsing_refuses_foreign_material() -> None:
     keys = PublicKeySet.from_jwks(doc)
     assert keys.kids == {ed.kid}
     found = keys.get(ed.kid)
-    assert found is not None and found.alg == "EdDSA"
+    assert found is not None
+    assert found.alg == "EdDSA"
     assert not hasattr(found.public_key, "sign")
     for bad in ({}, {"keys": "x"}, {"keys": [doc["keys"][2]]}, []):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="JWK Set"):
             PublicKeySet.from_jwks(bad)
 
 

@@ -194,7 +194,9 @@ def test_token_checks_and_logout_seen_from_another_process(
     # Genuinely signed by the server's key, but an hour old.
     keys = KeySet.from_file(Path(server.env["TOKENWARD_SIGNING_KEYS"]))
     issuer = AccessTokens(keys, issuer=server.url, audience="tokenward", ttl=600)
-    old, _ = issuer.issue(sub=tokens["user"]["id"], sid=tokens["session"]["id"], now=int(time.time()) - 3600)
+    old, _ = issuer.issue(
+        sub=tokens["user"]["id"], sid=tokens["session"]["id"], now=int(time.time()) - 3600
+    )
     expired = service.whoami(old)
     assert expired.status_code == 401
     assert problem_type(expired) == "token-expired"
@@ -215,7 +217,7 @@ def test_token_checks_and_logout_seen_from_another_process(
 def test_key_rotation_refetches_the_jwks_rate_limited(
     server: Server, services: list[Service], redis_url: str
 ) -> None:
-    """A token signed by a new key makes the verifier refetch the JWKS, at most once per interval."""
+    """A token signed by a new key makes verifiers refetch the JWKS, once per interval."""
     limited = Service(server.url, redis_url, 3600)  # has fetched at start: no refetch for an hour
     eager = Service(server.url, redis_url, 0.5)
     services.extend([limited, eager])

@@ -26,7 +26,7 @@ StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
 class QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

@@ -119,9 +119,7 @@ class RedisEventLog:
             "ip", event.ip, "ua", event.user_agent, "d", orjson.dumps(dict(event.detail)).decode(),
         ]  # fmt: skip
         async with _backend():
-            await self._append(
-                keys=[GLOBAL_STREAM], args=[self.global_max, "~", self.ttl, *fields]
-            )
+            await self._append(keys=[GLOBAL_STREAM], args=[self.global_max, "~", self.ttl, *fields])
             if event.uid:
                 log_key, _ = _user_keys(event.uid)
                 await self._append(keys=[log_key], args=[self.per_user, "=", self.ttl, *fields])

@@ -43,7 +43,7 @@ for i = 1, n do
   redis.call('ZREMRANGEBYSCORE', z, '-inf', now - window)
   local st = redis.call('HMGET', l, 'until', 'strikes')
   local untl, strikes = tonumber(st[1]) or 0, tonumber(st[2]) or 0
-  if now > untl + cap then untl, strikes = 0, 0 end
+  if now >= untl + cap then untl, strikes = 0, 0 end
   if untl > now then
     retry = math.max(retry, untl - now)
     table.insert(blocked, i)

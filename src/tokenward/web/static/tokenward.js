@@ -120,6 +120,7 @@
    * A retried request is sent twice, so pass a body that can be (a string, Blob, FormData).
    */
   async function tokenwardFetch(input, init = {}) {
+    if (input instanceof Request) throw new TypeError("Tokenward.fetch takes a URL, not a Request");
     const url = new URL(String(input), location.href);
     if (url.origin !== location.origin) return fetch(input, init);
     const method = (init.method || "GET").toUpperCase();
