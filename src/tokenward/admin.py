@@ -10,6 +10,7 @@ Redis itself for the duration of the command.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -82,11 +83,13 @@ async def admin_runtime(settings: Settings) -> AsyncIterator[Tokenward]:
     tw = Tokenward(settings)
     try:
         await tw.start()
-    except EmbeddedRedisError as exc:
-        await tw.stop()
-        raise Unavailable(f"embedded Redis: {exc}") from None
-    except BaseException:
-        await tw.stop()
+    except BaseException as exc:
+        # A half-done start (e.g. the database refused after the embedded Redis started)
+        # is not "started", so stop() would skip it: release the embedded Redis here.
+        if tw.embedded is not None:
+            await asyncio.to_thread(tw.embedded.stop)
+        if isinstance(exc, EmbeddedRedisError):
+            raise Unavailable(f"embedded Redis: {exc}") from None
         raise
     try:
         yield tw

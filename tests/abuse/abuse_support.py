@@ -8,16 +8,25 @@ not leak between tests (or into other suites, which all come from 127.0.0.1).
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket
+import threading
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
+import uvicorn
 
 from tokenward.http.app import create_app
+from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
+from tokenward.settings import load_settings
 
 ORIGIN = "https://tokenward.test"
 #: Limits no test that is not about throttling can trip (the run shares one Redis).
@@ -127,3 +136,57 @@ def without_volatile(headers: httpx.Headers) -> dict[str, str]:
     """Response headers minus those that differ on every response by design."""
     volatile = {"date", "x-request-id"}
     return {k: v for k, v in headers.multi_items() if k.lower() not in volatile}
+
+
+@contextlib.contextmanager
+def live_server(redis_url: str, data_dir: Path, **overrides: Any) -> Iterator[LiveServer]:
+    """A real uvicorn server on 127.0.0.1 in a thread (its own event loop), for fuzzers that
+    speak plain HTTP. Cheap hashing; settings overridable; stopped on exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    env = {
+        "TOKENWARD_REDIS_URL": redis_url,
+        "TOKENWARD_DATA_DIR": str(data_dir),
+        "TOKENWARD_ISSUER": base,
+        "TOKENWARD_COOKIE_SECURE": "false",
+    }
+    env.update({f"TOKENWARD_{k.upper()}": str(v) for k, v in overrides.items()})
+    tw = Tokenward(load_settings(env, env_file=data_dir / "no.env"), argon2=CHEAP_FOR_TESTS)
+    config = uvicorn.Config(
+        create_app(tw), log_level="warning", lifespan="on", access_log=False, loop="asyncio"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield LiveServer(base, tw)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """A running server: its base URL and its Tokenward (to read stores, not to call)."""
+
+    url: str
+    tw: Tokenward
+
+    def bearer_login(self, client: httpx.Client, email: str | None = None) -> dict[str, Any]:
+        """Register (when ``email`` is None) and log in over HTTP; the bearer body."""
+        if email is None:
+            email = new_email()
+            r = client.post("/auth/register", json={"email": email, "password": PASSWORD})
+            assert r.status_code == 201, r.text
+        r = client.post("/auth/login", json={"email": email, "password": PASSWORD}, headers=BEARER)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body

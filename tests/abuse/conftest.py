@@ -12,7 +12,7 @@ Helpers live in ``abuse_support`` (import that, not this module: several conftes
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,11 @@ from abuse_support import (
     ORIGIN,
     PASSWORD,
     Accounts,
+    LiveServer,
     MakeTw,
     client_for,
     fresh_ip,
+    live_server,
 )
 
 from tokenward.clock import Clock, FrozenClock
@@ -85,3 +87,10 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     r = aioredis.from_url(redis_url, decode_responses=True)
     yield r
     await r.aclose()
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A real server (thread, own loop) with limits no fuzzer trips, for plain-HTTP fuzzing."""
+    with live_server(redis_url, tmp_path_factory.mktemp("fuzz"), **GENEROUS_LIMITS) as server:
+        yield server

@@ -132,3 +132,17 @@ GENEROUS_LIMITS: dict[str, int] = {
     )
     if name in _Settings.model_fields
 }
+
+
+def isolated_client(tw: Tokenward) -> httpx.AsyncClient:
+    """Like :func:`client_for`, but calling from a random address of its own (in 10/8).
+
+    Rate limits and locks are kept per client address in Redis, which the whole run
+    shares; a test that is not about throttling should neither trip nor inherit them.
+    """
+    import secrets
+
+    host = "10." + ".".join(str(secrets.randbelow(254) + 1) for _ in range(3))
+    app = create_app(tw, manage_lifespan=False)
+    transport = httpx.ASGITransport(app=app, client=(host, 40000))
+    return httpx.AsyncClient(transport=transport, base_url=ORIGIN)

@@ -22,6 +22,7 @@ import base64
 import json
 import re
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import tokenward
-from conftest import GENEROUS_LIMITS, Accounts, MakeTw, client_for
+from conftest import GENEROUS_LIMITS, Accounts, MakeTw, isolated_client
 from tokenward.runtime import Tokenward
 
 BEARER = {"X-Auth-Transport": "bearer"}
@@ -41,6 +42,13 @@ PROBLEM = "urn:tokenward:problem:"
 async def tw(make_tw: MakeTw) -> Tokenward:
     """This module's service: default settings with the abuse limits out of the way."""
     return await make_tw(**GENEROUS_LIMITS)
+
+
+@pytest.fixture
+async def client(tw: Tokenward) -> AsyncIterator[httpx.AsyncClient]:
+    """A client on ``tw`` from an address of its own (no other test's rate limits)."""
+    async with isolated_client(tw) as c:
+        yield c
 
 
 def _b64(data: bytes) -> str:
@@ -98,8 +106,8 @@ async def test_flaw_predictable_refresh_tokens(
     secrets_ = [_secret((await accounts.login_bearer(email))["refresh_token"]) for _ in range(200)]
     assert all(len(s) == 32 for s in secrets_)
     assert len(set(secrets_)) == 200
-    prefixes = Counter(s[:3] for s in secrets_)
-    assert max(prefixes.values()) == 1, "no shared 24-bit prefix among 200 random secrets"
+    prefixes = Counter(s[:4] for s in secrets_)
+    assert max(prefixes.values()) == 1, "no shared 32-bit prefix among 200 random secrets"
     ones = sum(bin(b).count("1") for s in secrets_ for b in s)
     assert abs(ones / (200 * 256) - 0.5) < 0.02
     tokens = await accounts.login_bearer(email)
@@ -174,7 +182,7 @@ async def test_flaw_trusting_the_user_id_of_an_expired_token(
         await client.post("/auth/refresh", json={}, headers={**auth, **BEARER}),
         await client.delete(f"/auth/sessions/{victim['session']['id']}", headers=auth),
     ]
-    async with client_for(tw) as cookie_client:
+    async with isolated_client(tw) as cookie_client:
         cookie_client.cookies.set("__Host-access_token", forged, domain="tokenward.test")
         attempts += [
             await cookie_client.get("/auth/me"),
@@ -238,7 +246,7 @@ async def test_flaw_hard_coded_secret(make_tw: MakeTw) -> None:
     """Flaw: one secret in the source. Each deployment has its own key; none ship with us."""
     a, b = await make_tw(**GENEROUS_LIMITS), await make_tw(**GENEROUS_LIMITS)
     assert a.keys.signing_key.kid != b.keys.signing_key.kid
-    async with client_for(a) as ca, client_for(b) as cb:
+    async with isolated_client(a) as ca, isolated_client(b) as cb:
         accounts = Accounts(ca)
         tokens = await accounts.login_bearer(await accounts.register())
         r = await cb.get("/auth/me", headers=_bearer(tokens))
@@ -316,7 +324,7 @@ async def test_flaw_inverted_expiry_checks(
 async def test_flaw_session_past_its_absolute_limit(make_tw: MakeTw) -> None:
     """Flaw: sliding sessions forever. Past the absolute limit neither refresh nor access work."""
     tw = await make_tw(**GENEROUS_LIMITS, session_idle_ttl=700, session_max_ttl=700)
-    async with client_for(tw) as client:
+    async with isolated_client(tw) as client:
         accounts = Accounts(client)
         tokens = await accounts.login_bearer(await accounts.register())
         tw.clock.advance(650)  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, client_for
+from conftest import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, isolated_client
 from tokenward.clock import FrozenClock
 from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
@@ -68,7 +68,7 @@ async def tw_without_redis(make_tw: MakeTw) -> Tokenward:
 
 async def test_login_without_redis_is_503(tw_without_redis: Tokenward) -> None:
     """Login cannot open a session: 503 unavailable with Retry-After, in bounded time."""
-    async with client_for(tw_without_redis) as c:
+    async with isolated_client(tw_without_redis) as c:
         for headers in ({}, BEARER):
             r = await _bounded(
                 c.post(
@@ -80,8 +80,8 @@ async def test_login_without_redis_is_503(tw_without_redis: Tokenward) -> None:
 
 async def test_refresh_without_redis_is_503(tw_without_redis: Tokenward) -> None:
     """Refresh (bearer and cookie) cannot rotate: 503, and nothing is issued."""
-    token = "0" * 32 + "." + "A" * 22 + "." + "B" * 43
-    async with client_for(tw_without_redis) as c:
+    token = "0" * 32 + "." + "A" * 22 + "." + "A" * 43
+    async with isolated_client(tw_without_redis) as c:
         bearer = await _bounded(
             c.post("/auth/refresh", json={"refresh_token": token}, headers=BEARER)
         )
@@ -99,7 +99,7 @@ async def test_me_without_redis_is_503_not_200(tw_without_redis: Tokenward) -> N
     tw = tw_without_redis
     token, _ = tw.tokens.issue(sub="u" * 32, sid="s" * 22, now=tw.clock.now())
     assert not tw.cache.healthy
-    async with client_for(tw) as c:
+    async with isolated_client(tw) as c:
         r = await _bounded(c.get("/auth/me", headers={"Authorization": f"Bearer {token}"}))
         _assert_unavailable(r)
 
@@ -108,8 +108,8 @@ async def test_logout_without_redis_is_503(tw_without_redis: Tokenward) -> None:
     """Logout cannot end the session: 503 (the client must retry, not assume it is out)."""
     tw = tw_without_redis
     token, _ = tw.tokens.issue(sub="u" * 32, sid="s" * 22, now=tw.clock.now())
-    refresh = "0" * 32 + "." + "A" * 22 + "." + "B" * 43
-    async with client_for(tw) as c:
+    refresh = "0" * 32 + "." + "A" * 22 + "." + "A" * 43
+    async with isolated_client(tw) as c:
         r1 = await _bounded(c.post("/auth/logout", headers={"Authorization": f"Bearer {token}"}))
         _assert_unavailable(r1)
         r2 = await _bounded(c.post("/auth/logout", json={"refresh_token": refresh}))
@@ -118,7 +118,7 @@ async def test_logout_without_redis_is_503(tw_without_redis: Tokenward) -> None:
 
 async def test_readyz_without_redis_is_503_and_healthz_200(tw_without_redis: Tokenward) -> None:
     """Readiness reports the outage; liveness does not."""
-    async with client_for(tw_without_redis) as c:
+    async with isolated_client(tw_without_redis) as c:
         _assert_unavailable(await _bounded(c.get("/readyz")))
         assert (await c.get("/healthz")).status_code == 200
 
@@ -148,7 +148,7 @@ async def tw_without_db(redis_url: str, tmp_path: Path) -> AsyncIterator[Tokenwa
 
 async def test_register_and_login_without_database_are_503(tw_without_db: Tokenward) -> None:
     """With the user database down, register and login answer 503, never 500 or 401."""
-    async with client_for(tw_without_db) as c:
+    async with isolated_client(tw_without_db) as c:
         creds = {"email": "db-down@x.test", "password": PASSWORD}
         _assert_unavailable(await _bounded(c.post("/auth/register", json=creds)))
         _assert_unavailable(await _bounded(c.post("/auth/login", json=creds)))
@@ -225,7 +225,7 @@ async def test_redis_crash_gives_503_then_recovery_loses_nothing(
 ) -> None:
     """Logged-in users get 503 (not 200) while Redis is down; after restart all works again."""
     tw = await make_tw(**GENEROUS_LIMITS, redis_url=private_redis.url)
-    async with client_for(tw) as c:
+    async with isolated_client(tw) as c:
         accounts = Accounts(c)
         email = await accounts.register()
         bearer = await accounts.login_bearer(email)
@@ -279,7 +279,7 @@ async def test_ended_sessions_stay_ended_across_a_redis_crash(
 ) -> None:
     """A logout acknowledged before a crash is still in force after the restart."""
     tw = await make_tw(**GENEROUS_LIMITS, redis_url=private_redis.url)
-    async with client_for(tw) as c:
+    async with isolated_client(tw) as c:
         accounts = Accounts(c)
         tokens = await accounts.login_bearer(await accounts.register())
         assert (await c.post("/auth/logout", headers=_bearer(tokens))).status_code == 204

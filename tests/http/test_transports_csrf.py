@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, client_for
+from conftest import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, isolated_client
 from tokenward.clock import FrozenClock
 from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
@@ -54,6 +54,13 @@ async def tw(make_tw: MakeTw) -> Tokenward:
     return await make_tw(**GENEROUS_LIMITS)
 
 
+@pytest.fixture
+async def client(tw: Tokenward) -> AsyncIterator[httpx.AsyncClient]:
+    """A client on ``tw`` from an address of its own (no other test's rate limits)."""
+    async with isolated_client(tw) as c:
+        yield c
+
+
 @pytest.fixture(scope="module")
 async def shared_tw(
     redis_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -77,7 +84,7 @@ async def shared_tw(
 @pytest.fixture(scope="module")
 async def shared_accounts(shared_tw: Tokenward) -> AsyncIterator[Accounts]:
     """Account helpers on a client of ``shared_tw`` (its cookie jar is never relied on)."""
-    async with client_for(shared_tw) as c:
+    async with isolated_client(shared_tw) as c:
         yield Accounts(c)
 
 
@@ -114,7 +121,7 @@ async def test_login_sets_the_three_cookies_with_contract_flags(
 async def test_refresh_cookie_max_age_is_the_remaining_session_life(make_tw: MakeTw) -> None:
     """Max-Age of the refresh cookie is min(idle timeout, time left to the absolute limit)."""
     tw = await make_tw(**GENEROUS_LIMITS, session_idle_ttl=1000, session_max_ttl=1500)
-    async with client_for(tw) as client:
+    async with isolated_client(tw) as client:
         accounts = Accounts(client)
         r = await accounts.login_cookie(await accounts.register())
         assert parse_set_cookies(r)["__Secure-refresh_token"]["attrs"]["max-age"] == "1000"
@@ -130,7 +137,7 @@ async def test_refresh_cookie_max_age_is_the_remaining_session_life(make_tw: Mak
 async def test_insecure_cookie_mode_drops_prefixes_and_secure(make_tw: MakeTw) -> None:
     """TOKENWARD_COOKIE_SECURE=false: same cookies, no __Host-/__Secure- and no Secure."""
     tw = await make_tw(**GENEROUS_LIMITS, cookie_secure="false")
-    async with client_for(tw) as client:
+    async with isolated_client(tw) as client:
         accounts = Accounts(client)
         r = await accounts.login_cookie(await accounts.register())
         cookies = parse_set_cookies(r)
@@ -201,7 +208,7 @@ UNSAFE = [
 
 async def _cookie_session(tw: Tokenward) -> tuple[dict[str, str], str, str]:
     """A logged-in user's cookies, session id and email (the client keeps no jar)."""
-    async with client_for(tw) as c:
+    async with isolated_client(tw) as c:
         accounts = Accounts(c)
         email = await accounts.register()
         r = await c.post("/auth/login", json={"email": email, "password": PASSWORD})
@@ -217,7 +224,7 @@ async def _send(
     cookies: dict[str, str],
     headers: dict[str, str],
 ) -> httpx.Response:
-    async with client_for(tw) as c:
+    async with isolated_client(tw) as c:
         return await c.request(
             method, path, json=body, headers={**cookie_header(cookies), **headers}
         )
@@ -369,7 +376,7 @@ async def test_two_authorization_headers_are_400(
 async def test_bearer_token_wins_over_access_cookie(shared_tw: Tokenward) -> None:
     """With both a bearer token and an access cookie, the bearer token decides."""
     cookies, _, cookie_email = await _cookie_session(shared_tw)
-    async with client_for(shared_tw) as c:
+    async with isolated_client(shared_tw) as c:
         accounts = Accounts(c)
         bearer_email = await accounts.register()
         tokens = await accounts.login_bearer(bearer_email)

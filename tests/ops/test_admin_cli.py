@@ -264,3 +264,20 @@ async def test_incomplete_commands_are_usage_errors(
     result = await run_cli(*argv, env=ops_env(None, tmp_path / "d"))
     assert result.code == 2
     assert not (tmp_path / "d").exists()
+
+
+async def test_failed_start_releases_the_embedded_redis(run_cli: RunCli, tmp_path: Path) -> None:
+    """The database refusing after the CLI started its embedded Redis: exit 3, and the data
+    dir is free again (the next command, or a server, can start it)."""
+    data = tmp_path / "half"
+    env = ops_env(
+        None,
+        data,
+        database_url="postgresql+asyncpg://u@127.0.0.1:9/x",
+        backend_timeout="0.5",
+    )
+    result = await run_cli("users", "list", env=env)
+    assert result.code == 3, result.err
+    assert running_embedded_redis(data) is None
+    with EmbeddedRedis(data) as embedded:
+        assert running_embedded_redis(data) == embedded.url

@@ -18,8 +18,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tokenward.errors import TokenwardError
-from tokenward.http.openapi import openapi_document
 from tokenward.http.observability import ObservabilityMiddleware
+from tokenward.http.openapi import openapi_document
 from tokenward.http.problems import handle_tokenward_error, handle_unexpected, problem_response
 from tokenward.http.routes import AuthRoutes
 from tokenward.keyring import JWKS_MAX_AGE

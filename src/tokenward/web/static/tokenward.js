@@ -134,11 +134,12 @@
     };
 
     const sentAt = generation;
+    // Read before sending: a refused refresh of a concurrent call may clear the cookies.
+    const hadSession = csrfToken() !== null;
     let response = await send();
     if (response.status !== 401 || isSessionEndpoint(url)) return response;
 
     const problem = await Problem.from(response);
-    const hadSession = csrfToken() !== null;
     // The browser drops the access cookie at its Max-Age (the access TTL), so an expired
     // token usually arrives as no token at all: "unauthenticated" while the CSRF cookie,
     // which lives as long as the refresh cookie, says a session may still be there.
