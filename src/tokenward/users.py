@@ -143,8 +143,15 @@ class Users:
         return user
 
     def _bounded(self, password: str) -> str:
-        if len(password) > self.policy.max_length:
-            raise PolicyError(
-                "too-long", f"password must be at most {self.policy.max_length} characters"
-            )
-        return self.policy.normalize(password)
+        # The length rule of PasswordPolicy.check, so any password that could register can
+        # log in: at most max_length characters after NFKC; a raw input 4x longer is refused
+        # before it is even normalised. Either way no hashing happens.
+        too_long = PolicyError(
+            "too-long", f"password must be at most {self.policy.max_length} characters"
+        )
+        if len(password) > 4 * self.policy.max_length:
+            raise too_long
+        normalized = self.policy.normalize(password)
+        if len(normalized) > self.policy.max_length:
+            raise too_long
+        return normalized

@@ -157,3 +157,21 @@ async def test_a_new_password_meets_the_same_policy(make_tw: MakeTw) -> None:
 async def _registered(tw: Tokenward) -> str:
     async with client_for(tw, fresh_ip()) as c:
         return await Accounts(c).register()
+
+
+async def test_length_counts_after_normalisation_at_register_and_login_alike(
+    make_tw: MakeTw,
+) -> None:
+    """1200 code points that compose to 600 characters: register and login agree (both
+    accept), and 1025 characters after NFKC are refused by both."""
+    tw = await make_tw()
+    decomposed = "e\u0301" * 600 + "-harbour"
+    assert len(decomposed) > 1024
+    assert len(unicodedata.normalize("NFKC", decomposed)) <= 1024
+    email = new_email()
+    assert (await _register(tw, decomposed, email)).status_code == 201
+    async with client_for(tw, fresh_ip()) as c:
+        assert (await login(c, email, decomposed)).status_code == 200
+        too_long = "\u00e9" * 1025  # already composed: 1025 after NFKC
+        _assert_refused(await login(c, email, too_long), "too-long", too_long)
+    _assert_refused(await _register(tw, too_long), "too-long", too_long)

@@ -28,10 +28,46 @@ PROBLEM_TYPES: dict[int, list[str]] = {
 
 _STR = {"type": "string"}
 _TIME = {"type": "string", "format": "date-time"}
+_PASSWORD = {
+    "type": "string",
+    "description": "At most 1024 characters after NFKC normalisation (longer: 422 before any "
+    "hashing). To register, also at least TOKENWARD_PASSWORD_MIN_LENGTH characters, not "
+    "common or breached, not containing the email (NIST SP 800-63B-4; 422 names the rule).",
+}
 _CREDENTIALS = {
     "type": "object",
     "required": ["email", "password"],
-    "properties": {"email": {"type": "string", "maxLength": 1024}, "password": {"type": "string"}},
+    "properties": {"email": {"type": "string", "maxLength": 1024}, "password": _PASSWORD},
+}
+#: An HTML form post is answered 303 whatever it holds (errors go in the redirect's query).
+_FORM_CREDENTIALS = {"type": "object", "properties": {"email": _STR, "password": _STR}}
+_RESPONSE_HEADERS: dict[int, dict[str, Any]] = {
+    429: {
+        "Retry-After": {
+            "description": "Seconds to wait before trying again.",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+    503: {
+        "Retry-After": {
+            "description": "Seconds to wait before trying again.",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+    401: {
+        "WWW-Authenticate": {
+            "description": 'Bearer requests: `Bearer error="invalid_token"`.',
+            "schema": {"type": "string"},
+        }
+    },
+}
+#: Who may call what: refresh takes the refresh cookie or a body token (never the access
+#: token); logout also takes a body refresh token, so "no header, no cookie" is allowed there.
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
+    "/auth/refresh": [{"refreshCookie": []}, {}],
+    "/auth/logout": [{"bearer": []}, {"cookie": []}, {"refreshCookie": []}, {}],
 }
 _USER = {
     "type": "object",
@@ -200,7 +236,7 @@ _ENDPOINTS: list[
         {
             "type": "object",
             "required": ["current_password", "new_password"],
-            "properties": {"current_password": _STR, "new_password": _STR},
+            "properties": {"current_password": _STR, "new_password": _PASSWORD},
         },
         204,
         None,
@@ -236,6 +272,9 @@ _ENDPOINTS: list[
 def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document."""
     paths: dict[str, Any] = {}
+    access_cookie, refresh_cookie = "__Host-access_token", "__Secure-refresh_token"
+    if tw is not None:
+        access_cookie, refresh_cookie = tw.cookies.names.access, tw.cookies.names.refresh
     for method, path, summary, request, status, schema, errors in _ENDPOINTS:
         responses: dict[str, Any] = {}
         ok: dict[str, Any] = {"description": "Success"}
@@ -254,17 +293,19 @@ def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
                     "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
                 },
             }
+            if code in _RESPONSE_HEADERS:
+                responses[str(code)]["headers"] = _RESPONSE_HEADERS[code]
         op: dict[str, Any] = {"summary": summary, "responses": responses}
         if request is not None:
             content: dict[str, Any] = {"application/json": {"schema": request}}
             if path in ("/auth/login", "/auth/register"):
-                content["application/x-www-form-urlencoded"] = {"schema": request}
+                content["application/x-www-form-urlencoded"] = {"schema": _FORM_CREDENTIALS}
             op["requestBody"] = {
                 "required": path in ("/auth/login", "/auth/register", "/auth/password"),
                 "content": content,
             }
         if path.startswith("/auth/") and path not in ("/auth/register", "/auth/login"):
-            op["security"] = [{"bearer": []}, {"cookie": []}]
+            op["security"] = _SECURITY.get(path, [{"bearer": []}, {"cookie": []}])
         if "{sid}" in path:
             op["parameters"] = [{"name": "sid", "in": "path", "required": True, "schema": _STR}]
         paths.setdefault(path, {})[method] = op
@@ -275,7 +316,8 @@ def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-                "cookie": {"type": "apiKey", "in": "cookie", "name": "__Host-access_token"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": access_cookie},
+                "refreshCookie": {"type": "apiKey", "in": "cookie", "name": refresh_cookie},
             },
             "schemas": {
                 "Problem": {

@@ -237,6 +237,10 @@ class AuthRoutes:
         now = self.tw.clock.now()
         token = bearer_token(request)
         if token is not None:
+            # The body is not needed with a bearer token, but it must still be well formed.
+            (await read_body(request, allow_empty=True)).string(
+                "refresh_token", required=False, max_length=512
+            )
             principal = await self.tw.sessions.authenticate(token, now=now)
             await self.tw.sessions.end(principal.uid, principal.sid, EndReason.LOGOUT, now=now)
             self._ended(request, principal.uid, [principal.sid], EndReason.LOGOUT, now)
