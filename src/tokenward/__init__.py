@@ -5,6 +5,7 @@ served over HTTP (``tokenward serve``) or embedded in an ASGI app. The public AP
 module exports; everything else is private and may change.
 """
 
+from tokenward.blocking_verifier import Verifier
 from tokenward.clock import Clock, FrozenClock, SystemClock
 from tokenward.errors import (
     AuthError,
@@ -35,7 +36,7 @@ from tokenward.runtime import Tokenward
 from tokenward.sessions import Principal, SessionPolicy, Sessions, UserRef
 from tokenward.settings import Settings, load_settings
 from tokenward.tokens import AccessClaims, AccessTokens
-from tokenward.verifier import AsyncVerifier, Verifier
+from tokenward.verifier import AsyncVerifier
 
 __version__ = "0.1.0"
 

@@ -321,7 +321,7 @@ class LoginTicket:
 
     limiter: RateLimiter
     event: str
-    ip_key: str
+    ip_key: str | None
     pair_key: str
     account_key: str | None
     known_key: str
@@ -329,8 +329,7 @@ class LoginTicket:
     done: bool = field(default=False)
 
     def _keys(self) -> list[str]:
-        keys = [self.ip_key, self.pair_key]
-        return keys if self.account_key is None else [*keys, self.account_key]
+        return [k for k in (self.pair_key, self.ip_key, self.account_key) if k is not None]
 
     async def refund(self) -> None:
         """No password was judged (the input was refused first): the attempt does not count."""
@@ -393,38 +392,54 @@ class Throttle:
         """Reserve a login attempt before the password is checked.
 
         The same for existing and unknown accounts, so throttling reveals nothing. An
-        address the account has logged in from recently is exempt from the account-wide
-        limit (a botnet cannot lock the owner out of their usual devices); the
-        (account, address) and per-address limits always apply.
+        address the account logged in from recently ("known") is exempt from the
+        account-wide and the per-address limits: neither a botnet spread over many
+        addresses nor a stuffer sharing the owner's NAT can lock the owner out of their
+        usual network. The (account, address) limit always applies.
 
         Raises:
             RateLimited: a limit refused; nothing was counted.
         """
         event = secrets.token_hex(8)
         address = address_digest(ip)
-        ip_key = f"tw:{{rl:ip:{address}}}:login"
         scope = f"tw:{{rl:a:{account_digest(email)}}}"
         pair_key, account_key, known_key = f"{scope}:ip:{address}", f"{scope}:all", f"{scope}:known"
+        ip_key = f"tw:{{rl:ip:{address}}}:login"
         lim = self.limits
+        known: bool | None = None  # looked up only when a limit it waives refuses
+
+        async def is_known() -> bool:
+            nonlocal known
+            if known is None:
+                known = await self.limiter.remembers(
+                    known_key, address, now=now, ttl=KNOWN_ADDRESS_TTL
+                )
+            return known
+
         by_ip = await self.limiter.acquire([(ip_key, lim.login_ip)], now=now, event=event)
+        counted_ip: str | None = ip_key
         if not by_ip.allowed:
-            raise self._refuse(by_ip, ip=ip, now=now, email=None)
+            if not await is_known():
+                raise self._refuse(by_ip, ip=ip, now=now, email=None)
+            self._note_locks(by_ip, ip=ip, now=now, email=None)
+            counted_ip = None
         checks = [(pair_key, lim.login_pair), (account_key, lim.login_account)]
         decision = await self.limiter.acquire(checks, now=now, event=event)
         counted_account: str | None = account_key
         if (
             not decision.allowed
             and decision.blocked == (lim.login_account.name,)
-            and await self.limiter.remembers(known_key, address, now=now, ttl=KNOWN_ADDRESS_TTL)
+            and await is_known()
         ):
             self._note_locks(decision, ip=ip, now=now, email=email)
             decision = await self.limiter.acquire(checks[:1], now=now, event=event)
             counted_account = None
         if not decision.allowed:
-            await self.limiter.release([ip_key], event=event)
+            if counted_ip is not None:
+                await self.limiter.release([counted_ip], event=event)
             raise self._refuse(decision, ip=ip, now=now, email=email)
         return LoginTicket(
-            self.limiter, event, ip_key, pair_key, counted_account, known_key, address
+            self.limiter, event, counted_ip, pair_key, counted_account, known_key, address
         )
 
     async def _per_address(self, kind: str, limit: Limit, ip: str, now: int) -> Ticket:

@@ -1,9 +1,9 @@
-"""Verifying Tokenward access tokens in other services (Flask, Django, workers, any asyncio app).
+"""Verifying Tokenward access tokens in other services (asyncio; blocking code: ``Verifier``).
 
 ::
 
-    verifier = Verifier("https://auth.example.com", redis_url="redis://cache:6379/0")
-    claims = verifier.verify(token)     # AccessClaims, or raises a TokenwardError
+    async with AsyncVerifier("https://auth.example.com", redis_url="redis://cache:6379/0") as v:
+        claims = await v.verify(token)  # AccessClaims, or raises a TokenwardError
 
 Keys come from the issuer's JWKS (``<issuer>/.well-known/jwks.json``), fetched with httpx
 at start and kept in memory. A token naming an unknown ``kid`` (the issuer rotated keys)
@@ -25,22 +25,18 @@ when Redis is unreachable requests fail with ``Unavailable``: fail closed. Witho
 only the token itself is checked, and a token stays valid until ``exp`` after logout
 (``TOKENWARD_ACCESS_TTL``, 10 minutes by default).
 
-:class:`AsyncVerifier` is the implementation; :class:`Verifier` runs one on a private
-event loop thread for blocking code and answers cached tokens without leaving the caller's
-thread.
+:class:`AsyncVerifier` is the implementation; :class:`~tokenward.blocking_verifier.Verifier`
+runs one on a private event loop thread for blocking code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import os
 import threading
 import time
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import jwt
@@ -55,11 +51,10 @@ from tokenward.stores.redis_feed import RevocationFeed
 from tokenward.stores.redis_sessions import RedisSessionStore
 from tokenward.tokens import MAX_TOKEN_LENGTH, AccessClaims, AccessTokenVerifier
 
-__all__ = ["AsyncVerifier", "Verifier"]
+__all__ = ["AsyncVerifier", "bearer_token"]
 
 log = logging.getLogger("tokenward.verifier")
 
-T = TypeVar("T")
 
 #: A JWKS larger than this is not Tokenward's; refusing early bounds the parsing work.
 MAX_JWKS_BYTES = 256 * 1024
@@ -185,14 +180,18 @@ class AsyncVerifier:
             Unavailable: the JWKS could not be fetched.
         """
         self._http = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
-        if self.redis_url is not None:
-            self._redis = connect_redis(self.redis_url, timeout=self.timeout)
-            self._store = RedisSessionStore(self._redis)
-            self._feed = RevocationFeed(self._redis, self._cache)
-            await self._feed.start(wait=self.timeout)
-        async with self._fetch_lock:
-            if not await self._fetch():
-                raise Unavailable(f"cannot fetch the JWKS from {self.jwks_url}")
+        try:
+            if self.redis_url is not None:
+                self._redis = connect_redis(self.redis_url, timeout=self.timeout)
+                self._store = RedisSessionStore(self._redis)
+                self._feed = RevocationFeed(self._redis, self._cache)
+                await self._feed.start(wait=self.timeout)
+            async with self._fetch_lock:
+                if not await self._fetch():
+                    raise Unavailable(f"cannot fetch the JWKS from {self.jwks_url}")
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         """Close the connections :meth:`start` opened."""
@@ -332,128 +331,3 @@ class AsyncVerifier:
         self._last_success = time.monotonic()
         log.info("JWKS fetched from %s: %d keys", self.jwks_url, len(keys))
         return True
-
-
-class Verifier:
-    """Blocking front of :class:`AsyncVerifier`, for WSGI apps (Flask, Django) and scripts.
-
-    Takes the arguments of :class:`AsyncVerifier`. The asyncio side (JWKS fetches, the
-    Redis feed) runs on a private daemon thread started on first use in each process, so it
-    survives servers that fork after import (gunicorn ``--preload``). A token whose key and
-    session are already known is answered in the calling thread with no I/O. Thread-safe.
-    """
-
-    def __init__(
-        self,
-        issuer: str,
-        *,
-        audience: str = "tokenward",
-        jwks_url: str | None = None,
-        redis_url: str | None = None,
-        leeway: int = 30,
-        min_refetch_interval: float = 30.0,
-        keys_max_age: float = 300.0,
-        timeout: float = 2.0,
-        clock: Clock | None = None,
-    ) -> None:
-        self._make = functools.partial(
-            AsyncVerifier,
-            issuer,
-            audience=audience,
-            jwks_url=jwks_url,
-            redis_url=redis_url,
-            leeway=leeway,
-            min_refetch_interval=min_refetch_interval,
-            keys_max_age=keys_max_age,
-            timeout=timeout,
-            clock=clock,
-        )
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._inner: AsyncVerifier | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def key_ids(self) -> frozenset[str]:
-        """The ``kid`` of every key currently trusted (empty before the first use)."""
-        return self._inner.key_ids if self._inner is not None else frozenset()
-
-    def start(self) -> None:
-        """Start now rather than on the first :meth:`verify` (to fail early).
-
-        Raises:
-            Unavailable: the JWKS could not be fetched.
-        """
-        self._running()
-
-    def close(self) -> None:
-        """Stop the thread and close the connections."""
-        with self._lock:
-            inner, loop, thread = self._inner, self._loop, self._thread
-            self._inner = self._loop = self._thread = None
-            self._pid = None
-        if inner is None or loop is None or thread is None:
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(inner.stop(), loop).result(self._timeout + 5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(self._timeout + 5)
-        loop.close()
-
-    def __enter__(self) -> Verifier:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def verify(self, token: str) -> AccessClaims:
-        """See :meth:`AsyncVerifier.verify`."""
-        inner, loop = self._running()
-        claims = inner.verify_cached(token)
-        if claims is not None:
-            return claims
-        return self._call(loop, inner.verify(token))
-
-    def verify_authorization(self, authorization: str | None) -> AccessClaims:
-        """:meth:`verify` the token of an ``Authorization: Bearer <token>`` header value."""
-        return self.verify(bearer_token(authorization))
-
-    def _running(self) -> tuple[AsyncVerifier, asyncio.AbstractEventLoop]:
-        inner, loop = self._inner, self._loop
-        if inner is not None and loop is not None and self._pid == os.getpid():
-            return inner, loop
-        with self._lock:
-            inner, loop = self._inner, self._loop
-            if inner is None or loop is None or self._pid != os.getpid():
-                inner, loop = self._boot()
-            return inner, loop
-
-    def _boot(self) -> tuple[AsyncVerifier, asyncio.AbstractEventLoop]:
-        # After a fork the parent's thread does not exist here: start afresh.
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name="tokenward-verifier", daemon=True)
-        thread.start()
-        inner = self._make()
-        try:
-            self._call(loop, inner.start())
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self._call(loop, inner.stop())
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(self._timeout + 5)
-            loop.close()
-            raise
-        self._inner, self._loop, self._thread, self._pid = inner, loop, thread, os.getpid()
-        return inner, loop
-
-    def _call(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, loop)
-        try:
-            # Bounded: a fetch, a Redis lookup and the feed's start each take <= timeout.
-            return future.result(3 * self._timeout + 1)
-        except TimeoutError:
-            future.cancel()
-            raise Unavailable("the verifier did not answer in time") from None

@@ -165,6 +165,25 @@ async def test_per_address_limit_stops_credential_stuffing(make_tw: MakeTw) -> N
         assert (await login(other, email, PASSWORD)).status_code == 200
 
 
+async def test_a_stuffer_behind_the_owners_nat_does_not_lock_the_owner_out(
+    make_tw: MakeTw,
+) -> None:
+    """The per-address limit waives accounts that logged in from that address before; the
+    stuffer's own guesses at the account still meet the (account, address) limit."""
+    tw = await make_tw(login_ip_limit=5)
+    email = await registered(tw)
+    nat = fresh_ip()
+    async with client_for(tw, nat) as shared:
+        assert (await login(shared, email, PASSWORD)).status_code == 200
+        for _ in range(5):
+            await login(shared, new_email(), "leaked password 99")
+        assert_429(await login(shared, new_email(), "leaked password 99"))
+        assert (await login(shared, email, PASSWORD)).status_code == 200
+        for _ in range(10):
+            assert (await login(shared, email, "leaked password 99")).status_code == 401
+        assert_429(await login(shared, email, PASSWORD))
+
+
 async def test_account_wide_limit_spares_the_owners_known_addresses(make_tw: MakeTw) -> None:
     """A botnet spread over addresses trips the account limit; the owner's usual address
     still gets in, and the lock never lasts more than one window."""

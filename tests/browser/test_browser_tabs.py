@@ -15,7 +15,7 @@ from browserkit import (
     sign_in,
     wait_for_access_cookie_expiry,
 )
-from playwright.async_api import Response, Route, expect
+from playwright.async_api import Page, Response, Route, expect
 
 ME = "() => Tokenward.api('GET', '/auth/me').then(me => me.email)"
 
@@ -27,23 +27,9 @@ def _refresh_cookie(response_headers: list[dict[str, str]]) -> str:
     raise AssertionError("the refresh response set no refresh cookie")
 
 
-async def test_two_tabs_refresh_at_the_same_moment_and_both_stay_signed_in(
-    short_ttl_server: Server, new_context: NewContext
-) -> None:
-    """Both tabs present the same refresh token; the grace window gives both one successor."""
-    base = short_ttl_server.url
-    email = short_ttl_server.register(new_email("tabs"))
-    context = await new_context()
-    first = await context.new_page()
-    await sign_in(first, base, email)
-    await profile_shows(first, email)
-    second = await context.new_page()
-    await second.goto(base + "/account")
-    await profile_shows(second, email)
-
-    await wait_for_access_cookie_expiry(context, limit=SHORT_TTL + 5)
-
-    # Hold each tab's refresh until both have asked: a real race, made certain.
+async def _race(first: Page, second: Page) -> list[Response]:
+    """Both tabs call the API with an expired token at once; their refreshes are held until
+    both tabs have asked, then released together. Returns the two refresh responses."""
     held: list[Route] = []
     both_asked = asyncio.Event()
 
@@ -54,20 +40,53 @@ async def test_two_tabs_refresh_at_the_same_moment_and_both_stay_signed_in(
         await asyncio.wait_for(both_asked.wait(), timeout=10)
         await route.continue_()
 
-    await context.route("**/auth/refresh", hold)
     answers: list[Response] = []
+    context = first.context
     context.on("response", lambda r: answers.append(r) if r.url.endswith("/auth/refresh") else None)
-
-    emails = await asyncio.gather(first.evaluate(ME), second.evaluate(ME))
-
-    assert emails == [email, email]
+    await context.route("**/auth/refresh", hold)
+    try:
+        emails = await asyncio.gather(first.evaluate(ME), second.evaluate(ME))
+    finally:
+        await context.unroute("**/auth/refresh")
+    email = emails[0]
+    assert emails == [email, email], "both tabs got their answer, signed in"
     assert len(held) == 2, "each tab refreshed on its own"
     assert [r.status for r in answers] == [200, 200]
-    successors = [_refresh_cookie(await r.headers_array()) for r in answers]
-    assert successors[0] == successors[1], "the replay in the grace window got the same successor"
+    return answers
+
+
+async def test_two_tabs_refresh_at_the_same_moment_and_both_stay_signed_in(
+    short_ttl_server: Server, new_context: NewContext
+) -> None:
+    """Both tabs present the same refresh token; the grace window gives both one successor.
+
+    The browser attaches cookies when a held request is released, so on a loaded machine the
+    second tab may already send the first tab's successor (no race, nothing proven): the
+    race is retried, up to three times, until both tabs presented the same token.
+    """
+    base = short_ttl_server.url
+    email = short_ttl_server.register(new_email("tabs"))
+    context = await new_context()
+    first = await context.new_page()
+    await sign_in(first, base, email)
+    await profile_shows(first, email)
+    second = await context.new_page()
+    await second.goto(base + "/account")
+    await profile_shows(second, email)
+
+    presented: list[set[str]] = []
+    for _ in range(3):
+        await wait_for_access_cookie_expiry(context, limit=SHORT_TTL + 5)
+        answers = await _race(first, second)
+        presented.append({_sent_refresh_cookie(await r.request.all_headers()) for r in answers})
+        print("DEBUG presented", [(_sent_refresh_cookie(await r.request.all_headers())[-12:], _refresh_cookie(await r.headers_array())[-12:], r.request.url) for r in answers])
+        if len(presented[-1]) == 1:
+            successors = {_refresh_cookie(await r.headers_array()) for r in answers}
+            assert len(successors) == 1, "the replay in the grace window got the same successor"
+            break
+    assert len(presented[-1]) == 1, f"the refreshes never overlapped: {len(presented)} tries"
 
     # Both tabs keep working, on one live session that nothing ended.
-    await context.unroute("**/auth/refresh")
     for page in (first, second):
         await page.reload()
         await expect(page).to_have_url(base + "/account")
@@ -76,6 +95,13 @@ async def test_two_tabs_refresh_at_the_same_moment_and_both_stay_signed_in(
     assert len(sessions["body"]) == 1
     ended = await api(first, "GET", "/auth/sessions/ended")
     assert ended["body"] == []
+
+
+def _sent_refresh_cookie(request_headers: dict[str, str]) -> str:
+    for item in request_headers.get("cookie", "").split("; "):
+        if item.startswith(REFRESH + "="):
+            return item
+    raise AssertionError("the refresh request carried no refresh cookie")
 
 
 async def test_many_calls_in_one_tab_share_one_refresh(

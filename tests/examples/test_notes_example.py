@@ -36,6 +36,8 @@ async def tw(redis_url: str, tmp_path: Path) -> AsyncIterator[Tokenward]:
         "TOKENWARD_REDIS_URL": redis_url,
         "TOKENWARD_DATA_DIR": str(tmp_path / "data"),
         "TOKENWARD_ISSUER": ORIGIN,
+        # The whole test run registers from one address into one Redis.
+        "TOKENWARD_REGISTER_IP_LIMIT": "1000000",
     }
     settings = load_settings(env, env_file=tmp_path / "no.env")
     service = Tokenward(settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS)

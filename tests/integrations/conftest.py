@@ -25,6 +25,9 @@ from tokenward.settings import load_settings
 
 APP_ORIGIN = "https://app.test"
 APP_PASSWORD = "correct horse battery staple"
+#: These tests share one Redis and one client address and register many users; the
+#: registration limit has its own tests, so it is lifted here.
+NO_REGISTER_LIMIT = {"TOKENWARD_REGISTER_IP_LIMIT": "1000000"}
 
 MakeTw = Callable[..., Awaitable[Tokenward]]
 
@@ -38,6 +41,7 @@ async def make_tw(redis_url: str, tmp_path: Path) -> AsyncIterator[MakeTw]:
             "TOKENWARD_REDIS_URL": redis_url,
             "TOKENWARD_DATA_DIR": str(tmp_path / f"tw{len(started)}"),
             "TOKENWARD_ISSUER": APP_ORIGIN,
+            **NO_REGISTER_LIMIT,
         }
         env.update({f"TOKENWARD_{k.upper()}": str(v) for k, v in overrides.items()})
         settings = load_settings(env, env_file=tmp_path / "no.env")

@@ -133,6 +133,7 @@ def test_websocket_handshake_is_authenticated(redis_url: str, tmp_path: Path) ->
             "TOKENWARD_REDIS_URL": redis_url,
             "TOKENWARD_DATA_DIR": str(tmp_path / "data"),
             "TOKENWARD_ISSUER": "http://testserver",
+            "TOKENWARD_REGISTER_IP_LIMIT": "1000000",  # many registrations from one address
         },
         env_file=tmp_path / "no.env",
     )

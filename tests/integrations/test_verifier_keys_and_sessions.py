@@ -23,13 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tokenward import AsyncVerifier, Verifier
 from tokenward.clock import FrozenClock
 from tokenward.errors import SessionEnded, TokenExpired, TokenInvalid, Unavailable
 from tokenward.keys import KeySet, generate_key
 from tokenward.runtime import Tokenward
 from tokenward.sessions import EndReason, UserRef
 from tokenward.tokens import AccessTokens
-from tokenward.verifier import AsyncVerifier, Verifier
 
 ISSUER = "https://app.test"
 NOW = int(time.time())

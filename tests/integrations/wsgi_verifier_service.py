@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+from tokenward import Verifier
 from tokenward.errors import TokenwardError
-from tokenward.verifier import Verifier
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
