@@ -9,6 +9,7 @@ not leak between tests (or into other suites, which all come from 127.0.0.1).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import socket
 import threading
@@ -46,9 +47,14 @@ MakeTw = Callable[..., Awaitable[Tokenward]]
 _rng = random.SystemRandom()
 
 
+_run_prefix = _rng.randint(0, 0xFFFF)
+_next_ip = itertools.count(1)
+
+
 def fresh_ip() -> str:
-    """A random address in 198.18.0.0/15 (benchmarking range), unused by anything else."""
-    return f"198.{_rng.randint(18, 19)}.{_rng.randint(0, 255)}.{_rng.randint(1, 254)}"
+    """An address no other test uses: each call gets its own IPv6 /64 (the unit of
+    per-address limits) in the documentation range 2001:db8::/32."""
+    return f"2001:db8:{_run_prefix:x}:{next(_next_ip):x}::1"
 
 
 def new_email() -> str:

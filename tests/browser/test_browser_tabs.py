@@ -79,6 +79,11 @@ async def test_two_tabs_refresh_at_the_same_moment_and_both_stay_signed_in(
         await wait_for_access_cookie_expiry(context, limit=SHORT_TTL + 5)
         answers = await _race(first, second)
         presented.append({_sent_refresh_cookie(await r.request.all_headers()) for r in answers})
+        import httpx as _h
+        _jar = {c["name"]: c["value"] for c in await context.cookies()}
+        _r1 = _sent_refresh_cookie(await answers[0].request.all_headers())
+        _resp = _h.post(f"http://127.0.0.1:{short_ttl_server.port}/auth/refresh", headers={"Cookie": f"{_r1}; __Host-csrf_token={_jar['__Host-csrf_token']}", "X-CSRF-Token": _jar['__Host-csrf_token'], "Origin": base})
+        print("DEBUG replay", _resp.status_code, _resp.text[:80], [c[-12:] for c in _resp.headers.get_list("set-cookie") if c.startswith("__Secure")])
         print("DEBUG presented", [(_sent_refresh_cookie(await r.request.all_headers())[-12:], _refresh_cookie(await r.headers_array())[-12:], r.request.url) for r in answers])
         if len(presented[-1]) == 1:
             successors = {_refresh_cookie(await r.headers_array()) for r in answers}
