@@ -359,6 +359,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=20_000, help="requests per mode (httpx)")
     parser.add_argument("--tool", choices=("auto", "wrk", "httpx"), default="auto")
     parser.add_argument("--rounds", type=int, default=20_000, help="in-process calls per batch")
+    parser.add_argument("--skip-load", action="store_true", help="only the in-process parts")
     args = parser.parse_args()
     tool = args.tool if args.tool != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
 
@@ -370,7 +371,7 @@ def main() -> int:
         print(f"# GET /auth/me, {tool}, {args.connections} connections, {args.workers} worker(s), "
               f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs")
         load: dict[str, dict[str, Any]] = {}
-        for mode in MODES:
+        for mode in MODES if not args.skip_load else ():
             proc, port = serve_mode(mode, env, args.workers)
             try:
                 url = f"http://127.0.0.1:{port}/auth/me"
@@ -385,9 +386,9 @@ def main() -> int:
             if load[mode]["non_2xx"]:
                 print(f"!! {mode}: {load[mode]['non_2xx']} non-2xx responses", file=sys.stderr)
                 return 1
-        base = load["stateless"]["rps"]
+        base = load["stateless"]["rps"] if load else 1.0
         print(f"{'mode':<10} {'req/s':>9} {'vs stateless':>13} {'p50':>9} {'p99':>9} {'requests':>9}")
-        for mode in MODES:
+        for mode in load:
             r = load[mode]
             print(f"{mode:<10} {r['rps']:>9.0f} {r['rps'] / base:>12.2f}x {r['p50']:>9} {r['p99']:>9} "
                   f"{r['requests']:>9}{'  socket errors: ' + r['socket_errors'] if r['socket_errors'] else ''}")

@@ -131,7 +131,8 @@ class Settings(BaseSettings):
         default=100,
         gt=0,
         description="Failed logins per client address (IPv6: per /64), any account, in "
-        "`TOKENWARD_LOGIN_WINDOW` (credential stuffing).",
+        "`TOKENWARD_LOGIN_WINDOW` (credential stuffing); an account's own recent login "
+        "addresses are exempt for it.",
     )
     login_window: int = Field(
         default=900, gt=0, description="Sliding window of the login limits, seconds."

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -167,3 +167,18 @@ def test_websocket_handshake_is_authenticated(redis_url: str, tmp_path: Path) ->
             "/private/ws", headers={"Authorization": f"Bearer {token}"}
         ) as ws:
             assert ws.receive_json() == {"uid": r.json()["user"]["id"]}
+
+
+async def test_other_well_known_paths_stay_the_hosts(tw: Tokenward) -> None:
+    """serve_routes takes /.well-known/jwks.json only: security.txt and friends are the host's."""
+
+    async def security_txt(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("Contact: mailto:security@app.test")
+
+    host = Starlette(routes=[Route("/.well-known/security.txt", security_txt)])
+    app = TokenwardMiddleware(host, tw, protect=["/api"], serve_routes=True)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as c:
+        assert (await c.get("/.well-known/jwks.json")).json()["keys"]
+        r = await c.get("/.well-known/security.txt")
+        assert r.status_code == 200
+        assert r.text.startswith("Contact:")

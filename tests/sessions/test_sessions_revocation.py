@@ -160,6 +160,32 @@ async def test_feed_kept_down_fails_closed_until_it_is_back(
             await admin.aclose()
 
 
+async def test_silent_redis_lapses_the_lease_within_a_second(
+    make_tw: MakeTw, tmp_path: Path
+) -> None:
+    """Redis stops answering (CLIENT PAUSE: a partition, as the feed sees it): the cache stops
+    vouching within the lease (0.8 s) although no connection broke."""
+    with private_redis(tmp_path) as server:
+        tw = await make_tw(redis_url=server.url)
+        admin = aioredis.from_url(server.url, decode_responses=True)
+        try:
+            async with client_for(tw) as client:
+                tokens = await Accounts(client).new_bearer()
+                assert await me_status(client, tokens) == 200
+                assert cached(tw, tokens)
+                await admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+
+                async def lapsed() -> bool:
+                    return not tw.cache.healthy
+
+                took = await poll(lapsed, timeout=INSTANCE_DEADLINE + 0.5)
+                assert not cached(tw, tokens)
+                print(f"lease lapsed {took * 1000:.0f} ms after Redis went silent")
+        finally:
+            await admin.execute_command("CLIENT", "UNPAUSE")
+            await admin.aclose()
+
+
 async def test_redis_gone_means_503_not_a_stale_yes(make_tw: MakeTw, tmp_path: Path) -> None:
     """Redis stops: a session the cache had vouched for is answered 503, never 200."""
     with private_redis(tmp_path) as server:

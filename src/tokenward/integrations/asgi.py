@@ -13,8 +13,8 @@
   host's routes and Tokenward's;
 * cookies produced by a transparent refresh are added to whatever response the host sends.
 
-Paths under ``/auth/`` and ``/.well-known/`` are never "protected": they authenticate
-themselves (login must be reachable without a session).
+Tokenward's own paths are never "protected": they authenticate themselves (login must be
+reachable without a session).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ _AUTH_KEY = "tokenward_auth"
 # The key tokenward.http.auth uses for cookies of a transparent refresh.
 _PENDING_KEY = "tokenward_cookies"
 
+JWKS_PATH = "/.well-known/jwks.json"
+
 #: A predicate deciding which requests must be authenticated.
 ProtectPredicate = Callable[[Scope], bool]
 
@@ -56,7 +58,7 @@ def is_tokenward_path(path: str) -> bool:
 
     The routes must stay at ``/auth/*``: the refresh cookie is scoped to ``Path=/auth``.
     """
-    return path.startswith(("/auth/", "/.well-known/"))
+    return path.startswith("/auth/") or path == JWKS_PATH
 
 
 def _prefix_predicate(prefixes: Sequence[str]) -> ProtectPredicate:
@@ -125,7 +127,7 @@ class TokenwardMiddleware:
         tw: the Tokenward service; start and stop it with the host app's lifespan.
         protect: path prefixes that require authentication (whole segments:
             ``"/notes"`` covers ``/notes`` and ``/notes/1``), or a predicate on the ASGI
-            scope. Paths under ``/auth/`` and ``/.well-known/`` are never protected.
+            scope. ``/auth/*`` and ``/.well-known/jwks.json`` are never protected.
         serve_routes: answer ``/auth/*`` and ``/.well-known/jwks.json`` with Tokenward's own
             app (the standalone server's routes and error mapping).
 
