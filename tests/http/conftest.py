@@ -60,9 +60,12 @@ async def tw(make_tw: MakeTw) -> Tokenward:
 
 
 def client_for(tw: Tokenward) -> httpx.AsyncClient:
-    """A client on ``tw``'s app (the app's lifespan is not run: the fixture started ``tw``)."""
-    app = create_app(tw, manage_lifespan=False)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN)
+    """A client on ``tw``'s app (the app's lifespan is not run: the fixture started ``tw``).
+
+    It calls from a random address of its own, as :func:`isolated_client` does: rate limits
+    are kept per address in the Redis the whole run shares.
+    """
+    return isolated_client(tw)
 
 
 @pytest.fixture
