@@ -51,7 +51,7 @@ from typing import Any
 from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.revocation import SessionCache
 from tokenward.runtime import Tokenward
-from tokenward.sessions import Principal, Sessions, SessionState, UserRef
+from tokenward.sessions import EndReason, Principal, Sessions, SessionState, UserRef
 from tokenward.settings import load_settings
 from tokenward.tokens import AccessTokens
 
@@ -160,7 +160,9 @@ def env_for(redis_url: str, data_dir: Path) -> dict[str, str]:
 
 
 async def new_instance(env: dict[str, str], mode: str) -> BenchTokenward:
-    tw = BenchTokenward(load_settings(env, env_file=Path("/nonexistent/.env")), argon2=CHEAP_FOR_TESTS)
+    tw = BenchTokenward(
+        load_settings(env, env_file=Path("/nonexistent/.env")), argon2=CHEAP_FOR_TESTS
+    )
     tw.bench_mode = mode
     await tw.start()
     return tw
@@ -178,7 +180,7 @@ def run_wrk(url: str, token: str, duration: int, connections: int) -> dict[str, 
     total = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     errors = re.search(r"Socket errors: (.*)", text)
-    lat = {p: v for p, v in re.findall(r"\s+(50|99)%\s+([\d.]+\w+)", text)}
+    lat = dict(re.findall(r"\s+(50|99)%\s+([\d.]+\w+)", text))
     return {
         "rps": rps,
         "requests": total,
@@ -249,7 +251,9 @@ def serve_mode(mode: str, env: dict[str, str], workers: int) -> tuple[subprocess
 # ----------------------------------------------------------------------- in-process timing
 
 
-async def cpu_per_call(env: dict[str, str], token: str, rounds: int) -> dict[str, tuple[float, float]]:
+async def cpu_per_call(
+    env: dict[str, str], token: str, rounds: int
+) -> dict[str, tuple[float, float]]:
     """µs of process CPU and of wall time per authenticate() (medians of 5 batches)."""
     results: dict[str, tuple[float, float]] = {}
     for mode in MODES:
@@ -287,7 +291,10 @@ async def cpu_per_call(env: dict[str, str], token: str, rounds: int) -> dict[str
 async def memory_per_session(env: dict[str, str]) -> dict[str, float]:
     """Bytes of Redis memory per session, from MEMORY USAGE of its hash and the index."""
     tw = await new_instance(env, "cached")
-    ua = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"
+    ua = (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0 Safari/537.36"
+    )
     out: dict[str, float] = {}
     try:
         redis = tw.redis
@@ -310,7 +317,9 @@ async def memory_per_session(env: dict[str, str]) -> dict[str, float]:
             ]
             token = issued[0].refresh_token
             for i in range(rotations):
-                token = (await tw.sessions.refresh(token, csrf_token=None, now=now + 11 * (i + 1))).refresh_token
+                token = (
+                    await tw.sessions.refresh(token, csrf_token=None, now=now + 11 * (i + 1))
+                ).refresh_token
             tag = f"tw:{{u:{uid}}}"
             hashes = sum([await usage(f"{tag}:s:{i.sid}") for i in issued])
             index = await usage(f"{tag}:idx")
@@ -320,8 +329,10 @@ async def memory_per_session(env: dict[str, str]) -> dict[str, float]:
             out[label + f" [hash encoding: {encoding}]"] = float("nan")
         # The ended record a logout leaves behind (kept 30 days, last 50 per user).
         uid = uuid.uuid4().hex
-        one = await tw.sessions.open(UserRef(uid, "e@example.com", 0), ip="", user_agent="", now=tw.clock.now())
-        await tw.sessions.end(uid, one.sid, __import__("tokenward.sessions").sessions.EndReason.LOGOUT, now=tw.clock.now())
+        one = await tw.sessions.open(
+            UserRef(uid, "e@example.com", 0), ip="", user_agent="", now=tw.clock.now()
+        )
+        await tw.sessions.end(uid, one.sid, EndReason.LOGOUT, now=tw.clock.now())
         out["ended list, 1 entry"] = await usage(f"tw:{{u:{uid}}}:ended")
     finally:
         await tw.stop()
@@ -333,13 +344,18 @@ async def memory_per_session(env: dict[str, str]) -> dict[str, float]:
 
 async def prepare(env: dict[str, str]) -> str:
     """Keys, migrations, a user and a session; returns its access token."""
-    tw = BenchTokenward(load_settings(env, env_file=Path("/nonexistent/.env")), argon2=CHEAP_FOR_TESTS)
+    tw = BenchTokenward(
+        load_settings(env, env_file=Path("/nonexistent/.env")), argon2=CHEAP_FOR_TESTS
+    )
     await tw.start()  # generates the keys and applies migrations (migrate=True)
     try:
         email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
         user = await tw.users.register(email, "correct horse battery staple", now=tw.clock.now())
         issued = await tw.sessions.open(
-            UserRef(user.id, user.email, user.created_at), ip="127.0.0.1", user_agent="bench", now=tw.clock.now()
+            UserRef(user.id, user.email, user.created_at),
+            ip="127.0.0.1",
+            user_agent="bench",
+            now=tw.clock.now(),
         )
         return issued.access_token
     finally:
@@ -351,7 +367,9 @@ def main() -> int:
         url, token, n, c = sys.argv[2:6]
         print(json.dumps(asyncio.run(_httpx_load(url, token, int(n), int(c)))))
         return 0
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--redis-url", help="use this Redis instead of a private redis-server")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--connections", type=int, default=64)
@@ -363,13 +381,16 @@ def main() -> int:
     args = parser.parse_args()
     tool = args.tool if args.tool != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
 
-    with tempfile.TemporaryDirectory(prefix="tokenward-bench-") as tmp, redis_server(
-        args.redis_url, Path(tmp)
-    ) as redis_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="tokenward-bench-") as tmp,
+        redis_server(args.redis_url, Path(tmp)) as redis_url,
+    ):
         env = env_for(redis_url, Path(tmp) / "data")
         token = asyncio.run(prepare(env))
-        print(f"# GET /auth/me, {tool}, {args.connections} connections, {args.workers} worker(s), "
-              f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs")
+        print(
+            f"# GET /auth/me, {tool}, {args.connections} connections, {args.workers} worker(s), "
+            f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs"
+        )
         load: dict[str, dict[str, Any]] = {}
         for mode in MODES if not args.skip_load else ():
             proc, port = serve_mode(mode, env, args.workers)
@@ -387,11 +408,14 @@ def main() -> int:
                 print(f"!! {mode}: {load[mode]['non_2xx']} non-2xx responses", file=sys.stderr)
                 return 1
         base = load["stateless"]["rps"] if load else 1.0
-        print(f"{'mode':<10} {'req/s':>9} {'vs stateless':>13} {'p50':>9} {'p99':>9} {'requests':>9}")
-        for mode in load:
-            r = load[mode]
-            print(f"{mode:<10} {r['rps']:>9.0f} {r['rps'] / base:>12.2f}x {r['p50']:>9} {r['p99']:>9} "
-                  f"{r['requests']:>9}{'  socket errors: ' + r['socket_errors'] if r['socket_errors'] else ''}")
+        head = ("mode", "req/s", "vs stateless", "p50", "p99", "requests")
+        print("{:<10} {:>9} {:>13} {:>9} {:>9} {:>9}".format(*head))
+        for mode, r in load.items():
+            errors = f"  socket errors: {r['socket_errors']}" if r["socket_errors"] else ""
+            print(
+                f"{mode:<10} {r['rps']:>9.0f} {r['rps'] / base:>12.2f}x {r['p50']:>9} "
+                f"{r['p99']:>9} {r['requests']:>9}{errors}"
+            )
 
         print("\n# in-process Sessions.authenticate(), µs per call (median of 5 batches)")
         cpu = asyncio.run(cpu_per_call(env, token, args.rounds))

@@ -40,7 +40,17 @@ from browserkit import (
     stop_server,
     watchdog,
 )
-from playwright.async_api import Browser, BrowserContext, ConsoleMessage, async_playwright
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    async_playwright,
+    expect,
+)
+
+# The 5 s default of expect() is tight on a 2-core CI machine that runs servers, Chromium and
+# pytest at once; assertions still fail, only later.
+expect.set_options(timeout=20_000)
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +114,7 @@ async def new_context(browser: Browser) -> AsyncIterator[NewContext]:
     async def make(**options: Any) -> BrowserContext:
         options.setdefault("viewport", {"width": 1280, "height": 860})
         context = await browser.new_context(**options)
-        context.set_default_timeout(10_000)
+        context.set_default_timeout(20_000)
         context.on("console", on_console)
         context.on("weberror", lambda error: failures.append(f"page error: {error.error}"))
         contexts.append(context)

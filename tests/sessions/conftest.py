@@ -26,6 +26,7 @@ from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
 from tokenward.settings import load_settings
 
+
 @pytest.fixture
 async def make_tw(redis_url: str, tmp_path: Path) -> AsyncIterator[MakeTw]:
     started: list[Tokenward] = []

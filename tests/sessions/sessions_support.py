@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -36,10 +37,24 @@ BEARER = {"X-Auth-Transport": "bearer"}
 STARTUP_TIMEOUT = 30.0
 
 
-def client_for(tw: Tokenward) -> httpx.AsyncClient:
-    """A client on ``tw``'s app (its lifespan is not run: the fixture started ``tw``)."""
+def random_address() -> str:
+    """A random client address in 10/8.
+
+    Rate limits are kept per client address in the Redis the whole run shares, so every
+    client calls from an address of its own: a test not about throttling neither trips
+    nor inherits them.
+    """
+    return "10." + ".".join(str(secrets.randbelow(254) + 1) for _ in range(3))
+
+
+def client_for(tw: Tokenward, host: str | None = None) -> httpx.AsyncClient:
+    """A client on ``tw``'s app, calling from ``host`` (random in 10/8 by default).
+
+    The app's lifespan is not run: the fixture started ``tw``.
+    """
     app = create_app(tw, manage_lifespan=False)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN)
+    transport = httpx.ASGITransport(app=app, client=(host or random_address(), 40000))
+    return httpx.AsyncClient(transport=transport, base_url=ORIGIN)
 
 
 def free_port() -> int:
@@ -78,14 +93,14 @@ def set_cookies(response: httpx.Response) -> dict[str, dict[str, str]]:
     return out
 
 
-async def poll(check: Callable[[], Awaitable[bool]], timeout: float, step: float = 0.01) -> float:
-    """Await ``check`` until it is true; return the seconds it took. Fails after ``timeout``."""
+async def poll(check: Callable[[], Awaitable[bool]], within: float, step: float = 0.01) -> float:
+    """Await ``check`` until it is true; return the seconds it took. Fails after ``within``."""
     start = time.monotonic()
     while True:
         if await check():
             return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not reached within {timeout}s")
+        if time.monotonic() - start > within:
+            raise AssertionError(f"condition not reached within {within}s")
         await asyncio.sleep(step)
 
 
@@ -158,8 +173,13 @@ class Server:
     workers: int
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
-        """A client for this server (plain http on 127.0.0.1)."""
+        """A client for this server (plain http on 127.0.0.1).
+
+        The server trusts 127.0.0.1 as a proxy, and each client names a random address of
+        its own in ``X-Forwarded-For`` (see :func:`random_address`).
+        """
         kwargs.setdefault("timeout", 30.0)
+        kwargs["headers"] = {"X-Forwarded-For": random_address(), **kwargs.get("headers", {})}
         return httpx.AsyncClient(base_url=self.base_url, **kwargs)
 
     def log_tail(self, lines: int = 40) -> str:
@@ -199,6 +219,7 @@ def run_server(
         TOKENWARD_DATA_DIR=str(data_dir),
         TOKENWARD_COOKIE_SECURE="false",
         TOKENWARD_LOG_LEVEL="info",
+        TOKENWARD_TRUSTED_PROXIES="127.0.0.1",
     )
     env.update({f"TOKENWARD_{k.upper()}": str(v) for k, v in settings.items()})
     log = data_dir / "server.log"
@@ -215,9 +236,10 @@ def run_server(
             start_new_session=True,  # its own process group, stopped as one
         )
     # If pytest dies without running finalizers, the watchdog stops the server group.
+    watch = f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; "
+    watch += f"kill -TERM -{proc.pid} 2>/dev/null"
     reaper = subprocess.Popen(
-        ["sh", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; "
-         f"kill -TERM -{proc.pid} 2>/dev/null"],  # fmt: skip
+        ["sh", "-c", watch],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -36,9 +36,9 @@ async def alive(client: httpx.AsyncClient, tokens: dict[str, Any]) -> bool:
 
 async def test_list_shows_each_device_with_its_details(make_tw: MakeTw) -> None:
     """Fields, times, IP from a trusted proxy's X-Forwarded-For, user agent, current flag."""
-    tw = await make_tw(trusted_proxies="127.0.0.1")  # ASGITransport's peer address
+    tw = await make_tw(trusted_proxies="10.0.0.0/8")
     clock = clock_of(tw)
-    async with client_for(tw) as client:
+    async with client_for(tw, host="10.20.30.40") as client:  # a trusted proxy
         accounts = Accounts(client)
         email = await accounts.register()
         login_at = clock.now()
@@ -61,19 +61,27 @@ async def test_list_shows_each_device_with_its_details(make_tw: MakeTw) -> None:
     assert first["created_at"] == rfc3339(login_at)
     assert first["last_used_at"] == rfc3339(login_at + 120)
     assert first["expires_at"] == rfc3339(login_at + 120 + tw.settings.session_idle_ttl)
-    assert (first["ip"], first["user_agent"], first["current"]) == ("203.0.113.7", "Phone/1.0", False)
-    assert (second["ip"], second["user_agent"], second["current"]) == ("127.0.0.1", "Laptop/2.0", True)
-
-
-async def test_forwarded_for_is_ignored_without_trusted_proxies(
-    client: httpx.AsyncClient, accounts: Accounts
-) -> None:
-    """Nobody picks their own IP: with no trusted proxy the socket peer is recorded."""
-    tokens = await accounts.login_bearer(
-        await accounts.register(), headers={"X-Forwarded-For": "203.0.113.7"}
+    assert (first["ip"], first["user_agent"], first["current"]) == (
+        "203.0.113.7",
+        "Phone/1.0",
+        False,
     )
-    rows = (await client.get("/auth/sessions", headers=auth(tokens["access_token"]))).json()
-    assert rows[0]["ip"] == "127.0.0.1"
+    assert (second["ip"], second["user_agent"], second["current"]) == (
+        "10.20.30.40",
+        "Laptop/2.0",
+        True,
+    )
+
+
+async def test_forwarded_for_is_ignored_without_trusted_proxies(tw: Tokenward) -> None:
+    """Nobody picks their own IP: with no trusted proxy the socket peer is recorded."""
+    async with client_for(tw, host="10.9.8.7") as client:
+        accounts = Accounts(client)
+        tokens = await accounts.login_bearer(
+            await accounts.register(), headers={"X-Forwarded-For": "203.0.113.7"}
+        )
+        rows = (await client.get("/auth/sessions", headers=auth(tokens["access_token"]))).json()
+    assert rows[0]["ip"] == "10.9.8.7"
 
 
 async def test_delete_ends_own_session_and_404s_anything_else(

@@ -64,9 +64,13 @@ async def test_idle_session_ends_without_refresh(make_tw: MakeTw) -> None:
         me = await client.get("/auth/me", headers=auth(tokens["access_token"]))
         assert me.status_code == 200  # the cache now vouches for the session...
         tw.clock.advance(IDLE - 1)
-        assert (await client.get("/auth/me", headers=auth(tokens["access_token"]))).status_code == 200
+        assert (
+            await client.get("/auth/me", headers=auth(tokens["access_token"]))
+        ).status_code == 200
         tw.clock.advance(1)  # ...but never past the session's expiry
-        assert (await client.get("/auth/me", headers=auth(tokens["access_token"]))).status_code == 401
+        assert (
+            await client.get("/auth/me", headers=auth(tokens["access_token"]))
+        ).status_code == 401
         assert (await refresh_bearer(client, tokens["refresh_token"])).status_code == 401
 
 
@@ -90,18 +94,24 @@ async def test_cookie_max_age_is_the_remaining_life(make_tw: MakeTw) -> None:
         assert r.json()["session"]["expires_at"] is not None
 
 
-async def test_real_time_idle_expiry_removes_the_key(make_tw: MakeTw, redis: aioredis.Redis) -> None:
+async def test_real_time_idle_expiry_removes_the_key(
+    make_tw: MakeTw, redis: aioredis.Redis
+) -> None:
     """Real clock, idle timeout 2 s: Redis drops the key by itself and the token is refused."""
     tw = await make_tw(clock=SystemClock(), session_idle_ttl=2, session_max_ttl=60)
     async with client_for(tw) as client:
         tokens = await Accounts(client).new_bearer()
         key = session_key(tokens["user"]["id"], tokens["session"]["id"])
         assert 0 < await redis.ttl(key) <= 2
-        assert (await client.get("/auth/me", headers=auth(tokens["access_token"]))).status_code == 200
+        assert (
+            await client.get("/auth/me", headers=auth(tokens["access_token"]))
+        ).status_code == 200
 
         async def gone() -> bool:
             return await redis.exists(key) == 0
 
-        await poll(gone, timeout=10, step=0.05)
-        assert (await client.get("/auth/me", headers=auth(tokens["access_token"]))).status_code == 401
+        await poll(gone, within=10, step=0.05)
+        assert (
+            await client.get("/auth/me", headers=auth(tokens["access_token"]))
+        ).status_code == 401
         assert (await refresh_bearer(client, tokens["refresh_token"])).status_code == 401

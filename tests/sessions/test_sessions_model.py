@@ -257,7 +257,8 @@ class SessionLife(RuleBasedStateMachine):
                 assert isinstance(outcome, RateLimited), outcome
                 assert outcome.retry_after == s.window_start + RATE_WINDOW - now
                 return
-            seen.update(["refresh: rotated" + (" (capped by the absolute limit)" if ttl_capped(s, now) else "")])
+            capped = " (capped by the absolute limit)" if ttl_capped(s, now) else ""
+            seen.update(["refresh: rotated" + capped])
             assert not isinstance(outcome, Exception), outcome
             ttl = min(IDLE, s.created + MAX_TTL - now)
             assert outcome.refresh_expires_in == ttl

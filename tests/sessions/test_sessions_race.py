@@ -63,11 +63,13 @@ async def test_refresh_racing_logout_never_resurrects_the_session(
     """A refresh and a logout of one session at the same moment: the session stays ended."""
     srv = server(workers=2)
     outcomes: collections.Counter[str] = collections.Counter()
-    async with srv.client(limits=httpx.Limits(max_connections=16)) as c:
-        accounts = Accounts(c, srv.base_url)
-        email = await accounts.register()
-        for round_no in range(30):
-            tokens = await accounts.login_bearer(email)
+    async with srv.client() as c:
+        email = await Accounts(c, srv.base_url).register()
+    for round_no in range(30):
+        # A client (and address) per round: the refused refreshes of one round must not add
+        # up to the per-address throttle of refused refreshes.
+        async with srv.client(limits=httpx.Limits(max_connections=16)) as c:
+            tokens = await Accounts(c, srv.base_url).login_bearer(email)
             uid, sid = tokens["user"]["id"], tokens["session"]["id"]
             refresh, access = tokens["refresh_token"], tokens["access_token"]
             # Alternate the two logout forms: by access token, and by refresh token.
@@ -79,9 +81,7 @@ async def test_refresh_racing_logout_never_resurrects_the_session(
             refreshes = [refresh_bearer(c, refresh) for _ in range(3)]
             out, *refreshed = await asyncio.gather(logout, *refreshes)
             assert out.status_code in (204, 401), out.text
-            assert all(r.status_code in (200, 401) for r in refreshed), [
-                r.text for r in refreshed
-            ]
+            assert all(r.status_code in (200, 401) for r in refreshed), [r.text for r in refreshed]
             won = [r for r in refreshed if r.status_code == 200]
             outcomes["refresh first" if won else "logout first"] += 1
             assert await redis.exists(session_key(uid, sid)) == 0, "session resurrected"

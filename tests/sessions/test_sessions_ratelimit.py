@@ -32,7 +32,9 @@ async def test_a_burst_of_refreshes_gets_429_with_retry_after(make_tw: MakeTw) -
         assert limited.headers["retry-after"] == "45"
         assert limited.json()["retry_after"] == 45
         # Not a theft, not an ending: the same token works once the window has passed.
-        assert (await client.get("/auth/me", headers=auth(r.json()["access_token"]))).status_code == 200
+        assert (
+            await client.get("/auth/me", headers=auth(r.json()["access_token"]))
+        ).status_code == 200
         tw.clock.advance(45)
         assert (await refresh_bearer(client, current)).status_code == 200
 

@@ -40,7 +40,9 @@ async def test_same_process_refuses_on_the_very_next_request(
     tokens = await accounts.new_bearer()
     assert await me_status(client, tokens) == 200
     assert cached(tw, tokens), "the cache should vouch for a session it just saw"
-    assert (await client.post("/auth/logout", headers=auth(tokens["access_token"]))).status_code == 204
+    assert (
+        await client.post("/auth/logout", headers=auth(tokens["access_token"]))
+    ).status_code == 204
     assert await me_status(client, tokens) == 401
 
 
@@ -52,12 +54,14 @@ async def test_another_instance_refuses_within_a_second(make_tw: MakeTw, tmp_pat
         tokens = await Accounts(ca).new_bearer()
         assert await me_status(cb, tokens) == 200
         assert cached(b, tokens)
-        assert (await ca.post("/auth/logout", headers=auth(tokens["access_token"]))).status_code == 204
+        assert (
+            await ca.post("/auth/logout", headers=auth(tokens["access_token"]))
+        ).status_code == 204
 
         async def refused() -> bool:
             return await me_status(cb, tokens) == 401
 
-        took = await poll(refused, timeout=INSTANCE_DEADLINE, step=0.005)
+        took = await poll(refused, within=INSTANCE_DEADLINE, step=0.005)
         assert not cached(b, tokens)
     print(f"instance B refused {took * 1000:.1f} ms after A's logout")
 
@@ -108,7 +112,7 @@ async def test_killed_feed_connection_empties_the_cache(make_tw: MakeTw, tmp_pat
                 async def resubscribed() -> bool:
                     return tw.feed.subscriptions > before and tw.feed.subscribed
 
-                await poll(resubscribed, timeout=5)
+                await poll(resubscribed, within=5)
                 assert await me_status(client, tokens) == 401
         finally:
             await admin.aclose()
@@ -136,7 +140,7 @@ async def test_feed_kept_down_fails_closed_until_it_is_back(
                 async def down() -> bool:
                     return not tw.cache.healthy
 
-                await poll(down, timeout=5)
+                await poll(down, within=5)
                 assert len(tw.cache) == 0
                 # Still serving, from Redis: a live session works, nothing gets cached.
                 other = await accounts.login_bearer(email)
@@ -153,7 +157,7 @@ async def test_feed_kept_down_fails_closed_until_it_is_back(
                 async def back() -> bool:
                     return tw.feed.subscribed
 
-                await poll(back, timeout=5)
+                await poll(back, within=5)
                 assert await me_status(client, other) == 200
                 assert cached(tw, other)
         finally:
@@ -178,7 +182,7 @@ async def test_silent_redis_lapses_the_lease_within_a_second(
                 async def lapsed() -> bool:
                     return not tw.cache.healthy
 
-                took = await poll(lapsed, timeout=INSTANCE_DEADLINE + 0.5)
+                took = await poll(lapsed, within=INSTANCE_DEADLINE + 0.5)
                 assert not cached(tw, tokens)
                 print(f"lease lapsed {took * 1000:.0f} ms after Redis went silent")
         finally:
@@ -201,16 +205,14 @@ async def test_redis_gone_means_503_not_a_stale_yes(make_tw: MakeTw, tmp_path: P
                 assert r.status_code in (200, 503)
                 return r.status_code == 503
 
-            took = await poll(unavailable, timeout=3, step=0.02)
+            took = await poll(unavailable, within=3, step=0.02)
             assert took < 1.0
             r = await client.get("/auth/me", headers=auth(tokens["access_token"]))
             assert r.status_code == 503
             assert r.json()["type"] == "urn:tokenward:problem:unavailable"
 
 
-async def test_cache_disabled_asks_redis_every_time(
-    make_tw: MakeTw, redis: aioredis.Redis
-) -> None:
+async def test_cache_disabled_asks_redis_every_time(make_tw: MakeTw, redis: aioredis.Redis) -> None:
     """SessionCache(max_entries=0) (the benchmark's per-request lookup mode) caches nothing."""
     tw = await make_tw()
     tw.cache = tw.sessions.cache = tw.feed.cache = SessionCache(max_entries=0)

@@ -24,7 +24,7 @@ async def logged_in_cookies(tw: Tokenward) -> dict[str, str]:
         accounts = Accounts(client)
         login = await accounts.login_cookie(await accounts.register())
         assert set_cookies(login)[REFRESH]["path"] == "/"
-        return {k: v for k, v in client.cookies.items()}
+        return dict(client.cookies.items())
 
 
 async def test_parallel_requests_with_an_expired_access_cookie_all_refresh_alike(
@@ -60,7 +60,9 @@ async def test_dropped_access_cookie_is_refreshed_too(make_tw: MakeTw) -> None:
     tw = await make_tw(transparent_refresh="true")
     jar = await logged_in_cookies(tw)
     async with client_for(tw) as bare:
-        r = await bare.get("/auth/me", headers=cookie_header(**{REFRESH: jar[REFRESH], CSRF: jar[CSRF]}))
+        r = await bare.get(
+            "/auth/me", headers=cookie_header(**{REFRESH: jar[REFRESH], CSRF: jar[CSRF]})
+        )
     assert r.status_code == 200, r.text
     assert ACCESS in set_cookies(r)
 

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from tokenward.cookies import CookieSpec
 from tokenward.csrf import check_origin, check_token
-from tokenward.errors import BadRequest, TokenExpired, TokenInvalid
+from tokenward.errors import BadRequest, RefreshReused, TokenExpired, TokenInvalid
 from tokenward.runtime import Tokenward
 from tokenward.sessions import Principal
 
@@ -111,7 +111,20 @@ async def _refresh_in_place(tw: Tokenward, request: Request, refresh: str, now: 
         header = request.headers.get("x-csrf-token")
         if not header or header != csrf:
             raise TokenInvalid("CSRF token required to refresh on an unsafe request")
-    issued = await tw.sessions.refresh(refresh, csrf_token=csrf, now=now)
+    # The same throttle and theft record as ``POST /auth/refresh``: a refresh cookie sent to
+    # a protected route must not be a way around either.
+    peer = request.client.host if request.client else None
+    client = (
+        tw.proxies.client_ip(peer, request.headers.get("x-forwarded-for")),
+        request.headers.get("user-agent", "")[:256],
+    )
+    ticket = await tw.throttle.refresh(client[0], now=now)
+    try:
+        issued = await tw.sessions.refresh(refresh, csrf_token=csrf, now=now)
+    except RefreshReused:
+        tw.events.refresh_reused(refresh, client=client, now=now)
+        raise
+    await ticket.refund()
     request.scope.setdefault("state", {})[_PENDING] = tw.cookies.issue(
         access_token=issued.access_token,
         access_max_age=tw.tokens.ttl,

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from tokenward.revocation import SessionCache
@@ -64,6 +65,8 @@ class RevocationFeed:
         self._task: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._stopping = False
+        self._pubsub: PubSub | None = None
         self._last_seen = 0.0
         #: times the subscription was (re)established; for tests and metrics
         self.subscriptions = 0
@@ -72,21 +75,29 @@ class RevocationFeed:
         """Start the background tasks; optionally wait up to ``wait`` s for the subscription."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="tokenward-revocation-feed")
-            self._watchdog = asyncio.create_task(
-                self._watch(), name="tokenward-revocation-lease"
-            )
+            self._watchdog = asyncio.create_task(self._watch(), name="tokenward-revocation-lease")
         if wait:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._subscribed.wait(), wait)
 
     async def stop(self) -> None:
         """Stop the tasks; the cache is left unhealthy (empty)."""
-        for task in (self._task, self._watchdog):
-            if task is not None:
+        self._stopping = True
+        tasks = {t for t in (self._task, self._watchdog) if t is not None}
+        for _ in range(3):
+            if not tasks:
+                break
+            for task in tasks:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            _, tasks = await asyncio.wait(tasks, timeout=1.0)
+            if tasks and self._pubsub is not None and self._pubsub.connection is not None:
+                # A cancellation that coincides with redis-py's own read timeout can be
+                # swallowed (asyncio.timeout); closing the socket ends the read for sure.
+                await self._pubsub.connection.disconnect(nowait=True)
+        if tasks:
+            log.warning("revocation feed did not stop cleanly")
         self._task = self._watchdog = None
+        self._stopping = False
         self._subscribed.clear()
         self.cache.set_healthy(False)
 
@@ -117,19 +128,21 @@ class RevocationFeed:
                 self._lapse("lease lapsed")
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._listen()
             except (RedisError, OSError) as exc:
                 self._lapse(type(exc).__name__)
-            await asyncio.sleep(self.retry_delay)
+            if not self._stopping:
+                await asyncio.sleep(self.retry_delay)
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
         async with self.redis.pubsub() as pubsub:
+            self._pubsub = pubsub
             await pubsub.subscribe(self.channel)
             next_ping = loop.time() + self.ping_interval
-            while True:
+            while not self._stopping:
                 message = await pubsub.get_message(timeout=self.ping_interval / 2)
                 now = loop.time()
                 if message is not None:
