@@ -165,6 +165,25 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits(redis_url: str) -> None:
+    """Forget every rate-limit counter and lock before each test.
+
+    The whole run shares one Redis, and most clients (real servers, browsers) call from
+    127.0.0.1: without this, one test's failed logins or registrations would throttle the
+    next. Tests of the limits themselves start from zero, as they should.
+    """
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match="tw:{rl:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 # -------------------------------------------------------------------------- postgres
 
 

@@ -133,11 +133,22 @@ class RevocationFeed:
                 await self._listen()
             except (RedisError, OSError) as exc:
                 self._lapse(type(exc).__name__)
+            except Exception as exc:
+                # Anything else must not end the task for good: the cache would stay cold
+                # (safe, since it fails closed) but never recover.
+                log.exception("revocation feed failed: %s", type(exc).__name__)
+                self._lapse(type(exc).__name__)
+            finally:
+                self._pubsub = None
             if not self._stopping:
                 await asyncio.sleep(self.retry_delay)
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
+        initialize = getattr(self.redis, "initialize", None)
+        if initialize is not None:
+            # A cluster client must know the slot map before it can place a subscription.
+            await initialize()
         async with self.redis.pubsub() as pubsub:
             self._pubsub = pubsub
             await pubsub.subscribe(self.channel)
