@@ -69,3 +69,25 @@ async def test_revocation_feed_works_on_cluster(cluster_tw: Tokenward) -> None:
     issued = await tw.sessions.open(user, ip="127.0.0.1", user_agent="t", now=tw.clock.now())
     await tw.sessions.authenticate(issued.access_token, now=tw.clock.now())
     assert len(tw.cache) >= 1
+
+
+async def test_http_login_throttle_and_events_on_cluster(cluster_tw: Tokenward) -> None:
+    """Register, log in, get throttled and read events through HTTP on a cluster."""
+    import httpx
+
+    from tokenward.http.app import create_app
+
+    app = create_app(cluster_tw, manage_lifespan=False)
+    transport = httpx.ASGITransport(app=app, client=("10.9.8.7", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="https://tokenward.test") as c:
+        creds = {"email": "cluster@example.com", "password": "correct horse battery staple"}
+        assert (await c.post("/auth/register", json=creds)).status_code == 201
+        bearer = {"X-Auth-Transport": "bearer"}
+        ok = await c.post("/auth/login", json=creds, headers=bearer)
+        assert ok.status_code == 200, ok.text
+        auth = {"Authorization": f"Bearer {ok.json()['access_token']}"}
+        assert (await c.get("/auth/events", headers=auth)).status_code == 200
+        wrong = {**creds, "password": "not the password at all"}
+        statuses = [(await c.post("/auth/login", json=wrong)).status_code for _ in range(11)]
+        assert statuses[-1] == 429, statuses
+        assert set(statuses[:10]) <= {401, 429}

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from tokenward.errors import Unavailable
@@ -102,6 +103,16 @@ async def _backend() -> AsyncIterator[None]:
         raise Unavailable("rate limiter unreachable") from exc
 
 
+def _by_slot_tag(checks: Sequence[tuple[str, Limit]]) -> list[list[tuple[str, Limit]]]:
+    groups: dict[str, list[tuple[str, Limit]]] = {}
+    for key, limit in checks:
+        start = key.find("{")
+        end = key.find("}", start + 1)
+        tag = key[start + 1 : end] if 0 <= start < end else key
+        groups.setdefault(tag, []).append((key, limit))
+    return list(groups.values())
+
+
 def _indexes(value: object) -> list[int]:
     text = str(value or "")
     return [int(i) - 1 for i in text.split(",") if i]
@@ -122,7 +133,32 @@ class RedisRateLimiter:
     async def acquire(
         self, checks: Sequence[tuple[str, Limit]], *, now: int, event: str
     ) -> Decision:
-        """See :meth:`tokenward.ratelimit.RateLimiter.acquire`."""
+        """See :meth:`tokenward.ratelimit.RateLimiter.acquire`.
+
+        On Redis Cluster, keys of different scopes live in different slots and one script
+        may not touch them all. There the checks run one scope at a time, in order, and a
+        refusal releases what the earlier scopes reserved: a concurrent attempt may then
+        be refused a moment early (never let through late), and the scopes after the
+        refusing one are not consulted.
+        """
+        groups = _by_slot_tag(checks) if isinstance(self.redis, RedisCluster) else [list(checks)]
+        if len(groups) == 1:
+            return await self._acquire_one(groups[0], now=now, event=event)
+        reserved: list[str] = []
+        remaining = -1
+        for group in groups:
+            decision = await self._acquire_one(group, now=now, event=event)
+            if not decision.allowed:
+                await self.release(reserved, event=event)
+                return decision
+            reserved += [key for key, _ in group]
+            if remaining < 0 or decision.remaining < remaining:
+                remaining = decision.remaining
+        return Decision(True, remaining=remaining)
+
+    async def _acquire_one(
+        self, checks: Sequence[tuple[str, Limit]], *, now: int, event: str
+    ) -> Decision:
         keys: list[str] = []
         args: list[str | int] = [now, event]
         for key, limit in checks:
