@@ -288,16 +288,25 @@ async def cpu_per_call(
     return results
 
 
-async def memory_per_session(env: dict[str, str]) -> dict[str, float]:
-    """Bytes of Redis memory per session, from MEMORY USAGE of its hash and the index."""
+async def memory_per_session(
+    env: dict[str, str], listpack_value: int | None = None
+) -> list[tuple[str, float, float, str]]:
+    """Redis bytes per session: ``(case, hash + share of index, hash alone, hash encoding)``.
+
+    ``listpack_value`` sets the server's ``hash-max-listpack-value`` first (private server
+    only): with the default (64) any longer field value, such as a browser's user agent,
+    turns the hash into a hashtable, about twice the size.
+    """
     tw = await new_instance(env, "cached")
     ua = (
         "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
         "Chrome/131.0 Safari/537.36"
     )
-    out: dict[str, float] = {}
+    rows: list[tuple[str, float, float, str]] = []
     try:
         redis = tw.redis
+        if listpack_value is not None:
+            await redis.config_set("hash-max-listpack-value", listpack_value)
 
         async def usage(key: str) -> int:
             return int(await redis.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0") or 0)
@@ -306,7 +315,7 @@ async def memory_per_session(env: dict[str, str]) -> dict[str, float]:
             ("1 session, short UA, fresh", "curl/8.5", 1, 0),
             ("1 session, browser UA, fresh", ua, 1, 0),
             ("1 session, browser UA, 20 rotations", ua, 1, 20),
-            ("10 sessions, browser UA, fresh (per session)", ua, 10, 0),
+            ("10 sessions, browser UA, fresh", ua, 10, 0),
         ):
             uid = uuid.uuid4().hex
             user = UserRef(uid, f"{uid[:12]}@example.com", tw.clock.now())
@@ -323,20 +332,21 @@ async def memory_per_session(env: dict[str, str]) -> dict[str, float]:
             tag = f"tw:{{u:{uid}}}"
             hashes = sum([await usage(f"{tag}:s:{i.sid}") for i in issued])
             index = await usage(f"{tag}:idx")
-            out[label] = (hashes + index) / n_sessions
-            out[label + " [hash only]"] = hashes / n_sessions
             encoding = await redis.object("encoding", f"{tag}:s:{issued[0].sid}")
-            out[label + f" [hash encoding: {encoding}]"] = float("nan")
+            rows.append((label, (hashes + index) / n_sessions, hashes / n_sessions, encoding))
         # The ended record a logout leaves behind (kept 30 days, last 50 per user).
         uid = uuid.uuid4().hex
         one = await tw.sessions.open(
             UserRef(uid, "e@example.com", 0), ip="", user_agent="", now=tw.clock.now()
         )
         await tw.sessions.end(uid, one.sid, EndReason.LOGOUT, now=tw.clock.now())
-        out["ended list, 1 entry"] = await usage(f"tw:{{u:{uid}}}:ended")
+        ended = await usage(f"tw:{{u:{uid}}}:ended")
+        rows.append(("ended-sessions list, 1 entry", ended, ended, "list"))
     finally:
+        if listpack_value is not None:
+            await tw.redis.config_set("hash-max-listpack-value", 64)
         await tw.stop()
-    return out
+    return rows
 
 
 # --------------------------------------------------------------------------------- main
@@ -423,9 +433,15 @@ def main() -> int:
         for mode, (c, w) in cpu.items():
             print(f"{mode:<24} {c:>8.2f} {w:>8.2f}")
 
-        print("\n# Redis memory per session (MEMORY USAGE, bytes: session hash + share of index)")
-        for label, value in asyncio.run(memory_per_session(env)).items():
-            print(f"{label:<60} {'' if value != value else f'{value:>8.0f}'}")
+        print("\n# Redis memory per session (MEMORY USAGE, bytes)")
+        settings = [None] if args.redis_url else [None, 512]
+        print(f"{'case':<38} {'listpack max':>12} {'hash+index':>10} {'hash':>6}  encoding")
+        for listpack_value in settings:
+            for label, total, alone, encoding in asyncio.run(
+                memory_per_session(env, listpack_value)
+            ):
+                limit = "64 (default)" if listpack_value is None else str(listpack_value)
+                print(f"{label:<38} {limit:>12} {total:>10.0f} {alone:>6.0f}  {encoding}")
     return 0
 
 

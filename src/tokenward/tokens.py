@@ -113,6 +113,7 @@ class AccessTokenVerifier:
         self._jws = PyJWS()
         self._cache: OrderedDict[str, AccessClaims] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_keys: VerificationKeys = keys
 
     def verify(self, token: str, *, now: int) -> AccessClaims:
         """Return the claims of a genuine, current token for this issuer and audience.
@@ -121,6 +122,11 @@ class AccessTokenVerifier:
             TokenExpired: genuine but past ``exp`` (plus leeway).
             TokenInvalid: anything else wrong: format, header, key, signature, claims.
         """
+        if self.keys is not self._cache_keys:
+            # The keys were replaced (rotation, a key withdrawn): forget what the old set
+            # verified, or a token of a withdrawn key would live on in the cache.
+            self._cache.clear()
+            self._cache_keys = self.keys
         claims = self._cache.get(token)
         if claims is None:
             claims = self._verify_signed(token, now)

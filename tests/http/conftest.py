@@ -106,7 +106,8 @@ class Accounts:
         return r
 
     def csrf_headers(self) -> dict[str, str]:
-        token = self.client.cookies.get("__Host-csrf_token") or self.client.cookies.get("csrf_token")
+        cookies = self.client.cookies
+        token = cookies.get("__Host-csrf_token") or cookies.get("csrf_token")
         assert token, "no csrf cookie"
         return {"X-CSRF-Token": token, "Origin": ORIGIN}
 

@@ -15,7 +15,8 @@ Session hash fields: ``uid email uca`` (user), ``created last abs exp`` (times: 
 ``min(last refresh + idle timeout, abs)``, the moment the key's TTL runs out), ``ip ua``,
 ``csrf`` (SHA-256 of the CSRF token), ``cur`` (SHA-256 of the current refresh secret),
 ``prev`` and ``rot`` (the just-replaced digest and when), ``salt`` (of the last rotation),
-``old`` (older replaced digests, for theft detection), ``rlw rln`` (refresh rate window).
+``old`` (the first 128 bits of older replaced digests, for theft detection), ``rlw rln``
+(refresh rate window).
 No field holds a usable token.
 
 Expiry is enforced twice, by the same numbers: Redis drops the key when its TTL runs out (no
@@ -51,8 +52,11 @@ ENDED_CHANNEL = "tw:ended"
 #: How long the owner can see that (and why) a session ended.
 ENDED_TTL = 30 * 86_400
 ENDED_KEEP = 50
-#: Older replaced refresh digests kept for theft detection (64 hex characters each).
+#: Older replaced refresh digests kept for theft detection (besides ``prev``).
 ANCESTORS_KEPT = 16
+#: Hex characters kept of each ancestor digest: 128 bits, as unguessable as the whole
+#: digest for this purpose, half the memory (the ancestors are most of a session's bytes).
+ANCESTOR_CHARS = 32
 
 # Shared Lua: end one session (by sid) inside a script. KEYS[idx], KEYS[ended] are passed in.
 _LUA_END = """
@@ -124,7 +128,7 @@ if presented == f[1] then
   if now - rlw >= window then rlw, rln = now, 0 end
   if rln >= limit then return {'limited', tostring(rlw + window - now)} end
   local old = f[9] or ''
-  if f[2] then old = string.sub(f[2] .. old, 1, 64 * $KEPT) end
+  if f[2] then old = string.sub(string.sub(f[2], 1, $CHARS) .. old, 1, $CHARS * $KEPT) end
   redis.call('HSET', KEYS[1], 'cur', successor, 'prev', presented, 'salt', salt, 'rot', now,
     'last', now, 'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'old', old)
   redis.call('EXPIRE', KEYS[1], ttl)
@@ -138,15 +142,15 @@ if presented == f[2] then
   end
   reused = true
 elseif f[9] then
-  local at = string.find(f[9], presented, 1, true)
-  reused = at ~= nil and (at - 1) % 64 == 0
+  local at = string.find(f[9], string.sub(presented, 1, $CHARS), 1, true)
+  reused = at ~= nil and (at - 1) % $CHARS == 0
 end
 if reused then
   end_session(prefix, KEYS[2], KEYS[3], sid, 'refresh-reused', now, channel)
   return {'reused'}
 end
 return {'unknown'}
-""".replace("$KEPT", str(ANCESTORS_KEPT))
+""".replace("$KEPT", str(ANCESTORS_KEPT)).replace("$CHARS", str(ANCESTOR_CHARS))
 )
 
 _GET = """
