@@ -72,6 +72,8 @@ seen: collections.Counter[str] = collections.Counter()
 GRACE, ACCESS_TTL, LEEWAY = 10, 600, 30
 IDLE, MAX_TTL = 3_600, 7_200
 MAX_SESSIONS, RATE_LIMIT, RATE_WINDOW = 3, 5, 60
+#: Real seconds that may pass during one history under load (Redis TTLs run in real time).
+REAL_SLACK = 30
 STEPS = [1, 5, GRACE, GRACE + 1, RATE_WINDOW, ACCESS_TTL + LEEWAY + 1, IDLE // 2, IDLE - 1, IDLE]
 
 
@@ -362,8 +364,12 @@ class SessionLife(RuleBasedStateMachine):
     def live_sessions_still_work(self) -> None:
         now = self.now
         for s in self.live_sessions():
+            if s.expires - now <= REAL_SLACK:
+                continue  # its real TTL may run out under load before the model's time does
             state = self.run(self.tw.sessions.state(self.user.id, s.sid, now=now))
-            assert state.expires_at == s.expires
+            # The store reports now + the real TTL left, and Redis counts real seconds: on a
+            # loaded machine a few may pass between the write and this read.
+            assert s.expires - REAL_SLACK <= state.expires_at <= s.expires
             try:
                 self.run(self.tw.sessions.authenticate(s.access, now=now))
             except TokenExpired:
@@ -387,7 +393,8 @@ class SessionLife(RuleBasedStateMachine):
             return replies[: len(keys)], replies[len(keys) :]
 
         ttls, still_there = self.run(read())
-        assert all(t > 0 for t in ttls), "a key without a TTL"
+        # -1 is a key without a TTL; -2 a key that expired between SCAN and TTL (allowed).
+        assert all(t > 0 or t == -2 for t in ttls), "a key without a TTL"
         assert not any(still_there), "an ended session's record is still stored"
 
 
