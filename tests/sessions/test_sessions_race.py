@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import httpx
 import redis.asyncio as aioredis
-from sessions_support import Accounts, Server, auth, refresh_bearer, session_key
+from sessions_support import Accounts, Server, auth, poll, refresh_bearer, session_key
 
 ROUNDS = 50
 CALLERS = 20
@@ -44,6 +44,7 @@ async def test_concurrent_refreshes_get_one_successor_per_round(
         current = successors.pop()
         access = replies[-1].json()["access_token"]
     assert statuses == {200: ROUNDS * CALLERS}
+    print(f"{ROUNDS} rounds x {CALLERS} concurrent refreshes, 2 workers: {dict(statuses)}")
     async with srv.client() as c:
         me = await c.get("/auth/me", headers=auth(access))
         assert me.status_code == 200, me.text
@@ -79,7 +80,13 @@ async def test_refresh_racing_logout_never_resurrects_the_session(
                 else c.post("/auth/logout", json={"refresh_token": refresh})
             )
             refreshes = [refresh_bearer(c, refresh) for _ in range(3)]
-            out, *refreshed = await asyncio.gather(logout, *refreshes)
+            # Open the connections first, and alternate who is sent first, so that both
+            # orders really happen (the outcome counts are printed).
+            await asyncio.gather(*(c.get("/healthz") for _ in range(4)))
+            if round_no % 3:
+                out, *refreshed = await asyncio.gather(logout, *refreshes)
+            else:
+                *refreshed, out = await asyncio.gather(*refreshes, logout)
             assert out.status_code in (204, 401), out.text
             assert all(r.status_code in (200, 401) for r in refreshed), [r.text for r in refreshed]
             won = [r for r in refreshed if r.status_code == 200]
@@ -94,3 +101,31 @@ async def test_refresh_racing_logout_never_resurrects_the_session(
                 assert again.status_code == 401
             assert (await refresh_bearer(c, refresh)).status_code == 401
     print(f"refresh vs logout, 30 rounds: {dict(outcomes)}")
+
+
+async def test_logout_reaches_every_worker(server: Callable[..., Server]) -> None:
+    """Two workers with warm caches: after a logout both refuse the access token (≤ 1 s)."""
+    srv = server(workers=2)
+    first_try: collections.Counter[int] = collections.Counter()
+    for _ in range(10):
+        async with srv.client() as c:
+            tokens = await Accounts(c, srv.base_url).new_bearer()
+        access = auth(tokens["access_token"])
+        # Warm both workers' caches: fresh connections land on either process.
+        async with srv.client(limits=httpx.Limits(max_connections=20)) as c:
+            warm = await asyncio.gather(*(c.get("/auth/me", headers=access) for _ in range(20)))
+            assert {r.status_code for r in warm} == {200}
+            assert (await c.post("/auth/logout", headers=access)).status_code == 204
+        async with srv.client(limits=httpx.Limits(max_connections=20)) as c:
+            after = await asyncio.gather(*(c.get("/auth/me", headers=access) for _ in range(20)))
+        first_try.update(r.status_code for r in after)
+
+        async def all_refused(access: dict[str, str] = access) -> bool:
+            async with srv.client(limits=httpx.Limits(max_connections=20)) as c:
+                replies = await asyncio.gather(
+                    *(c.get("/auth/me", headers=access) for _ in range(20))
+                )
+            return {r.status_code for r in replies} == {401}
+
+        await poll(all_refused, within=1.0)
+    print(f"first requests after logout, 10 rounds x 20 on fresh connections: {dict(first_try)}")
