@@ -11,10 +11,8 @@ Helpers live in ``abuse_support`` (import that, not this module: several conftes
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -31,10 +29,8 @@ from abuse_support import (
     live_server,
 )
 
-from tokenward.clock import Clock, FrozenClock
-from tokenward.passwords import CHEAP_FOR_TESTS, Argon2Params
 from tokenward.runtime import Tokenward
-from tokenward.settings import load_settings
+from tw_factory import TokenwardFactory
 
 # Re-exported for test modules elsewhere that do ``from conftest import ...`` when several
 # directories are collected in one run (the last conftest loaded answers that import).
@@ -43,27 +39,9 @@ __all__ = ["GENEROUS_LIMITS", "ORIGIN", "PASSWORD", "Accounts", "MakeTw", "clien
 
 @pytest.fixture
 async def make_tw(redis_url: str, tmp_path: Path) -> AsyncIterator[MakeTw]:
-    started: list[Tokenward] = []
-
-    async def make(
-        *, argon2: Argon2Params | None = CHEAP_FOR_TESTS, clock: Clock | None = None,
-        **overrides: Any,
-    ) -> Tokenward:  # fmt: skip
-        env = {
-            "TOKENWARD_REDIS_URL": redis_url,
-            "TOKENWARD_DATA_DIR": str(tmp_path / f"data{len(started)}"),
-            "TOKENWARD_ISSUER": ORIGIN,
-        }
-        env.update({f"TOKENWARD_{k.upper()}": str(v) for k, v in overrides.items()})
-        settings = load_settings(env, env_file=tmp_path / "no.env")
-        tw = Tokenward(settings, clock=clock or FrozenClock(int(time.time())), argon2=argon2)
-        await tw.start()
-        started.append(tw)
-        return tw
-
-    yield make
-    for tw in started:
-        await tw.stop()
+    factory = TokenwardFactory(redis_url, tmp_path, issuer=ORIGIN)
+    yield factory.make
+    await factory.stop_all()
 
 
 @pytest.fixture

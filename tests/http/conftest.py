@@ -11,7 +11,6 @@ sleeping; Redis TTLs are checked as values.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,11 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tokenward.clock import FrozenClock
 from tokenward.http.app import create_app
-from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
-from tokenward.settings import load_settings
+from tw_factory import TokenwardFactory
 
 ORIGIN = "https://tokenward.test"
 PASSWORD = "correct horse battery staple"
@@ -34,24 +31,9 @@ MakeTw = Callable[..., Awaitable[Tokenward]]
 
 @pytest.fixture
 async def make_tw(redis_url: str, tmp_path: Path) -> AsyncIterator[MakeTw]:
-    started: list[Tokenward] = []
-
-    async def make(**overrides: Any) -> Tokenward:
-        env = {
-            "TOKENWARD_REDIS_URL": redis_url,
-            "TOKENWARD_DATA_DIR": str(tmp_path / f"data{len(started)}"),
-            "TOKENWARD_ISSUER": ORIGIN,
-        }
-        env.update({f"TOKENWARD_{k.upper()}": str(v) for k, v in overrides.items()})
-        settings = load_settings(env, env_file=tmp_path / "no.env")
-        tw = Tokenward(settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS)
-        await tw.start()
-        started.append(tw)
-        return tw
-
-    yield make
-    for tw in started:
-        await tw.stop()
+    factory = TokenwardFactory(redis_url, tmp_path, issuer=ORIGIN)
+    yield factory.make
+    await factory.stop_all()
 
 
 @pytest.fixture

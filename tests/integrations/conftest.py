@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,10 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tokenward.clock import FrozenClock
-from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
-from tokenward.settings import load_settings
+from tw_factory import TokenwardFactory
 
 APP_ORIGIN = "https://app.test"
 APP_PASSWORD = "correct horse battery staple"
@@ -34,25 +31,9 @@ MakeTw = Callable[..., Awaitable[Tokenward]]
 
 @pytest.fixture
 async def make_tw(redis_url: str, tmp_path: Path) -> AsyncIterator[MakeTw]:
-    started: list[Tokenward] = []
-
-    async def make(**overrides: Any) -> Tokenward:
-        env = {
-            "TOKENWARD_REDIS_URL": redis_url,
-            "TOKENWARD_DATA_DIR": str(tmp_path / f"tw{len(started)}"),
-            "TOKENWARD_ISSUER": APP_ORIGIN,
-            **NO_REGISTER_LIMIT,
-        }
-        env.update({f"TOKENWARD_{k.upper()}": str(v) for k, v in overrides.items()})
-        settings = load_settings(env, env_file=tmp_path / "no.env")
-        tw = Tokenward(settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS)
-        await tw.start()
-        started.append(tw)
-        return tw
-
-    yield make
-    for tw in started:
-        await tw.stop()
+    factory = TokenwardFactory(redis_url, tmp_path, issuer=APP_ORIGIN, base=dict(NO_REGISTER_LIMIT))
+    yield factory.make
+    await factory.stop_all()
 
 
 @pytest.fixture

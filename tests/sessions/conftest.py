@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,34 +20,15 @@ import pytest
 import redis.asyncio as aioredis
 from sessions_support import ORIGIN, Accounts, MakeTw, Server, client_for, run_server
 
-from tokenward.clock import Clock, FrozenClock
-from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
-from tokenward.settings import load_settings
+from tw_factory import TokenwardFactory
 
 
 @pytest.fixture
 async def make_tw(redis_url: str, tmp_path: Path) -> AsyncIterator[MakeTw]:
-    started: list[Tokenward] = []
-
-    async def make(clock: Clock | None = None, **overrides: Any) -> Tokenward:
-        env = {
-            "TOKENWARD_REDIS_URL": redis_url,
-            "TOKENWARD_DATA_DIR": str(tmp_path / f"data{len(started)}"),
-            "TOKENWARD_ISSUER": ORIGIN,
-        }
-        env.update({f"TOKENWARD_{k.upper()}": str(v) for k, v in overrides.items()})
-        settings = load_settings(env, env_file=tmp_path / "no.env")
-        tw = Tokenward(
-            settings, clock=clock or FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS
-        )
-        await tw.start()
-        started.append(tw)
-        return tw
-
-    yield make
-    for tw in started:
-        await tw.stop()
+    factory = TokenwardFactory(redis_url, tmp_path, issuer=ORIGIN)
+    yield factory.make
+    await factory.stop_all()
 
 
 @pytest.fixture
