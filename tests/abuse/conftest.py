@@ -20,7 +20,6 @@ import redis.asyncio as aioredis
 from abuse_support import (
     GENEROUS_LIMITS,
     ORIGIN,
-    PASSWORD,
     Accounts,
     LiveServer,
     MakeTw,
@@ -31,10 +30,6 @@ from abuse_support import (
 
 from tokenward.runtime import Tokenward
 from tw_factory import TokenwardFactory
-
-# Re-exported for test modules elsewhere that do ``from conftest import ...`` when several
-# directories are collected in one run (the last conftest loaded answers that import).
-__all__ = ["GENEROUS_LIMITS", "ORIGIN", "PASSWORD", "Accounts", "MakeTw", "client_for"]
 
 
 @pytest.fixture

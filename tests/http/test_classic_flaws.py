@@ -29,9 +29,9 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from http_support import GENEROUS_LIMITS, Accounts, MakeTw, isolated_client
 
 import tokenward
-from conftest import GENEROUS_LIMITS, Accounts, MakeTw, isolated_client
 from tokenward.runtime import Tokenward
 
 BEARER = {"X-Auth-Transport": "bearer"}

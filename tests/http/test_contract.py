@@ -10,10 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
+from http_support import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, isolated_client
 from sqlalchemy import text
 from starlette.routing import Route
 
-from conftest import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, isolated_client
 from tokenward.http.app import create_app
 from tokenward.passwords import Argon2Params
 from tokenward.runtime import Tokenward

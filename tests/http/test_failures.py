@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
+from http_support import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, isolated_client
 
-from conftest import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, isolated_client
 from tokenward.clock import FrozenClock
 from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward

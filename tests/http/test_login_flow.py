@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import httpx
+from http_support import ORIGIN, Accounts
 
-from conftest import ORIGIN, Accounts
 from tokenward.runtime import Tokenward
 
 
