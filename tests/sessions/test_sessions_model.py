@@ -381,20 +381,22 @@ class SessionLife(RuleBasedStateMachine):
 
     @invariant()
     def stored_keys_expire_and_ended_records_are_gone(self) -> None:
-        async def read() -> tuple[list[int], list[int]]:
+        async def read() -> tuple[dict[str, int], list[int]]:
             keys = [k async for k in self.redis.scan_iter(match=f"tw:{{u:{self.user.id}}}:*")]
             ended = [session_key(self.user.id, s.sid) for s in self.sessions if s.ended]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key in keys:
-                    pipe.ttl(key)
+                    pipe.pttl(key)
                 for key in ended:
                     pipe.exists(key)
                 replies = await pipe.execute()
-            return replies[: len(keys)], replies[len(keys) :]
+            return dict(zip(keys, replies[: len(keys)], strict=True)), replies[len(keys) :]
 
-        ttls, still_there = self.run(read())
-        # -1 is a key without a TTL; -2 a key that expired between SCAN and TTL (allowed).
-        assert all(t > 0 or t == -2 for t in ttls), "a key without a TTL"
+        pttls, still_there = self.run(read())
+        # PTTL, not TTL: TTL rounds a key with under half a second left to 0. -1 is a key
+        # without a TTL; -2 one that expired between SCAN and PTTL (allowed).
+        persistent = [key for key, t in pttls.items() if t == -1]
+        assert not persistent, f"keys without a TTL: {persistent}"
         assert not any(still_there), "an ended session's record is still stored"
 
 

@@ -190,6 +190,20 @@ async def test_every_key_has_a_ttl_through_the_whole_lifecycle(
     await _assert_all_have_ttl(redis, await _user_keys(redis, user.id))
 
 
+async def test_a_refresh_after_the_index_expired_gives_the_new_index_a_ttl(
+    sessions: Sessions, redis: aioredis.Redis
+) -> None:
+    """The index expires with the absolute limit of the latest login, counted in whole
+    seconds; a session can outlive it by a rounding. The refresh that re-creates it must
+    not leave it immortal."""
+    a = await _open(sessions)
+    index = f"tw:{{u:{a.uid}}}:idx"
+    assert await redis.delete(index) == 1  # as if it had just expired
+    b = await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 1)
+    assert await redis.zrange(index, 0, -1) == [a.sid]
+    assert 0 < await redis.ttl(index) <= b.refresh_expires_in
+
+
 async def test_no_tokenward_key_anywhere_lacks_a_ttl(
     sessions: Sessions, redis: aioredis.Redis
 ) -> None:

@@ -133,6 +133,9 @@ if presented == f[1] then
     'last', now, 'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'old', old)
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[2], now, sid)
+  -- The index may have expired (its TTL is counted in whole seconds from the latest login,
+  -- the session's from this refresh): the ZADD then made a new one, with no TTL.
+  if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
   return {'rotated', tostring(ttl), f[10], f[11], f[12], f[6], f[13]}
 end
 local reused = false
