@@ -23,7 +23,7 @@ import asyncio
 import enum
 import hashlib
 import logging
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -153,6 +153,7 @@ class SecurityEvents:
         devices: the device registry (for "new device" events).
         users: used to name the user of a failed login when the account exists.
         device_memory: see :data:`DEVICE_MEMORY`.
+        observer: told every event as it is written (metrics); must not block or raise.
     """
 
     def __init__(
@@ -162,14 +163,14 @@ class SecurityEvents:
         users: UserStore,
         *,
         device_memory: int = DEVICE_MEMORY,
+        observer: Callable[[SecurityEvent], None] | None = None,
     ) -> None:
         self.sink = sink
         self.devices = devices
         self.users = users
         self.device_memory = device_memory
+        self.observer = observer
         self._pending: set[asyncio.Task[None]] = set()
-        #: events recorded per kind, for metrics
-        self.counts: dict[str, int] = {}
 
     # -- machinery -----------------------------------------------------------------------
 
@@ -191,7 +192,8 @@ class SecurityEvents:
             log.error("security event not stored (%s)", type(exc).__name__)  # noqa: TRY400
 
     async def _write(self, event: SecurityEvent) -> None:
-        self.counts[event.kind.value] = self.counts.get(event.kind.value, 0) + 1
+        if self.observer is not None:
+            self.observer(event)
         log.info(event.kind.value, extra={"event": event.fields()})
         await self.sink.append(event)
 

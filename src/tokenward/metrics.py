@@ -9,6 +9,12 @@ metric                                         type       labels
                                                           rejected
 ``tokenward_refreshes_total``                  counter    ``outcome``: ok, reused, failed,
                                                           throttled, rejected
+``tokenward_security_events_total``            counter    ``kind``: the security event kinds
+                                                          (``login.failed``, ``throttled``,
+                                                          ``refresh.reused``, ...)
+``tokenward_rate_limit_refusals_total``        counter    ``limit``: ``login-pair``,
+                                                          ``login-account``, ``login-ip``,
+                                                          ``register-ip``, ``refresh-ip``
 ``tokenward_sessions_active``                  gauge      (computed on scrape, see below)
 ``tokenward_sessions_active_exact``            gauge      1, or 0 when the count is a lower
                                                           bound
@@ -17,7 +23,10 @@ metric                                         type       labels
 
 ``route`` is the route *template* (``/auth/sessions/{sid}``), never the raw path, so label
 cardinality stays bounded; requests that match no route count as ``<unmatched>``. A
-``reused`` refresh is a theft detection: the session was ended.
+``reused`` refresh is a theft detection: the session was ended. A ``throttled`` security
+event is one lock beginning; ``tokenward_rate_limit_refusals_total`` counts every attempt a
+limit refused (an attempt refused by two limits counts under both). Security events count
+when they are written, just after the response that caused them.
 
 **Active sessions** are counted when scraped, by a ``SCAN`` of the session keys
 (``tw:{u:*}:s:*``), at most once every :data:`SESSIONS_CACHE_SECONDS` per process and within
@@ -53,6 +62,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from tokenward.events import SecurityEvent
     from tokenward.stores.redis_client import RedisClient
 
 __all__ = [
@@ -205,6 +215,18 @@ class Metrics:
             ["outcome"],
             registry=own,
         )
+        self.security_events = Counter(
+            "tokenward_security_events",
+            "Security events recorded, by kind (see GET /auth/events).",
+            ["kind"],
+            registry=own,
+        )
+        self.rate_limit_refusals = Counter(
+            "tokenward_rate_limit_refusals",
+            "Attempts refused with 429, by the limit that refused them.",
+            ["limit"],
+            registry=own,
+        )
         if sessions is not None:
             self.registry.register(_SessionsCollector(sessions))
         self.registry.register(_BuildInfo(__version__))
@@ -231,6 +253,14 @@ class Metrics:
     def refresh(self, outcome: str) -> None:
         """Count a refresh attempt."""
         self.refreshes.labels(outcome).inc()
+
+    def security_event(self, event: SecurityEvent) -> None:
+        """Count a security event (the :class:`~tokenward.events.SecurityEvents` observer)."""
+        self.security_events.labels(event.kind.value).inc()
+
+    def rate_limit_refused(self, limit: str) -> None:
+        """Count an attempt a limit refused (the :class:`~tokenward.ratelimit.Throttle` hook)."""
+        self.rate_limit_refusals.labels(limit).inc()
 
     async def render(self) -> bytes:
         """The exposition text (counts active sessions first if that is due)."""

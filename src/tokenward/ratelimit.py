@@ -31,7 +31,6 @@ import hashlib
 import ipaddress
 import secrets
 import unicodedata
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
@@ -358,6 +357,8 @@ class Throttle:
         limiter: where the windows live.
         limits: the limits to apply.
         on_lock: told once whenever a lock begins (security events); must not block.
+        on_refuse: told the limit's name for every attempt a limit refuses (metrics);
+            must not block.
     """
 
     def __init__(
@@ -366,24 +367,22 @@ class Throttle:
         limits: Limits | None = None,
         *,
         on_lock: Callable[[LockNotice], None] | None = None,
+        on_refuse: Callable[[str], None] | None = None,
     ) -> None:
         self.limiter = limiter
         self.limits = limits or Limits()
         self.on_lock = on_lock
-        #: refusals per limit name, for metrics
-        self.refused: Counter[str] = Counter()
-        #: locks begun per limit name, for metrics
-        self.locks: Counter[str] = Counter()
+        self.on_refuse = on_refuse
 
     def _note_locks(self, decision: Decision, *, ip: str, now: int, email: str | None) -> None:
         for name in decision.locked:
-            self.locks[name] += 1
             if self.on_lock is not None:
                 self.on_lock(LockNotice(name, ip, decision.retry_after, now, email))
 
     def _refuse(self, decision: Decision, *, ip: str, now: int, email: str | None) -> RateLimited:
-        for name in decision.blocked:
-            self.refused[name] += 1
+        if self.on_refuse is not None:
+            for name in decision.blocked:
+                self.on_refuse(name)
         self._note_locks(decision, ip=ip, now=now, email=email)
         # One message whatever refused: it must not tell an attacker which bucket is full.
         return RateLimited(decision.retry_after, "too many attempts; retry later")

@@ -20,6 +20,7 @@ from tokenward.errors import Unavailable
 from tokenward.events import SecurityEvents
 from tokenward.keyring import KeyRing
 from tokenward.keys import KeySet
+from tokenward.metrics import Metrics, SessionCounter
 from tokenward.password_policy import PasswordPolicy
 from tokenward.passwords import Argon2Params, PasswordHasher
 from tokenward.ratelimit import Limits, Throttle
@@ -105,6 +106,8 @@ class Tokenward:
             or Argon2Params(s.argon2_memory_kib, s.argon2_time_cost, s.argon2_parallelism)
         )
         self.password_policy = PasswordPolicy(min_length=s.password_min_length)
+        #: one set of metrics per Tokenward, however many apps are built on it
+        self.metrics = Metrics(sessions=SessionCounter(lambda: self.redis))
         self._started = False
         self._key_watch: asyncio.Task[None] | None = None
 
@@ -151,9 +154,14 @@ class Tokenward:
         self.event_log = RedisEventLog(
             self.redis, ttl=s.events_ttl, per_user=s.events_per_user, global_max=s.events_global_max
         )
-        self.events = SecurityEvents(self.event_log, self.event_log, self.user_store)
+        self.events = SecurityEvents(
+            self.event_log, self.event_log, self.user_store, observer=self.metrics.security_event
+        )
         self.throttle = Throttle(
-            RedisRateLimiter(self.redis), Limits.from_settings(s), on_lock=self.events.throttled
+            RedisRateLimiter(self.redis),
+            Limits.from_settings(s),
+            on_lock=self.events.throttled,
+            on_refuse=self.metrics.rate_limit_refused,
         )
         self.feed = RevocationFeed(self.redis, self.cache)
         await self.feed.start(wait=s.backend_timeout)

@@ -6,6 +6,8 @@ Fixtures:
   ``http://localhost:<port>`` (the issuer), default settings but for the abuse limits.
 * ``short_ttl_server`` -- session: the same with ``TOKENWARD_ACCESS_TTL=2`` and
   ``TOKENWARD_LEEWAY=0`` (refresh tests).
+* ``strict_server``    -- session: the same with ``TOKENWARD_REFRESH_GRACE=0`` (a replaced
+  refresh token is a theft at once: the theft test).
 * ``browser``          -- session: Debian's Chromium (``/usr/bin/chromium``) via Playwright.
 * ``new_context``      -- factory of browser contexts ("devices"); the test fails at teardown
   if a page threw or the browser reported a Content-Security-Policy violation.
@@ -86,6 +88,11 @@ def server(_servers: Callable[..., Server]) -> Server:
 def short_ttl_server(_servers: Callable[..., Server]) -> Server:
     # No leeway on exp: an expired token a browser still sends is refused at once.
     return _servers(**LIMITS, access_ttl=str(SHORT_TTL), leeway="0")
+
+
+@pytest.fixture(scope="session")
+def strict_server(_servers: Callable[..., Server]) -> Server:
+    return _servers(**LIMITS, refresh_grace="0")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,6 +105,28 @@ async def test_logins_refreshes_and_reuse_detections_are_counted(make_ops_tw: Ma
     assert _value(samples, "tokenward_refreshes_total", outcome="ok") == 1
     assert _value(samples, "tokenward_refreshes_total", outcome="reused") == 1
     assert _value(samples, "tokenward_refreshes_total", outcome="failed") == 1
+
+
+async def test_security_events_and_rate_limit_refusals_are_counted(
+    make_ops_tw: MakeOpsTw,
+) -> None:
+    """Each security event counts by kind; each 429 counts under the limit that refused it."""
+    tw = await make_ops_tw(login_pair_limit=2)
+    email = f"throttled-{uuid.uuid4().hex[:8]}@example.com"
+    async with ops_client(tw) as client:
+        await register_and_login(client, email)
+        statuses = []
+        for _ in range(4):
+            r = await client.post("/auth/login", json={"email": email, "password": "wrong " * 3})
+            statuses.append(r.status_code)
+        await tw.events.drain()
+        samples = await _scrape(client)
+    assert statuses == [401, 401, 429, 429]
+    assert _value(samples, "tokenward_rate_limit_refusals_total", limit="login-pair") == 2
+    assert _value(samples, "tokenward_security_events_total", kind="throttled") == 1
+    assert _value(samples, "tokenward_security_events_total", kind="login.failed") == 2
+    assert _value(samples, "tokenward_security_events_total", kind="login.succeeded") == 1
+    assert _value(samples, "tokenward_security_events_total", kind="account.registered") == 1
 
 
 async def test_form_login_outcomes_are_read_from_the_redirect(make_ops_tw: MakeOpsTw) -> None:

@@ -23,7 +23,7 @@ from tokenward.http.openapi import openapi_document
 from tokenward.http.problems import handle_tokenward_error, handle_unexpected, problem_response
 from tokenward.http.routes import AuthRoutes
 from tokenward.keyring import JWKS_MAX_AGE
-from tokenward.metrics import CONTENT_TYPE, Metrics, SessionCounter
+from tokenward.metrics import CONTENT_TYPE
 from tokenward.runtime import Tokenward
 from tokenward.web import SecurityHeaders, page_routes
 
@@ -77,7 +77,7 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
     async def openapi(request: Request) -> Response:
         return Response(openapi_body, media_type="application/json")
 
-    metrics = Metrics(sessions=SessionCounter(lambda: tw.redis))
+    metrics = tw.metrics
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(
