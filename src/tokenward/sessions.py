@@ -125,13 +125,15 @@ class RotateOutcome(enum.Enum):
 class RotateResult:
     """The outcome of a rotation, with what the caller needs to answer.
 
-    ``salt`` is set for ``GRACE`` (derive the existing successor with it); ``ttl`` is the
+    ``salts`` is set for ``GRACE``: derive the existing successor by applying them in order
+    to the presented token (one salt for the token just replaced, more for an older token
+    still inside its grace window); ``ttl`` is the
     session's remaining life for ``ROTATED`` and ``GRACE``; ``retry_after`` for ``LIMITED``.
     """
 
     outcome: RotateOutcome
     state: SessionState | None = None
-    salt: str = ""
+    salts: tuple[str, ...] = ()
     ttl: int = 0
     retry_after: int = 0
 
@@ -142,7 +144,7 @@ class SessionStore(Protocol):
     Concurrency contract: ``create``, ``rotate``, ``end`` and ``end_all`` are linearizable
     per user. ``rotate`` is a compare-and-swap on the current refresh digest: of N
     concurrent callers presenting the current token exactly one gets ``ROTATED`` and the
-    others ``GRACE`` with the same salt. Nothing ever re-creates an ended session: a
+    others ``GRACE`` with the salts that lead to the same successor. Nothing ever re-creates an ended session: a
     ``rotate`` racing an ``end`` either completes before it (and the end still wins) or
     finds the record gone (``MISSING``). Every ended session is announced to the
     invalidation feed in the same atomic step.
@@ -355,9 +357,11 @@ class Sessions:
         outcome = result.outcome
         if outcome is RotateOutcome.ROTATED or outcome is RotateOutcome.GRACE:
             assert result.state is not None  # noqa: S101 - the store's contract
-            successor = (
-                candidate if outcome is RotateOutcome.ROTATED else presented.successor(result.salt)
-            )
+            successor = candidate
+            if outcome is RotateOutcome.GRACE:
+                successor = presented
+                for step in result.salts:
+                    successor = successor.successor(step)
             self.cache.forget([presented.sid])
             return self._issued(result.state, presented.sid, successor, result.ttl, now, None)
         if outcome is RotateOutcome.REUSED:

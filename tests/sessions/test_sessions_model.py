@@ -1,7 +1,7 @@
 """A stateful property test of the session life against a real Redis.
 
 Hypothesis drives the core (``tw.sessions``) through logins, refreshes (of the current token,
-of the one just replaced inside and outside the grace window, of older ancestors), logouts,
+of the ones replaced inside and outside their grace windows, of older ancestors), logouts,
 logout-all, password changes and clock moves, next to a plain Python model of what should
 be. After every step two invariants are checked against Redis:
 
@@ -62,7 +62,7 @@ from tokenward.refresh import RefreshToken
 from tokenward.runtime import Tokenward
 from tokenward.sessions import EndReason, UserRef
 from tokenward.settings import load_settings
-from tokenward.stores.redis_sessions import ANCESTORS_KEPT
+from tokenward.stores.redis_sessions import ANCESTORS_KEPT, GRACE_CHAIN_MAX
 
 T = TypeVar("T")
 
@@ -90,6 +90,8 @@ class Modelled:
     expires: int
     ended: str | None = None
     replaced: list[str] = field(default_factory=list)
+    #: when each of ``replaced`` was replaced
+    replaced_at: list[int] = field(default_factory=list)
     rotated_at: int = 0
     window_start: int = 0
     window_count: int = 0
@@ -267,13 +269,14 @@ class SessionLife(RuleBasedStateMachine):
             assert outcome.refresh_token != token
             s.window_count += 1
             s.replaced.append(token)
+            s.replaced_at.append(now)
             s.current, s.rotated_at, s.last_used, s.expires = (
                 outcome.refresh_token, now, now, now + ttl,
             )  # fmt: skip
             s.access, s.access_exp = outcome.access_token, outcome.access_claims.exp
             self.clock.advance(1)
-        elif position == 0 and now - s.rotated_at <= GRACE:
-            seen.update(["refresh: grace replay"])
+        elif 0 <= position <= GRACE_CHAIN_MAX and now - s.replaced_at[-1 - position] <= GRACE:
+            seen.update(["refresh: grace replay" + (" (older ancestor)" if position else "")])
             assert not isinstance(outcome, Exception), outcome
             assert outcome.refresh_token == s.current, "a grace replay got another successor"
             assert outcome.refresh_expires_in == s.expires - now

@@ -26,7 +26,7 @@ from tokenward.revocation import SessionCache
 from tokenward.sessions import EndReason, Issued, SessionPolicy, Sessions, UserRef
 from tokenward.stores.redis_client import connect_redis
 from tokenward.stores.redis_feed import RevocationFeed
-from tokenward.stores.redis_sessions import RedisSessionStore
+from tokenward.stores.redis_sessions import GRACE_CHAIN_MAX, RedisSessionStore
 from tokenward.tokens import AccessTokens
 
 NOW = int(time.time())
@@ -289,12 +289,59 @@ async def test_replay_after_grace_ends_the_session(sessions: Sessions) -> None:
 
 
 async def test_older_ancestor_replay_is_also_theft(sessions: Sessions) -> None:
-    """A token replaced two rotations ago is recognised as reuse too."""
+    """A token replaced two rotations ago, after its grace, is recognised as reuse too."""
     a = await _open(sessions)
     b = await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 1)
     await sessions.refresh(b.refresh_token, csrf_token=None, now=NOW + 2)
     with pytest.raises(RefreshReused):
-        await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 3)
+        await sessions.refresh(a.refresh_token, csrf_token=None, now=NOW + 2 + GRACE)
+
+
+async def test_older_ancestor_inside_its_grace_gets_the_current_successor(
+    sessions: Sessions, redis: aioredis.Redis
+) -> None:
+    """Tab A refreshes twice while tab B still holds the first token: B, inside the grace
+    of that token, gets A's current token (one cookie jar, one token), not a theft alarm."""
+    a0 = await _open(sessions)
+    a1 = await sessions.refresh(a0.refresh_token, csrf_token=None, now=NOW)
+    a2 = await sessions.refresh(a1.refresh_token, csrf_token=None, now=NOW + 2)
+    a3 = await sessions.refresh(a2.refresh_token, csrf_token=None, now=NOW + 4)
+    for token in (a0, a1, a2):
+        b = await sessions.refresh(token.refresh_token, csrf_token=None, now=NOW + 5)
+        assert b.refresh_token == a3.refresh_token
+    await sessions.authenticate(a3.access_token, now=NOW + 5)
+    # The grace chain holds digests only, and leaves with its grace.
+    record = await _dump(redis, f"tw:{{u:{a0.uid}}}:s:{a0.sid}")
+    for token in (a0, a1, a2, a3):
+        for form in _secret_forms(token.refresh_token):
+            assert form not in record
+    a4 = await sessions.refresh(a3.refresh_token, csrf_token=None, now=NOW + 4 + GRACE + 1)
+    assert "gch=" not in await _dump(redis, f"tw:{{u:{a0.uid}}}:s:{a0.sid}")
+    assert a4.refresh_token != a3.refresh_token
+
+
+async def test_each_token_keeps_the_grace_of_its_own_replacement(sessions: Sessions) -> None:
+    """The first token's grace is counted from when it was replaced, not from the latest
+    rotation: once it is over, that token is theft even while a newer one is in grace."""
+    a0 = await _open(sessions)
+    a1 = await sessions.refresh(a0.refresh_token, csrf_token=None, now=NOW)
+    await sessions.refresh(a1.refresh_token, csrf_token=None, now=NOW + 5)
+    with pytest.raises(RefreshReused):
+        await sessions.refresh(a0.refresh_token, csrf_token=None, now=NOW + GRACE + 1)
+
+
+async def test_the_grace_chain_is_bounded(redis: aioredis.Redis) -> None:
+    """Past GRACE_CHAIN_MAX + 1 rotations inside one grace window, the oldest token is
+    treated as theft: the record stays small whatever a client does."""
+    sessions = _sessions(redis, refresh_rate_limit=100)
+    tokens = [(await _open(sessions)).refresh_token]
+    for _ in range(GRACE_CHAIN_MAX + 2):
+        tokens.append((await sessions.refresh(tokens[-1], csrf_token=None, now=NOW)).refresh_token)
+    # tokens[-2] is the one just replaced, tokens[1:-2] the chain, tokens[0] one too many.
+    oldest_kept = await sessions.refresh(tokens[1], csrf_token=None, now=NOW)
+    assert oldest_kept.refresh_token == tokens[-1]
+    with pytest.raises(RefreshReused):
+        await sessions.refresh(tokens[0], csrf_token=None, now=NOW)
 
 
 async def test_strict_mode_has_no_grace(redis: aioredis.Redis) -> None:

@@ -15,8 +15,9 @@ Session hash fields: ``uid email uca`` (user), ``created last abs exp`` (times: 
 ``min(last refresh + idle timeout, abs)``, the moment the key's TTL runs out), ``ip ua``,
 ``csrf`` (SHA-256 of the CSRF token), ``cur`` (SHA-256 of the current refresh secret),
 ``prev`` and ``rot`` (the just-replaced digest and when), ``salt`` (of the last rotation),
-``old`` (the first 128 bits of older replaced digests, for theft detection), ``rlw rln``
-(refresh rate window).
+``old`` (the first 128 bits of older replaced digests, for theft detection), ``gch`` (the
+grace chain: the tokens before ``prev`` replaced less than the grace window ago, each with
+the salt that replaced it and when; usually absent), ``rlw rln`` (refresh rate window).
 No field holds a usable token.
 
 Expiry is enforced twice, by the same numbers: Redis drops the key when its TTL runs out (no
@@ -57,6 +58,12 @@ ANCESTORS_KEPT = 16
 #: Hex characters kept of each ancestor digest: 128 bits, as unguessable as the whole
 #: digest for this purpose, half the memory (the ancestors are most of a session's bytes).
 ANCESTOR_CHARS = 32
+#: Tokens before ``prev`` still inside their grace window that keep the grace (see
+#: ``gch``); past this many rotations within one grace window the oldest become theft.
+GRACE_CHAIN_MAX = 8
+#: One grace-chain entry: the full digest (64 hex), the salt that replaced it (22
+#: base64url characters) and when (10 digits).
+_GRACE_ENTRY = 96
 
 # Shared Lua: end one session (by sid) inside a script. KEYS[idx], KEYS[ended] are passed in.
 _LUA_END = """
@@ -116,7 +123,7 @@ local now, grace, idle = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local limit, window, channel = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
 local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #sid)
 local f = redis.call('HMGET', KEYS[1], 'cur', 'prev', 'rot', 'salt', 'abs', 'csrf', 'rlw',
-  'rln', 'old', 'uid', 'email', 'uca', 'created', 'exp')
+  'rln', 'old', 'uid', 'email', 'uca', 'created', 'exp', 'gch')
 if not f[1] then return {'missing'} end
 local exp = tonumber(f[14]) or 0
 if exp <= now then return {'missing'} end
@@ -129,6 +136,24 @@ if presented == f[1] then
   if rln >= limit then return {'limited', tostring(rlw + window - now)} end
   local old = f[9] or ''
   if f[2] then old = string.sub(string.sub(f[2], 1, $CHARS) .. old, 1, $CHARS * $KEPT) end
+  -- The grace chain: the token leaving 'prev' keeps its grace (with the salt that replaced
+  -- it) if it was replaced less than the grace ago, and so do the entries after it that are
+  -- still inside theirs. Newest first, so the first one too old ends the chain.
+  local gch = ''
+  if f[2] and grace > 0 and now - tonumber(f[3]) <= grace then
+    gch = f[2] .. f[4] .. string.format('%010d', tonumber(f[3]))
+    local rest = f[15] or ''
+    for i = 1, #rest - $ENTRY + 1, $ENTRY do
+      if #gch >= $ENTRY * $CHAIN then break end
+      if now - tonumber(string.sub(rest, i + 86, i + 95)) > grace then break end
+      gch = gch .. string.sub(rest, i, i + $ENTRY - 1)
+    end
+  end
+  if gch == '' then
+    redis.call('HDEL', KEYS[1], 'gch')
+  else
+    redis.call('HSET', KEYS[1], 'gch', gch)
+  end
   redis.call('HSET', KEYS[1], 'cur', successor, 'prev', presented, 'salt', salt, 'rot', now,
     'last', now, 'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'old', old)
   redis.call('EXPIRE', KEYS[1], ttl)
@@ -144,7 +169,23 @@ if presented == f[2] then
     return {'grace', tostring(exp - now), f[10], f[11], f[12], f[6], f[13], f[4]}
   end
   reused = true
-elseif f[9] then
+elseif f[15] and grace > 0 then
+  -- An older token still inside its grace: it gets the current successor too, through the
+  -- salts from it to the current token (two tabs, one of which refreshed twice meanwhile).
+  local g = f[15]
+  for i = 1, #g - $ENTRY + 1, $ENTRY do
+    if string.sub(g, i, i + 63) == presented then
+      if now - tonumber(string.sub(g, i + 86, i + 95)) <= grace then
+        local out = {'grace', tostring(exp - now), f[10], f[11], f[12], f[6], f[13]}
+        for j = i, 1, -$ENTRY do table.insert(out, string.sub(g, j + 64, j + 85)) end
+        table.insert(out, f[4])
+        return out
+      end
+      break
+    end
+  end
+end
+if not reused and f[9] then
   local at = string.find(f[9], string.sub(presented, 1, $CHARS), 1, true)
   reused = at ~= nil and (at - 1) % $CHARS == 0
 end
@@ -153,7 +194,10 @@ if reused then
   return {'reused'}
 end
 return {'unknown'}
-""".replace("$KEPT", str(ANCESTORS_KEPT)).replace("$CHARS", str(ANCESTOR_CHARS))
+""".replace("$KEPT", str(ANCESTORS_KEPT))
+    .replace("$CHARS", str(ANCESTOR_CHARS))
+    .replace("$ENTRY", str(_GRACE_ENTRY))
+    .replace("$CHAIN", str(GRACE_CHAIN_MAX))
 )
 
 _GET = """
@@ -287,7 +331,7 @@ class RedisSessionStore:
             ttl = int(reply[1])
             state = _state(reply[2:7], now + ttl)
             return RotateResult(
-                outcome, state=state, ttl=ttl, salt=reply[7] if len(reply) > 7 else ""
+                outcome, state=state, ttl=ttl, salts=tuple(str(x) for x in reply[7:])
             )
         return RotateResult(outcome)
 
