@@ -42,6 +42,7 @@ __all__ = [
     "PayloadTooLarge",
     "PolicyError",
     "RateLimited",
+    "RefreshLimited",
     "RefreshReused",
     "SessionEnded",
     "TokenExpired",
@@ -150,6 +151,18 @@ class RateLimited(TokenwardError):
     def __init__(self, retry_after: int, detail: str | None = None) -> None:
         self.retry_after = max(1, int(retry_after))
         super().__init__(detail)
+
+
+class RefreshLimited(RateLimited):
+    """Too many rotations of one session in the refresh rate window.
+
+    ``first`` is true for the first refusal of the window: report that one (a security
+    event), not every retry of a stuck client.
+    """
+
+    def __init__(self, retry_after: int, *, first: bool) -> None:
+        self.first = first
+        super().__init__(retry_after, "too many refreshes of this session")
 
 
 class Unavailable(TokenwardError):

@@ -48,6 +48,8 @@ log = logging.getLogger("tokenward.events")
 DEVICE_MEMORY = 90 * 86_400
 #: Pending background writes past this are dropped (and the drop logged): back-pressure.
 MAX_PENDING = 10_000
+#: Seconds a read (:meth:`SecurityEvents.for_user`) waits for pending writes at most.
+READ_WAIT = 2.0
 
 
 class EventKind(enum.StrEnum):
@@ -154,6 +156,8 @@ class SecurityEvents:
         users: used to name the user of a failed login when the account exists.
         device_memory: see :data:`DEVICE_MEMORY`.
         observer: told every event as it is written (metrics); must not block or raise.
+        read_wait: seconds :meth:`for_user` waits at most for the writes pending when it is
+            called (see :data:`READ_WAIT`); past that it reads what has landed.
     """
 
     def __init__(
@@ -164,12 +168,14 @@ class SecurityEvents:
         *,
         device_memory: int = DEVICE_MEMORY,
         observer: Callable[[SecurityEvent], None] | None = None,
+        read_wait: float = READ_WAIT,
     ) -> None:
         self.sink = sink
         self.devices = devices
         self.users = users
         self.device_memory = device_memory
         self.observer = observer
+        self.read_wait = read_wait
         self._pending: set[asyncio.Task[None]] = set()
 
     # -- machinery -----------------------------------------------------------------------
@@ -201,14 +207,27 @@ class SecurityEvents:
         """Record ``event`` (log line and sink), in the background."""
         self._spawn(self._write(event))
 
-    async def drain(self) -> None:
-        """Wait until every event recorded so far has been written."""
-        while self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+    async def drain(self, *, at_most: float | None = None) -> None:
+        """Wait until every event recorded so far has been written.
+
+        Only the writes pending when called are awaited (events recorded meanwhile are not),
+        so steady traffic cannot keep the caller waiting; ``at_most`` (seconds) bounds the
+        wait further. A write still pending then goes on in the background (not cancelled, as
+        ``asyncio.timeout`` would); without ``at_most``, cancelling the caller
+        (``asyncio.wait_for`` at shutdown) cancels the pending writes.
+        """
+        pending = set(self._pending)
+        if not pending:
+            return
+        if at_most is None:
+            await asyncio.gather(*pending, return_exceptions=True)
+        else:
+            await asyncio.wait(pending, timeout=at_most)
 
     async def for_user(self, uid: str, *, now: int, limit: int = 100) -> list[SecurityEvent]:
-        """The user's own recent events, newest first (after pending writes land)."""
-        await self.drain()
+        """The user's own recent events, newest first (after the writes pending when called
+        land, or :attr:`read_wait` seconds pass)."""
+        await self.drain(at_most=self.read_wait)
         return await self.sink.for_user(uid, now=now, limit=limit)
 
     # -- what the adapters report --------------------------------------------------------
@@ -267,6 +286,19 @@ class SecurityEvents:
             SecurityEvent(EventKind.REFRESH_REUSED, now, presented.uid, presented.sid, *client)
         )
 
+    def refresh_limited(self, token: str, retry_after: int, *, client: Client, now: int) -> None:
+        """The per-session refresh limit began refusing this session (once per window)."""
+        try:
+            presented = RefreshToken.parse(token)
+        except TokenInvalid:
+            return
+        detail: dict[str, str | int] = {"limit": "refresh-session", "retry_after": retry_after}
+        self.record(
+            SecurityEvent(
+                EventKind.THROTTLED, now, presented.uid, presented.sid, *client, detail=detail
+            )
+        )
+
     def password_changed(
         self, uid: str, sid: str | None, *, ended: int, client: Client, now: int
     ) -> None:
@@ -279,7 +311,9 @@ class SecurityEvents:
     def sessions_ended(
         self, uid: str, sids: Sequence[str], reason: str, *, client: Client, now: int
     ) -> None:
-        """Sessions of ``uid`` were ended by the user (logout, logout-all, revocation)."""
+        """Sessions of ``uid`` were ended: by the user (logout, logout-all, revocation), by an
+        operator (``tokenward users disable``, ``sessions revoke``) or by a login past the
+        session limit (``session-limit``)."""
         detail: dict[str, str | int] = {"reason": reason, "count": len(sids)}
         sid = sids[0] if len(sids) == 1 else None
         self.record(SecurityEvent(EventKind.SESSIONS_ENDED, now, uid, sid, *client, detail=detail))

@@ -6,15 +6,16 @@ metric                                         type       labels
 ``tokenward_http_requests_total``              counter    ``method``, ``route``, ``status``
 ``tokenward_http_request_duration_seconds``    histogram  ``method``, ``route``
 ``tokenward_logins_total``                     counter    ``outcome``: ok, failed, throttled,
-                                                          rejected
+                                                          rejected, unavailable
 ``tokenward_refreshes_total``                  counter    ``outcome``: ok, reused, failed,
-                                                          throttled, rejected
+                                                          throttled, rejected, unavailable
 ``tokenward_security_events_total``            counter    ``kind``: the security event kinds
                                                           (``login.failed``, ``throttled``,
                                                           ``refresh.reused``, ...)
 ``tokenward_rate_limit_refusals_total``        counter    ``limit``: ``login-pair``,
                                                           ``login-account``, ``login-ip``,
-                                                          ``register-ip``, ``refresh-ip``
+                                                          ``register-ip``, ``refresh-ip``,
+                                                          ``refresh-session``
 ``tokenward_sessions_active``                  gauge      (computed on scrape, see below)
 ``tokenward_sessions_active_exact``            gauge      1, or 0 when the count is a lower
                                                           bound

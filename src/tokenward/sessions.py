@@ -22,7 +22,7 @@ from tokenward.csrf import csrf_digest, new_csrf_token
 from tokenward.errors import (
     CsrfError,
     NotFound,
-    RateLimited,
+    RefreshLimited,
     RefreshReused,
     SessionEnded,
     TokenInvalid,
@@ -136,6 +136,8 @@ class RotateResult:
     salts: tuple[str, ...] = ()
     ttl: int = 0
     retry_after: int = 0
+    #: for ``LIMITED``: the first refusal of this rate window (report it once)
+    first_refusal: bool = False
 
 
 class SessionStore(Protocol):
@@ -144,10 +146,10 @@ class SessionStore(Protocol):
     Concurrency contract: ``create``, ``rotate``, ``end`` and ``end_all`` are linearizable
     per user. ``rotate`` is a compare-and-swap on the current refresh digest: of N
     concurrent callers presenting the current token exactly one gets ``ROTATED`` and the
-    others ``GRACE`` with the salts that lead to the same successor. Nothing ever re-creates an ended session: a
-    ``rotate`` racing an ``end`` either completes before it (and the end still wins) or
-    finds the record gone (``MISSING``). Every ended session is announced to the
-    invalidation feed in the same atomic step.
+    others ``GRACE`` with the salts that lead to the same successor. Nothing ever
+    re-creates an ended session: a ``rotate`` racing an ``end`` either completes before it
+    (and the end still wins) or finds the record gone (``MISSING``). Every ended session
+    is announced to the invalidation feed in the same atomic step.
     """
 
     async def create(
@@ -248,6 +250,8 @@ class Issued:
     session_expires_at: int
     #: set on login; ``None`` on refresh, where the client keeps the one it has
     csrf_token: str | None
+    #: on login, the user's sessions it ended to stay within ``max_sessions``
+    evicted: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"Issued(uid={self.uid!r}, sid={self.sid!r}, tokens=<hidden>)"
@@ -319,7 +323,7 @@ class Sessions:
             index_ttl=self.policy.max_ttl,
         )
         self.cache.forget(evicted)
-        return self._issued(state, sid, refresh, ttl, now, csrf)
+        return self._issued(state, sid, refresh, ttl, now, csrf, evicted)
 
     async def refresh(self, token: str, *, csrf_token: str | None, now: int) -> Issued:
         """Rotate a refresh token and issue a new access token.
@@ -336,7 +340,7 @@ class Sessions:
             RefreshReused: a replaced token came back after the grace window; the session
                 has just been ended.
             CsrfError: the CSRF token is not this session's.
-            RateLimited: too many rotations of this session.
+            RefreshLimited: too many rotations of this session (a :class:`RateLimited`).
         """
         presented = RefreshToken.parse(token)
         salt = new_salt()
@@ -372,7 +376,7 @@ class Sessions:
         if outcome is RotateOutcome.CSRF:
             raise CsrfError("CSRF token does not belong to this session")
         if outcome is RotateOutcome.LIMITED:
-            raise RateLimited(result.retry_after, "too many refreshes of this session")
+            raise RefreshLimited(result.retry_after, first=result.first_refusal)
         if outcome is RotateOutcome.MISSING:
             raise SessionEnded("the session has ended")
         raise TokenInvalid("refresh token not recognised")
@@ -385,6 +389,7 @@ class Sessions:
         ttl: int,
         now: int,
         csrf: str | None,
+        evicted: Sequence[str] = (),
     ) -> Issued:
         access, claims = self.tokens.issue(sub=state.uid, sid=sid, now=now)
         return Issued(
@@ -398,6 +403,7 @@ class Sessions:
             refresh_expires_in=ttl,
             session_expires_at=now + ttl,
             csrf_token=csrf,
+            evicted=tuple(evicted),
         )
 
     async def authenticate(self, access_token: str, *, now: int) -> Principal:

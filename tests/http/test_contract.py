@@ -242,12 +242,39 @@ async def test_bearer_refresh_answers_the_login_shape(
 
 
 async def test_refresh_without_or_with_bad_token_is_401(client: httpx.AsyncClient) -> None:
-    """Missing, malformed or unknown refresh tokens are 401 unauthenticated."""
+    """Missing, malformed or unknown refresh tokens are 401 unauthenticated (API.md)."""
     _assert_problem(await client.post("/auth/refresh"), 401, "unauthenticated")
+    missing: list[dict[str, Any]] = [
+        {},  # no body at all
+        {"content": b"", "headers": {"content-type": "application/json"}},
+        {"json": {}},
+        {"json": {"refresh_token": None}},
+    ]
     for token in ("", "garbage", "0" * 32 + "." + "A" * 22 + "." + "A" * 43):
-        r = await client.post("/auth/refresh", json={"refresh_token": token}, headers=BEARER)
-        assert r.status_code in (401, 422), r.text
-        assert r.status_code != 401 or r.json()["type"] == PROBLEM + "unauthenticated"
+        missing.append({"json": {"refresh_token": token}})
+    for kwargs in missing:
+        headers = {**BEARER, **kwargs.pop("headers", {})}
+        r = await client.post("/auth/refresh", headers=headers, **kwargs)
+        _assert_problem(r, 401, "unauthenticated")
+        assert r.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+
+
+async def test_bearer_refresh_with_a_malformed_body_is_a_precise_4xx(
+    client: httpx.AsyncClient,
+) -> None:
+    """A token of the wrong type, or a body of the wrong media type, is not a 401."""
+    r = await client.post("/auth/refresh", json={"refresh_token": 5}, headers=BEARER)
+    assert _assert_problem(r, 422, "validation")["rule"] == "type"
+    r = await client.post(
+        "/auth/refresh",
+        content=b"refresh_token=x",
+        headers={**BEARER, "content-type": "text/plain"},
+    )
+    _assert_problem(r, 415, "unsupported-media-type")
+    r = await client.post(
+        "/auth/refresh", content=b"{", headers={**BEARER, "content-type": "application/json"}
+    )
+    _assert_problem(r, 400, "bad-request")
 
 
 # ------------------------------------------------------------------------------ logout
@@ -312,8 +339,17 @@ async def test_logout_ends_only_the_current_session(
 
 
 async def test_logout_without_any_credential_is_401(client: httpx.AsyncClient) -> None:
-    """Logout needs to know which session: nothing presented is 401."""
+    """Logout needs to know which session: nothing presented is 401, in either transport."""
     _assert_problem(await client.post("/auth/logout"), 401, "unauthenticated")
+    for kwargs in (
+        {},
+        {"json": {}},
+        {"json": {"refresh_token": None}},
+        {"json": {"refresh_token": ""}},
+    ):
+        r = await client.post("/auth/logout", headers=BEARER, **kwargs)
+        _assert_problem(r, 401, "unauthenticated")
+        assert r.headers["www-authenticate"] == 'Bearer error="invalid_token"'
 
 
 # ---------------------------------------------------------------------------------- me

@@ -31,12 +31,21 @@ async def test_a_burst_of_refreshes_gets_429_with_retry_after(make_tw: MakeTw) -
         assert limited.json()["type"] == LIMITED
         assert limited.headers["retry-after"] == "45"
         assert limited.json()["retry_after"] == 45
+        assert (await refresh_bearer(client, current)).status_code == 429
         # Not a theft, not an ending: the same token works once the window has passed.
-        assert (
-            await client.get("/auth/me", headers=auth(r.json()["access_token"]))
-        ).status_code == 200
+        access = r.json()["access_token"]
+        assert (await client.get("/auth/me", headers=auth(access))).status_code == 200
         tw.clock.advance(45)
         assert (await refresh_bearer(client, current)).status_code == 200
+        # One security event for the burst (not one per retry), and every refusal counted.
+        await tw.events.drain()
+        events = (await client.get("/auth/events", headers=auth(access))).json()
+        throttled = [e for e in events if e["kind"] == "throttled"]
+        assert len(throttled) == 1, events
+        assert throttled[0]["detail"] == {"limit": "refresh-session", "retry_after": 45}
+        assert throttled[0]["session_id"] == tokens["session"]["id"]
+        metrics = (await client.get("/metrics")).text
+        assert 'tokenward_rate_limit_refusals_total{limit="refresh-session"} 2.0' in metrics
 
 
 async def test_grace_replays_are_never_rate_limited(make_tw: MakeTw) -> None:

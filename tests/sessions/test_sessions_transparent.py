@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 import httpx
+import pytest
 from sessions_support import ORIGIN, Accounts, MakeTw, Server, client_for, set_cookies
 
 from tokenward.clock import FrozenClock
@@ -68,19 +69,87 @@ async def test_dropped_access_cookie_is_refreshed_too(make_tw: MakeTw) -> None:
 
 
 async def test_unsafe_request_needs_csrf_to_refresh_transparently(make_tw: MakeTw) -> None:
-    """A POST carrying only cookies (a forged cross-site form) cannot trigger a refresh."""
+    """A POST carrying only cookies (a forged cross-site form) cannot trigger a refresh.
+
+    It is refused as any cookie request without the CSRF token is: 403 ``csrf`` (the session
+    is fine, the client should reload), not 401 (which would send the user to log in).
+    """
     tw = await make_tw(transparent_refresh="true")
     jar = await logged_in_cookies(tw)
     cookies = cookie_header(**{REFRESH: jar[REFRESH], CSRF: jar[CSRF]})
     async with client_for(tw) as bare:
-        forged = await bare.post("/auth/logout-all", headers=cookies)
-        assert forged.status_code == 401
-        assert "set-cookie" not in forged.headers
+        wrong: list[dict[str, str | bytes]] = [
+            {},
+            {"X-CSRF-Token": jar[CSRF][:-1] + ("A" if jar[CSRF][-1] != "A" else "B")},
+            {"X-CSRF-Token": b"\xe9"},  # not ASCII: still compared, as bytes
+        ]
+        for extra in wrong:
+            headers = {**cookies, **extra, "Origin": ORIGIN}
+            forged = await bare.post("/auth/logout-all", headers=headers)
+            assert forged.status_code == 403, forged.text
+            assert forged.json()["type"] == "urn:tokenward:problem:csrf"
+            assert "set-cookie" not in forged.headers
         proper = await bare.post(
             "/auth/logout-all",
             headers={**cookies, "X-CSRF-Token": jar[CSRF], "Origin": ORIGIN},
         )
         assert proper.status_code == 204
+
+
+async def _logged_in_then_expired(tw: Tokenward) -> tuple[dict[str, str], str]:
+    """Log in, then let the access token expire: the cookies and the session id."""
+    async with client_for(tw) as client:
+        accounts = Accounts(client)
+        login = await accounts.login_cookie(await accounts.register())
+        jar = dict(client.cookies.items())
+    assert isinstance(tw.clock, FrozenClock)
+    tw.clock.advance(tw.settings.access_ttl + tw.settings.leeway + 1)
+    sid: str = login.json()["session"]["id"]
+    return jar, sid
+
+
+def _only_cleared_cookies(response: httpx.Response) -> None:
+    """Exactly one ``Set-Cookie`` per cookie, each emptied and expired."""
+    headers = response.headers.get_list("set-cookie")
+    assert len(headers) == 3, headers
+    cleared = set_cookies(response)
+    assert set(cleared) == {ACCESS, REFRESH, CSRF}
+    assert all(c["value"] == "" and c["max-age"] == "0" for c in cleared.values()), cleared
+
+
+@pytest.mark.parametrize("how", ["logout-all", "delete-current"])
+async def test_ending_the_current_session_sends_no_refreshed_cookies(
+    make_tw: MakeTw, how: str
+) -> None:
+    """The request refreshed transparently, then ended its own session: only the clearing
+    cookies go out, not fresh ones for a session that is over."""
+    tw = await make_tw(transparent_refresh="true")
+    jar, sid = await _logged_in_then_expired(tw)
+    headers = {**cookie_header(**jar), "X-CSRF-Token": jar[CSRF], "Origin": ORIGIN}
+    async with client_for(tw) as bare:
+        if how == "logout-all":
+            r = await bare.post("/auth/logout-all", headers=headers)
+        else:
+            r = await bare.delete(f"/auth/sessions/{sid}", headers=headers)
+        assert r.status_code == 204, r.text
+        _only_cleared_cookies(r)
+        after = await bare.get("/auth/me", headers=cookie_header(**jar))
+        assert after.status_code == 401
+
+
+async def test_keeping_the_current_session_still_sends_refreshed_cookies(
+    make_tw: MakeTw,
+) -> None:
+    """``logout-all`` with ``keep_current``: the session lives on with the refreshed cookies."""
+    tw = await make_tw(transparent_refresh="true")
+    jar, _ = await _logged_in_then_expired(tw)
+    headers = {**cookie_header(**jar), "X-CSRF-Token": jar[CSRF], "Origin": ORIGIN}
+    async with client_for(tw) as bare:
+        r = await bare.post("/auth/logout-all", json={"keep_current": True}, headers=headers)
+    assert r.status_code == 204, r.text
+    fresh = set_cookies(r)
+    assert fresh[ACCESS]["value"] != jar[ACCESS]
+    assert fresh[REFRESH]["value"] not in ("", jar[REFRESH])
 
 
 async def test_without_transparent_refresh_an_expired_token_is_401(

@@ -9,6 +9,7 @@ new cookies are attached to the response by :func:`apply_pending_cookies`).
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -16,11 +17,26 @@ from starlette.responses import Response
 
 from tokenward.cookies import CookieSpec
 from tokenward.csrf import check_origin, check_token
-from tokenward.errors import BadRequest, RefreshReused, TokenExpired, TokenInvalid
+from tokenward.errors import (
+    BadRequest,
+    CsrfError,
+    RefreshLimited,
+    RefreshReused,
+    TokenExpired,
+    TokenInvalid,
+)
+from tokenward.ratelimit import Ticket
 from tokenward.runtime import Tokenward
-from tokenward.sessions import Principal
+from tokenward.sessions import Issued, Principal
 
-__all__ = ["RequestAuth", "apply_pending_cookies", "authenticate", "check_cookie_csrf", "is_unsafe"]
+__all__ = [
+    "RequestAuth",
+    "apply_pending_cookies",
+    "authenticate",
+    "check_cookie_csrf",
+    "csrf_header_matches",
+    "is_unsafe",
+]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _PENDING = "tokenward_cookies"
@@ -56,6 +72,17 @@ def bearer_token(request: Request) -> str | None:
     if scheme.lower() != "bearer" or not token:
         raise TokenInvalid("expected 'Authorization: Bearer <token>'")
     return token
+
+
+def csrf_header_matches(header: str | None, cookie: str | None) -> bool:
+    """Whether ``X-CSRF-Token`` is present and equals the CSRF cookie, in constant time.
+
+    Compared as UTF-8 bytes: :func:`hmac.compare_digest` refuses ``str`` with non-ASCII
+    characters, which a header (decoded as latin-1) may well hold.
+    """
+    if not header or not cookie:
+        return False
+    return hmac.compare_digest(header.encode(), cookie.encode())
 
 
 def check_cookie_csrf(tw: Tokenward, request: Request, session_digest: str) -> None:
@@ -98,6 +125,33 @@ async def authenticate(tw: Tokenward, request: Request) -> RequestAuth:
     return RequestAuth(principal, bearer=False)
 
 
+def client_of(tw: Tokenward, request: Request) -> tuple[str, str]:
+    """The client's address (after trusted proxies) and user agent, for security events."""
+    peer = request.client.host if request.client else None
+    ip = tw.proxies.client_ip(peer, request.headers.get("x-forwarded-for"))
+    return ip, request.headers.get("user-agent", "")[:256]
+
+
+async def rotate_recorded(
+    tw: Tokenward, request: Request, ticket: Ticket, token: str, csrf: str | None, now: int
+) -> Issued:
+    """Rotate a refresh token: a success refunds the address throttle; a reuse (theft) and
+    the first refusal of the session's refresh limit are recorded as security events."""
+    try:
+        issued = await tw.sessions.refresh(token, csrf_token=csrf, now=now)
+    except RefreshReused:
+        tw.events.refresh_reused(token, client=client_of(tw, request), now=now)
+        raise
+    except RefreshLimited as exc:
+        tw.metrics.rate_limit_refused("refresh-session")
+        if exc.first:
+            client = client_of(tw, request)
+            tw.events.refresh_limited(token, exc.retry_after, client=client, now=now)
+        raise
+    await ticket.refund()
+    return issued
+
+
 async def _refresh_in_place(tw: Tokenward, request: Request, refresh: str, now: int) -> Principal:
     csrf = request.cookies.get(tw.cookies.names.csrf)
     if csrf is None:
@@ -108,23 +162,15 @@ async def _refresh_in_place(tw: Tokenward, request: Request, refresh: str, now: 
             request.headers.get("sec-fetch-site"),
             tw.settings.allowed_origins,
         )
-        header = request.headers.get("x-csrf-token")
-        if not header or header != csrf:
-            raise TokenInvalid("CSRF token required to refresh on an unsafe request")
+        # 403 csrf, as any cookie-authenticated unsafe request without the token gets: the
+        # session itself is fine (the client should reload, not log in). Checked before the
+        # refresh, so a forged request changes nothing and gets no cookies.
+        if not csrf_header_matches(request.headers.get("x-csrf-token"), csrf):
+            raise CsrfError("missing or mismatched X-CSRF-Token")
     # The same throttle and theft record as ``POST /auth/refresh``: a refresh cookie sent to
     # a protected route must not be a way around either.
-    peer = request.client.host if request.client else None
-    client = (
-        tw.proxies.client_ip(peer, request.headers.get("x-forwarded-for")),
-        request.headers.get("user-agent", "")[:256],
-    )
-    ticket = await tw.throttle.refresh(client[0], now=now)
-    try:
-        issued = await tw.sessions.refresh(refresh, csrf_token=csrf, now=now)
-    except RefreshReused:
-        tw.events.refresh_reused(refresh, client=client, now=now)
-        raise
-    await ticket.refund()
+    ticket = await tw.throttle.refresh(client_of(tw, request)[0], now=now)
+    issued = await rotate_recorded(tw, request, ticket, refresh, csrf, now)
     request.scope.setdefault("state", {})[_PENDING] = tw.cookies.issue(
         access_token=issued.access_token,
         access_max_age=tw.tokens.ttl,

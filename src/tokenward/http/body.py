@@ -58,9 +58,12 @@ class Body:
 async def _read_limited(request: Request) -> bytes:
     length = request.headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        # isdigit() alone accepts '²' (latin-1 0xB2), which int() then refuses; and int()
+        # refuses more than 4300 digits, so the length is bounded before it is converted.
+        if not (length.isascii() and length.isdigit()):
             raise BadRequest("invalid Content-Length")
-        if int(length) > MAX_BODY:
+        digits = length.lstrip("0")
+        if len(digits) > len(str(MAX_BODY)) or int(digits or "0") > MAX_BODY:
             raise PayloadTooLarge(f"body larger than {MAX_BODY} bytes")
     chunks: list[bytes] = []
     size = 0

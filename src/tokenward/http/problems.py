@@ -12,15 +12,24 @@ from __future__ import annotations
 import logging
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from tokenward.errors import AuthError, RateLimited, TokenwardError, Unavailable
 
-__all__ = ["PROBLEM_PREFIX", "problem_response", "render_error"]
+__all__ = ["PROBLEM_PREFIX", "is_bearer_transport", "problem_response", "render_error"]
 
 PROBLEM_PREFIX = "urn:tokenward:problem:"
 log = logging.getLogger("tokenward.http")
+
+
+def is_bearer_transport(request: HTTPConnection) -> bool:
+    """Whether the client asked for bearer mode (``X-Auth-Transport: bearer``, any case).
+
+    The one test of the header: the routes choose the transport with it and the error
+    handler its ``WWW-Authenticate``, so the two can never disagree.
+    """
+    return request.headers.get("x-auth-transport", "").strip().lower() == "bearer"
 
 
 def problem_response(
@@ -68,9 +77,7 @@ def render_error(exc: TokenwardError, *, bearer: bool = False) -> Response:
 async def handle_tokenward_error(request: Request, exc: Exception) -> Response:
     """Starlette exception handler for :class:`TokenwardError`."""
     assert isinstance(exc, TokenwardError)  # noqa: S101 - registered for this class only
-    bearer = (
-        "authorization" in request.headers or request.headers.get("x-auth-transport") == "bearer"
-    )
+    bearer = "authorization" in request.headers or is_bearer_transport(request)
     return render_error(exc, bearer=bearer)
 
 

@@ -6,6 +6,7 @@ bearer), call :mod:`tokenward.http.auth` and the core, and render what comes bac
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +22,6 @@ from tokenward.errors import (
     InvalidCredentials,
     NotFound,
     PolicyError,
-    RefreshReused,
     TokenExpired,
     TokenInvalid,
     TokenwardError,
@@ -33,10 +33,12 @@ from tokenward.http.auth import (
     authenticate,
     bearer_token,
     check_cookie_csrf,
+    client_of,
+    csrf_header_matches,
+    rotate_recorded,
 )
 from tokenward.http.body import read_body
-from tokenward.http.problems import render_error
-from tokenward.ratelimit import Ticket
+from tokenward.http.problems import is_bearer_transport, render_error
 from tokenward.runtime import Tokenward
 from tokenward.sessions import EndReason, Issued, UserRef
 
@@ -65,10 +67,6 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-def _is_bearer_transport(request: Request) -> bool:
-    return request.headers.get("x-auth-transport", "").strip().lower() == "bearer"
-
-
 class AuthRoutes:
     """The handlers of one :class:`~tokenward.runtime.Tokenward`."""
 
@@ -76,9 +74,7 @@ class AuthRoutes:
         self.tw = tw
 
     def _client(self, request: Request) -> tuple[str, str]:
-        peer = request.client.host if request.client else None
-        ip = self.tw.proxies.client_ip(peer, request.headers.get("x-forwarded-for"))
-        return ip, request.headers.get("user-agent", "")[:256]
+        return client_of(self.tw, request)
 
     def _login_origin_check(self, request: Request) -> None:
         check_origin(
@@ -147,7 +143,7 @@ class AuthRoutes:
     async def login(self, request: Request) -> Response:
         """``POST /auth/login``: 200 with the session (and tokens in bearer mode)."""
         body = await read_body(request, allow_form=True)
-        bearer = _is_bearer_transport(request)
+        bearer = is_bearer_transport(request)
         try:
             if not bearer:
                 self._login_origin_check(request)
@@ -166,6 +162,12 @@ class AuthRoutes:
             issued = await self.tw.sessions.open(
                 UserRef(user.id, user.email, user.created_at), ip=ip, user_agent=agent, now=now
             )
+            if issued.evicted:
+                self._ended(request, user.id, list(issued.evicted), EndReason.EVICTED, now)
+            if not await user_still_enabled(self.tw, issued, now=now):
+                # Refused exactly as a disabled account is by ``Users.authenticate``.
+                self.tw.events.login_failed(email, client=(ip, agent), now=now)
+                raise InvalidCredentials("invalid email or password")
             self.tw.events.login_succeeded(user.id, issued.sid, client=(ip, agent), now=now)
         except TokenwardError as exc:
             if body.form:
@@ -186,11 +188,15 @@ class AuthRoutes:
     async def refresh(self, request: Request) -> Response:
         """``POST /auth/refresh``: rotate the refresh token, issue a new access token."""
         now = self.tw.clock.now()
-        if _is_bearer_transport(request):
-            body = await read_body(request)
-            token = body.string("refresh_token", max_length=512) or ""
+        if is_bearer_transport(request):
+            # A missing token (no body, ``{}``, null, "") is a 401 like an unknown one; only
+            # a body that is there but malformed (wrong type, media type, JSON) is a 4xx.
+            body = await read_body(request, allow_empty=True)
+            token = body.string("refresh_token", required=False, max_length=512)
+            if not token:
+                raise TokenInvalid("no refresh token")
             ticket = await self.tw.throttle.refresh(self._client(request)[0], now=now)
-            issued = await self._rotate(request, ticket, token, None, now)
+            issued = await rotate_recorded(self.tw, request, ticket, token, None, now)
             return json_response(self._session_body(issued, bearer=True))
         await read_body(request, allow_empty=True)
         names = self.tw.cookies.names
@@ -201,27 +207,15 @@ class AuthRoutes:
         self._login_origin_check(request)
         csrf = request.cookies.get(names.csrf)
         header = request.headers.get("x-csrf-token")
-        if not csrf or not header or header != csrf:
+        if not csrf or not csrf_header_matches(header, csrf):
             raise CsrfError("missing or mismatched X-CSRF-Token")
         try:
-            issued = await self._rotate(request, ticket, cookie, csrf, now)
+            issued = await rotate_recorded(self.tw, request, ticket, cookie, csrf, now)
         except AuthError as exc:
             return self._clear_cookies(render_error(exc))
         return self._with_cookies(
             json_response(self._session_body(issued, bearer=False)), issued, csrf
         )
-
-    async def _rotate(
-        self, request: Request, ticket: Ticket, token: str, csrf: str | None, now: int
-    ) -> Issued:
-        """Rotate a refresh token: a success refunds the throttle, a reuse is recorded."""
-        try:
-            issued = await self.tw.sessions.refresh(token, csrf_token=csrf, now=now)
-        except RefreshReused:
-            self.tw.events.refresh_reused(token, client=self._client(request), now=now)
-            raise
-        await ticket.refund()
-        return issued
 
     def _ended(
         self, request: Request, uid: str, sids: list[str], reason: EndReason, now: int
@@ -290,7 +284,8 @@ class AuthRoutes:
         self._ended(request, p.uid, ended, EndReason.LOGOUT_ALL, now)
         response = Response(status_code=204, headers=NO_STORE)
         if not keep_current and not auth.bearer:
-            self._clear_cookies(response)
+            # The session is over: no cookies a transparent refresh made for it go out.
+            return self._clear_cookies(response)
         return apply_pending_cookies(request, response)
 
     async def me(self, request: Request) -> Response:
@@ -338,7 +333,8 @@ class AuthRoutes:
         self._ended(request, p.uid, [sid], EndReason.REVOKED, now)
         response = Response(status_code=204, headers=NO_STORE)
         if sid == p.sid and not auth.bearer:
-            self._clear_cookies(response)
+            # The session is over: no cookies a transparent refresh made for it go out.
+            return self._clear_cookies(response)
         return apply_pending_cookies(request, response)
 
     async def change_password(self, request: Request) -> Response:
@@ -383,6 +379,24 @@ class AuthRoutes:
             for e in rows
         ]
         return apply_pending_cookies(request, json_response(body))
+
+
+async def user_still_enabled(tw: Tokenward, issued: Issued, *, now: int) -> bool:
+    """Whether the user of a session just opened at login may keep it; if not, end it.
+
+    ``Users.authenticate`` reads the user before hashing the password, and
+    ``admin.disable_user`` disables the account, then ends its sessions. A disable that
+    lands while a login is hashing would leave the session the login then opens alive.
+    Reading the user again once the session exists closes that gap: either this read sees
+    the disable, or the disable was committed after it, so after the session was opened,
+    and its ``end_all`` ends this session too.
+    """
+    user = await tw.user_store.by_id(issued.uid)
+    if user is not None and not user.disabled:
+        return True
+    with contextlib.suppress(NotFound):  # the disable's end_all may have got there first
+        await tw.sessions.end(issued.uid, issued.sid, EndReason.USER_DISABLED, now=now)
+    return False
 
 
 def _looks_like_sid(value: str) -> bool:

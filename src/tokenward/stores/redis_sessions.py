@@ -17,7 +17,8 @@ Session hash fields: ``uid email uca`` (user), ``created last abs exp`` (times: 
 ``prev`` and ``rot`` (the just-replaced digest and when), ``salt`` (of the last rotation),
 ``old`` (the first 128 bits of older replaced digests, for theft detection), ``gch`` (the
 grace chain: the tokens before ``prev`` replaced less than the grace window ago, each with
-the salt that replaced it and when; usually absent), ``rlw rln`` (refresh rate window).
+the salt that replaced it and when; usually absent), ``rlw rln`` (refresh rate window),
+``rlx`` (the window whose first refusal was reported).
 No field holds a usable token.
 
 Expiry is enforced twice, by the same numbers: Redis drops the key when its TTL runs out (no
@@ -123,7 +124,7 @@ local now, grace, idle = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local limit, window, channel = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
 local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #sid)
 local f = redis.call('HMGET', KEYS[1], 'cur', 'prev', 'rot', 'salt', 'abs', 'csrf', 'rlw',
-  'rln', 'old', 'uid', 'email', 'uca', 'created', 'exp', 'gch')
+  'rln', 'old', 'uid', 'email', 'uca', 'created', 'exp', 'gch', 'rlx')
 if not f[1] then return {'missing'} end
 local exp = tonumber(f[14]) or 0
 if exp <= now then return {'missing'} end
@@ -133,7 +134,12 @@ if presented == f[1] then
   if ttl <= 0 then return {'missing'} end
   local rlw, rln = tonumber(f[7]) or 0, tonumber(f[8]) or 0
   if now - rlw >= window then rlw, rln = now, 0 end
-  if rln >= limit then return {'limited', tostring(rlw + window - now)} end
+  if rln >= limit then
+    -- 'rlx' remembers the window whose first refusal was reported (one event per burst)
+    local first = f[16] ~= tostring(rlw)
+    if first then redis.call('HSET', KEYS[1], 'rlx', rlw) end
+    return {'limited', tostring(rlw + window - now), first and '1' or '0'}
+  end
   local old = f[9] or ''
   if f[2] then old = string.sub(string.sub(f[2], 1, $CHARS) .. old, 1, $CHARS * $KEPT) end
   -- The grace chain: the token leaving 'prev' keeps its grace (with the salt that replaced
@@ -326,7 +332,7 @@ class RedisSessionStore:
             reply = await self._rotate(keys=[prefix + sid, idx, ended], args=args)
         outcome = RotateOutcome(reply[0])
         if outcome is RotateOutcome.LIMITED:
-            return RotateResult(outcome, retry_after=int(reply[1]))
+            return RotateResult(outcome, retry_after=int(reply[1]), first_refusal=reply[2] == "1")
         if outcome in (RotateOutcome.ROTATED, RotateOutcome.GRACE):
             ttl = int(reply[1])
             state = _state(reply[2:7], now + ttl)
