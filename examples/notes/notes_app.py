@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from tokenward import NotFound, Tokenward, UserRef, load_settings
@@ -39,6 +40,10 @@ CREATE TABLE IF NOT EXISTS notes (
 );
 CREATE INDEX IF NOT EXISTS notes_owner ON notes (owner, id);
 """
+
+#: A note id in a path: SQLite row ids are positive 64-bit integers, so anything else is a
+#: 422 rather than an ``OverflowError`` (500) in the query.
+NoteId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
 
 
 class NoteIn(BaseModel):
@@ -165,15 +170,15 @@ def create_app(
         return store.add(user.id, note)
 
     @app.get("/notes/{note_id}")
-    def get_note(user: CurrentUser, note_id: int) -> Note:
+    def get_note(user: CurrentUser, note_id: NoteId) -> Note:
         return store.get(user.id, note_id)
 
     @app.put("/notes/{note_id}")
-    def replace_note(user: CurrentUser, note_id: int, note: NoteIn) -> Note:
+    def replace_note(user: CurrentUser, note_id: NoteId, note: NoteIn) -> Note:
         return store.replace(user.id, note_id, note)
 
     @app.delete("/notes/{note_id}", status_code=204)
-    def delete_note(user: CurrentUser, note_id: int) -> None:
+    def delete_note(user: CurrentUser, note_id: NoteId) -> None:
         store.delete(user.id, note_id)
 
     return app

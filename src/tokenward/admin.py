@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenward.errors import NotFound, PolicyError, Unavailable
+from tokenward.events import Client
 from tokenward.runtime import Tokenward, default_database_url
 from tokenward.sessions import EndReason, SessionRecord
 from tokenward.settings import Settings
@@ -27,6 +28,7 @@ from tokenward.stores.embedded_redis import LOCK_NAME, SOCKET_NAME, EmbeddedRedi
 from tokenward.users import User, normalize_email
 
 __all__ = [
+    "ADMIN_CLIENT",
     "UserSessions",
     "admin_runtime",
     "create_user",
@@ -39,6 +41,10 @@ __all__ = [
     "revoke_sessions",
     "running_embedded_redis",
 ]
+
+#: The ``(ip, user_agent)`` of the security events the admin CLI causes: no address, and
+#: ``tokenward-cli`` as the User-Agent, so the owner sees that an operator ended a session.
+ADMIN_CLIENT: Client = ("", "tokenward-cli")
 
 
 def running_embedded_redis(data_dir: Path) -> str | None:
@@ -166,14 +172,20 @@ async def list_users(tw: Tokenward, *, limit: int, offset: int) -> list[User]:
 async def disable_user(tw: Tokenward, ref: str) -> tuple[User, list[str]]:
     """Disable a user and end all their sessions; returns the user and the ids ended.
 
-    The account is disabled first, so no login can slip in between; ending the sessions
-    is announced on the invalidation feed, so running servers refuse their access tokens
-    from the next request on.
+    The account is disabled first, then the sessions are ended. A login that checked the
+    user just before the disable may still open a session after ``end_all``; the login
+    route re-checks the user after opening its session and ends it when the user is
+    disabled, so no session of a disabled user outlives its login. Ending the sessions is
+    announced on the invalidation feed, so running servers refuse their access tokens from
+    the next request on, and is recorded as a ``sessions.ended`` security event (reason
+    ``user-disabled``, client :data:`ADMIN_CLIENT`).
     """
     user = await find_user(tw, ref)
     now = tw.clock.now()
     await tw.user_store.set_disabled(user.id, True, now=now)
-    ended = await tw.sessions.end_all(user.id, keep=None, reason=EndReason.USER_DISABLED, now=now)
+    reason = EndReason.USER_DISABLED
+    ended = await tw.sessions.end_all(user.id, keep=None, reason=reason, now=now)
+    tw.events.sessions_ended(user.id, ended, reason.value, client=ADMIN_CLIENT, now=now)
     return user, ended
 
 
@@ -201,6 +213,9 @@ async def list_sessions(tw: Tokenward, ref: str) -> UserSessions:
 async def revoke_sessions(tw: Tokenward, ref: str, sid: str | None = None) -> list[str]:
     """End one session of a user (``sid``) or all of them; returns the ids ended.
 
+    Recorded as a ``sessions.ended`` security event (reason ``revoked``, client
+    :data:`ADMIN_CLIENT`).
+
     Raises:
         NotFound: no such user, or ``sid`` is not one of their live sessions.
     """
@@ -208,5 +223,8 @@ async def revoke_sessions(tw: Tokenward, ref: str, sid: str | None = None) -> li
     now = tw.clock.now()
     if sid is not None:
         await tw.sessions.end(user.id, sid, EndReason.REVOKED, now=now)
-        return [sid]
-    return await tw.sessions.end_all(user.id, keep=None, reason=EndReason.REVOKED, now=now)
+        ended = [sid]
+    else:
+        ended = await tw.sessions.end_all(user.id, keep=None, reason=EndReason.REVOKED, now=now)
+    tw.events.sessions_ended(user.id, ended, EndReason.REVOKED.value, client=ADMIN_CLIENT, now=now)
+    return ended

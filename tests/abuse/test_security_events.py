@@ -3,8 +3,10 @@ without secrets."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import uuid
 from typing import Any
 
 import httpx
@@ -21,7 +23,7 @@ from abuse_support import (
     new_email,
 )
 
-from tokenward.events import EventKind
+from tokenward.events import EventKind, SecurityEvent, SecurityEvents
 from tokenward.logs import JsonFormatter
 from tokenward.ratelimit import account_digest
 from tokenward.stores.redis_client import connect_redis
@@ -214,6 +216,29 @@ async def test_events_older_than_the_ttl_are_not_shown(make_tw: MakeTw) -> None:
         tokens = await Accounts(c).login_bearer(email)
         rows = await events_of(c, tokens["access_token"])
     assert "account.registered" not in kinds(rows)
+
+
+async def test_reading_events_returns_under_steady_event_traffic(make_tw: MakeTw) -> None:
+    """GET /auth/events waits for the writes pending when it began, not for a queue that
+    never empties: here every write records the next event, so one is always pending."""
+    tw = await make_tw()
+    uid, now = f"u-{uuid.uuid4().hex}", tw.clock.now()
+    traffic = True
+    events: SecurityEvents
+
+    def record_next(event: SecurityEvent) -> None:
+        if traffic:
+            events.record(SecurityEvent(EventKind.LOGIN_FAILED, now, uid))
+
+    events = SecurityEvents(tw.event_log, tw.event_log, tw.user_store, observer=record_next)
+    events.record(SecurityEvent(EventKind.REGISTERED, now, uid))
+    try:
+        rows = await asyncio.wait_for(events.for_user(uid, now=now), timeout=10)
+    finally:
+        traffic = False
+        await events.drain()  # the writes still pending record nothing more
+    assert EventKind.REGISTERED in {event.kind for event in rows}
+    assert all(event.uid == uid for event in rows)
 
 
 async def test_a_broken_event_store_never_fails_a_request(

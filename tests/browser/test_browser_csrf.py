@@ -54,6 +54,12 @@ async def test_forged_logout_all_and_password_change_are_refused(
     logout_all = server.url + "/auth/logout-all"
     url = _attack_page(foreign_site, "prize", logout_all, keep_current="false")
     assert await _visit(attacker, url, logout_all) in (401, 403)
+    # Cross-site, SameSite alone withholds the cookies (hence 401 is fine above). The same
+    # page on localhost at another port is same-site but cross-origin: the cookies go along,
+    # so only the server's own check (Origin, X-CSRF-Token) can refuse it.
+    same_site = url.replace(foreign_site.url, f"http://localhost:{foreign_site.port}")
+    assert same_site != url
+    assert await _visit(attacker, same_site, logout_all) == 403
 
     password = server.url + "/auth/password"
     forged = {"current_password": PASSWORD, "new_password": "pwned by eve 123"}

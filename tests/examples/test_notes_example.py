@@ -162,3 +162,19 @@ async def test_logged_out_token_cannot_touch_notes(app: Any) -> None:
         assert (await client.get("/notes", headers=alice)).status_code == 200
         assert (await client.post("/auth/logout", headers=alice)).status_code == 204
         assert (await client.get("/notes", headers=alice)).status_code == 401
+
+
+async def test_out_of_range_note_ids_are_422_not_500(app: Any) -> None:
+    """Ids SQLite cannot hold (past 2**63 - 1, or below 1) are refused before the query;
+    the largest id it can hold is an ordinary 404."""
+    alice = await bearer_user(app)
+    async with client_for(app) as client:
+        for note_id in (2**63, 10**30, 0, -1):
+            url = f"/notes/{note_id}"
+            for response in (
+                await client.get(url, headers=alice),
+                await client.put(url, json={"title": "x", "body": ""}, headers=alice),
+                await client.delete(url, headers=alice),
+            ):
+                assert response.status_code == 422, (note_id, response.text)
+        assert (await client.get(f"/notes/{2**63 - 1}", headers=alice)).status_code == 404

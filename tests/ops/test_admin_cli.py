@@ -21,8 +21,9 @@ from ops_support import (
     register_and_login,
 )
 
-from tokenward.admin import running_embedded_redis
+from tokenward.admin import ADMIN_CLIENT, running_embedded_redis
 from tokenward.clock import FrozenClock
+from tokenward.events import EventKind
 from tokenward.stores.embedded_redis import EmbeddedRedis
 
 
@@ -149,6 +150,36 @@ async def test_sessions_list_and_revoke(
         )
         assert json.loads(everything.out) == {"sessions_ended": [second["session"]["id"]]}
         assert await _refused_within(client, second_auth)
+
+
+async def test_operator_actions_are_recorded_as_security_events(
+    make_ops_tw: MakeOpsTw, run_cli: RunCli, redis_url: str
+) -> None:
+    """sessions revoke and users disable leave a sessions.ended event in the user's stream
+    (written before the CLI exits), naming the cause and the CLI as the client."""
+    tw = await make_ops_tw()
+    env = ops_env(redis_url, tw.settings.data_dir)
+    async with ops_client(tw) as client:
+        first = await register_and_login(client, "ev@example.com")
+        second = await client.post(
+            "/auth/login",
+            json={"email": "ev@example.com", "password": OPS_PASSWORD},
+            headers={"X-Auth-Transport": "bearer"},
+        )
+        assert second.status_code == 200
+    uid, sid = first["user"]["id"], first["session"]["id"]
+    revoked = await run_cli("sessions", "revoke", "--user", uid, "--session", sid, env=env)
+    assert revoked.code == 0, revoked.err
+    disabled = await run_cli("users", "disable", "ev@example.com", env=env)
+    assert disabled.code == 0, disabled.err
+
+    events = await tw.event_log.for_user(uid, now=int(time.time()))
+    ended = [e for e in events if e.kind is EventKind.SESSIONS_ENDED]
+    assert [(e.detail, e.sid) for e in ended] == [
+        ({"reason": "user-disabled", "count": 1}, second.json()["session"]["id"]),
+        ({"reason": "revoked", "count": 1}, sid),
+    ]
+    assert {(e.ip, e.user_agent) for e in ended} == {ADMIN_CLIENT}
 
 
 async def test_unknown_user_exits_1(run_cli: RunCli, redis_url: str, tmp_path: Path) -> None:
