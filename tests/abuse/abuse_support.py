@@ -14,7 +14,6 @@ import random
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,8 @@ from tokenward.http.app import create_app
 from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
 from tokenward.settings import load_settings
+from tw_accounts import BEARER, ORIGIN, PASSWORD, Accounts, new_email  # noqa: F401 - re-exported
 
-ORIGIN = "https://tokenward.test"
 #: Limits no test that is not about throttling can trip (the run shares one Redis).
 GENEROUS_LIMITS: dict[str, int] = {
     "register_ip_limit": 1_000_000,
@@ -38,8 +37,6 @@ GENEROUS_LIMITS: dict[str, int] = {
     "login_ip_limit": 1_000_000,
     "refresh_ip_limit": 1_000_000,
 }
-PASSWORD = "correct horse battery staple"
-BEARER = {"X-Auth-Transport": "bearer"}
 
 #: ``make_tw(argon2=CHEAP_FOR_TESTS, clock=None, **settings)``: started instances.
 MakeTw = Callable[..., Awaitable[Tokenward]]
@@ -57,53 +54,11 @@ def fresh_ip() -> str:
     return f"2001:db8:{_run_prefix:x}:{next(_next_ip):x}::1"
 
 
-def new_email() -> str:
-    """A fresh, unique address."""
-    return f"user-{uuid.uuid4().hex[:12]}@example.com"
-
-
 def client_for(tw: Tokenward, ip: str = "127.0.0.1") -> httpx.AsyncClient:
     """A client on ``tw``'s app whose requests come from ``ip`` (the socket peer)."""
     app = create_app(tw, manage_lifespan=False)
     transport = httpx.ASGITransport(app=app, client=(ip, 40_000))
     return httpx.AsyncClient(transport=transport, base_url=ORIGIN)
-
-
-class Accounts:
-    """Registration and login helpers for one client (same API as tests/http's)."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
-
-    @staticmethod
-    def new_email() -> str:
-        return new_email()
-
-    async def register(self, email: str | None = None, password: str = PASSWORD) -> str:
-        email = email or new_email()
-        r = await self.client.post("/auth/register", json={"email": email, "password": password})
-        assert r.status_code == 201, r.text
-        return email
-
-    async def login_bearer(self, email: str, password: str = PASSWORD) -> dict[str, Any]:
-        r = await self.client.post(
-            "/auth/login", json={"email": email, "password": password}, headers=BEARER
-        )
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        return body
-
-    async def login_cookie(self, email: str, password: str = PASSWORD) -> httpx.Response:
-        r = await self.client.post("/auth/login", json={"email": email, "password": password})
-        assert r.status_code == 200, r.text
-        return r
-
-    def csrf_headers(self) -> dict[str, str]:
-        token = self.client.cookies.get("__Host-csrf_token") or self.client.cookies.get(
-            "csrf_token"
-        )
-        assert token, "no csrf cookie"
-        return {"X-CSRF-Token": token, "Origin": ORIGIN}
 
 
 async def login(

@@ -7,18 +7,14 @@ conftest, and ``from conftest import ...`` would pick whichever was imported fir
 from __future__ import annotations
 
 import secrets
-import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import httpx
 
 from tokenward.http.app import create_app
 from tokenward.runtime import Tokenward
 from tokenward.settings import Settings
-
-ORIGIN = "https://tokenward.test"
-PASSWORD = "correct horse battery staple"
+from tw_accounts import ORIGIN, PASSWORD, Accounts  # noqa: F401 - re-exported
 
 MakeTw = Callable[..., Awaitable[Tokenward]]
 
@@ -49,41 +45,3 @@ def isolated_client(tw: Tokenward) -> httpx.AsyncClient:
     app = create_app(tw, manage_lifespan=False)
     transport = httpx.ASGITransport(app=app, client=(host, 40000))
     return httpx.AsyncClient(transport=transport, base_url=ORIGIN)
-
-
-class Accounts:
-    """Registration and login helpers for one client."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
-
-    @staticmethod
-    def new_email() -> str:
-        return f"user-{uuid.uuid4().hex[:12]}@example.com"
-
-    async def register(self, email: str | None = None, password: str = PASSWORD) -> str:
-        email = email or self.new_email()
-        r = await self.client.post("/auth/register", json={"email": email, "password": password})
-        assert r.status_code == 201, r.text
-        return email
-
-    async def login_bearer(self, email: str, password: str = PASSWORD) -> dict[str, Any]:
-        r = await self.client.post(
-            "/auth/login",
-            json={"email": email, "password": password},
-            headers={"X-Auth-Transport": "bearer"},
-        )
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        return body
-
-    async def login_cookie(self, email: str, password: str = PASSWORD) -> httpx.Response:
-        r = await self.client.post("/auth/login", json={"email": email, "password": password})
-        assert r.status_code == 200, r.text
-        return r
-
-    def csrf_headers(self) -> dict[str, str]:
-        cookies = self.client.cookies
-        token = cookies.get("__Host-csrf_token") or cookies.get("csrf_token")
-        assert token, "no csrf cookie"
-        return {"X-CSRF-Token": token, "Origin": ORIGIN}

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -27,13 +26,11 @@ import httpx
 
 from tokenward.http.app import create_app
 from tokenward.runtime import Tokenward
+from tw_accounts import BEARER, ORIGIN, PASSWORD, Accounts, new_email  # noqa: F401 - re-exported
 
 #: ``make_tw(clock=None, **settings)``: the fixture's factory of started instances.
 MakeTw = Callable[..., Awaitable[Tokenward]]
 
-ORIGIN = "https://tokenward.test"
-PASSWORD = "correct horse battery staple"
-BEARER = {"X-Auth-Transport": "bearer"}
 STARTUP_TIMEOUT = 30.0
 
 
@@ -63,11 +60,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def new_email() -> str:
-    """A fresh, unique address."""
-    return f"user-{uuid.uuid4().hex[:12]}@example.com"
 
 
 def session_key(uid: str, sid: str) -> str:
@@ -102,52 +94,6 @@ async def poll(check: Callable[[], Awaitable[bool]], within: float, step: float 
         if time.monotonic() - start > within:
             raise AssertionError(f"condition not reached within {within}s")
         await asyncio.sleep(step)
-
-
-class Accounts:
-    """Registration and login helpers for one client."""
-
-    def __init__(self, client: httpx.AsyncClient, origin: str = ORIGIN) -> None:
-        self.client = client
-        self.origin = origin
-
-    async def register(self, email: str | None = None, password: str = PASSWORD) -> str:
-        """Register a fresh account; returns its email."""
-        email = email or new_email()
-        r = await self.client.post("/auth/register", json={"email": email, "password": password})
-        assert r.status_code == 201, r.text
-        return email
-
-    async def login_bearer(
-        self, email: str, password: str = PASSWORD, headers: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        """Log in with the bearer transport; returns the body (tokens included)."""
-        r = await self.client.post(
-            "/auth/login",
-            json={"email": email, "password": password},
-            headers={**BEARER, **(headers or {})},
-        )
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        return body
-
-    async def new_bearer(self) -> dict[str, Any]:
-        """Register and log in a fresh account (bearer)."""
-        return await self.login_bearer(await self.register())
-
-    async def login_cookie(self, email: str, password: str = PASSWORD) -> httpx.Response:
-        """Log in with cookies (the client's jar keeps them)."""
-        r = await self.client.post("/auth/login", json={"email": email, "password": password})
-        assert r.status_code == 200, r.text
-        return r
-
-    def csrf_headers(self) -> dict[str, str]:
-        """The double-submit header (and Origin) for the client's current cookies."""
-        token = self.client.cookies.get("__Host-csrf_token") or self.client.cookies.get(
-            "csrf_token"
-        )
-        assert token, "no csrf cookie"
-        return {"X-CSRF-Token": token, "Origin": self.origin}
 
 
 async def refresh_bearer(client: httpx.AsyncClient, token: str) -> httpx.Response:
