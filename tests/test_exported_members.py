@@ -32,6 +32,7 @@ EXPECTED = [
     "PolicyError",
     "Principal",
     "RateLimited",
+    "RefreshLimited",
     "RefreshReused",
     "SessionEnded",
     "SessionPolicy",
