@@ -30,11 +30,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from waiting import poll_until
 
 STARTUP_TIMEOUT = 30.0  # seconds a server may take to answer
 STOP_TIMEOUT = 15.0
@@ -64,14 +65,8 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 def _poll(check: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float) -> bool:
     """Call ``check`` until it returns True, ``proc`` exits, or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return False
+    settled = poll_until(lambda: proc.poll() is not None or check(), within=timeout, step=0.05)
+    return settled and proc.poll() is None
 
 
 def _spawn_reaper(cleanup: str) -> subprocess.Popen[bytes]:

@@ -13,12 +13,13 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from waiting import wait_until
 
 TOKENWARD = Path(sys.executable).with_name("tokenward")
 PASSWORD = "correct horse battery staple"
@@ -149,16 +150,16 @@ class Server:
             cwd=self.cwd, env=_env(), stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()
-        deadline = time.monotonic() + START_DEADLINE
-        while True:
-            assert self.proc.poll() is None, f"serve exited early:\n{self.output}"
+        proc = self.proc
+
+        def healthy() -> bool:
+            assert proc.poll() is None, f"serve exited early:\n{self.output}"
             try:
-                if httpx.get(f"{self.base}/healthz", timeout=1.0).status_code == 200:
-                    return
+                return httpx.get(f"{self.base}/healthz", timeout=1.0).status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"no /healthz within {START_DEADLINE}s"
-            time.sleep(0.05)
+                return False
+
+        wait_until(healthy, within=START_DEADLINE, what="/healthz answers", step=0.05)
 
     def stop(self) -> int:
         """SIGTERM by pid; wait for the exit status."""
@@ -224,10 +225,12 @@ def test_serve_with_no_configuration_runs_and_keeps_sessions(server: Server) -> 
     assert _pid_alive(valkey_pid)
 
     assert server.stop() == 0
-    deadline = time.monotonic() + STOP_DEADLINE
-    while _pid_alive(valkey_pid):
-        assert time.monotonic() < deadline, "the embedded Redis outlived serve"
-        time.sleep(0.05)
+    wait_until(
+        lambda: not _pid_alive(valkey_pid),
+        within=STOP_DEADLINE,
+        what="the embedded Redis exits with serve",
+        step=0.05,
+    )
     assert any(p.name.startswith("appendonly") for p in (data / "redis").iterdir())
 
     server.start()

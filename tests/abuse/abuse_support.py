@@ -13,7 +13,6 @@ import itertools
 import random
 import socket
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
 from tokenward.settings import load_settings
 from tw_accounts import BEARER, ORIGIN, PASSWORD, Accounts, new_email  # noqa: F401 - re-exported
+from waiting import wait_until
 
 #: Limits no test that is not about throttling can trip (the run shares one Redis).
 GENEROUS_LIMITS: dict[str, int] = {
@@ -121,11 +121,13 @@ def live_server(redis_url: str, data_dir: Path, **overrides: Any) -> Iterator[Li
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
+
+    def started() -> bool:
+        if not thread.is_alive():
             raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
+        return server.started
+
+    wait_until(started, within=30, what="the test server started")
     try:
         yield LiveServer(base, tw)
     finally:

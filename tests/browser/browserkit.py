@@ -6,12 +6,10 @@ from here (``from browserkit import sign_in``).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 from playwright.async_api import BrowserContext, Page
+
+from waiting import await_until, poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -143,11 +143,13 @@ def start_server(redis_url: str, workdir: Path, **overrides: str) -> Server:
                 start_new_session=True,
             )
         server = Server(port, process, log)
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline and process.poll() is None:
-            if _healthy(port):
-                return server
-            time.sleep(0.1)
+        settled = poll_until(
+            lambda p=process, n=port: p.poll() is not None or _healthy(n),
+            within=STARTUP_TIMEOUT,
+            step=0.1,
+        )
+        if settled and process.poll() is None:
+            return server
         stop_server(server)
         if "address already in use" not in server.tail().lower() or attempt == PORT_ATTEMPTS - 1:
             pytest.fail(f"tokenward serve did not become healthy:\n{server.tail()}", pytrace=False)
@@ -203,11 +205,13 @@ async def wait_for_access_cookie_expiry(context: BrowserContext, limit: float) -
     as the access token is gone (about the access TTL after it was issued), so the next API
     call has to refresh. Returns the seconds waited.
     """
-    start = time.monotonic()
-    while await cookie(context, ACCESS) is not None:
-        assert time.monotonic() - start < limit, "the access cookie outlived the access TTL"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - start
+
+    async def dropped() -> bool:
+        return await cookie(context, ACCESS) is None
+
+    return await await_until(
+        dropped, within=limit, what="the browser drops the access cookie", step=0.05
+    )
 
 
 async def sign_up(page: Page, base: str, email: str, password: str = PASSWORD) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from waiting import wait_until
+
 NODES = 3
 START_TIMEOUT = 30.0
 
@@ -74,9 +76,12 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
                 )
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while any(_cli("-p", str(p), "ping").stdout.strip() != "PONG" for p in ports):
-            assert time.monotonic() < deadline, "cluster nodes did not start"
-            time.sleep(0.05)
+        wait_until(
+            lambda: all(_cli("-p", str(p), "ping").stdout.strip() == "PONG" for p in ports),
+            within=START_TIMEOUT,
+            what="the cluster nodes answer",
+            step=0.05,
+        )
         created = _cli(
             "--cluster",
             "create",
@@ -86,12 +91,14 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
             "--cluster-yes",
         )
         assert created.returncode == 0, created.stdout + created.stderr
-        while True:
-            infos = [_cli("-p", str(p), "cluster", "info").stdout for p in ports]
-            if all("cluster_state:ok" in info for info in infos):
-                break
-            assert time.monotonic() < deadline, "cluster did not become ready"
-            time.sleep(0.05)
+        wait_until(
+            lambda: all(
+                "cluster_state:ok" in _cli("-p", str(p), "cluster", "info").stdout for p in ports
+            ),
+            within=max(0.0, deadline - time.monotonic()),
+            what="the cluster is ready",
+            step=0.05,
+        )
         yield f"redis+cluster://127.0.0.1:{ports[0]}"
     finally:
         for proc in procs:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
 from tokenward.sessions import EndReason, UserRef
 from tokenward.settings import load_settings
+from waiting import await_until
 
 
 @pytest.fixture
@@ -61,10 +61,7 @@ async def test_open_rotate_replay_and_end_on_cluster(cluster_tw: Tokenward) -> N
 async def test_revocation_feed_works_on_cluster(cluster_tw: Tokenward) -> None:
     """The invalidation feed subscribes on a cluster, so the cache may vouch for sessions."""
     tw = cluster_tw
-    deadline = time.monotonic() + 5
-    while not tw.cache.healthy:
-        assert time.monotonic() < deadline, "feed never subscribed on the cluster"
-        await asyncio.sleep(0.02)
+    await await_until(lambda: tw.cache.healthy, within=5, what="the feed subscribes")
     user = _user(999)
     issued = await tw.sessions.open(user, ip="127.0.0.1", user_agent="t", now=tw.clock.now())
     await tw.sessions.authenticate(issued.access_token, now=tw.clock.now())

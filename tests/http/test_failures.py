@@ -25,6 +25,7 @@ from tokenward.clock import FrozenClock
 from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
 from tokenward.settings import load_settings
+from waiting import await_until, wait_until
 
 BEARER = {"X-Auth-Transport": "bearer"}
 #: Deadline for any one request against a dead back end (the contract's "bounded time").
@@ -180,11 +181,14 @@ class PrivateRedis:
         log = (self.workdir / "redis.log").open("ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + 15
-        while not self._pings():
-            assert self.proc.poll() is None, (self.workdir / "redis.log").read_text()
-            assert time.monotonic() < deadline, "private redis-server did not start"
-            time.sleep(0.02)
+
+        proc = self.proc
+
+        def pings() -> bool:
+            assert proc.poll() is None, (self.workdir / "redis.log").read_text()
+            return self._pings()
+
+        wait_until(pings, within=15, what="the private redis-server answers")
 
     def kill(self) -> None:
         """SIGKILL by pid: a crash, not a clean shutdown."""
@@ -213,13 +217,6 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         server.kill()
 
 
-async def _wait_until(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + BOUND
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_redis_crash_gives_503_then_recovery_loses_nothing(
     private_redis: PrivateRedis, make_tw: MakeTw
 ) -> None:
@@ -240,7 +237,7 @@ async def test_redis_crash_gives_503_then_recovery_loses_nothing(
         async def cache_gave_up() -> bool:
             return not tw.cache.healthy
 
-        await _wait_until(cache_gave_up, "the session cache stops vouching")
+        await await_until(cache_gave_up, within=BOUND, what="the session cache stops vouching")
         outage = [
             c.get("/auth/me", headers=_bearer(bearer)),
             c.get("/auth/me"),
@@ -261,7 +258,7 @@ async def test_redis_crash_gives_503_then_recovery_loses_nothing(
         async def ready() -> bool:
             return (await c.get("/readyz")).status_code == 200 and tw.cache.healthy
 
-        await _wait_until(ready, "the service is ready again")
+        await await_until(ready, within=BOUND, what="the service is ready again")
         assert (await c.get("/auth/me", headers=_bearer(bearer))).status_code == 200
         assert (await c.get("/auth/me")).status_code == 200
         rotated = await c.post(
@@ -291,7 +288,7 @@ async def test_ended_sessions_stay_ended_across_a_redis_crash(
                 return (await c.get("/readyz")).status_code == 200 and tw.cache.healthy
             return False
 
-        await _wait_until(ready, "the service is ready again")
+        await await_until(ready, within=BOUND, what="the service is ready again")
         assert (await c.get("/auth/me", headers=_bearer(tokens))).status_code == 401
         refresh = await c.post(
             "/auth/refresh", json={"refresh_token": tokens["refresh_token"]}, headers=BEARER

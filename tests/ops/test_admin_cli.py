@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -25,17 +24,17 @@ from tokenward.admin import ADMIN_CLIENT, running_embedded_redis
 from tokenward.clock import FrozenClock
 from tokenward.events import EventKind
 from tokenward.stores.embedded_redis import EmbeddedRedis
+from waiting import apoll_until
 
 
 async def _refused_within(client: httpx.AsyncClient, auth: dict[str, str]) -> bool:
     """Whether /auth/me refuses within a second: the CLI is another instance, and the
     contract lets other instances learn of an ended session within one second."""
-    deadline = time.monotonic() + 1.5
-    while True:
-        status = (await client.get("/auth/me", headers=auth)).status_code
-        if status == 401 or time.monotonic() > deadline:
-            return status == 401
-        await asyncio.sleep(0.02)
+
+    async def refused() -> bool:
+        return (await client.get("/auth/me", headers=auth)).status_code == 401
+
+    return await apoll_until(refused, within=1.5)
 
 
 async def test_users_create_reads_the_password_from_stdin(

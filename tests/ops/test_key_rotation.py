@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import stat
 import time
@@ -25,6 +24,7 @@ from tokenward.keys import GENERATED_KEYS_FILE, KeySet, generate_key
 from tokenward.runtime import Tokenward
 from tokenward.settings import load_settings
 from tokenward.tokens import AccessTokens
+from waiting import await_until
 
 NOW = 1_800_000_000
 TTL, LEEWAY, INTERVAL = 600, 30, 5
@@ -264,11 +264,10 @@ async def test_server_rereads_the_key_file_on_its_own(make_ops_tw: MakeOpsTw) ->
     tw = await make_ops_tw(key_reload_interval=1)
     path = tw.settings.data_dir / GENERATED_KEYS_FILE
     done = rotate(path, alg="EdDSA", now=tw.clock.now(), activate_in=60, retain=RETAIN)
-    deadline = time.monotonic() + 10
-    # A bounded poll: the background task exposes no event to wait on.
-    while tw.keys.get(done.new.kid) is None and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.1)
-    assert tw.keys.get(done.new.kid) is not None
+    # The background task exposes no event to wait on.
+    await await_until(
+        lambda: tw.keys.get(done.new.kid) is not None, within=10, what="the new key is loaded"
+    )
 
 
 # -- the CLI ----------------------------------------------------------------------------------

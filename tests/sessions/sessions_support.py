@@ -6,7 +6,6 @@ it by a unique name (``from sessions_support import ...``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import secrets
@@ -15,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -27,6 +25,7 @@ import httpx
 from tokenward.http.app import create_app
 from tokenward.runtime import Tokenward
 from tw_accounts import BEARER, ORIGIN, PASSWORD, Accounts, new_email  # noqa: F401 - re-exported
+from waiting import wait_until
 
 #: ``make_tw(clock=None, **settings)``: the fixture's factory of started instances.
 MakeTw = Callable[..., Awaitable[Tokenward]]
@@ -83,17 +82,6 @@ def set_cookies(response: httpx.Response) -> dict[str, dict[str, str]]:
             attrs["value"] = morsel.value
             out[name] = attrs
     return out
-
-
-async def poll(check: Callable[[], Awaitable[bool]], within: float, step: float = 0.01) -> float:
-    """Await ``check`` until it is true; return the seconds it took. Fails after ``within``."""
-    start = time.monotonic()
-    while True:
-        if await check():
-            return time.monotonic() - start
-        if time.monotonic() - start > within:
-            raise AssertionError(f"condition not reached within {within}s")
-        await asyncio.sleep(step)
 
 
 async def refresh_bearer(client: httpx.AsyncClient, token: str) -> httpx.Response:
@@ -193,11 +181,13 @@ def run_server(
     )
     server = Server(proc, f"http://127.0.0.1:{port}", log, workers)
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while log.read_text(errors="replace").count("Application startup complete") < workers:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{server.log_tail()}")
-            time.sleep(0.05)
+
+        def started() -> bool:
+            assert proc.poll() is None, f"server did not start:\n{server.log_tail()}"
+            count = log.read_text(errors="replace").count("Application startup complete")
+            return count >= workers
+
+        wait_until(started, within=STARTUP_TIMEOUT, step=0.05)
         yield server
     finally:
         server.stop()
@@ -256,11 +246,12 @@ def private_redis(workdir: Path) -> Iterator[PrivateRedis]:
     )
     server = PrivateRedis(proc, port)
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not _pings(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("private redis-server did not start")
-            time.sleep(0.02)
+
+        def pings() -> bool:
+            assert proc.poll() is None, "private redis-server did not start"
+            return _pings(port)
+
+        wait_until(pings, within=STARTUP_TIMEOUT)
         yield server
     finally:
         server.stop()

@@ -9,7 +9,6 @@ from sessions_support import (
     MakeTw,
     auth,
     client_for,
-    poll,
     refresh_bearer,
     session_key,
     set_cookies,
@@ -17,6 +16,7 @@ from sessions_support import (
 )
 
 from tokenward.clock import FrozenClock, SystemClock
+from waiting import await_until
 
 IDLE, MAX = 1000, 2500
 
@@ -110,7 +110,7 @@ async def test_real_time_idle_expiry_removes_the_key(
         async def gone() -> bool:
             return await redis.exists(key) == 0
 
-        await poll(gone, within=10, step=0.05)
+        await await_until(gone, within=10, step=0.05)
         assert (
             await client.get("/auth/me", headers=auth(tokens["access_token"]))
         ).status_code == 401

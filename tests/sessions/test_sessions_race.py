@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 import httpx
 import redis.asyncio as aioredis
-from sessions_support import Accounts, Server, auth, poll, refresh_bearer, session_key
+from sessions_support import Accounts, Server, auth, refresh_bearer, session_key
+
+from waiting import await_until
 
 ROUNDS = 50
 CALLERS = 20
@@ -127,5 +129,5 @@ async def test_logout_reaches_every_worker(server: Callable[..., Server]) -> Non
                 )
             return {r.status_code for r in replies} == {401}
 
-        await poll(all_refused, within=1.0)
+        await await_until(all_refused, within=1.0)
     print(f"first requests after logout, 10 rounds x 20 on fresh connections: {dict(first_try)}")

@@ -13,13 +13,13 @@ from sessions_support import (
     MakeTw,
     auth,
     client_for,
-    poll,
     private_redis,
     session_key,
 )
 
 from tokenward.revocation import SessionCache
 from tokenward.runtime import Tokenward
+from waiting import await_until
 
 #: The contract across instances: an ended session is refused within a second.
 INSTANCE_DEADLINE = 1.0
@@ -61,7 +61,7 @@ async def test_another_instance_refuses_within_a_second(make_tw: MakeTw, tmp_pat
         async def refused() -> bool:
             return await me_status(cb, tokens) == 401
 
-        took = await poll(refused, within=INSTANCE_DEADLINE, step=0.005)
+        took = await await_until(refused, within=INSTANCE_DEADLINE, step=0.005)
         assert not cached(b, tokens)
     print(f"instance B refused {took * 1000:.1f} ms after A's logout")
 
@@ -112,7 +112,7 @@ async def test_killed_feed_connection_empties_the_cache(make_tw: MakeTw, tmp_pat
                 async def resubscribed() -> bool:
                     return tw.feed.subscriptions > before and tw.feed.subscribed
 
-                await poll(resubscribed, within=5)
+                await await_until(resubscribed, within=5)
                 assert await me_status(client, tokens) == 401
         finally:
             await admin.aclose()
@@ -140,7 +140,7 @@ async def test_feed_kept_down_fails_closed_until_it_is_back(
                 async def down() -> bool:
                     return not tw.cache.healthy
 
-                await poll(down, within=5)
+                await await_until(down, within=5)
                 assert len(tw.cache) == 0
                 # Still serving, from Redis: a live session works, nothing gets cached.
                 other = await accounts.login_bearer(email)
@@ -157,7 +157,7 @@ async def test_feed_kept_down_fails_closed_until_it_is_back(
                 async def back() -> bool:
                     return tw.feed.subscribed
 
-                await poll(back, within=5)
+                await await_until(back, within=5)
                 assert await me_status(client, other) == 200
                 assert cached(tw, other)
         finally:
@@ -182,7 +182,7 @@ async def test_silent_redis_lapses_the_lease_within_a_second(
                 async def lapsed() -> bool:
                     return not tw.cache.healthy
 
-                took = await poll(lapsed, within=INSTANCE_DEADLINE + 0.5)
+                took = await await_until(lapsed, within=INSTANCE_DEADLINE + 0.5)
                 assert not cached(tw, tokens)
                 print(f"lease lapsed {took * 1000:.0f} ms after Redis went silent")
         finally:
@@ -205,7 +205,7 @@ async def test_redis_gone_means_503_not_a_stale_yes(make_tw: MakeTw, tmp_path: P
                 assert r.status_code in (200, 503)
                 return r.status_code == 503
 
-            took = await poll(unavailable, within=3, step=0.02)
+            took = await await_until(unavailable, within=3, step=0.02)
             assert took < 1.0
             r = await client.get("/auth/me", headers=auth(tokens["access_token"]))
             assert r.status_code == 503

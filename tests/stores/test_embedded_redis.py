@@ -16,13 +16,14 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from tokenward.stores.embedded_redis import EmbeddedRedis, EmbeddedRedisError, find_valkey_server
+from waiting import wait_until
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
 
@@ -30,14 +31,6 @@ linux_only = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSI
 def _client(embedded: EmbeddedRedis) -> redis.Redis:
     socket_path = embedded.url.removeprefix("unix://")
     return redis.Redis(unix_socket_path=socket_path, socket_timeout=5)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout} s waiting until {what}")
-        time.sleep(0.02)
 
 
 def _alive(pid: int) -> bool:
@@ -173,7 +166,7 @@ def test_orphaned_server_of_a_crashed_run_is_shut_down(data_dir: Path) -> None:
                 except (redis.ConnectionError, redis.BusyLoadingError):
                     return False
 
-            _wait_for(orphan_set, 10, "the orphan accepts writes")
+            wait_until(orphan_set, within=10, what="the orphan accepts writes")
 
         with EmbeddedRedis(data_dir) as server, _client(server) as client:
             assert orphan.wait(timeout=10) == 0
@@ -260,7 +253,9 @@ def test_server_dies_with_sigkilled_parent(data_dir: Path, started_from: str) ->
 
         child.kill()
         child.wait(timeout=10)
-        _wait_for(lambda: not _alive(server_pid), 10, f"server pid {server_pid} is gone")
+        wait_until(
+            lambda: not _alive(server_pid), within=10, what=f"server pid {server_pid} is gone"
+        )
     finally:
         if child.poll() is None:
             child.kill()
