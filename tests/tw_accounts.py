@@ -16,6 +16,17 @@ ORIGIN = "https://tokenward.test"
 PASSWORD = "correct horse battery staple"
 BEARER = {"X-Auth-Transport": "bearer"}
 
+#: Abuse limits high enough that tests which are not about throttling never trip them,
+#: although the whole run shares one Redis and one client address. Pass as
+#: ``make_tw(**GENEROUS_LIMITS, ...)``.
+GENEROUS_LIMITS: dict[str, int] = {
+    "register_ip_limit": 1_000_000,
+    "login_pair_limit": 1_000_000,
+    "login_account_limit": 1_000_000,
+    "login_ip_limit": 1_000_000,
+    "refresh_ip_limit": 1_000_000,
+}
+
 
 def new_email() -> str:
     """A fresh, unique address."""

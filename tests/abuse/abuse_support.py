@@ -26,17 +26,17 @@ from tokenward.http.app import create_app
 from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
 from tokenward.settings import load_settings
-from tw_accounts import BEARER, ORIGIN, PASSWORD, Accounts, new_email  # noqa: F401 - re-exported
+from tw_accounts import (  # noqa: F401 - re-exported
+    BEARER,
+    GENEROUS_LIMITS,
+    ORIGIN,
+    PASSWORD,
+    Accounts,
+    new_email,
+)
 from waiting import wait_until
 
 #: Limits no test that is not about throttling can trip (the run shares one Redis).
-GENEROUS_LIMITS: dict[str, int] = {
-    "register_ip_limit": 1_000_000,
-    "login_pair_limit": 1_000_000,
-    "login_account_limit": 1_000_000,
-    "login_ip_limit": 1_000_000,
-    "refresh_ip_limit": 1_000_000,
-}
 
 #: ``make_tw(argon2=CHEAP_FOR_TESTS, clock=None, **settings)``: started instances.
 MakeTw = Callable[..., Awaitable[Tokenward]]

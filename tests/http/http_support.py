@@ -13,25 +13,9 @@ import httpx
 
 from tokenward.http.app import create_app
 from tokenward.runtime import Tokenward
-from tokenward.settings import Settings
-from tw_accounts import ORIGIN, PASSWORD, Accounts  # noqa: F401 - re-exported
+from tw_accounts import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts  # noqa: F401 - re-exported
 
 MakeTw = Callable[..., Awaitable[Tokenward]]
-
-#: Abuse limits high enough that tests which are not about throttling never trip them,
-#: although the whole run shares one Redis and one client address. Pass as
-#: ``make_tw(**GENEROUS_LIMITS, ...)``.
-GENEROUS_LIMITS: dict[str, int] = {
-    name: 1_000_000
-    for name in (
-        "register_ip_limit",
-        "login_pair_limit",
-        "login_account_limit",
-        "login_ip_limit",
-        "refresh_ip_limit",
-    )
-    if name in Settings.model_fields
-}
 
 
 def isolated_client(tw: Tokenward) -> httpx.AsyncClient:
