@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
@@ -21,15 +19,18 @@ import httpx
 import pytest
 from http_support import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, isolated_client
 
+from private_redis import PrivateRedis, private_redis
 from tokenward.clock import FrozenClock
 from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
 from tokenward.settings import load_settings
-from waiting import await_until, wait_until
+from waiting import await_until
 
 BEARER = {"X-Auth-Transport": "bearer"}
 #: Deadline for any one request against a dead back end (the contract's "bounded time").
 BOUND = 10.0
+#: Concurrent requests that each hold a pooled Redis connection at once.
+POOLED = 6
 
 
 def _closed_port() -> int:
@@ -160,68 +161,19 @@ async def test_register_and_login_without_database_are_503(tw_without_db: Tokenw
 # ------------------------------------------------- a private Redis that dies and comes back
 
 
-class PrivateRedis:
-    """A ``redis-server`` of our own, append-only with fsync on every write."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = _closed_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        argv = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-        ]  # fmt: skip
-        log = (self.workdir / "redis.log").open("ab")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-
-        proc = self.proc
-
-        def pings() -> bool:
-            assert proc.poll() is None, (self.workdir / "redis.log").read_text()
-            return self._pings()
-
-        wait_until(pings, within=15, what="the private redis-server answers")
-
-    def kill(self) -> None:
-        """SIGKILL by pid: a crash, not a clean shutdown."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def _pings(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    workdir = tmp_path / "private-redis"
+def durable_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    workdir = tmp_path / "durable-redis"
     workdir.mkdir()
-    server = PrivateRedis(workdir)
-    server.start()
-    try:
+    with private_redis(workdir, durable=True) as server:
         yield server
-    finally:
-        server.kill()
 
 
 async def test_redis_crash_gives_503_then_recovery_loses_nothing(
-    private_redis: PrivateRedis, make_tw: MakeTw
+    durable_redis: PrivateRedis, make_tw: MakeTw
 ) -> None:
     """Logged-in users get 503 (not 200) while Redis is down; after restart all works again."""
-    tw = await make_tw(**GENEROUS_LIMITS, redis_url=private_redis.url)
+    tw = await make_tw(**GENEROUS_LIMITS, redis_url=durable_redis.url)
     async with isolated_client(tw) as c:
         accounts = Accounts(c)
         email = await accounts.register()
@@ -231,8 +183,12 @@ async def test_redis_crash_gives_503_then_recovery_loses_nothing(
         assert (await c.get("/auth/me", headers=_bearer(bearer))).status_code == 200
         assert (await c.get("/auth/me")).status_code == 200  # both now in the session cache
         assert len(tw.cache) >= 1
+        # Concurrent lookups leave several idle connections in the client's pool; each is
+        # dead after the crash and must be noticed and replaced, not handed to a request.
+        sessions = [c.get("/auth/sessions", headers=_bearer(bearer)) for _ in range(POOLED)]
+        assert {r.status_code for r in await asyncio.gather(*sessions)} == {200}
 
-        private_redis.kill()
+        durable_redis.kill()
 
         async def cache_gave_up() -> bool:
             return not tw.cache.healthy
@@ -253,12 +209,15 @@ async def test_redis_crash_gives_503_then_recovery_loses_nothing(
         for request in outage:
             _assert_unavailable(await _bounded(request))
 
-        private_redis.start()
+        durable_redis.start()
 
         async def ready() -> bool:
             return (await c.get("/readyz")).status_code == 200 and tw.cache.healthy
 
         await await_until(ready, within=BOUND, what="the service is ready again")
+        sessions = [c.get("/auth/sessions", headers=_bearer(bearer)) for _ in range(POOLED)]
+        after = await asyncio.gather(*sessions)
+        assert [r.status_code for r in after] == [200] * POOLED, [r.text for r in after]
         assert (await c.get("/auth/me", headers=_bearer(bearer))).status_code == 200
         assert (await c.get("/auth/me")).status_code == 200
         rotated = await c.post(
@@ -272,16 +231,16 @@ async def test_redis_crash_gives_503_then_recovery_loses_nothing(
 
 
 async def test_ended_sessions_stay_ended_across_a_redis_crash(
-    private_redis: PrivateRedis, make_tw: MakeTw
+    durable_redis: PrivateRedis, make_tw: MakeTw
 ) -> None:
     """A logout acknowledged before a crash is still in force after the restart."""
-    tw = await make_tw(**GENEROUS_LIMITS, redis_url=private_redis.url)
+    tw = await make_tw(**GENEROUS_LIMITS, redis_url=durable_redis.url)
     async with isolated_client(tw) as c:
         accounts = Accounts(c)
         tokens = await accounts.login_bearer(await accounts.register())
         assert (await c.post("/auth/logout", headers=_bearer(tokens))).status_code == 204
-        private_redis.kill()
-        private_redis.start()
+        durable_redis.kill()
+        durable_redis.start()
 
         async def ready() -> bool:
             with contextlib.suppress(Exception):

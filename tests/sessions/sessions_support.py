@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -193,65 +192,3 @@ def run_server(
         server.stop()
         reaper.kill()
         reaper.wait()
-
-
-# --------------------------------------------------------------------- private redis-server
-
-
-@dataclass
-class PrivateRedis:
-    """A redis-server owned by one test (so it may be killed, reconfigured, stopped)."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-
-    @property
-    def url(self) -> str:
-        """Its URL."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        """Stop the server."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _pings(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def private_redis(workdir: Path) -> Iterator[PrivateRedis]:
-    """Start a throw-away redis-server on a free port (bounded readiness poll)."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    argv = [binary, "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]
-    argv += ["--port", str(port), "--dir", str(workdir)]
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    server = PrivateRedis(proc, port)
-    try:
-
-        def pings() -> bool:
-            assert proc.poll() is None, "private redis-server did not start"
-            return _pings(port)
-
-        wait_until(pings, within=STARTUP_TIMEOUT)
-        yield server
-    finally:
-        server.stop()

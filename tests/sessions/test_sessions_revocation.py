@@ -13,10 +13,10 @@ from sessions_support import (
     MakeTw,
     auth,
     client_for,
-    private_redis,
     session_key,
 )
 
+from private_redis import private_redis
 from tokenward.revocation import SessionCache
 from tokenward.runtime import Tokenward
 from waiting import await_until

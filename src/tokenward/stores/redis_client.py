@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.maint_notifications import MaintNotificationsConfig
 
 __all__ = ["RedisClient", "connect_redis"]
 
@@ -31,6 +32,11 @@ def _options(timeout: float) -> dict[str, Any]:
         "health_check_interval": 30,
         "retry_on_timeout": False,
         "decode_responses": True,
+        # Maintenance notifications are a Redis Cloud/Enterprise feature (RESP3 push
+        # messages). With redis-py's default of "auto", its pool skips the check that
+        # replaces a pooled connection the server has closed: after a Redis restart every
+        # idle connection would fail one request with a 503. Off, the pool reconnects it.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
 
 

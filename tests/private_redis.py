@@ -1,0 +1,109 @@
+"""A ``redis-server`` owned by one test, so it may be killed, restarted or reconfigured.
+
+The shared session-wide server (``redis_url`` in conftest) is never stopped by a test;
+outage and recovery stories run on one of these instead. Every start waits for a PING with
+a bounded poll; every stop is by pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from waiting import wait_until
+
+__all__ = ["PrivateRedis", "private_redis"]
+
+#: Bound on a start (a loaded CI machine may take a while to fork and load the AOF).
+STARTUP_TIMEOUT = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+class PrivateRedis:
+    """A throw-away redis-server on a free port of 127.0.0.1.
+
+    Args:
+        workdir: its ``--dir`` (and the home of ``redis.log``).
+        durable: append-only with an fsync on every write, so that a restart after
+            :meth:`kill` finds everything acknowledged before it.
+    """
+
+    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
+        self.workdir = workdir
+        self.durable = durable
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Its URL."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it (again, on the same port and directory) and wait until it answers."""
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else [
+            "--appendonly", "no"
+        ]  # fmt: skip
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+                "--save", "", *persistence]  # fmt: skip
+        log_path = self.workdir / "redis.log"
+        with log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = self.proc
+
+        def pings() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            return self._pings()
+
+        wait_until(pings, within=STARTUP_TIMEOUT, what="the private redis-server answers")
+
+    def kill(self) -> None:
+        """SIGKILL by pid: a crash, not a clean shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM), a SIGKILL if that takes over 10 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def _pings(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@contextlib.contextmanager
+def private_redis(workdir: Path, *, durable: bool = False) -> Iterator[PrivateRedis]:
+    """A started :class:`PrivateRedis`, stopped on exit whatever happened."""
+    server = PrivateRedis(workdir, durable=durable)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
