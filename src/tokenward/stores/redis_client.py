@@ -12,13 +12,14 @@ a 503, never a hang.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel
-from redis.maint_notifications import MaintNotificationsConfig
 
 __all__ = ["RedisClient", "connect_redis"]
 
@@ -32,12 +33,23 @@ def _options(timeout: float) -> dict[str, Any]:
         "health_check_interval": 30,
         "retry_on_timeout": False,
         "decode_responses": True,
-        # Maintenance notifications are a Redis Cloud/Enterprise feature (RESP3 push
-        # messages). With redis-py's default of "auto", its pool skips the check that
-        # replaces a pooled connection the server has closed: after a Redis restart every
-        # idle connection would fail one request with a 503. Off, the pool reconnects it.
-        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+        **_without_maint_notifications(),
     }
+
+
+def _without_maint_notifications() -> dict[str, Any]:
+    """Turn off redis-py's maintenance notifications where it has them (redis-py 8).
+
+    They are a Redis Cloud/Enterprise feature (RESP3 push messages). With redis-py's
+    default of "auto" its pool skips the check that replaces a pooled connection the server
+    has closed, so after a Redis restart every idle connection would fail one request with
+    a 503. Off, the pool reconnects it. Older redis-py has neither the feature nor the flaw.
+    """
+    if "maint_notifications_config" not in inspect.signature(AbstractConnection).parameters:
+        return {}
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
 def connect_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
