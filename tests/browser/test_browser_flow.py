@@ -113,13 +113,20 @@ async def test_throttled_sign_in_says_how_long_to_wait(
     email = server.register("hedy.lamarr@example.com")
     page = await (await new_context()).new_page()
     await page.goto(server.url + "/login")
+    password = page.get_by_label("Password", exact=True)
+    sign_in = page.get_by_role("button", name="Sign in")
     statuses: list[int] = []
     for _ in range(LOGIN_PAIR_LIMIT + 1):
         await page.get_by_label("Email address").fill(email)
-        await page.get_by_label("Password", exact=True).fill("still not the password")
+        await password.fill("still not the password")
         async with page.expect_response(server.url + "/auth/login") as answer:
-            await page.get_by_role("button", name="Sign in").click()
+            await sign_in.click()
         statuses.append((await answer.value).status)
+        # The page handles an answer after it has arrived: it clears the password, then
+        # frees the button. Filling in before that races the clearing, and the next click
+        # would submit an empty (required) field, which the browser never sends.
+        await expect(password).to_have_value("")
+        await expect(sign_in).to_be_enabled()
     assert statuses == [401] * LOGIN_PAIR_LIMIT + [429]
     retry_after = int((await answer.value).headers["retry-after"])
 
