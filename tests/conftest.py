@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pytest
 
+from ports import free_port
 from waiting import poll_until
 
 STARTUP_TIMEOUT = 30.0  # seconds a server may take to answer
@@ -46,13 +47,6 @@ POSTGRES_USER = "tokenward"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -126,7 +120,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("redis")
     log = workdir / "redis.log"
     for attempt in range(PORT_ATTEMPTS):
-        port = _free_port()
+        port = free_port()
         argv = [binary, *REDIS_ARGS, "--port", str(port), "--dir", str(workdir)]
         with log.open("wb") as log_file:
             proc = subprocess.Popen(
@@ -268,7 +262,7 @@ def postgres_url() -> Iterator[str]:
         initdb = [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", POSTGRES_USER]
         check([*initdb, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"], "initdb")
         for attempt in range(PORT_ATTEMPTS):
-            port = _free_port()
+            port = free_port()
             options = (
                 f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={workdir} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"

@@ -14,19 +14,13 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from ports import free_port
 from waiting import wait_until
 
 __all__ = ["PrivateRedis", "private_redis"]
 
 #: Bound on a start (a loaded CI machine may take a while to fork and load the AOF).
 STARTUP_TIMEOUT = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 class PrivateRedis:
@@ -41,7 +35,7 @@ class PrivateRedis:
     def __init__(self, workdir: Path, *, durable: bool = False) -> None:
         self.workdir = workdir
         self.durable = durable
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -19,19 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ports import free_port
 from waiting import wait_until
 
 TOKENWARD = Path(sys.executable).with_name("tokenward")
 PASSWORD = "correct horse battery staple"
 START_DEADLINE = 60.0
 STOP_DEADLINE = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _env(**variables: str) -> dict[str, str]:
@@ -61,11 +54,11 @@ def bad_config_runs(
     cases: dict[str, tuple[list[str], dict[str, str], Path]] = {}
     for name, value in BAD_CONFIGS:
         cwd = tmp_path_factory.mktemp("bad")
-        port = ["--port", str(_free_port())]
+        port = ["--port", str(free_port())]
         cases[name] = (port, _env(**{name: value}), cwd)
     dotenv_cwd = tmp_path_factory.mktemp("dotenv")
     (dotenv_cwd / ".env").write_text("TOKENWARD_LEEWAY=5\nTOKENWARD_LEWAY=5\n")
-    cases["dotenv"] = (["--port", str(_free_port())], _env(), dotenv_cwd)
+    cases["dotenv"] = (["--port", str(free_port())], _env(), dotenv_cwd)
     cases["port"] = (["--port", "70000"], _env(), tmp_path_factory.mktemp("port"))
     procs = {}
     for key, (args, env, cwd) in cases.items():
@@ -181,7 +174,7 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path, _free_port())
+    srv = Server(tmp_path, free_port())
     try:
         yield srv
     finally:

@@ -7,7 +7,6 @@ from here (``from browserkit import sign_in``).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -20,6 +19,7 @@ import httpx
 import pytest
 from playwright.async_api import BrowserContext, Page
 
+from ports import free_port
 from waiting import await_until, poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,13 +94,6 @@ class Server:
         return "\n".join(text.splitlines()[-lines:]) or "(no output)"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _tokenward_command() -> list[str]:
     script = Path(sys.executable).with_name("tokenward")  # this venv's console script
     if script.exists():
@@ -123,7 +116,7 @@ def start_server(redis_url: str, workdir: Path, **overrides: str) -> Server:
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWARD_")}
     for attempt in range(PORT_ATTEMPTS):
-        port = _free_port()
+        port = free_port()
         env.update(
             TOKENWARD_REDIS_URL=redis_url,
             TOKENWARD_DATA_DIR=str(workdir / f"data-{port}"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +13,7 @@ from http_support import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, is
 from sqlalchemy import text
 from starlette.routing import Route
 
+from ports import free_port
 from tokenward.http.app import create_app
 from tokenward.passwords import Argon2Params
 from tokenward.runtime import Tokenward
@@ -25,13 +25,6 @@ BEARER = {"X-Auth-Transport": "bearer"}
 
 def _at(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _assert_problem(r: httpx.Response, status: int, slug: str) -> dict[str, Any]:
@@ -417,7 +410,7 @@ async def test_readyz_is_200_when_backends_answer(client: httpx.AsyncClient) -> 
 async def test_readyz_is_503_when_redis_is_down(make_tw: MakeTw) -> None:
     """With Redis unreachable, the service starts but is not ready: 503 unavailable."""
     tw = await make_tw(
-        **GENEROUS_LIMITS, redis_url=f"redis://127.0.0.1:{_closed_port()}/0", backend_timeout=0.5
+        **GENEROUS_LIMITS, redis_url=f"redis://127.0.0.1:{free_port()}/0", backend_timeout=0.5
     )
     async with isolated_client(tw) as c:
         r = await c.get("/readyz")

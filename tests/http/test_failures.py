@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 from http_support import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, isolated_client
 
+from ports import free_port
 from private_redis import PrivateRedis, private_redis
 from tokenward.clock import FrozenClock
 from tokenward.passwords import CHEAP_FOR_TESTS
@@ -31,13 +31,6 @@ BEARER = {"X-Auth-Transport": "bearer"}
 BOUND = 10.0
 #: Concurrent requests that each hold a pooled Redis connection at once.
 POOLED = 6
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def _bounded(request: Awaitable[httpx.Response]) -> httpx.Response:
@@ -62,7 +55,7 @@ def _bearer(tokens: dict[str, Any]) -> dict[str, str]:
 @pytest.fixture
 async def tw_without_redis(make_tw: MakeTw) -> Tokenward:
     """A service whose Redis URL points at a closed port (it must still start)."""
-    url = f"redis://127.0.0.1:{_closed_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     return await asyncio.wait_for(
         make_tw(**GENEROUS_LIMITS, redis_url=url, backend_timeout=0.5), BOUND
     )
@@ -133,7 +126,7 @@ async def tw_without_db(redis_url: str, tmp_path: Path) -> AsyncIterator[Tokenwa
     """A service whose PostgreSQL URL points at a closed port (migrations skipped)."""
     env = {
         "TOKENWARD_REDIS_URL": redis_url,
-        "TOKENWARD_DATABASE_URL": f"postgresql+asyncpg://u@127.0.0.1:{_closed_port()}/db",
+        "TOKENWARD_DATABASE_URL": f"postgresql+asyncpg://u@127.0.0.1:{free_port()}/db",
         "TOKENWARD_DATA_DIR": str(tmp_path / "data"),
         "TOKENWARD_ISSUER": ORIGIN,
         "TOKENWARD_BACKEND_TIMEOUT": "0.5",

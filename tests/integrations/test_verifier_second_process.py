@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ports import free_port
 from tokenward.keys import KeySet, SigningKey, generate_key
 from tokenward.tokens import AccessTokens
 from waiting import poll_until, wait_until
@@ -30,13 +30,6 @@ HERE = Path(__file__).parent
 TOKENWARD = Path(sys.executable).parent / "tokenward"
 PASSWORD = "correct horse battery staple"
 START_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

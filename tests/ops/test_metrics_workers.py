@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import httpx
-from ops_support import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
+from ports import free_port
 from waiting import wait_until
 
 STARTUP_TIMEOUT = 90.0

@@ -10,7 +10,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from ports import free_port
 from tokenward.http.app import create_app
 from tokenward.runtime import Tokenward
 from tw_accounts import BEARER, ORIGIN, PASSWORD, Accounts, new_email  # noqa: F401 - re-exported
@@ -50,14 +50,6 @@ def client_for(tw: Tokenward, host: str | None = None) -> httpx.AsyncClient:
     app = create_app(tw, manage_lifespan=False)
     transport = httpx.ASGITransport(app=app, client=(host or random_address(), 40000))
     return httpx.AsyncClient(transport=transport, base_url=ORIGIN)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def session_key(uid: str, sid: str) -> str:
