@@ -46,11 +46,10 @@ class PrivateRedis:
     def start(self) -> None:
         """Start it (again, on the same port and directory) and wait until it answers."""
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else [
-            "--appendonly", "no"
-        ]  # fmt: skip
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-                "--save", "", *persistence]  # fmt: skip
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--dir", str(self.workdir), "--appendonly", "yes" if self.durable else "no"]
+        if self.durable:
+            argv += ["--appendfsync", "always"]
         log_path = self.workdir / "redis.log"
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
