@@ -4,10 +4,17 @@ Header ``{alg, kid, typ: "at+jwt"}``; claims ``iss aud sub sid iat exp jti``. Ve
 refuses, before any signature work: a ``typ`` other than ``at+jwt``, embedded key material
 (``jwk``, ``jku``, ``x5u``, ``x5c``), ``crit``, an unknown ``kid``, and an ``alg`` other than
 the one pinned to that key (so ``none`` and HMAC-with-a-public-key never reach a verifier).
-Claims are then checked against ``now`` passed in by the caller, with the configured leeway.
+Claims are then checked against ``now`` passed in by the caller, with the configured leeway,
+and a token whose lifetime (``exp - iat``) is longer than the access TTL plus the leeway is
+refused even when its signature is good: the issuer never makes one, so it was minted by
+something else holding a key, or under a longer TTL the operator has since withdrawn.
+
+Before any parsing, each of the three segments must be unpadded base64url
+(:func:`check_compact_form`). PyJWT tolerates ``=`` padding, so without this one token
+would have several accepted spellings, each verified and cached on its own.
 
 A token is presented many times during its short life and a signature check costs about ten
-framework requests (``PERF-FACTS.md``), so successful verifications are remembered in a
+framework requests, so successful verifications are remembered in a
 bounded in-process map keyed by the exact token string. The expiry is still checked against
 ``now`` on every hit; whether the *session* is still alive is the session cache's business.
 
@@ -18,6 +25,7 @@ runs; :class:`AccessTokens` adds issuing.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,6 +45,8 @@ __all__ = [
     "AccessTokens",
     "VerificationKey",
     "VerificationKeys",
+    "check_compact_form",
+    "check_lifetime",
 ]
 
 ACCESS_TOKEN_TYP = "at+jwt"
@@ -44,6 +54,38 @@ _FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "
 _REQUIRED_CLAIMS = ("iss", "aud", "sub", "sid", "iat", "exp", "jti")
 #: A JWT larger than this is not one of ours; refusing early bounds the parsing work.
 MAX_TOKEN_LENGTH = 4096
+#: A compact JWS as we issue it: three non-empty segments of unpadded base64url.
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+def check_compact_form(token: str) -> None:
+    """Refuse anything but three dot-separated segments of unpadded base64url.
+
+    Runs before any parsing, here and in :mod:`tokenward.verifier`: ``=`` padding (which
+    PyJWT accepts) and any character outside the base64url alphabet would give one token
+    several spellings, each a separate entry of the verified-token cache.
+
+    Raises:
+        TokenInvalid: empty, too long, or not in that form.
+    """
+    if not token or len(token) > MAX_TOKEN_LENGTH or not _COMPACT_JWS.fullmatch(token):
+        raise TokenInvalid("malformed token")
+
+
+def check_lifetime(iat: int, exp: int, *, max_lifetime: int, leeway: int) -> None:
+    """Refuse a token that lives longer than ``max_lifetime`` (the access TTL) plus leeway.
+
+    Tokenward issues every access token with ``exp = iat + TOKENWARD_ACCESS_TTL``; one that
+    claims more was not issued under the current configuration, so it is refused rather
+    than honoured for however long its signer chose.
+
+    Raises:
+        TokenInvalid: ``exp`` not after ``iat``, or ``exp - iat`` above the limit.
+    """
+    if exp <= iat:
+        raise TokenInvalid("malformed claims")
+    if exp - iat > max_lifetime + leeway:
+        raise TokenInvalid("token lifetime longer than the access TTL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +137,9 @@ class AccessTokenVerifier:
         audience: the required ``aud`` claim.
         leeway: clock skew tolerated on ``exp``, ``iat``, ``nbf``.
         cache_size: how many verified tokens to remember; 0 disables the cache.
+        max_lifetime: the issuer's access TTL; a token with ``exp - iat`` above it plus
+            ``leeway`` is refused. ``None`` (a verifier that does not know the TTL) skips
+            only that check.
     """
 
     def __init__(
@@ -105,11 +150,13 @@ class AccessTokenVerifier:
         audience: str,
         leeway: int = 30,
         cache_size: int = 65_536,
+        max_lifetime: int | None = None,
     ) -> None:
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
+        self.max_lifetime = max_lifetime
         self._jws = PyJWS()
         self._cache: OrderedDict[str, AccessClaims] = OrderedDict()
         self._cache_size = cache_size
@@ -139,8 +186,7 @@ class AccessTokenVerifier:
         return claims
 
     def _verify_signed(self, token: str, now: int) -> AccessClaims:
-        if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
-            raise TokenInvalid("malformed token")
+        check_compact_form(token)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -179,6 +225,10 @@ class AccessTokenVerifier:
             raise TokenInvalid("not yet valid")
         if payload["exp"] <= payload["iat"]:
             raise TokenInvalid("malformed claims")
+        if self.max_lifetime is not None:
+            check_lifetime(
+                payload["iat"], payload["exp"], max_lifetime=self.max_lifetime, leeway=self.leeway
+            )
         return AccessClaims(
             sub=payload["sub"],
             sid=payload["sid"],
@@ -217,7 +267,12 @@ class AccessTokens(AccessTokenVerifier):
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         super().__init__(
-            keys, issuer=issuer, audience=audience, leeway=leeway, cache_size=cache_size
+            keys,
+            issuer=issuer,
+            audience=audience,
+            leeway=leeway,
+            cache_size=cache_size,
+            max_lifetime=ttl,
         )
         self.ttl = ttl
 

@@ -311,7 +311,9 @@ def test_token_already_expired_at_first_sight_is_token_expired(
     tokens: AccessTokens, key: SigningKey
 ) -> None:
     """Expiry does not depend on having seen the token before (no cache involved)."""
-    token = forge(header_for(key), claims(iat=NOW - 10_000, exp=NOW - 9_000), ed25519_signer(key))
+    token = forge(
+        header_for(key), claims(iat=NOW - 10_000, exp=NOW - 10_000 + TTL), ed25519_signer(key)
+    )
     with pytest.raises(TokenExpired):
         tokens.verify(token, now=NOW)
 
