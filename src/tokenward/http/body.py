@@ -47,6 +47,21 @@ class Body:
             raise PolicyError("too-long", f"field '{name}' is too long")
         return value
 
+    def token(self, name: str) -> str | None:
+        """A credential field (a refresh token): a string of any length, or ``None`` when
+        absent or null; 422 only when it is not a string.
+
+        No length rule: a value too long to be a token is a wrong credential, which the
+        caller answers with 401 when it fails to verify, not a malformed body (a 10 KB
+        token once got 422 ``too-long``). :data:`MAX_BODY` already bounds what is read.
+        """
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise PolicyError("type", f"field '{name}' must be a string")
+        return value
+
     def boolean(self, name: str, *, default: bool) -> bool:
         """A boolean field; 422 when present and not a boolean."""
         value = self.data.get(name, default)

@@ -192,7 +192,7 @@ class AuthRoutes:
             # A missing token (no body, ``{}``, null, "") is a 401 like an unknown one; only
             # a body that is there but malformed (wrong type, media type, JSON) is a 4xx.
             body = await read_body(request, allow_empty=True)
-            token = body.string("refresh_token", required=False, max_length=512)
+            token = body.token("refresh_token")
             if not token:
                 raise TokenInvalid("no refresh token")
             ticket = await self.tw.throttle.refresh(self._client(request)[0], now=now)
@@ -232,15 +232,13 @@ class AuthRoutes:
         token = bearer_token(request)
         if token is not None:
             # The body is not needed with a bearer token, but it must still be well formed.
-            (await read_body(request, allow_empty=True)).string(
-                "refresh_token", required=False, max_length=512
-            )
+            (await read_body(request, allow_empty=True)).token("refresh_token")
             principal = await self.tw.sessions.authenticate(token, now=now)
             await self.tw.sessions.end(principal.uid, principal.sid, EndReason.LOGOUT, now=now)
             self._ended(request, principal.uid, [principal.sid], EndReason.LOGOUT, now)
             return Response(status_code=204, headers=NO_STORE)
         body = await read_body(request, allow_empty=True)
-        body_token = body.string("refresh_token", required=False, max_length=512)
+        body_token = body.token("refresh_token")
         if body_token is not None:
             uid, sid = await self.tw.sessions.owner_of_refresh(body_token)
             await self.tw.sessions.end(uid, sid, EndReason.LOGOUT, now=now)
