@@ -1,23 +1,28 @@
 """A per-process cache of live sessions, kept coherent by an invalidation feed.
 
 Checking every request's session in Redis costs the worker more CPU than the web framework
-does (``PERF-FACTS.md``). Instead each process remembers the sessions it has seen alive and
-forgets one as soon as the feed announces its end (the Redis adapter subscribes to the
-channel every ending operation publishes to, in the same atomic step as the deletion).
+does (measured in ``docs/sessions.md``). Instead each process remembers the sessions it has
+seen alive and forgets one as soon as the feed announces its end (the Redis adapter
+subscribes to the channel every ending operation publishes to, in the same atomic step as
+the deletion).
 
 Fail closed: the cache vouches for nothing while the feed is down (``healthy`` is false),
-and is emptied whenever the feed (re)connects, since messages may have been missed. A
-lookup that raced an invalidation is not cached (the ``ticket`` check), so a stale "alive"
-can never be stored after the "ended" that should have removed it.
+and is emptied whenever the feed (re)connects, since messages may have been missed. It also
+vouches only while the feed holds a *lease* (:meth:`SessionCache.renew`): the deadline is
+checked right here, where the cache answers, against the monotonic clock, so no task that
+runs late (a watchdog on a busy event loop) can stretch it. A lookup that raced an
+invalidation is not cached (the ``ticket`` check), so a stale "alive" can never be stored
+after the "ended" that should have removed it.
 
 No store import here: the feed adapter drives :meth:`SessionCache.forget`,
-:meth:`SessionCache.reset` and :attr:`SessionCache.healthy`.
+:meth:`SessionCache.reset`, :meth:`SessionCache.renew` and :attr:`SessionCache.healthy`.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -35,25 +40,57 @@ class SessionCache:
             deployments that prefer a Redis round trip to any staleness window).
         max_age: seconds an entry may vouch before it is looked up again, a safety net
             on top of the feed.
+        clock: the monotonic clock the lease deadline is kept in (the event loop's).
+
+    Attributes:
+        hits: requests the cache vouched for (answered without a store lookup).
+        last_hit_at: when it last did, on ``clock``.
     """
 
-    def __init__(self, max_entries: int = 100_000, max_age: int = 60) -> None:
+    def __init__(
+        self,
+        max_entries: int = 100_000,
+        max_age: int = 60,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._entries: OrderedDict[str, tuple[SessionState, int]] = OrderedDict()
         self._max_entries = max_entries
         self._max_age = max_age
         self._generation = 0
         self._healthy = False
+        #: the monotonic clock of the lease (the feed reads it too)
+        self.clock = clock
+        self._lease_until = 0.0
+        self.hits = 0
+        self.last_hit_at = 0.0
 
     @property
     def healthy(self) -> bool:
         """Whether the invalidation feed is connected; the cache is bypassed otherwise."""
         return self._healthy
 
+    @property
+    def lease_until(self) -> float:
+        """The moment (on ``clock``) the cache stops vouching unless the lease is renewed."""
+        return self._lease_until
+
     def set_healthy(self, healthy: bool) -> None:
-        """Record the feed's state; every change empties the cache."""
+        """Record the feed's state; every change empties the cache and drops the lease."""
         if healthy != self._healthy:
             self._healthy = healthy
+            self._lease_until = 0.0
             self.reset()
+
+    def renew(self, until: float) -> None:
+        """Extend the lease to ``until`` (on ``clock``); never shortens it.
+
+        The feed calls this when it has proof that every ending published before some moment
+        has reached :meth:`forget` (its own ping answered in order behind them), with that
+        moment plus the lease length.
+        """
+        if until > self._lease_until:
+            self._lease_until = until
 
     def ticket(self) -> int:
         """Take before a store lookup; pass to :meth:`put` afterwards."""
@@ -70,6 +107,13 @@ class SessionCache:
         if now >= valid_until:
             del self._entries[sid]
             return None
+        at = self.clock()
+        if at >= self._lease_until:
+            # The feed has not proved itself lately: the entry may have ended unannounced.
+            # Checked here, inline, so it holds however late any background task runs.
+            return None
+        self.hits += 1
+        self.last_hit_at = at
         return state
 
     def put(self, sid: str, state: SessionState, *, ticket: int, now: int) -> None:

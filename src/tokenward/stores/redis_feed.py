@@ -1,22 +1,27 @@
 """The invalidation feed: Redis pub/sub driving a :class:`~tokenward.revocation.SessionCache`.
 
 Runs as one background task per process. The cache may vouch for live sessions only while
-this feed holds a *lease*: it has heard from Redis (a message or the answer to its own
-ping) within the last ``lease`` seconds. The moment the subscription fails, or the lease
-lapses because Redis went silent (a partition, a stuck reconnect inside the client
-library), the cache is marked unhealthy and emptied, and every request looks its session
-up in Redis until the feed is back. A new subscription empties the cache again before it
-vouches for anything, since messages may have been missed in between.
+this feed holds a *lease*: the feed pings Redis on its subscription every ``ping_interval``
+and, when a ping is answered, renews the lease to the moment that ping was *sent* plus
+``lease`` seconds. Replies come back in order, so by then every ending published before
+Redis answered the ping has been read and applied: the cache is coherent as of the send
+time at least. A message alone renews nothing (it says nothing about when it was sent).
 
-The lease is watched by a separate task, so it lapses on time even while the listening task
-is blocked inside redis-py (whose pub/sub transparently reconnects and resubscribes). A
-stall of the whole event loop (CPU starvation) does not count against the lease: the feed
-could not ping or read during it, and no request was served during it either.
+The cache checks the lease deadline itself, inline, each time it would vouch (see
+:meth:`~tokenward.revocation.SessionCache.get`): a Redis that goes silent (frozen, paused,
+partitioned) is vouched for at most ``lease`` seconds after the last answered ping was
+sent, however busy the event loop is. A separate watchdog task, on top of that, marks the
+cache unhealthy and empties it once the deadline has passed, and the feed resubscribes
+from scratch (a new subscription empties the cache again before it vouches for anything,
+since messages may have been missed in between). A stall of the whole event loop (CPU
+starvation) is not forgiven: the cache stops vouching at the deadline, and after the stall
+it starts over from an empty cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 
@@ -40,9 +45,9 @@ class RevocationFeed:
         cache: the cache to drive.
         channel: the channel the session store publishes ended session ids on.
         ping_interval: seconds between health pings.
-        lease: seconds without hearing from Redis after which the cache stops vouching;
-            twice ``ping_interval`` unless given. With the defaults an instance cut off
-            from Redis stops trusting its cache within 0.8 s.
+        lease: seconds after sending its last answered ping at which the cache stops
+            vouching; twice ``ping_interval`` unless given. With the defaults an instance
+            cut off from Redis stops trusting its cache within 0.8 s.
         retry_delay: seconds to wait before resubscribing after a failure.
     """
 
@@ -67,7 +72,6 @@ class RevocationFeed:
         self._subscribed = asyncio.Event()
         self._stopping = False
         self._pubsub: PubSub | None = None
-        self._last_seen = 0.0
         #: times the subscription was (re)established; for tests and metrics
         self.subscriptions = 0
 
@@ -113,18 +117,12 @@ class RevocationFeed:
         self.cache.set_healthy(False)
 
     async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
+        # Tidiness and the log line, not safety: the cache itself refuses to vouch past the
+        # deadline, however late this task wakes up.
         period = self.ping_interval / 4
         while True:
-            due = loop.time() + period
             await asyncio.sleep(period)
-            stalled = loop.time() - due
-            if stalled > period:
-                # The whole event loop was stalled (CPU starvation): the feed could neither
-                # ping nor read meanwhile, and no request was served either. The lease counts
-                # the loop's running time only, so the stall is added back.
-                self._last_seen += stalled
-            if self.cache.healthy and loop.time() - self._last_seen > self.lease:
+            if self.cache.healthy and self.cache.clock() >= self.cache.lease_until:
                 self._lapse("lease lapsed")
 
     async def _run(self) -> None:
@@ -144,7 +142,7 @@ class RevocationFeed:
                 await asyncio.sleep(self.retry_delay)
 
     async def _listen(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self.cache.clock
         initialize = getattr(self.redis, "initialize", None)
         if initialize is not None:
             # A cluster client must know the slot map before it can place a subscription.
@@ -152,27 +150,50 @@ class RevocationFeed:
         async with self.redis.pubsub() as pubsub:
             self._pubsub = pubsub
             await pubsub.subscribe(self.channel)
-            next_ping = loop.time() + self.ping_interval
+            # Pings in flight, oldest first: (the message it carries, when it was sent).
+            pings: collections.deque[tuple[str, float]] = collections.deque(maxlen=64)
+            sent = 0
+            next_ping = clock() + self.ping_interval
             while not self._stopping:
                 message = await pubsub.get_message(timeout=self.ping_interval / 2)
-                now = loop.time()
+                now = clock()
                 if message is not None:
                     kind = message.get("type")
                     if kind == "subscribe":
                         # A first subscription, or redis-py's silent resubscription after
                         # a reconnect: anything may have been missed, so start empty.
-                        self._last_seen = now
                         self.cache.set_healthy(True)
                         self.cache.reset()
+                        self.cache.renew(now + self.lease)
                         self.subscriptions += 1
                         self._subscribed.set()
                     elif not self._subscribed.is_set():
                         # The lease lapsed on this connection: resubscribe from scratch.
                         raise ConnectionError("lease lapsed; resubscribing")
-                    else:
-                        self._last_seen = now
-                        if kind == "message":
-                            self.cache.forget([str(message["data"])])
+                    elif kind == "message":
+                        self.cache.forget([_text(message["data"])])
+                    elif kind == "pong":
+                        answered = _answered(pings, _text(message["data"]))
+                        if answered is not None:
+                            self.cache.renew(answered + self.lease)
                 if now >= next_ping:
-                    await pubsub.ping()
+                    sent += 1
+                    pings.append((f"tw-lease-{sent}", now))
+                    await pubsub.ping(f"tw-lease-{sent}")
                     next_ping = now + self.ping_interval
+
+
+def _text(data: object) -> str:
+    return data.decode() if isinstance(data, bytes) else str(data)
+
+
+def _answered(pings: collections.deque[tuple[str, float]], data: str) -> float | None:
+    """When the ping answered by ``data`` was sent; drops it and any older one in flight
+    (answers come in order: an older one still listed was lost with a dropped connection)."""
+    if all(label != data for label, _ in pings):
+        return None
+    while pings:
+        label, at = pings.popleft()
+        if label == data:
+            return at
+    return None
