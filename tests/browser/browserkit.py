@@ -23,7 +23,9 @@ from ports import free_port
 from waiting import await_until, poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+#: Tests never rewrite tracked files: screenshots go to the (ignored) build folder and
+#: scripts/update_screenshots copies them to docs/screenshots when a change is wanted.
+SCREENSHOTS = ROOT / "build" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -175,7 +177,7 @@ def watchdog(pid: int) -> subprocess.Popen[bytes]:
 
 
 async def screenshot(page: Page, name: str) -> Path:
-    """Save ``docs/screenshots/<name>.png`` (full page) and return its path."""
+    """Save ``build/screenshots/<name>.png`` (full page) and return its path."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     await page.mouse.move(0, 0)  # no hover state on the last button clicked
