@@ -25,15 +25,17 @@ from tokenward.runtime import Tokenward, default_database_url
 from tokenward.sessions import EndReason, SessionRecord
 from tokenward.settings import Settings
 from tokenward.stores.embedded_redis import LOCK_NAME, SOCKET_NAME, EmbeddedRedisError
-from tokenward.users import User, normalize_email
+from tokenward.users import User, email_key, normalize_email
 
 __all__ = [
     "ADMIN_CLIENT",
+    "EmailCollision",
     "UserSessions",
     "admin_runtime",
     "create_user",
     "db_upgrade",
     "disable_user",
+    "email_collisions",
     "enable_user",
     "find_user",
     "list_sessions",
@@ -172,10 +174,11 @@ async def list_users(tw: Tokenward, *, limit: int, offset: int) -> list[User]:
 async def disable_user(tw: Tokenward, ref: str) -> tuple[User, list[str]]:
     """Disable a user and end all their sessions; returns the user and the ids ended.
 
-    The account is disabled first, then the sessions are ended. A login that checked the
-    user just before the disable may still open a session after ``end_all``; the login
-    route re-checks the user after opening its session and ends it when the user is
-    disabled, so no session of a disabled user outlives its login. Ending the sessions is
+    The account is disabled (moving its credential epoch) first, then the sessions are
+    ended. A login that checked the user just before the disable may still open a session
+    after ``end_all``; the login route re-checks the user after opening its session
+    (:func:`~tokenward.users.still_current`) and ends it when the user is disabled,
+    so no session of a disabled user outlives its login. Ending the sessions is
     announced on the invalidation feed, so running servers refuse their access tokens from
     the next request on, and is recorded as a ``sessions.ended`` security event (reason
     ``user-disabled``, client :data:`ADMIN_CLIENT`).
@@ -213,8 +216,10 @@ async def list_sessions(tw: Tokenward, ref: str) -> UserSessions:
 async def revoke_sessions(tw: Tokenward, ref: str, sid: str | None = None) -> list[str]:
     """End one session of a user (``sid``) or all of them; returns the ids ended.
 
-    Recorded as a ``sessions.ended`` security event (reason ``revoked``, client
-    :data:`ADMIN_CLIENT`).
+    Ending all of them first moves the user's credential epoch, so that a login which
+    verified the password before and opens its session after ``end_all`` is refused by
+    its re-check, as for a disable. Recorded as a ``sessions.ended`` security event (reason
+    ``revoked``, client :data:`ADMIN_CLIENT`).
 
     Raises:
         NotFound: no such user, or ``sid`` is not one of their live sessions.
@@ -225,6 +230,29 @@ async def revoke_sessions(tw: Tokenward, ref: str, sid: str | None = None) -> li
         await tw.sessions.end(user.id, sid, EndReason.REVOKED, now=now)
         ended = [sid]
     else:
+        await tw.user_store.bump_credential_epoch(user.id, now=now)
         ended = await tw.sessions.end_all(user.id, keep=None, reason=EndReason.REVOKED, now=now)
     tw.events.sessions_ended(user.id, ended, EndReason.REVOKED.value, client=ADMIN_CLIENT, now=now)
     return ended
+
+
+@dataclass(frozen=True, slots=True)
+class EmailCollision:
+    """An account whose email folds onto an older account's key (see migration 0002).
+
+    ``holder`` logs in with that address; ``user`` cannot log in by email until an operator
+    resolves it (docs/security-model.md). ``holder`` is ``None`` if it has gone since.
+    """
+
+    key: str
+    user: User
+    holder: User | None
+
+
+async def email_collisions(tw: Tokenward) -> list[EmailCollision]:
+    """The accounts without an email key, oldest first, each with the key's holder."""
+    found = []
+    for user in await tw.user_store.without_email_key():
+        key = email_key(user.email)
+        found.append(EmailCollision(key, user, await tw.user_store.by_email(key)))
+    return found

@@ -30,12 +30,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import secrets
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from tokenward.errors import RateLimited
+from tokenward.users import email_key
 
 if TYPE_CHECKING:
     from tokenward.settings import Settings
@@ -219,8 +219,7 @@ def account_digest(email: str) -> str:
     The same NFKC, case-folded form as login uses, so every spelling of one address shares
     one bucket, whether or not the account exists.
     """
-    folded = unicodedata.normalize("NFKC", email.strip()).lower()
-    return _digest("account", folded)
+    return _digest("account", email_key(email))
 
 
 def address_bucket(ip: str) -> str:

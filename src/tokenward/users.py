@@ -1,9 +1,25 @@
 """Users: registration, authentication and password changes. Framework-free.
 
-Emails are normalised (surrounding space removed, NFKC, lower-cased) before they are stored
-or looked up, so uniqueness is case-insensitive. Login never reveals whether an account
-exists: an unknown email is checked against a dummy hash at the same cost, and both failures
-raise the same :class:`~tokenward.errors.InvalidCredentials`.
+Two forms of an email address:
+
+* the *address* (:func:`normalize_email`: surrounding space removed, NFKC, lower-cased) is
+  what is stored, shown and mailed to. ``lower()`` never turns one letter into another
+  (``ß`` stays ``ß``), so it still names the mailbox the user typed;
+* the *key* (:func:`email_key`: NFKC and full Unicode case folding, ``str.casefold``) is what
+  uniqueness, lookups and per-account throttling use. ``straße@``, ``STRASSE@`` and
+  ``strasse@``, or ``ΣΊΣΥΦΟΣ@``, ``σίσυφος@`` and ``σίσυφοσ@`` (final and medial sigma), are
+  one key and so one account: ``lower()`` alone would let each register separately.
+
+Login never reveals whether an account exists: an unknown email is checked against a dummy
+hash at the same cost, and both failures raise the same
+:class:`~tokenward.errors.InvalidCredentials`.
+
+Every user has a *credential epoch*, a counter that every operation that must lock out
+whoever knew the old credentials moves forward in the same write: a password change,
+disabling the account, an operator's ``sessions revoke --user`` (and any future reset).
+A login remembers the epoch it authenticated under and, once its session exists, asks
+:func:`still_current`; see there why that closes the race with the operation's
+``end_all``. A rehash at login keeps the password and does not move the epoch.
 """
 
 from __future__ import annotations
@@ -11,16 +27,19 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from tokenward.errors import Forbidden, InvalidCredentials, PolicyError, WrongPassword
+from tokenward.errors import Conflict, Forbidden, InvalidCredentials, PolicyError, WrongPassword
 from tokenward.password_policy import PasswordPolicy
 from tokenward.passwords import PasswordHasher
 
-__all__ = ["User", "UserStore", "Users", "normalize_email"]
+__all__ = ["User", "UserStore", "Users", "email_key", "normalize_email", "still_current"]
 
 MAX_EMAIL_LENGTH = 254
+#: A password change retries its compare-and-swap this often when the stored hash moved
+#: under it (a login's rehash does that once per cost change) before giving up with 409.
+CHANGE_ATTEMPTS = 3
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 
 
@@ -33,6 +52,8 @@ class User:
     password_hash: str
     created_at: int
     disabled: bool = False
+    #: moved forward by every change that must end what the old credentials opened
+    credential_epoch: int = 0
 
     def __repr__(self) -> str:
         return f"User(id={self.id!r}, email={self.email!r}, disabled={self.disabled!r})"
@@ -41,29 +62,40 @@ class User:
 class UserStore(Protocol):
     """Where users live.
 
-    Concurrency contract: ``add`` is atomic with the uniqueness check on ``email`` (a
-    unique index), so two concurrent registrations of one email give one user and one
-    :class:`~tokenward.errors.Conflict`.
+    Concurrency contract: ``add`` is atomic with the uniqueness check on the email's
+    :func:`email_key` (a unique index), so two concurrent registrations of one address,
+    however spelt, give one user and one :class:`~tokenward.errors.Conflict`. Every write
+    below is one statement: a compare-and-swap where it says so, and the credential epoch
+    moves in the same statement as the change it belongs to.
     """
 
     async def add(self, user: User) -> None:
-        """Insert a user; raises ``Conflict`` when the email is taken."""
+        """Insert a user; raises ``Conflict`` when the email's key is taken."""
         ...
 
     async def by_email(self, email: str) -> User | None:
-        """The user with this (normalised) email, if any."""
+        """The user whose email has the :func:`email_key` of ``email``, if any."""
         ...
 
     async def by_id(self, user_id: str) -> User | None:
         """The user with this id, if any."""
         ...
 
-    async def set_password_hash(self, user_id: str, password_hash: str, *, now: int) -> None:
-        """Replace a user's password hash."""
+    async def set_password_hash(
+        self, user_id: str, password_hash: str, *, expected_hash: str, bump_epoch: bool, now: int
+    ) -> bool:
+        """Replace the hash if it still is ``expected_hash``; whether it was replaced.
+
+        ``bump_epoch`` also moves the credential epoch forward (a new password; not a rehash).
+        """
         ...
 
     async def set_disabled(self, user_id: str, disabled: bool, *, now: int) -> bool:
-        """Disable or enable a user; ``False`` when there is no such user."""
+        """Disable (moving the credential epoch) or enable a user; ``False`` if none."""
+        ...
+
+    async def bump_credential_epoch(self, user_id: str, *, now: int) -> bool:
+        """Move the credential epoch forward; ``False`` when there is no such user."""
         ...
 
     async def list(self, *, limit: int = 100, offset: int = 0) -> list[User]:
@@ -72,11 +104,37 @@ class UserStore(Protocol):
 
 
 def normalize_email(email: str) -> str:
-    """The canonical form of an email address, or raise ``PolicyError``."""
+    """The address as stored and shown (NFKC, lower-cased), or raise ``PolicyError``."""
     value = unicodedata.normalize("NFKC", email.strip()).lower()
     if len(value) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(value):
         raise PolicyError("email", "email must be a valid address of at most 254 characters")
     return value
+
+
+def email_key(email: str) -> str:
+    """The key that identifies an account's email: NFKC, then ``casefold``, then NFKC.
+
+    Any string, valid address or not (throttling keys what a client typed). Case folding
+    can undo NFKC, hence the second pass; the result is idempotent, and the key of
+    :func:`normalize_email`'s address is the key of what was typed.
+    """
+    folded = unicodedata.normalize("NFKC", email.strip()).casefold()
+    return unicodedata.normalize("NFKC", folded).strip()
+
+
+def still_current(user: User | None, epoch: int) -> bool:
+    """Whether ``user``, read again once a login's session exists, lets the login keep it.
+
+    ``epoch`` is the credential epoch the login authenticated under. A login re-reads its
+    user after opening the session and ends the session unless this holds. Every operation
+    that moves the epoch (or disables) writes the database first and then ends all of the
+    user's sessions. So for a login that verified the old credentials, either the re-read
+    sees the new epoch (the login is refused), or the write committed after the re-read,
+    hence after the session was created, and the operation's ``end_all``, which follows
+    its write, ends that session. No session opened with old credentials outlives the
+    operation.
+    """
+    return user is not None and not user.disabled and user.credential_epoch == epoch
 
 
 class Users:
@@ -122,25 +180,49 @@ class Users:
         if user is None or not ok or user.disabled:
             raise InvalidCredentials("invalid email or password")
         if self.hasher.needs_rehash(user.password_hash):
-            await self.store.set_password_hash(user.id, await self.hasher.hash(password), now=now)
+            # Only over the hash just verified: a password change that landed meanwhile
+            # wins, and this write (of the old password, at the new cost) is dropped.
+            await self.store.set_password_hash(
+                user.id,
+                await self.hasher.hash(password),
+                expected_hash=user.password_hash,
+                bump_epoch=False,
+                now=now,
+            )
         return user
 
     async def change_password(self, user_id: str, current: str, new: str, *, now: int) -> User:
-        """Replace the password after checking the current one.
+        """Replace the password after checking the current one; moves the credential epoch.
+
+        The write is a compare-and-swap on the hash that ``current`` was verified against,
+        so a concurrent change is never overwritten. When the hash moved meanwhile,
+        ``current`` is checked again against the new one: a login's rehash keeps the
+        password (the change goes through), another change does not (``current`` is now
+        wrong, and answered as such). The caller ends the user's other sessions afterwards.
 
         Raises:
             WrongPassword: ``current`` is wrong (403: the session itself is fine).
             PolicyError: ``new`` breaks the policy.
             Forbidden: the account is gone or disabled.
+            Conflict: the hash kept moving under every attempt (409; try again).
         """
-        user = await self.store.by_id(user_id)
-        if user is None or user.disabled:
-            raise Forbidden("account not available")
-        if not await self.hasher.verify(user.password_hash, self._bounded(current)):
-            raise WrongPassword("current password is wrong")
-        new = self.policy.check(new, email=user.email)
-        await self.store.set_password_hash(user.id, await self.hasher.hash(new), now=now)
-        return user
+        current = self._bounded(current)
+        new_hash: str | None = None
+        for _ in range(CHANGE_ATTEMPTS):
+            user = await self.store.by_id(user_id)
+            if user is None or user.disabled:
+                raise Forbidden("account not available")
+            if not await self.hasher.verify(user.password_hash, current):
+                raise WrongPassword("current password is wrong")
+            if new_hash is None:
+                new_hash = await self.hasher.hash(self.policy.check(new, email=user.email))
+            if await self.store.set_password_hash(
+                user.id, new_hash, expected_hash=user.password_hash, bump_epoch=True, now=now
+            ):
+                return replace(
+                    user, password_hash=new_hash, credential_epoch=user.credential_epoch + 1
+                )
+        raise Conflict("the password changed while it was being replaced; try again")
 
     def _bounded(self, password: str) -> str:
         # The length rule of PasswordPolicy.check, so any password that could register can

@@ -140,7 +140,7 @@ async def test_login_recheck_keeps_the_session_of_an_enabled_user(
     """The common case: the user is still enabled, the new session stays."""
     issued = await _open_session(tw, await accounts.register())
     now = tw.clock.now()
-    assert await user_still_enabled(tw, issued, now=now)
+    assert await user_still_enabled(tw, issued, epoch=0, now=now)
     await tw.sessions.state(issued.uid, issued.sid, now=now)  # still live
 
 
@@ -152,7 +152,7 @@ async def test_login_recheck_ends_the_session_of_a_user_disabled_meanwhile(
     issued = await _open_session(tw, await accounts.register())
     now = tw.clock.now()
     await tw.user_store.set_disabled(issued.uid, True, now=now)
-    assert not await user_still_enabled(tw, issued, now=now)
+    assert not await user_still_enabled(tw, issued, epoch=0, now=now)
     with pytest.raises(SessionEnded):
         await tw.sessions.state(issued.uid, issued.sid, now=now)
     assert (issued.sid, "user-disabled", now) in await tw.session_store.ended(issued.uid)
@@ -165,7 +165,7 @@ async def test_login_recheck_after_a_complete_disable_is_quiet(
     email = await accounts.register()
     issued = await _open_session(tw, email)
     await disable_user(tw, email)
-    assert not await user_still_enabled(tw, issued, now=tw.clock.now())
+    assert not await user_still_enabled(tw, issued, epoch=0, now=tw.clock.now())
 
 
 async def test_disabled_user_login_is_refused_like_a_wrong_password(

@@ -104,7 +104,9 @@ async def test_set_password_hash_replaces_it(store: SqlUserStore, engine: AsyncE
     """set_password_hash stores the new hash and moves updated_at."""
     user = _user()
     await store.add(user)
-    await store.set_password_hash(user.id, "$argon2id$new", now=NOW + 5)
+    assert await store.set_password_hash(
+        user.id, "$argon2id$new", expected_hash=user.password_hash, bump_epoch=False, now=NOW + 5
+    )
     found = await store.by_id(user.id)
     assert found is not None
     assert found.password_hash == "$argon2id$new"

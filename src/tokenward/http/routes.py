@@ -41,6 +41,7 @@ from tokenward.http.body import read_body
 from tokenward.http.problems import is_bearer_transport, render_error
 from tokenward.runtime import Tokenward
 from tokenward.sessions import EndReason, Issued, UserRef
+from tokenward.users import still_current
 
 __all__ = ["AuthRoutes", "rfc3339"]
 
@@ -164,7 +165,7 @@ class AuthRoutes:
             )
             if issued.evicted:
                 self._ended(request, user.id, list(issued.evicted), EndReason.EVICTED, now)
-            if not await user_still_enabled(self.tw, issued, now=now):
+            if not await user_still_enabled(self.tw, issued, epoch=user.credential_epoch, now=now):
                 # Refused exactly as a disabled account is by ``Users.authenticate``.
                 self.tw.events.login_failed(email, client=(ip, agent), now=now)
                 raise InvalidCredentials("invalid email or password")
@@ -379,21 +380,22 @@ class AuthRoutes:
         return apply_pending_cookies(request, json_response(body))
 
 
-async def user_still_enabled(tw: Tokenward, issued: Issued, *, now: int) -> bool:
+async def user_still_enabled(tw: Tokenward, issued: Issued, *, epoch: int, now: int) -> bool:
     """Whether the user of a session just opened at login may keep it; if not, end it.
 
-    ``Users.authenticate`` reads the user before hashing the password, and
-    ``admin.disable_user`` disables the account, then ends its sessions. A disable that
-    lands while a login is hashing would leave the session the login then opens alive.
-    Reading the user again once the session exists closes that gap: either this read sees
-    the disable, or the disable was committed after it, so after the session was opened,
-    and its ``end_all`` ends this session too.
+    ``Users.authenticate`` reads the user (and its credential ``epoch``) before hashing the
+    password. A password change, a disable or an operator's revoke moves the epoch, then
+    ends the user's sessions; one that lands while a login is hashing would leave the
+    session the login then opens alive. Reading the user again once the session exists
+    closes that gap (:func:`~tokenward.users.still_current` argues why).
     """
     user = await tw.user_store.by_id(issued.uid)
-    if user is not None and not user.disabled:
+    if still_current(user, epoch):
         return True
-    with contextlib.suppress(NotFound):  # the disable's end_all may have got there first
-        await tw.sessions.end(issued.uid, issued.sid, EndReason.USER_DISABLED, now=now)
+    disabled = user is None or user.disabled
+    reason = EndReason.USER_DISABLED if disabled else EndReason.REVOKED
+    with contextlib.suppress(NotFound):  # the operation's end_all may have got there first
+        await tw.sessions.end(issued.uid, issued.sid, reason, now=now)
     return False
 
 

@@ -4,6 +4,12 @@ The schema is owned by Alembic migrations (``tokenward/migrations``); :func:`upg
 applies them and runs at start-up and as ``tokenward db upgrade``. Any database failure
 becomes :class:`~tokenward.errors.Unavailable` (503) with nothing half-written: each verb
 is one statement in its own transaction.
+
+Uniqueness and lookups go by ``email_key`` (:func:`~tokenward.users.email_key` of the email),
+a unique column: the database, not a read-then-write, refuses a second spelling of one
+address. ``email_key`` is ``NULL`` only for accounts that migration 0002 found folding onto
+an older account's key (listed by :meth:`SqlUserStore.without_email_key`); they cannot log in
+by email until an operator resolves the collision (docs/security-model.md).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tokenward.errors import Conflict, Unavailable
-from tokenward.users import User
+from tokenward.users import User, email_key
 
 __all__ = ["SqlUserStore", "create_engine", "metadata", "upgrade", "users_table"]
 
@@ -45,7 +51,11 @@ users_table = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Column("disabled", Boolean, nullable=False, default=False),
+    Column("credential_epoch", BigInteger, nullable=False, default=0),
+    #: case folding can triple a character (at most 254 in the email): room for 3 x 254
+    Column("email_key", String(762), nullable=True),
     Index("ix_tokenward_users_email", "email", unique=True),
+    Index("ix_tokenward_users_email_key", "email_key", unique=True),
 )
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -93,6 +103,7 @@ def _user(row: Any) -> User:
         password_hash=row.password_hash,
         created_at=int(row.created_at),
         disabled=bool(row.disabled),
+        credential_epoch=int(row.credential_epoch),
     )
 
 
@@ -114,6 +125,8 @@ class SqlUserStore:
                         created_at=user.created_at,
                         updated_at=user.created_at,
                         disabled=user.disabled,
+                        credential_epoch=user.credential_epoch,
+                        email_key=email_key(user.email),
                     )
                 )
         except IntegrityError:
@@ -122,9 +135,8 @@ class SqlUserStore:
     async def by_email(self, email: str) -> User | None:
         """See :meth:`tokenward.users.UserStore.by_email`."""
         async with _backend(), self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(users_table).where(users_table.c.email == email))
-            ).first()
+            query = select(users_table).where(users_table.c.email_key == email_key(email))
+            row = (await conn.execute(query)).first()
         return None if row is None else _user(row)
 
     async def by_id(self, user_id: str) -> User | None:
@@ -135,24 +147,52 @@ class SqlUserStore:
             ).first()
         return None if row is None else _user(row)
 
-    async def set_password_hash(self, user_id: str, password_hash: str, *, now: int) -> None:
-        """See :meth:`tokenward.users.UserStore.set_password_hash`."""
-        async with _backend(), self.engine.begin() as conn:
-            await conn.execute(
-                update(users_table)
-                .where(users_table.c.id == user_id)
-                .values(password_hash=password_hash, updated_at=now)
-            )
+    async def set_password_hash(
+        self, user_id: str, password_hash: str, *, expected_hash: str, bump_epoch: bool, now: int
+    ) -> bool:
+        """See :meth:`tokenward.users.UserStore.set_password_hash`.
+
+        One ``UPDATE ... WHERE id = ? AND password_hash = ?``: the row lock makes a
+        concurrent writer wait and then re-check the condition (PostgreSQL), or the writers
+        are serialised (SQLite), so of two swaps from one hash exactly one applies.
+        """
+        values: dict[str, Any] = {"password_hash": password_hash, "updated_at": now}
+        if bump_epoch:
+            values["credential_epoch"] = users_table.c.credential_epoch + 1
+        return await self._update(user_id, values, users_table.c.password_hash == expected_hash)
 
     async def set_disabled(self, user_id: str, disabled: bool, *, now: int) -> bool:
         """See :meth:`tokenward.users.UserStore.set_disabled`."""
+        values: dict[str, Any] = {"disabled": disabled, "updated_at": now}
+        if disabled:
+            values["credential_epoch"] = users_table.c.credential_epoch + 1
+        return await self._update(user_id, values)
+
+    async def bump_credential_epoch(self, user_id: str, *, now: int) -> bool:
+        """See :meth:`tokenward.users.UserStore.bump_credential_epoch`."""
+        values = {"credential_epoch": users_table.c.credential_epoch + 1, "updated_at": now}
+        return await self._update(user_id, values)
+
+    async def _update(self, user_id: str, values: dict[str, Any], *conditions: Any) -> bool:
+        query = update(users_table).where(users_table.c.id == user_id, *conditions)
         async with _backend(), self.engine.begin() as conn:
-            result = await conn.execute(
-                update(users_table)
-                .where(users_table.c.id == user_id)
-                .values(disabled=disabled, updated_at=now)
-            )
+            result = await conn.execute(query.values(**values))
         return bool(result.rowcount)
+
+    async def without_email_key(self) -> list[User]:
+        """Accounts whose email folds onto an older account's key, oldest first.
+
+        Only migration 0002 makes them (from accounts registered before keys existed);
+        every account registered since has a key.
+        """
+        query = (
+            select(users_table)
+            .where(users_table.c.email_key.is_(None))
+            .order_by(users_table.c.created_at, users_table.c.id)
+        )
+        async with _backend(), self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_user(r) for r in rows]
 
     async def list(self, *, limit: int = 100, offset: int = 0) -> list[User]:
         """See :meth:`tokenward.users.UserStore.list`."""
