@@ -25,6 +25,7 @@ EXPECTED = [
     "FrozenClock",
     "InvalidCredentials",
     "KeySet",
+    "KeysStale",
     "NotFound",
     "PasswordHasher",
     "PasswordPolicy",

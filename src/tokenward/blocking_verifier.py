@@ -16,15 +16,17 @@ import asyncio
 import contextlib
 import functools
 import os
+import ssl
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from tokenward.clock import Clock
 from tokenward.errors import Unavailable
+from tokenward.jwks import DEFAULT_MAX_JWKS_BYTES
 from tokenward.tokens import AccessClaims
-from tokenward.verifier import AsyncVerifier, bearer_token
+from tokenward.verifier import DEFAULT_MAX_STALE, AsyncVerifier, VerifierStats, bearer_token
 
 __all__ = ["Verifier"]
 
@@ -53,8 +55,14 @@ class Verifier:
         leeway: int = 30,
         min_refetch_interval: float = 30.0,
         keys_max_age: float = 300.0,
+        max_stale: float = DEFAULT_MAX_STALE,
+        max_retry_interval: float = 60.0,
+        max_jwks_bytes: int = DEFAULT_MAX_JWKS_BYTES,
+        allow_insecure_http: bool = False,
+        tls: ssl.SSLContext | None = None,
         timeout: float = 2.0,
         clock: Clock | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._make = functools.partial(
             AsyncVerifier,
@@ -65,9 +73,18 @@ class Verifier:
             leeway=leeway,
             min_refetch_interval=min_refetch_interval,
             keys_max_age=keys_max_age,
+            max_stale=max_stale,
+            max_retry_interval=max_retry_interval,
+            max_jwks_bytes=max_jwks_bytes,
+            allow_insecure_http=allow_insecure_http,
+            tls=tls,
             timeout=timeout,
             clock=clock,
+            monotonic=monotonic,
         )
+        self._make()  # check the arguments now (ConfigError), not on the first request
+        #: Counters of every verifier this object ran (one per process; see AsyncVerifier).
+        self.stats = VerifierStats()
         self._timeout = timeout
         self._lock = threading.Lock()
         self._failed_at = -float("inf")
@@ -80,6 +97,11 @@ class Verifier:
     def key_ids(self) -> frozenset[str]:
         """The ``kid`` of every key currently trusted (empty before the first use)."""
         return self._inner.key_ids if self._inner is not None else frozenset()
+
+    @property
+    def keys_age(self) -> float:
+        """Seconds since the last successful JWKS fetch (``inf`` before the first)."""
+        return self._inner.keys_age if self._inner is not None else float("inf")
 
     def start(self) -> None:
         """Start now rather than on the first :meth:`verify` (to fail early).
@@ -141,6 +163,7 @@ class Verifier:
         thread = threading.Thread(target=loop.run_forever, name="tokenward-verifier", daemon=True)
         thread.start()
         inner = self._make()
+        inner.stats = self.stats  # one set of counters across restarts and forks
         try:
             self._call(loop, inner.start())
         except BaseException:

@@ -17,6 +17,7 @@ exception and never returns ``None`` or ``False`` for a failure.
     ├── WrongPassword (403)       invalid-credentials
     ├── RateLimited (429)         rate-limited, carries retry_after
     ├── Unavailable (503)         unavailable
+    │   └── KeysStale             jwks-stale (verifiers only)
     ├── PolicyError (422)         validation, carries the rule that failed
     ├── Conflict (409)            conflict
     ├── NotFound (404)            not-found
@@ -38,6 +39,7 @@ __all__ = [
     "CsrfError",
     "Forbidden",
     "InvalidCredentials",
+    "KeysStale",
     "NotFound",
     "PayloadTooLarge",
     "PolicyError",
@@ -171,6 +173,18 @@ class Unavailable(TokenwardError):
     slug = "unavailable"
     status = 503
     title = "Service unavailable"
+
+
+class KeysStale(Unavailable):
+    """A verifier's key set is older than its ``max_stale``: every token is refused.
+
+    The issuer's JWKS could not be fetched for that long, so a key withdrawn there (after a
+    compromise) might still be trusted here; refusing is the only safe answer. Raised by
+    :mod:`tokenward.verifier`, never by the server itself.
+    """
+
+    slug = "jwks-stale"
+    title = "Signing keys too old to trust"
 
 
 class PolicyError(TokenwardError):

@@ -35,6 +35,18 @@ when they are written, just after the response that caused them.
 with ``tokenward_sessions_active_exact 0``. A counter maintained on login and logout would
 drift, because sessions also end silently when their Redis key expires.
 
+**Verifiers** in other services (:mod:`tokenward.verifier`) count in plain attributes, so
+they need no Prometheus; a service that has it registers a :class:`VerifierCollector`:
+
+=============================================  =========  ===================================
+``tokenward_verifier_jwks_fetches_total``      counter    ``outcome``: ok, failed
+``tokenward_verifier_stale_refusals_total``    counter    (tokens refused: keys too old)
+``tokenward_verifier_jwks_age_seconds``        gauge      since the last successful fetch
+=============================================  =========  ===================================
+
+Alert on any increase of ``tokenward_verifier_stale_refusals_total``: that service refuses
+every token until it reaches the issuer's JWKS again.
+
 **Several worker processes** (``tokenward serve --workers N``) use prometheus_client's
 multiprocess mode: ``serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory, every
 worker writes its counters there and any worker's ``/metrics`` adds them up, so a scrape
@@ -58,13 +70,15 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from tokenward.blocking_verifier import Verifier
     from tokenward.events import SecurityEvent
     from tokenward.stores.redis_client import RedisClient
+    from tokenward.verifier import AsyncVerifier
 
 __all__ = [
     "CONTENT_TYPE",
@@ -72,6 +86,7 @@ __all__ = [
     "SESSIONS_SCAN_BUDGET",
     "Metrics",
     "SessionCounter",
+    "VerifierCollector",
 ]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -151,6 +166,41 @@ class _SessionsCollector(Collector):
             "1 when tokenward_sessions_active is exact, 0 when the scan ran out of time.",
             value=1 if self.counter.exact else 0,
         )
+
+
+class VerifierCollector(Collector):
+    """Exports a verifier's counters: ``registry.register(VerifierCollector(verifier))``.
+
+    Args:
+        verifier: an :class:`~tokenward.verifier.AsyncVerifier` or a blocking
+            :class:`~tokenward.blocking_verifier.Verifier`.
+    """
+
+    def __init__(self, verifier: AsyncVerifier | Verifier) -> None:
+        self.verifier = verifier
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.verifier.stats
+        fetches = CounterMetricFamily(
+            "tokenward_verifier_jwks_fetches",
+            "JWKS fetches by outcome (a failed fetch keeps the previous keys).",
+            labels=["outcome"],
+        )
+        fetches.add_metric(["ok"], stats.jwks_fetches_ok)
+        fetches.add_metric(["failed"], stats.jwks_fetches_failed)
+        yield fetches
+        yield CounterMetricFamily(
+            "tokenward_verifier_stale_refusals",
+            "Tokens refused because no JWKS fetch succeeded within max_stale.",
+            value=stats.stale_refusals,
+        )
+        age = self.verifier.keys_age
+        if age != float("inf"):
+            yield GaugeMetricFamily(
+                "tokenward_verifier_jwks_age_seconds",
+                "Seconds since the last successful JWKS fetch.",
+                value=age,
+            )
 
 
 class _BuildInfo(Collector):

@@ -12,7 +12,26 @@ tokens arrive, so forged ``kid`` values cannot turn the verifier into a JWKS flo
 set is also refreshed in the background every ``keys_max_age`` (5 min), so retired keys
 stop verifying. The claim checks are the issuer's own
 (:class:`~tokenward.tokens.AccessTokenVerifier`): ``typ``, pinned ``alg``, ``iss``, ``aud``,
-``exp``/``iat``/``nbf`` with leeway, and the verified-token cache.
+``exp``/``iat``/``nbf`` with leeway, and the verified-token cache. ``audience`` is this
+service's name: a token the issuer minted for another service (``POST /auth/token``) is
+refused here, and a token for this one everywhere else.
+
+**When the issuer cannot be reached**, the keys of the last successful fetch stay in use,
+and refreshes are retried with exponential backoff and jitter (1 s doubling to
+``max_retry_interval``, 60 s), so a fleet of verifiers does not hammer an issuer that is
+coming back. But not forever: a key withdrawn at the issuer after a compromise would stay
+trusted by every service cut off from it. Once the last successful fetch is older than
+``max_stale`` (1 hour by default) every verification fails closed with
+:class:`~tokenward.errors.KeysStale` (503, ``jwks-stale``), logged once and counted in
+:attr:`AsyncVerifier.stats` (exported by :class:`~tokenward.metrics.VerifierCollector`),
+until a fetch succeeds again. An hour costs little availability: while the issuer itself
+is down it mints no tokens, and those it minted expire within ``TOKENWARD_ACCESS_TTL``
+(10 minutes) anyway; it bounds how long a withdrawn key outlives its withdrawal.
+
+**Fetches** go through :func:`~tokenward.jwks.fetch_jwks`: ``https://`` only (plain HTTP
+to a loopback issuer, or with ``allow_insecure_http=True``), same-origin redirects only, the
+body bounded by ``max_jwks_bytes`` (64 KiB) while it streams, ``timeout`` over the whole
+fetch, and TLS always verified (a private CA is passed as ``tls=ssl.SSLContext``).
 
 Ended sessions, when given the Redis URL Tokenward uses: the verifier subscribes to the
 feed on which every ending of a session is published (``tw:ended``) and keeps the same
@@ -34,16 +53,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import ssl
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import jwt
 
 from tokenward.clock import Clock, SystemClock
-from tokenward.errors import SessionEnded, TokenInvalid, Unavailable
-from tokenward.jwks import PublicKeySet
+from tokenward.errors import ConfigError, KeysStale, SessionEnded, TokenInvalid, Unavailable
+from tokenward.jwks import (
+    DEFAULT_MAX_JWKS_BYTES,
+    JwksFetchError,
+    PublicKeySet,
+    check_jwks_url,
+    fetch_jwks,
+)
 from tokenward.revocation import SessionCache
 from tokenward.sessions import SessionState
 from tokenward.stores.redis_client import RedisClient, connect_redis
@@ -51,13 +80,30 @@ from tokenward.stores.redis_feed import RevocationFeed
 from tokenward.stores.redis_sessions import RedisSessionStore
 from tokenward.tokens import MAX_TOKEN_LENGTH, AccessClaims, AccessTokenVerifier
 
-__all__ = ["AsyncVerifier", "bearer_token"]
+__all__ = ["DEFAULT_MAX_STALE", "AsyncVerifier", "VerifierStats", "bearer_token"]
 
 log = logging.getLogger("tokenward.verifier")
 
+#: Seconds after the last successful JWKS fetch past which every token is refused.
+DEFAULT_MAX_STALE = 3600.0
+#: First delay before retrying a failed JWKS fetch; it doubles up to ``max_retry_interval``.
+_FIRST_RETRY = 1.0
 
-#: A JWKS larger than this is not Tokenward's; refusing early bounds the parsing work.
-MAX_JWKS_BYTES = 256 * 1024
+
+@dataclass
+class VerifierStats:
+    """What a verifier has done, for monitoring (plain counters: no Prometheus needed).
+
+    Attributes:
+        jwks_fetches_ok: JWKS fetches that replaced the key set.
+        jwks_fetches_failed: JWKS fetches that failed (the old keys stayed).
+        stale_refusals: verifications refused because the keys were older than
+            ``max_stale``; anything above 0 means this service is refusing every token.
+    """
+
+    jwks_fetches_ok: int = 0
+    jwks_fetches_failed: int = 0
+    stale_refusals: int = 0
 
 
 class _LockedSessionCache(SessionCache):
@@ -130,8 +176,21 @@ class AsyncVerifier:
         leeway: clock skew tolerated on ``exp``, ``iat``, ``nbf`` (``TOKENWARD_LEEWAY``).
         min_refetch_interval: seconds between JWKS fetches caused by unknown ``kid`` values.
         keys_max_age: seconds after which the key set is refreshed in the background.
-        timeout: seconds allowed for each network operation.
+        max_stale: seconds after the last successful JWKS fetch past which every token is
+            refused with :class:`~tokenward.errors.KeysStale` (at least ``keys_max_age``).
+        max_retry_interval: longest backoff between retries of a failing JWKS fetch.
+        max_jwks_bytes: a JWKS response larger than this fails the fetch.
+        allow_insecure_http: allow a plain ``http://`` JWKS URL to a host that is not
+            loopback (anyone on the path could then replace the keys).
+        tls: an :class:`ssl.SSLContext` for a private CA
+            (:func:`tokenward.jwks.tls_context`); certificates are always verified.
+        timeout: seconds allowed for each network operation, and for a whole JWKS fetch.
         clock: the time source for token checks; the system clock by default.
+        monotonic: the time source for key ages and retries (tests move it on).
+
+    Raises:
+        ConfigError: a JWKS URL that is not ``https://`` (see ``allow_insecure_http``),
+            ``max_stale`` shorter than ``keys_max_age``, or ``tls`` not an SSL context.
     """
 
     def __init__(
@@ -144,16 +203,36 @@ class AsyncVerifier:
         leeway: int = 30,
         min_refetch_interval: float = 30.0,
         keys_max_age: float = 300.0,
+        max_stale: float = DEFAULT_MAX_STALE,
+        max_retry_interval: float = 60.0,
+        max_jwks_bytes: int = DEFAULT_MAX_JWKS_BYTES,
+        allow_insecure_http: bool = False,
+        tls: ssl.SSLContext | None = None,
         timeout: float = 2.0,
         clock: Clock | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         issuer = issuer.rstrip("/")
-        self.jwks_url = jwks_url or f"{issuer}/.well-known/jwks.json"
+        self.jwks_url = check_jwks_url(
+            jwks_url or f"{issuer}/.well-known/jwks.json", allow_insecure_http=allow_insecure_http
+        )
+        if max_stale < keys_max_age:
+            raise ConfigError("max_stale: must be at least keys_max_age")
+        if tls is not None and not isinstance(tls, ssl.SSLContext):
+            # verify=False, a path or a string would each silently change what is trusted.
+            raise ConfigError("tls: pass an ssl.SSLContext; certificates are always verified")
         self.redis_url = redis_url
+        self.audience = audience
         self.min_refetch_interval = min_refetch_interval
         self.keys_max_age = keys_max_age
+        self.max_stale = max_stale
+        self.max_retry_interval = max_retry_interval
+        self.max_jwks_bytes = max_jwks_bytes
         self.timeout = timeout
         self.clock: Clock = clock or SystemClock()
+        self.stats = VerifierStats()
+        self._tls = tls
+        self._monotonic = monotonic
         self._keys = PublicKeySet([])
         self._tokens = AccessTokenVerifier(
             self._keys, issuer=issuer, audience=audience, leeway=leeway
@@ -166,6 +245,9 @@ class AsyncVerifier:
         self._fetch_lock = asyncio.Lock()
         self._last_attempt = -float("inf")
         self._last_success = -float("inf")
+        self._failures = 0
+        self._retry_at = -float("inf")
+        self._stale_logged = False
         self._background: asyncio.Task[None] | None = None
 
     @property
@@ -173,13 +255,20 @@ class AsyncVerifier:
         """The ``kid`` of every key currently trusted."""
         return self._keys.kids
 
+    @property
+    def keys_age(self) -> float:
+        """Seconds since the last successful JWKS fetch (``inf`` before the first)."""
+        return self._monotonic() - self._last_success
+
     async def start(self) -> None:
         """Fetch the keys and, with Redis, subscribe to the ended-session feed.
 
         Raises:
             Unavailable: the JWKS could not be fetched.
         """
-        self._http = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        self._http = httpx.AsyncClient(
+            timeout=self.timeout, follow_redirects=False, verify=self._tls or True
+        )
         try:
             if self.redis_url is not None:
                 self._redis = connect_redis(self.redis_url, timeout=self.timeout)
@@ -225,10 +314,12 @@ class AsyncVerifier:
             TokenExpired: genuine but expired (401, the client should refresh).
             TokenInvalid: not a genuine token for this issuer and audience (401).
             SessionEnded: the session has ended (401); only with ``redis_url``.
+            KeysStale: no JWKS fetch succeeded for ``max_stale`` seconds (503).
             Unavailable: Redis did not answer and the cache could not vouch (503).
         """
         now = self.clock.now()
         self._refresh_if_stale()
+        self._check_fresh()
         claims = self._claims(token, now)
         if claims is None:
             await self._refetch(_unverified_kid(token) or "")
@@ -253,7 +344,7 @@ class AsyncVerifier:
         Raises:
             The errors of :meth:`verify` that need no I/O to decide.
         """
-        if time.monotonic() - self._last_success > self.keys_max_age:
+        if self.keys_age > self.keys_max_age:
             return None
         now = self.clock.now()
         claims = self._claims(token, now)
@@ -265,6 +356,23 @@ class AsyncVerifier:
         if state.uid != claims.sub:
             raise SessionEnded("the session has ended")
         return claims
+
+    def _check_fresh(self) -> None:
+        """Fail closed once the keys are older than ``max_stale`` (see the module docstring)."""
+        age = self.keys_age
+        if age <= self.max_stale:
+            self._stale_logged = False
+            return
+        self.stats.stale_refusals += 1
+        if not self._stale_logged:
+            self._stale_logged = True
+            log.error(
+                "JWKS from %s not fetched for %.0f s (max_stale %.0f s): refusing every token",
+                self.jwks_url,
+                age,
+                self.max_stale,
+            )
+        raise KeysStale(f"no JWKS fetch succeeded for over {self.max_stale:.0f} s")
 
     def _claims(self, token: str, now: int) -> AccessClaims | None:
         """Verified claims; ``None`` when the token names a key we do not have."""
@@ -295,39 +403,49 @@ class AsyncVerifier:
             # Many requests with the new kid arrive together: the first one fetches.
             if self._keys.get(kid) is not None:
                 return
-            if time.monotonic() - self._last_attempt >= self.min_refetch_interval:
+            if self._monotonic() - self._last_attempt >= self.min_refetch_interval:
                 await self._fetch()
 
     def _refresh_if_stale(self) -> None:
-        stale = time.monotonic() - self._last_success > self.keys_max_age
-        if stale and self._http is not None and self._background is None:
+        """Start a background refresh when the keys are due and no retry is pending."""
+        now = self._monotonic()
+        due = now - self._last_success > self.keys_max_age and now >= self._retry_at
+        if due and self._http is not None and self._background is None:
             self._background = asyncio.create_task(self._background_refresh())
 
     async def _background_refresh(self) -> None:
         try:
             async with self._fetch_lock:
-                if time.monotonic() - self._last_attempt >= min(
-                    self.min_refetch_interval, self.keys_max_age
-                ):
+                # Another fetch (an unknown kid's) may have succeeded or failed meanwhile.
+                now = self._monotonic()
+                if now - self._last_success > self.keys_max_age and now >= self._retry_at:
                     await self._fetch()
         finally:
             self._background = None
 
     async def _fetch(self) -> bool:
         """One JWKS fetch (caller holds the lock); keeps the old keys on any failure."""
-        self._last_attempt = time.monotonic()
+        self._last_attempt = self._monotonic()
         if self._http is None:
             return False
         try:
-            response = await self._http.get(self.jwks_url, headers={"Accept": "application/json"})
-            if response.status_code != 200 or len(response.content) > MAX_JWKS_BYTES:
-                raise ValueError(f"HTTP {response.status_code}, {len(response.content)} bytes")
-            keys = PublicKeySet.from_jwks(response.json())
-        except (httpx.HTTPError, ValueError) as exc:
+            keys = await fetch_jwks(
+                self._http, self.jwks_url, max_bytes=self.max_jwks_bytes, seconds=self.timeout
+            )
+        except JwksFetchError as exc:
+            self.stats.jwks_fetches_failed += 1
+            self._failures += 1
+            # Exponential backoff with jitter: verifiers that lost the issuer together do
+            # not all come back to it in the same second.
+            delay = min(self.max_retry_interval, _FIRST_RETRY * 2 ** (self._failures - 1))
+            self._retry_at = self._monotonic() + delay * random.uniform(0.5, 1.0)  # noqa: S311
             log.warning("JWKS fetch from %s failed: %s", self.jwks_url, exc)
             return False
         self._keys = keys
         self._tokens.keys = keys
-        self._last_success = time.monotonic()
+        self._last_success = self._monotonic()
+        self._failures = 0
+        self._retry_at = -float("inf")
+        self.stats.jwks_fetches_ok += 1
         log.info("JWKS fetched from %s: %d keys", self.jwks_url, len(keys))
         return True
