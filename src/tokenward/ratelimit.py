@@ -23,19 +23,26 @@ must behave exactly like them; a property test runs both on random histories.
 *before* the password is checked (so concurrent guesses cannot slip past the count and a
 throttled request never runs argon2), and refunded when it succeeds. Registration and
 refresh are limited per client address. Key names carry SHA-256 digests, never an email.
+
+A reservation that ends in :class:`~tokenward.errors.Unavailable` (the database or Redis
+did not answer: 503) is refunded too: the failure was ours, not a wrong guess, and an
+outage must not lock owners out once it is over. :meth:`Throttle.login` and
+:meth:`Throttle.register` are async context managers so that no caller can forget it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import secrets
-from collections.abc import Callable, Sequence
+import unicodedata
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
-from tokenward.errors import RateLimited
-from tokenward.users import email_key
+from tokenward.errors import RateLimited, Unavailable
 
 if TYPE_CHECKING:
     from tokenward.settings import Settings
@@ -61,6 +68,8 @@ __all__ = [
 KNOWN_ADDRESS_TTL = 30 * 86_400
 #: Known addresses kept per account (the most recent ones).
 KNOWN_ADDRESSES_KEPT = 32
+
+log = logging.getLogger("tokenward.ratelimit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +228,8 @@ def account_digest(email: str) -> str:
     The same NFKC, case-folded form as login uses, so every spelling of one address shares
     one bucket, whether or not the account exists.
     """
-    return _digest("account", email_key(email))
+    folded = unicodedata.normalize("NFKC", email.strip()).lower()
+    return _digest("account", folded)
 
 
 def address_bucket(ip: str) -> str:
@@ -313,6 +323,28 @@ class Ticket:
             await self.limiter.release(self.keys, event=self.event)
 
 
+class _Refundable(Protocol):
+    async def refund(self) -> None: ...
+
+
+@asynccontextmanager
+async def _refunded_on_outage(ticket: _Refundable) -> AsyncIterator[None]:
+    """Refund ``ticket`` when the attempt fails with :class:`Unavailable`, then re-raise it.
+
+    The refund is best effort: when it fails too (Redis is the back end that is down), the
+    attempt stays counted, a warning is logged, and the caller still gets the original 503,
+    never the refund's error.
+    """
+    try:
+        yield
+    except Unavailable:
+        try:
+            await ticket.refund()
+        except Unavailable:
+            log.warning("throttle refund after an outage failed: the attempt stays counted")
+        raise
+
+
 @dataclass(slots=True)
 class LoginTicket:
     """A login attempt reserved as a failure; :meth:`succeeded` refunds it."""
@@ -386,8 +418,19 @@ class Throttle:
         # One message whatever refused: it must not tell an attacker which bucket is full.
         return RateLimited(decision.retry_after, "too many attempts; retry later")
 
-    async def login(self, email: str, ip: str, *, now: int) -> LoginTicket:
-        """Reserve a login attempt before the password is checked.
+    @asynccontextmanager
+    async def login(self, email: str, ip: str, *, now: int) -> AsyncIterator[LoginTicket]:
+        """Reserve a login attempt before the password is checked, for the ``async with``
+        block that checks it::
+
+            async with throttle.login(email, ip, now=now) as ticket:
+                user = await users.authenticate(email, password, now=now)
+                await ticket.succeeded(now=now)
+
+        The attempt counts as a failure unless the block calls :meth:`LoginTicket.succeeded`
+        (or :meth:`LoginTicket.refund`), or ends in :class:`Unavailable`: a back end that
+        did not answer judged no password, so the attempt is refunded (see
+        :func:`_refunded_on_outage`) and the 503 goes on.
 
         The same for existing and unknown accounts, so throttling reveals nothing. An
         address the account logged in from recently ("known") is exempt from the
@@ -396,8 +439,13 @@ class Throttle:
         usual network. The (account, address) limit always applies.
 
         Raises:
-            RateLimited: a limit refused; nothing was counted.
+            RateLimited: a limit refused; nothing was counted (the block does not run).
         """
+        ticket = await self._reserve_login(email, ip, now=now)
+        async with _refunded_on_outage(ticket):
+            yield ticket
+
+    async def _reserve_login(self, email: str, ip: str, *, now: int) -> LoginTicket:
         event = secrets.token_hex(8)
         address = address_digest(ip)
         scope = f"tw:{{rl:a:{account_digest(email)}}}"
@@ -448,16 +496,24 @@ class Throttle:
             raise self._refuse(decision, ip=ip, now=now, email=None)
         return Ticket(self.limiter, event, (key,))
 
-    async def register(self, ip: str, *, now: int) -> Ticket:
-        """Count a registration attempt from ``ip``; refund it when the policy refused it.
+    @asynccontextmanager
+    async def register(self, ip: str, *, now: int) -> AsyncIterator[Ticket]:
+        """Count a registration attempt from ``ip`` for the ``async with`` block that makes
+        it; the block refunds it when the policy refused it. A block that ends in
+        :class:`Unavailable` (the database is down) is refunded as well.
 
         Raises:
             RateLimited: too many registrations from this address.
         """
-        return await self._per_address("register", self.limits.register_ip, ip, now)
+        ticket = await self._per_address("register", self.limits.register_ip, ip, now)
+        async with _refunded_on_outage(ticket):
+            yield ticket
 
     async def refresh(self, ip: str, *, now: int) -> Ticket:
         """Count a refresh attempt from ``ip`` as refused; refund it when it succeeds.
+
+        Not a context manager like :meth:`login`: a refresh needs Redis alone, so when
+        rotation fails with 503 a refund could not be stored either.
 
         Raises:
             RateLimited: too many refused refreshes from this address.

@@ -124,12 +124,12 @@ class AuthRoutes:
             password = body.string("password", max_length=1 << 16) or ""
             now = self.tw.clock.now()
             client = self._client(request)
-            ticket = await self.tw.throttle.register(client[0], now=now)
-            try:
-                user = await self.tw.users.register(email, password, now=now)
-            except PolicyError:
-                await ticket.refund()  # refused before any hashing: cheap, and reveals nothing
-                raise
+            async with self.tw.throttle.register(client[0], now=now) as ticket:  # 503: refunded
+                try:
+                    user = await self.tw.users.register(email, password, now=now)
+                except PolicyError:
+                    await ticket.refund()  # refused before any hashing: cheap, reveals nothing
+                    raise
             self.tw.events.registered(user.id, client=client, now=now)
         except TokenwardError as exc:
             if body.form:
@@ -152,14 +152,15 @@ class AuthRoutes:
             password = body.string("password", max_length=1 << 16) or ""
             now = self.tw.clock.now()
             ip, agent = self._client(request)
-            # Throttled before any hashing; unknown and existing accounts alike.
-            ticket = await self.tw.throttle.login(email, ip, now=now)
-            try:
-                user = await self.tw.users.authenticate(email, password, now=now)
-            except InvalidCredentials:
-                self.tw.events.login_failed(email, client=(ip, agent), now=now)
-                raise
-            await ticket.succeeded(now=now)
+            # Throttled before any hashing; unknown and existing accounts alike. A 503 (the
+            # database is down) leaving the block refunds the attempt: no password was judged.
+            async with self.tw.throttle.login(email, ip, now=now) as ticket:
+                try:
+                    user = await self.tw.users.authenticate(email, password, now=now)
+                except InvalidCredentials:
+                    self.tw.events.login_failed(email, client=(ip, agent), now=now)
+                    raise
+                await ticket.succeeded(now=now)
             issued = await self.tw.sessions.open(
                 UserRef(user.id, user.email, user.created_at), ip=ip, user_agent=agent, now=now
             )
@@ -345,14 +346,14 @@ class AuthRoutes:
         now = self.tw.clock.now()
         p = auth.principal
         # Guessing the current password from a stolen session meets the login limits.
-        ticket = await self.tw.throttle.login(p.state.email, self._client(request)[0], now=now)
-        try:
-            await self.tw.users.change_password(p.uid, current, new, now=now)
-        except TokenwardError as exc:
-            if not isinstance(exc, WrongPassword):
-                await ticket.refund()  # no wrong guess was made: it does not count
-            raise
-        await ticket.succeeded(now=now)
+        async with self.tw.throttle.login(p.state.email, self._client(request)[0], now=now) as t:
+            try:
+                await self.tw.users.change_password(p.uid, current, new, now=now)
+            except TokenwardError as exc:
+                if not isinstance(exc, WrongPassword):
+                    await t.refund()  # no wrong guess was made (a 503 included): it does not count
+                raise
+            await t.succeeded(now=now)
         ended = await self.tw.sessions.end_all(
             p.uid, keep=p.sid, reason=EndReason.PASSWORD_CHANGED, now=now
         )
