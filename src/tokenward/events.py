@@ -61,6 +61,7 @@ class EventKind(enum.StrEnum):
     NEW_DEVICE = "login.new-device"
     THROTTLED = "throttled"
     REFRESH_REUSED = "refresh.reused"
+    REFRESH_REPLAYED = "refresh.grace-replay"
     PASSWORD_CHANGED = "password.changed"
     SESSIONS_ENDED = "sessions.ended"
 
@@ -284,6 +285,18 @@ class SecurityEvents:
             return
         self.record(
             SecurityEvent(EventKind.REFRESH_REUSED, now, presented.uid, presented.sid, *client)
+        )
+
+    def refresh_replayed(self, token: str, *, client: Client, now: int) -> None:
+        """A replaced refresh token came back inside its grace window and was handed the
+        current one (another tab, a retry; or a second holder of the session's tokens).
+        Reported at most once per session per hour, so tabs do not flood the history."""
+        try:
+            presented = RefreshToken.parse(token)
+        except TokenInvalid:
+            return
+        self.record(
+            SecurityEvent(EventKind.REFRESH_REPLAYED, now, presented.uid, presented.sid, *client)
         )
 
     def refresh_limited(self, token: str, retry_after: int, *, client: Client, now: int) -> None:

@@ -13,9 +13,12 @@ request while staying coherent with it.
 from __future__ import annotations
 
 import enum
+import hashlib
+import ipaddress
+import logging
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from tokenward.csrf import csrf_digest, new_csrf_token
@@ -35,6 +38,7 @@ __all__ = [
     "EndReason",
     "Issued",
     "Principal",
+    "RefreshUse",
     "RotateOutcome",
     "RotateResult",
     "SessionInfo",
@@ -44,13 +48,40 @@ __all__ = [
     "SessionStore",
     "Sessions",
     "UserRef",
+    "client_fingerprint",
     "new_session_id",
 ]
+
+log = logging.getLogger("tokenward.sessions")
+
+
+_REUSED_DETAIL = {
+    "late": "a replaced refresh token was presented again; the session was ended",
+    "client": "a replaced refresh token was replayed by another client; the session was ended",
+    "replays": "a replaced refresh token was replayed too often; the session was ended",
+}
 
 
 def new_session_id() -> str:
     """128 random bits, base64url (22 characters)."""
     return secrets.token_urlsafe(16)
+
+
+def client_fingerprint(ip: str, user_agent: str) -> str:
+    """Names the client of a refresh: its user agent and address prefix (IPv4 /24, IPv6 /64).
+
+    Two tabs of one browser share it; a thief replaying a stolen token from elsewhere does
+    not. A prefix rather than the address, so a client whose last octet changes between
+    two concurrent requests is not mistaken for a thief. 64 bits of SHA-256: only compared
+    for equality, and not a secret (it is stored in the session record).
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+        bits = 24 if address.version == 4 else 64
+        prefix = str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
+    except ValueError:
+        prefix = ip
+    return hashlib.sha256(f"{user_agent}\x00{prefix}".encode()).hexdigest()[:16]
 
 
 class EndReason(enum.StrEnum):
@@ -63,6 +94,8 @@ class EndReason(enum.StrEnum):
     PASSWORD_CHANGED = "password-changed"
     EVICTED = "session-limit"
     USER_DISABLED = "user-disabled"
+    #: a login from a browser that still held this session's refresh cookie
+    REPLACED = "replaced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +152,22 @@ class RotateOutcome(enum.Enum):
     MISSING = "missing"
     CSRF = "csrf"
     LIMITED = "limited"
+    #: the record could not be read as a session; the store has deleted it
+    CORRUPT = "corrupt"
+
+
+class RefreshUse(enum.Enum):
+    """What :meth:`SessionStore.end_by_refresh` did with a presented refresh token."""
+
+    #: the current token, or a replaced one inside its grace (the session was ended, unless
+    #: no reason was given)
+    VALID = "valid"
+    #: a replaced token after its grace: the session was ended as ``refresh-reused``
+    REUSED = "reused"
+    MISSING = "missing"
+    UNKNOWN = "unknown"
+    CSRF = "csrf"
+    CORRUPT = "corrupt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +187,11 @@ class RotateResult:
     retry_after: int = 0
     #: for ``LIMITED``: the first refusal of this rate window (report it once)
     first_refusal: bool = False
+    #: for ``GRACE``: report this replay (at most one per session per report interval)
+    report: bool = False
+    #: for ``REUSED``: ``late`` (after the grace), ``client`` (a grace replay from another
+    #: client than the one that rotated) or ``replays`` (too many grace replays)
+    why: str = ""
 
 
 class SessionStore(Protocol):
@@ -182,8 +236,41 @@ class SessionStore(Protocol):
         idle_ttl: int,
         rate_limit: int,
         rate_window: int,
+        client: str = "",
+        grace_replays: int = 32,
+        report_every: int = 3600,
     ) -> RotateResult:
-        """Replace the current refresh digest, or recognise a replay or a reuse."""
+        """Replace the current refresh digest, or recognise a replay or a reuse.
+
+        A rotation remembers ``client`` (a :func:`client_fingerprint`; ``""`` checks
+        nothing). A grace replay from another client, or past ``grace_replays`` replays
+        since the rotation, is a reuse; a grace replay is flagged ``report`` at most once
+        every ``report_every`` seconds.
+        """
+        ...
+
+    async def end_by_refresh(
+        self,
+        uid: str,
+        sid: str,
+        *,
+        presented_digest: str,
+        csrf_digest: str | None,
+        reason: EndReason | None,
+        now: int,
+        grace: int,
+    ) -> RefreshUse:
+        """End the session whose refresh token this is, with ``reason`` (``None``: only
+        say whether the token is valid), or as ``refresh-reused`` when it is a replaced
+        token past its grace."""
+        ...
+
+    async def rekey(
+        self, uid: str, sid: str, *, refresh_digest: str, csrf_digest: str, now: int
+    ) -> RotateResult:
+        """Give a live session a new refresh digest and CSRF digest; every earlier refresh
+        token becomes an ancestor (theft if presented again). ``ROTATED`` with the state,
+        or ``MISSING`` / ``CORRUPT``."""
         ...
 
     async def get(self, uid: str, sid: str, *, now: int) -> SessionState | None:
@@ -219,6 +306,11 @@ class SessionPolicy:
     max_sessions: int = 100
     refresh_rate_limit: int = 30
     refresh_rate_window: int = 60
+    #: grace replays allowed between two rotations (tabs, parallel requests of one client);
+    #: one more is theft
+    grace_replays: int = 32
+    #: at most one ``refresh.grace-replay`` event per session per this many seconds
+    grace_report_interval: int = 3600
 
     def __post_init__(self) -> None:
         for name in (
@@ -227,6 +319,8 @@ class SessionPolicy:
             "max_sessions",
             "refresh_rate_limit",
             "refresh_rate_window",
+            "grace_replays",
+            "grace_report_interval",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -252,6 +346,8 @@ class Issued:
     csrf_token: str | None
     #: on login, the user's sessions it ended to stay within ``max_sessions``
     evicted: tuple[str, ...] = ()
+    #: on refresh, a grace replay that should be reported (a security event)
+    report_replay: bool = False
 
     def __repr__(self) -> str:
         return f"Issued(uid={self.uid!r}, sid={self.sid!r}, tokens=<hidden>)"
@@ -325,7 +421,14 @@ class Sessions:
         self.cache.forget(evicted)
         return self._issued(state, sid, refresh, ttl, now, csrf, evicted)
 
-    async def refresh(self, token: str, *, csrf_token: str | None, now: int) -> Issued:
+    async def refresh(
+        self,
+        token: str,
+        *,
+        csrf_token: str | None,
+        now: int,
+        client: tuple[str, str] | None = None,
+    ) -> Issued:
         """Rotate a refresh token and issue a new access token.
 
         Args:
@@ -333,6 +436,9 @@ class Sessions:
             csrf_token: in cookie mode, the (already double-submit checked) CSRF token;
                 it must belong to the session. ``None`` in bearer mode.
             now: the current time.
+            client: ``(ip, user agent)`` of the caller. A grace replay is granted only to
+                the client that made the rotation (see :func:`client_fingerprint`);
+                ``None`` skips that check (the core used without HTTP).
 
         Raises:
             TokenInvalid: malformed, or not this session's token.
@@ -357,6 +463,9 @@ class Sessions:
             idle_ttl=self.policy.idle_ttl,
             rate_limit=self.policy.refresh_rate_limit,
             rate_window=self.policy.refresh_rate_window,
+            client="" if client is None else client_fingerprint(*client),
+            grace_replays=self.policy.grace_replays,
+            report_every=self.policy.grace_report_interval,
         )
         outcome = result.outcome
         if outcome is RotateOutcome.ROTATED or outcome is RotateOutcome.GRACE:
@@ -367,19 +476,110 @@ class Sessions:
                 for step in result.salts:
                     successor = successor.successor(step)
             self.cache.forget([presented.sid])
-            return self._issued(result.state, presented.sid, successor, result.ttl, now, None)
+            issued = self._issued(result.state, presented.sid, successor, result.ttl, now, None)
+            if result.report:
+                issued = replace(issued, report_replay=True)
+            return issued
         if outcome is RotateOutcome.REUSED:
             self.cache.forget([presented.sid])
-            raise RefreshReused(
-                "a replaced refresh token was presented again; the session was ended"
-            )
+            raise RefreshReused(_REUSED_DETAIL.get(result.why, _REUSED_DETAIL["late"]))
         if outcome is RotateOutcome.CSRF:
             raise CsrfError("CSRF token does not belong to this session")
         if outcome is RotateOutcome.LIMITED:
             raise RefreshLimited(result.retry_after, first=result.first_refusal)
-        if outcome is RotateOutcome.MISSING:
+        if outcome is RotateOutcome.MISSING or outcome is RotateOutcome.CORRUPT:
+            self.cache.forget([presented.sid])
             raise SessionEnded("the session has ended")
         raise TokenInvalid("refresh token not recognised")
+
+    async def owner_of_refresh(self, token: str, *, now: int) -> tuple[str, str]:
+        """The (user id, session id) of a live session whose refresh token this is.
+
+        Accepts the current token and a replaced one still inside its grace window; used by
+        logout. A replaced token after its grace is theft, judged as by :meth:`refresh`: the
+        session is ended as ``refresh-reused`` and :class:`RefreshReused` raised, so a thief
+        cannot pass the replay off as a plain logout.
+
+        Raises:
+            TokenInvalid: malformed or not a live session's refresh token.
+            RefreshReused: a replaced token after the grace; the session was just ended.
+        """
+        presented = RefreshToken.parse(token)
+        use = await self.store.end_by_refresh(
+            presented.uid,
+            presented.sid,
+            presented_digest=presented.digest,
+            csrf_digest=None,
+            reason=None,
+            now=now,
+            grace=self.policy.grace,
+        )
+        if use is RefreshUse.VALID:
+            return presented.uid, presented.sid
+        if use in (RefreshUse.REUSED, RefreshUse.CORRUPT):
+            self.cache.forget([presented.sid])
+        if use is RefreshUse.REUSED:
+            raise RefreshReused(_REUSED_DETAIL["late"])
+        raise TokenInvalid("refresh token not recognised")
+
+    async def end_by_refresh(
+        self, token: str, reason: EndReason, *, csrf_token: str | None, now: int
+    ) -> tuple[str, str]:
+        """End the session a refresh token belongs to; returns its (user id, session id).
+
+        The current token, or a replaced one still inside its grace window (a tab that had
+        not seen the latest rotation), ends the session with ``reason``. A replaced token
+        after its grace is theft, exactly as for :meth:`refresh`: the session ends as
+        ``refresh-reused``.
+
+        Raises:
+            TokenInvalid: malformed, or not this session's token.
+            SessionEnded: the session is gone.
+            RefreshReused: a replaced token after the grace; the session was just ended.
+            CsrfError: ``csrf_token`` (cookie mode) is not the session's.
+        """
+        presented = RefreshToken.parse(token)
+        use = await self.store.end_by_refresh(
+            presented.uid,
+            presented.sid,
+            presented_digest=presented.digest,
+            csrf_digest=None if csrf_token is None else csrf_digest(csrf_token),
+            reason=reason,
+            now=now,
+            grace=self.policy.grace,
+        )
+        if use in (RefreshUse.VALID, RefreshUse.REUSED, RefreshUse.CORRUPT):
+            self.cache.forget([presented.sid])
+        if use is RefreshUse.VALID:
+            return presented.uid, presented.sid
+        if use is RefreshUse.REUSED:
+            raise RefreshReused(_REUSED_DETAIL["late"])
+        if use is RefreshUse.CSRF:
+            raise CsrfError("CSRF token does not belong to this session")
+        if use is RefreshUse.UNKNOWN:
+            raise TokenInvalid("refresh token not recognised")
+        raise SessionEnded("the session has ended")
+
+    async def rekey(self, uid: str, sid: str, *, now: int) -> Issued:
+        """New credentials for a live session: refresh token, CSRF token and access token.
+
+        After a password change or a logout of every other session, the session the user
+        kept must not stay reachable with tokens someone else may hold: every refresh token
+        it had becomes an ancestor (presented again, it ends the session as theft), and the
+        CSRF token changes. The new tokens are returned for the client.
+
+        Raises:
+            SessionEnded: the session is gone.
+        """
+        refresh = RefreshToken.new(uid, sid)
+        csrf = new_csrf_token()
+        result = await self.store.rekey(
+            uid, sid, refresh_digest=refresh.digest, csrf_digest=csrf_digest(csrf), now=now
+        )
+        self.cache.forget([sid])
+        if result.outcome is not RotateOutcome.ROTATED or result.state is None:
+            raise SessionEnded("the session has ended")
+        return self._issued(result.state, sid, refresh, result.ttl, now, csrf)
 
     def _issued(
         self,
@@ -434,19 +634,6 @@ class Sessions:
         if state.uid != uid:
             raise SessionEnded("the session has ended")
         return state
-
-    async def owner_of_refresh(self, token: str) -> tuple[str, str]:
-        """The (user id, session id) of a live session whose refresh token this is.
-
-        Accepts the current token and the one just replaced; used by logout.
-
-        Raises:
-            TokenInvalid: malformed or not a live session's refresh token.
-        """
-        presented = RefreshToken.parse(token)
-        if not await self.store.matches_refresh(presented.uid, presented.sid, presented.digest):
-            raise TokenInvalid("refresh token not recognised")
-        return presented.uid, presented.sid
 
     async def end(self, uid: str, sid: str, reason: EndReason, *, now: int) -> None:
         """End one of ``uid``'s sessions.

@@ -97,13 +97,14 @@ async def test_theft_password_change_and_ended_sessions_are_recorded(make_tw: Ma
         others = [await Accounts(c).login_bearer(email) for _ in range(3)]
         auth = {"Authorization": f"Bearer {main['access_token']}"}
         body = {"current_password": PASSWORD, "new_password": "brand new passphrase 9"}
-        assert (await c.post("/auth/password", json=body, headers=auth)).status_code == 204
+        # Bearer: 200 with the kept session's new tokens (a password change re-keys it).
+        assert (await c.post("/auth/password", json=body, headers=auth)).status_code == 200
         more = await Accounts(c).login_bearer(email, "brand new passphrase 9")
         sid = more["session"]["id"]
         assert (await c.delete(f"/auth/sessions/{sid}", headers=auth)).status_code == 204
         await Accounts(c).login_bearer(email, "brand new passphrase 9")
         r = await c.post("/auth/logout-all", json={"keep_current": True}, headers=auth)
-        assert r.status_code == 204
+        assert r.status_code == 200  # bearer: the re-keyed session's new tokens
         rows = await events_of(c, main["access_token"])
     reused = next(row for row in rows if row["kind"] == "refresh.reused")
     assert reused["session_id"] == victim["session"]["id"]
@@ -293,6 +294,8 @@ async def test_log_lines_carry_the_events_and_no_secret(
         secrets += [v for k, v in c.cookies.items()]
         body = {"current_password": PASSWORD, "new_password": "brand new passphrase 9"}
         assert (await c.post("/auth/password", json=body, headers=csrf)).status_code == 204
+        secrets += [v for k, v in c.cookies.items()]  # the re-keyed session's new cookies
+        csrf = accounts.csrf_headers()
         assert (await c.post("/auth/logout", headers=csrf)).status_code == 204
         for _ in range(12):
             await login(thief, email, "guess guess 123")

@@ -135,12 +135,14 @@ def client_of(tw: Tokenward, request: Request) -> tuple[str, str]:
 async def rotate_recorded(
     tw: Tokenward, request: Request, ticket: Ticket, token: str, csrf: str | None, now: int
 ) -> Issued:
-    """Rotate a refresh token: a success refunds the address throttle; a reuse (theft) and
-    the first refusal of the session's refresh limit are recorded as security events."""
+    """Rotate a refresh token: a success refunds the address throttle; a reuse (theft), a
+    grace replay (at most one per session per report interval) and the first refusal of
+    the session's refresh limit are recorded as security events."""
+    client = client_of(tw, request)
     try:
-        issued = await tw.sessions.refresh(token, csrf_token=csrf, now=now)
+        issued = await tw.sessions.refresh(token, csrf_token=csrf, now=now, client=client)
     except RefreshReused:
-        tw.events.refresh_reused(token, client=client_of(tw, request), now=now)
+        tw.events.refresh_reused(token, client=client, now=now)
         raise
     except RefreshLimited as exc:
         tw.metrics.rate_limit_refused("refresh-session")
@@ -148,6 +150,8 @@ async def rotate_recorded(
             client = client_of(tw, request)
             tw.events.refresh_limited(token, exc.retry_after, client=client, now=now)
         raise
+    if issued.report_replay:
+        tw.events.refresh_replayed(token, client=client, now=now)
     await ticket.refund()
     return issued
 

@@ -127,6 +127,7 @@ _EVENT_ROW = {
                 "login.new-device",
                 "throttled",
                 "refresh.reused",
+                "refresh.grace-replay",
                 "password.changed",
                 "sessions.ended",
             ],
@@ -286,6 +287,13 @@ def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
         responses[str(status)] = ok
         if path in ("/auth/login", "/auth/register"):
             responses["303"] = {"description": "HTML form post: go to the next page"}
+        if path in ("/auth/password", "/auth/logout-all"):
+            # The kept session is re-keyed; bearer clients get its new tokens in a body.
+            responses["200"] = {
+                "description": "Bearer transport: the session kept, with its new tokens "
+                "(the old refresh token is retired; presenting it again ends the session)",
+                "content": {"application/json": {"schema": _SESSION_BODY}},
+            }
         for code in errors:
             types = " | ".join(f"urn:tokenward:problem:{t}" for t in PROBLEM_TYPES[code])
             responses[str(code)] = {

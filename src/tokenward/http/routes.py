@@ -22,6 +22,7 @@ from tokenward.errors import (
     InvalidCredentials,
     NotFound,
     PolicyError,
+    RefreshReused,
     TokenExpired,
     TokenInvalid,
     TokenwardError,
@@ -170,6 +171,8 @@ class AuthRoutes:
                 # Refused exactly as a disabled account is by ``Users.authenticate``.
                 self.tw.events.login_failed(email, client=(ip, agent), now=now)
                 raise InvalidCredentials("invalid email or password")
+            if not bearer:
+                await self._end_replaced(request, now)
             self.tw.events.login_succeeded(user.id, issued.sid, client=(ip, agent), now=now)
         except TokenwardError as exc:
             if body.form:
@@ -242,14 +245,58 @@ class AuthRoutes:
         body = await read_body(request, allow_empty=True)
         body_token = body.token("refresh_token")
         if body_token is not None:
-            uid, sid = await self.tw.sessions.owner_of_refresh(body_token)
+            uid, sid = await self._owner_of_refresh(request, body_token, now)
             await self.tw.sessions.end(uid, sid, EndReason.LOGOUT, now=now)
             self._ended(request, uid, [sid], EndReason.LOGOUT, now)
             return Response(status_code=204, headers=NO_STORE)
-        uid, sid = await self._cookie_session(request, now)
+        try:
+            uid, sid = await self._cookie_session(request, now)
+        except RefreshReused as exc:  # theft: the session is over, and so are its cookies
+            return self._clear_cookies(render_error(exc))
         await self.tw.sessions.end(uid, sid, EndReason.LOGOUT, now=now)
         self._ended(request, uid, [sid], EndReason.LOGOUT, now)
         return self._clear_cookies(Response(status_code=204, headers=NO_STORE))
+
+    async def _owner_of_refresh(self, request: Request, token: str, now: int) -> tuple[str, str]:
+        """The session a logout's refresh token belongs to; a replaced token past its grace
+        is theft (the session ended as ``refresh-reused``, recorded, 401), not a logout."""
+        try:
+            return await self.tw.sessions.owner_of_refresh(token, now=now)
+        except RefreshReused:
+            self.tw.events.refresh_reused(token, client=self._client(request), now=now)
+            raise
+
+    async def _end_replaced(self, request: Request, now: int) -> None:
+        """A cookie login ends the session whose refresh cookie the browser still holds.
+
+        The login's cookies overwrite that session's, so nothing could use or log out of it
+        any more: it is ended as ``replaced``, whoever's it is (holding its refresh cookie is
+        proof enough, as for a logout). A cookie that is no live session's token is ignored;
+        a replaced one past its grace is theft, recorded as for a refresh. The login goes on
+        either way.
+        """
+        cookie = request.cookies.get(self.tw.cookies.names.refresh)
+        if not cookie:
+            return
+        try:
+            uid, sid = await self.tw.sessions.end_by_refresh(
+                cookie, EndReason.REPLACED, csrf_token=None, now=now
+            )
+        except RefreshReused:
+            self.tw.events.refresh_reused(cookie, client=self._client(request), now=now)
+        except (AuthError, CsrfError):
+            pass
+        else:
+            self._ended(request, uid, [sid], EndReason.REPLACED, now)
+
+    def _rekeyed(self, auth: RequestAuth, issued: Issued) -> Response:
+        """The answer of a request that gave its session new credentials: they go to the
+        client (new cookies; in bearer mode, 200 with the login body and the new tokens)."""
+        if auth.bearer:
+            return json_response(self._session_body(issued, bearer=True))
+        assert issued.csrf_token is not None  # noqa: S101 - rekey() always makes one
+        response = Response(status_code=204, headers=NO_STORE)
+        return self._with_cookies(response, issued, issued.csrf_token)
 
     async def _cookie_session(self, request: Request, now: int) -> tuple[str, str]:
         """The session of a cookie request, by access cookie or, failing that, refresh cookie."""
@@ -266,7 +313,7 @@ class AuthRoutes:
             refresh = request.cookies.get(names.refresh)
             if not refresh:
                 raise TokenInvalid("no session cookie")
-            uid_sid = await self.tw.sessions.owner_of_refresh(refresh)
+            uid_sid = await self._owner_of_refresh(request, refresh, now)
         state = await self.tw.sessions.state(*uid_sid, now=now)
         check_cookie_csrf(self.tw, request, state.csrf_digest)
         return uid_sid
@@ -282,8 +329,11 @@ class AuthRoutes:
             p.uid, keep=p.sid if keep_current else None, reason=EndReason.LOGOUT_ALL, now=now
         )
         self._ended(request, p.uid, ended, EndReason.LOGOUT_ALL, now)
+        if keep_current:
+            # Whoever else held this session's tokens is cut off too: new credentials.
+            return self._rekeyed(auth, await self.tw.sessions.rekey(p.uid, p.sid, now=now))
         response = Response(status_code=204, headers=NO_STORE)
-        if not keep_current and not auth.bearer:
+        if not auth.bearer:
             # The session is over: no cookies a transparent refresh made for it go out.
             return self._clear_cookies(response)
         return apply_pending_cookies(request, response)
@@ -360,7 +410,8 @@ class AuthRoutes:
         self.tw.events.password_changed(
             p.uid, p.sid, ended=len(ended), client=self._client(request), now=now
         )
-        return apply_pending_cookies(request, Response(status_code=204, headers=NO_STORE))
+        # The kept session gets new credentials: tokens stolen before the change die with it.
+        return self._rekeyed(auth, await self.tw.sessions.rekey(p.uid, p.sid, now=now))
 
     async def security_events(self, request: Request) -> Response:
         """``GET /auth/events``: the user's own recent security events, newest first."""

@@ -18,21 +18,30 @@ Session hash fields: ``uid email uca`` (user), ``created last abs exp`` (times: 
 ``old`` (the first 128 bits of older replaced digests, for theft detection), ``gch`` (the
 grace chain: the tokens before ``prev`` replaced less than the grace window ago, each with
 the salt that replaced it and when; usually absent), ``rlw rln`` (refresh rate window),
-``rlx`` (the window whose first refusal was reported).
+``rlx`` (the window whose first refusal was reported), ``fp`` (a digest of the user agent
+and address prefix of the client that made the last rotation), ``gn`` (grace replays since
+that rotation), ``gev`` (when a grace replay was last reported).
 No field holds a usable token.
+
+A record that cannot be read as a session (the key holds another type, or a field that
+must be a number is not one) is *corrupt*: every script that meets one deletes it (and
+announces it, like an ending, so no cache vouches for it) and answers ``corrupt``; the
+caller treats the session as ended (401), never as a back-end failure (503).
 
 Expiry is enforced twice, by the same numbers: Redis drops the key when its TTL runs out (no
 clean-up job), and every script treats a record whose ``exp`` has passed (by the caller's
 clock) as gone, so application time and Redis time can never disagree about a live session.
 
 Every script that ends a session also ``PUBLISH``es its id on the invalidation channel in
-the same atomic step, so no process can keep trusting it.
+the same atomic step, so no process can keep trusting it (a re-key publishes too: cached
+states hold the CSRF digest it replaces).
 """
 
 from __future__ import annotations
 
 import builtins
 import hmac
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -41,6 +50,7 @@ from redis.exceptions import RedisError, ResponseError
 from tokenward.errors import Unavailable
 from tokenward.sessions import (
     EndReason,
+    RefreshUse,
     RotateOutcome,
     RotateResult,
     SessionRecord,
@@ -49,6 +59,8 @@ from tokenward.sessions import (
 from tokenward.stores.redis_client import RedisClient
 
 __all__ = ["ENDED_CHANNEL", "ENDED_TTL", "RedisSessionStore"]
+
+log = logging.getLogger("tokenward.sessions")
 
 ENDED_CHANNEL = "tw:ended"
 #: How long the owner can see that (and why) a session ended.
@@ -67,7 +79,8 @@ GRACE_CHAIN_MAX = 8
 _GRACE_ENTRY = 96
 
 # Shared Lua: end one session (by sid) inside a script. KEYS[idx], KEYS[ended] are passed in.
-_LUA_END = """
+_LUA_END = (
+    """
 local function end_session(prefix, idx, ended, sid, reason, now, channel)
   if redis.call('DEL', prefix .. sid) == 1 then
     redis.call('ZREM', idx, sid)
@@ -80,7 +93,79 @@ local function end_session(prefix, idx, ended, sid, reason, now, channel)
   redis.call('ZREM', idx, sid)
   return false
 end
-""".replace("$KEEP", str(ENDED_KEEP - 1)).replace("$TTL", str(ENDED_TTL))
+-- A record that is not a session (another type, garbage fields): delete and announce it.
+local function corrupt(key, idx, sid, channel)
+  redis.call('DEL', key)
+  redis.call('ZREM', idx, sid)
+  redis.call('PUBLISH', channel, sid)
+  return {'corrupt'}
+end
+-- HMGET that answers nil (instead of failing the script) when the key is not a hash, and
+-- 'corrupt' when it exists without its first field.
+local function read(key, ...)
+  local f = redis.pcall('HMGET', key, ...)
+  if f.err then return nil end
+  if not f[1] and redis.call('EXISTS', key) == 1 then return nil end
+  return f
+end
+local function numbers(f, ...)
+  for _, i in ipairs({...}) do
+    if f[i] and not tonumber(f[i]) then return false end
+  end
+  return true
+end
+-- The grace chain is whole entries, each ending in a 10-digit time.
+local function chain_ok(g)
+  if not g then return true end
+  if #g % $ENTRY ~= 0 then return false end
+  for i = 1, #g, $ENTRY do
+    if not tonumber(string.sub(g, i + 86, i + 95)) then return false end
+  end
+  return true
+end
+-- Whether an existing key is a well-formed session of user 'uid': every field a script
+-- reads is there and every number is a number. One definition for every script, so a
+-- record is corrupt for all of them or for none.
+local function well_formed(key, uid)
+  local f = redis.pcall('HMGET', key, 'uid', 'csrf', 'cur', 'uca', 'created', 'last', 'abs',
+    'exp', 'rot', 'rlw', 'rln', 'gn', 'gev', 'prev', 'salt', 'gch', 'ip', 'ua')
+  if f.err or f[1] ~= uid or not f[2] or not f[3] or not f[17] or not f[18] then
+    return false
+  end
+  for i = 4, 8 do
+    if not tonumber(f[i]) then return false end
+  end
+  if not numbers(f, 9, 10, 11, 12, 13) then return false end
+  if f[14] and not (f[9] and f[15]) then return false end
+  return chain_ok(f[16])
+end
+-- How a presented digest other than the current one relates to the session: 'prev' or
+-- 'chain' (with its position in the grace chain) when inside its grace window, 'reused'
+-- (a replaced token after its grace), or 'unknown'.
+local function replaced(presented, prev, rot, gch, old, now, grace)
+  if presented == prev then
+    if grace > 0 and now - tonumber(rot) <= grace then return 'prev', 0 end
+    return 'reused', 0
+  end
+  if gch and grace > 0 then
+    for i = 1, #gch - $ENTRY + 1, $ENTRY do
+      if string.sub(gch, i, i + 63) == presented then
+        if now - tonumber(string.sub(gch, i + 86, i + 95)) <= grace then return 'chain', i end
+        break
+      end
+    end
+  end
+  if old then
+    local at = string.find(old, string.sub(presented, 1, $CHARS), 1, true)
+    if at ~= nil and (at - 1) % $CHARS == 0 then return 'reused', 0 end
+  end
+  return 'unknown', 0
+end
+""".replace("$KEEP", str(ENDED_KEEP - 1))
+    .replace("$TTL", str(ENDED_TTL))
+    .replace("$ENTRY", str(_GRACE_ENTRY))
+    .replace("$CHARS", str(ANCESTOR_CHARS))
+)
 
 _CREATE = (
     _LUA_END
@@ -93,8 +178,10 @@ redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now, sid)
 -- forget sessions that have expired: they must not count against the limit
 for _, s in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local e = tonumber(redis.call('HGET', prefix .. s, 'exp'))
-  if not e or e <= tonumber(now) then
+  local e = redis.pcall('HGET', prefix .. s, 'exp')
+  if type(e) == 'table' or (e and not well_formed(prefix .. s, ARGV[8])) then
+    corrupt(prefix .. s, KEYS[2], s, channel)
+  elseif not e or tonumber(e) <= tonumber(now) then
     redis.call('DEL', prefix .. s)
     redis.call('ZREM', KEYS[2], s)
   end
@@ -122,13 +209,18 @@ _ROTATE = (
 local sid, presented, salt, successor, csrf = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now, grace, idle = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local limit, window, channel = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
+local uid, fp, replays, every = ARGV[12], ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
 local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #sid)
-local f = redis.call('HMGET', KEYS[1], 'cur', 'prev', 'rot', 'salt', 'abs', 'csrf', 'rlw',
-  'rln', 'old', 'uid', 'email', 'uca', 'created', 'exp', 'gch', 'rlx')
+local f = read(KEYS[1], 'cur', 'prev', 'rot', 'salt', 'abs', 'csrf', 'rlw', 'rln', 'old',
+  'uid', 'email', 'uca', 'created', 'exp', 'gch', 'rlx', 'fp', 'gn', 'gev')
+if not f or (f[1] and not well_formed(KEYS[1], uid)) then
+  return corrupt(KEYS[1], KEYS[2], sid, channel)
+end
 if not f[1] then return {'missing'} end
-local exp = tonumber(f[14]) or 0
+local exp = tonumber(f[14])
 if exp <= now then return {'missing'} end
 if csrf ~= '' and csrf ~= f[6] then return {'csrf'} end
+local state = {f[10], f[11], f[12], f[6], f[13]}
 if presented == f[1] then
   local ttl = math.min(idle, tonumber(f[5]) - now)
   if ttl <= 0 then return {'missing'} end
@@ -161,43 +253,44 @@ if presented == f[1] then
     redis.call('HSET', KEYS[1], 'gch', gch)
   end
   redis.call('HSET', KEYS[1], 'cur', successor, 'prev', presented, 'salt', salt, 'rot', now,
-    'last', now, 'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'old', old)
+    'last', now, 'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'old', old, 'fp', fp, 'gn', 0)
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[2], now, sid)
   -- The index may have expired (its TTL is counted in whole seconds from the latest login,
   -- the session's from this refresh): the ZADD then made a new one, with no TTL.
   if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
-  return {'rotated', tostring(ttl), f[10], f[11], f[12], f[6], f[13]}
+  return {'rotated', tostring(ttl), '0', state}
 end
-local reused = false
-if presented == f[2] then
-  if grace > 0 and now - tonumber(f[3]) <= grace then
-    return {'grace', tostring(exp - now), f[10], f[11], f[12], f[6], f[13], f[4]}
+local kind, at = replaced(presented, f[2], f[3], f[15], f[9], now, grace)
+if kind == 'prev' or kind == 'chain' then
+  -- A grace replay hands out the current token: only to the client that rotated (a tab of
+  -- the same browser, a retry), and only a few times per rotation. Anything else means a
+  -- second holder of the session's tokens, which is theft.
+  local gn = tonumber(f[18]) or 0
+  local why = nil
+  if f[17] and f[17] ~= '' and fp ~= '' and f[17] ~= fp then
+    why = 'client'
+  elseif gn >= replays then
+    why = 'replays'
   end
-  reused = true
-elseif f[15] and grace > 0 then
-  -- An older token still inside its grace: it gets the current successor too, through the
-  -- salts from it to the current token (two tabs, one of which refreshed twice meanwhile).
-  local g = f[15]
-  for i = 1, #g - $ENTRY + 1, $ENTRY do
-    if string.sub(g, i, i + 63) == presented then
-      if now - tonumber(string.sub(g, i + 86, i + 95)) <= grace then
-        local out = {'grace', tostring(exp - now), f[10], f[11], f[12], f[6], f[13]}
-        for j = i, 1, -$ENTRY do table.insert(out, string.sub(g, j + 64, j + 85)) end
-        table.insert(out, f[4])
-        return out
-      end
-      break
-    end
+  if why then
+    end_session(prefix, KEYS[2], KEYS[3], sid, 'refresh-reused', now, channel)
+    return {'reused', why}
   end
+  local report = now - (tonumber(f[19]) or 0) >= every
+  redis.call('HSET', KEYS[1], 'gn', gn + 1)
+  if report then redis.call('HSET', KEYS[1], 'gev', now) end
+  local out = {'grace', tostring(exp - now), report and '1' or '0', state}
+  if kind == 'chain' then
+    -- Through the salts from the presented token to the current one.
+    for j = at, 1, -$ENTRY do table.insert(out, string.sub(f[15], j + 64, j + 85)) end
+  end
+  table.insert(out, f[4])
+  return out
 end
-if not reused and f[9] then
-  local at = string.find(f[9], string.sub(presented, 1, $CHARS), 1, true)
-  reused = at ~= nil and (at - 1) % $CHARS == 0
-end
-if reused then
+if kind == 'reused' then
   end_session(prefix, KEYS[2], KEYS[3], sid, 'refresh-reused', now, channel)
-  return {'reused'}
+  return {'reused', 'late'}
 end
 return {'unknown'}
 """.replace("$KEPT", str(ANCESTORS_KEPT))
@@ -206,11 +299,75 @@ return {'unknown'}
     .replace("$CHAIN", str(GRACE_CHAIN_MAX))
 )
 
-_GET = """
-local f = redis.call('HMGET', KEYS[1], 'uid', 'email', 'uca', 'csrf', 'created', 'exp')
-if not f[1] or (tonumber(f[6]) or 0) <= tonumber(ARGV[1]) then return false end
+_GET = (
+    _LUA_END
+    + """
+local now, uid, sid, channel = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local f = read(KEYS[1], 'uid', 'email', 'uca', 'csrf', 'created', 'exp')
+if not f or (f[1] and not well_formed(KEYS[1], uid)) then
+  return corrupt(KEYS[1], KEYS[2], sid, channel)
+end
+if not f[1] then return false end
+if tonumber(f[6]) <= now then return false end
 return f
 """
+)
+
+# Judge a refresh token presented to end its session (logout, a re-login replacing it). The
+# current token, or a replaced one inside its grace, is 'valid' (and ends the session with
+# the reason given, if any); a replaced one after its grace is theft, as for a refresh.
+_END_BY_REFRESH = (
+    _LUA_END
+    + """
+local sid, presented, csrf, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local grace, reason, channel, uid = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
+local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #sid)
+local f = read(KEYS[1], 'cur', 'prev', 'rot', 'csrf', 'exp', 'old', 'gch', 'uid')
+if not f or (f[1] and not well_formed(KEYS[1], uid)) then
+  return corrupt(KEYS[1], KEYS[2], sid, channel)
+end
+if not f[1] then return {'missing'} end
+if tonumber(f[5]) <= now then return {'missing'} end
+if csrf ~= '' and csrf ~= f[4] then return {'csrf'} end
+local kind = 'current'
+if presented ~= f[1] then kind = replaced(presented, f[2], f[3], f[7], f[6], now, grace) end
+if kind == 'unknown' then return {'unknown'} end
+if kind == 'reused' then
+  end_session(prefix, KEYS[2], KEYS[3], sid, 'refresh-reused', now, channel)
+  return {'reused'}
+end
+if reason ~= '' then end_session(prefix, KEYS[2], KEYS[3], sid, reason, now, channel) end
+return {'valid'}
+"""
+)
+
+# Give a live session new credentials: a fresh refresh token and CSRF token. Every token
+# it had joins the ancestors (presented again: theft); no grace is left to any of them.
+_REKEY = (
+    (
+        _LUA_END
+        + """
+local sid, uid, cur, csrf, now, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+  tonumber(ARGV[5]), ARGV[6]
+local f = read(KEYS[1], 'cur', 'prev', 'old', 'exp', 'uid', 'email', 'uca', 'csrf', 'created')
+if not f or (f[1] and not well_formed(KEYS[1], uid)) then
+  return corrupt(KEYS[1], KEYS[2], sid, channel)
+end
+if not f[1] then return {'missing'} end
+local exp = tonumber(f[4])
+if exp <= now then return {'missing'} end
+local old = string.sub(f[1], 1, $CHARS)
+if f[2] then old = old .. string.sub(f[2], 1, $CHARS) end
+old = string.sub(old .. (f[3] or ''), 1, $CHARS * $KEPT)
+redis.call('HDEL', KEYS[1], 'prev', 'salt', 'gch', 'gn', 'fp')
+redis.call('HSET', KEYS[1], 'cur', cur, 'csrf', csrf, 'rot', 0, 'old', old)
+redis.call('PUBLISH', channel, sid)
+return {'rekeyed', tostring(exp - now), '0', {f[5], f[6], f[7], csrf, f[9]}}
+"""
+    )
+    .replace("$KEPT", str(ANCESTORS_KEPT))
+    .replace("$CHARS", str(ANCESTOR_CHARS))
+)
 
 _END = (
     _LUA_END
@@ -235,17 +392,24 @@ return ended
 """
 )
 
-_LIST = """
-local prefix, now = ARGV[1], tonumber(ARGV[2])
-local out = {}
+_LIST = (
+    _LUA_END
+    + """
+local prefix, now, channel, uid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local out, bad = {}, {}
 for _, s in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, -1)) do
-  local f = redis.call('HMGET', prefix .. s, 'created', 'last', 'abs', 'ip', 'ua', 'exp')
-  if f[1] and (tonumber(f[6]) or 0) > now then
+  local f = read(prefix .. s, 'created', 'last', 'abs', 'ip', 'ua', 'exp')
+  if f and f[1] and not well_formed(prefix .. s, uid) then f = nil end
+  if not f then
+    corrupt(prefix .. s, KEYS[1], s, channel)
+    table.insert(bad, s)
+  elseif f[1] and tonumber(f[6]) > now then
     table.insert(out, {s, f[1], f[2], f[3], f[4], f[5], f[6]})
   end
 end
-return out
+return {out, bad}
 """
+)
 
 
 def _keys(uid: str) -> tuple[str, str, str]:
@@ -278,6 +442,8 @@ class RedisSessionStore:
         self._create = redis.register_script(_CREATE)
         self._rotate = redis.register_script(_ROTATE)
         self._get = redis.register_script(_GET)
+        self._end_by_refresh = redis.register_script(_END_BY_REFRESH)
+        self._rekey = redis.register_script(_REKEY)
         self._end = redis.register_script(_END)
         self._end_all = redis.register_script(_END_ALL)
         self._list = redis.register_script(_LIST)
@@ -321,34 +487,88 @@ class RedisSessionStore:
         idle_ttl: int,
         rate_limit: int,
         rate_window: int,
+        client: str = "",
+        grace_replays: int = 32,
+        report_every: int = 3600,
     ) -> RotateResult:
         """See :meth:`tokenward.sessions.SessionStore.rotate`."""
         prefix, idx, ended = _keys(uid)
         args: list[str | int] = [
             sid, presented_digest, salt, successor_digest, csrf_digest or "", now, grace,
-            idle_ttl, rate_limit, rate_window, self.channel,
+            idle_ttl, rate_limit, rate_window, self.channel, uid, client, grace_replays,
+            report_every,
         ]  # fmt: skip
         async with _backend():
             reply = await self._rotate(keys=[prefix + sid, idx, ended], args=args)
         outcome = RotateOutcome(reply[0])
         if outcome is RotateOutcome.LIMITED:
             return RotateResult(outcome, retry_after=int(reply[1]), first_refusal=reply[2] == "1")
+        if outcome is RotateOutcome.REUSED:
+            return RotateResult(outcome, why=str(reply[1]))
+        if outcome is RotateOutcome.CORRUPT:
+            _corrupt(uid, sid)
         if outcome in (RotateOutcome.ROTATED, RotateOutcome.GRACE):
             ttl = int(reply[1])
-            state = _state(reply[2:7], now + ttl)
             return RotateResult(
-                outcome, state=state, ttl=ttl, salts=tuple(str(x) for x in reply[7:])
+                outcome,
+                state=_state(reply[3], now + ttl),
+                ttl=ttl,
+                salts=tuple(str(x) for x in reply[4:]),
+                report=reply[2] == "1",
             )
         return RotateResult(outcome)
 
     async def get(self, uid: str, sid: str, *, now: int) -> SessionState | None:
         """See :meth:`tokenward.sessions.SessionStore.get`."""
-        prefix, _, _ = _keys(uid)
+        prefix, idx, _ = _keys(uid)
         async with _backend():
-            reply = await self._get(keys=[prefix + sid], args=[now])
+            reply = await self._get(keys=[prefix + sid, idx], args=[now, uid, sid, self.channel])
         if not reply:
             return None
+        if reply == ["corrupt"]:
+            _corrupt(uid, sid)
+            return None
         return _state(reply[:5], int(reply[5]))
+
+    async def end_by_refresh(
+        self,
+        uid: str,
+        sid: str,
+        *,
+        presented_digest: str,
+        csrf_digest: str | None,
+        reason: EndReason | None,
+        now: int,
+        grace: int,
+    ) -> RefreshUse:
+        """See :meth:`tokenward.sessions.SessionStore.end_by_refresh`."""
+        prefix, idx, ended = _keys(uid)
+        args: list[str | int] = [
+            sid, presented_digest, csrf_digest or "", now, grace,
+            "" if reason is None else reason.value, self.channel, uid,
+        ]  # fmt: skip
+        async with _backend():
+            reply = await self._end_by_refresh(keys=[prefix + sid, idx, ended], args=args)
+        outcome = RefreshUse(reply[0])
+        if outcome is RefreshUse.CORRUPT:
+            _corrupt(uid, sid)
+        return outcome
+
+    async def rekey(
+        self, uid: str, sid: str, *, refresh_digest: str, csrf_digest: str, now: int
+    ) -> RotateResult:
+        """See :meth:`tokenward.sessions.SessionStore.rekey`."""
+        prefix, idx, _ = _keys(uid)
+        args: list[str | int] = [sid, uid, refresh_digest, csrf_digest, now, self.channel]
+        async with _backend():
+            reply = await self._rekey(keys=[prefix + sid, idx], args=args)
+        if reply[0] == "corrupt":
+            _corrupt(uid, sid)
+            return RotateResult(RotateOutcome.CORRUPT)
+        if reply[0] != "rekeyed":
+            return RotateResult(RotateOutcome.MISSING)
+        ttl = int(reply[1])
+        return RotateResult(RotateOutcome.ROTATED, state=_state(reply[3], now + ttl), ttl=ttl)
 
     async def end(self, uid: str, sid: str, reason: EndReason, *, now: int) -> bool:
         """See :meth:`tokenward.sessions.SessionStore.end`."""
@@ -374,26 +594,51 @@ class RedisSessionStore:
         """See :meth:`tokenward.sessions.SessionStore.list`."""
         prefix, idx, _ = _keys(uid)
         async with _backend():
-            rows = await self._list(keys=[idx], args=[prefix, now])
+            rows, bad = await self._list(keys=[idx], args=[prefix, now, self.channel, uid])
+        for sid in bad:
+            _corrupt(uid, str(sid))
         return [_record(uid, row) for row in rows]
 
     async def matches_refresh(self, uid: str, sid: str, digest: str) -> bool:
         """See :meth:`tokenward.sessions.SessionStore.matches_refresh`."""
         prefix, _, _ = _keys(uid)
-        async with _backend():
-            found = await self.redis.hmget(prefix + sid, ["cur", "prev"])
+        try:
+            async with _backend():
+                found = await self.redis.hmget(prefix + sid, ["cur", "prev"])
+        except Unavailable as exc:
+            if _wrong_type(exc):
+                return False  # not a session record: nothing matches it
+            raise
         return any(isinstance(d, str) and hmac.compare_digest(d, digest) for d in found)
 
     async def ended(self, uid: str) -> builtins.list[tuple[str, str, int]]:
         """Recently ended sessions of ``uid`` as ``(sid, reason, ended_at)``, newest first."""
         _, _, ended = _keys(uid)
-        async with _backend():
-            rows = await self.redis.lrange(ended, 0, -1)
+        try:
+            async with _backend():
+                rows = await self.redis.lrange(ended, 0, -1)
+        except Unavailable as exc:
+            if _wrong_type(exc):
+                return []  # overwritten with something else: nothing to show, not a 503
+            raise
         out: list[tuple[str, str, int]] = []
         for row in rows:
-            sid, reason, at = str(row).split("|")
-            out.append((sid, reason, int(at)))
+            sid, reason, at = [*str(row).split("|"), "", "", ""][:3]
+            if sid and reason and at.isdigit():
+                out.append((sid, reason, int(at)))
         return out
+
+
+def _corrupt(uid: str, sid: str) -> None:
+    # Once per record: the script that found it has deleted it.
+    log.warning(
+        "corrupt session record deleted (user %s, session %s); the session is ended", uid, sid
+    )
+
+
+def _wrong_type(exc: Unavailable) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, ResponseError) and str(cause).startswith("WRONGTYPE")
 
 
 def _state(fields: Sequence[str], expires_at: int) -> SessionState:
