@@ -10,6 +10,7 @@ Administration, from the same settings (``TOKENWARD_*``, ``.env``)::
     tokenward users create EMAIL          password from stdin, or prompted (never argv)
     tokenward users list [--limit N] [--offset N]
     tokenward users disable|enable USER   USER: an email or an id; disable ends all sessions
+    tokenward users collisions            accounts whose email folds onto an older one's
     tokenward sessions list --user USER
     tokenward sessions revoke --user USER [--session ID]
     tokenward db upgrade
@@ -84,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     listing = users.add_parser("list", parents=[out], help="list users, oldest first")
     listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     listing.add_argument("--offset", type=int, default=0, help="skip this many (default 0)")
+    users.add_parser(
+        "collisions", parents=[out], help="accounts that cannot log in by email (migration 0002)"
+    )
     for action, text in (
         ("disable", "refuse the user's logins and end all their sessions now"),
         ("enable", "allow a disabled user to log in again"),
@@ -304,6 +308,17 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
                 [u.id, u.email, _time(u.created_at), "yes" if u.disabled else "no"] for u in users
             ]
             _emit(args, [_user_json(u) for u in users], _table(rows))
+        elif args.action == "collisions":
+            found = await admin.email_collisions(tw)
+            rows = [["ID", "EMAIL", "CREATED", "KEY HELD BY"]] + [
+                [c.user.id, c.user.email, _time(c.user.created_at), c.holder.id if c.holder else ""]
+                for c in found
+            ]
+            data = [
+                _user_json(c.user) | {"key_held_by": _user_json(c.holder) if c.holder else None}
+                for c in found
+            ]
+            _emit(args, data, _table(rows))
         elif args.action == "disable":
             user, ended = await admin.disable_user(tw, args.user)
             _emit(

@@ -42,8 +42,10 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 __all__ = ["CHEAP_FOR_TESTS", "COST_SAMPLES", "OWASP_2025", "Argon2Params", "PasswordHasher"]
 
-#: How many recent verifications at the current parameters estimate what one costs.
-COST_SAMPLES = 16
+#: How many recent verifications at the current parameters estimate what one costs: few,
+#: so that the estimate follows a change of load within a few requests (with 16 it lagged
+#: enough, on a machine whose load moved, to put the two kinds of failure 20 % apart).
+COST_SAMPLES = 5
 
 
 @dataclass(frozen=True, slots=True)
