@@ -31,7 +31,12 @@ class TrustedProxies:
         return any(ip in net for net in self._networks)
 
     def client_ip(self, peer: str | None, forwarded_for: str | None) -> str:
-        """The client's address for a request from ``peer`` with this ``X-Forwarded-For``."""
+        """The client's address for a request from ``peer`` with this ``X-Forwarded-For``.
+
+        ``forwarded_for`` must hold *every* ``X-Forwarded-For`` line of the request, joined
+        with ``", "`` in the order received: a proxy that adds its own line puts the hop
+        it vouches for last, and the first line alone is what the client wrote.
+        """
         peer = peer or "unknown"
         if not self._networks or not forwarded_for or not self._trusted(peer):
             return peer

@@ -1,6 +1,6 @@
 """The cookie transport, pure: it decides which cookies to set or clear, and how.
 
-Names and attributes follow the contract (``API.md``, Transports):
+Names and attributes (the contract, in docs/security-model.md):
 
 * ``__Host-access_token``: ``HttpOnly; Secure; SameSite=Lax; Path=/``, Max-Age = access TTL
 * ``__Secure-refresh_token``: ``HttpOnly; Secure; SameSite=Strict; Path=/auth`` (``Path=/``
@@ -9,14 +9,44 @@ Names and attributes follow the contract (``API.md``, Transports):
 
 With ``secure=False`` (plain-http testing only) the same cookies lose the prefixes and
 ``Secure``. The HTTP adapter writes the :class:`CookieSpec` values it is handed.
+
+Reading is :func:`cookie_values`: *every* value sent under a name, not one. A sibling
+sub-domain can set a second ``__Secure-refresh_token`` (``Domain=`` the parent, which the
+``__Secure-`` prefix allows and ``__Host-`` does not) and the browser sends both; keeping
+only one (frameworks keep the last) lets that "tossed" cookie hide the real one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["CookieNames", "CookieSpec", "CookieTransport"]
+__all__ = ["CookieNames", "CookieSpec", "CookieTransport", "cookie_values"]
+
+
+def cookie_values(header_lines: Iterable[str], name: str) -> list[str]:
+    """Every non-empty value of cookie ``name``, in the order sent, without repeats.
+
+    Args:
+        header_lines: the ``Cookie`` header lines (HTTP/2 clients may send several).
+        name: the cookie name, matched exactly (cookie names are case-sensitive).
+
+    Browsers send the cookie with the longest ``Path`` first, so the real refresh cookie
+    usually comes first, but a tossed one with a longer path comes before it.
+    """
+    values: list[str] = []
+    for line in header_lines:
+        for pair in line.split(";"):
+            key, eq, value = pair.partition("=")
+            if not eq or key.strip() != name:
+                continue
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if value and value not in values:
+                values.append(value)
+    return values
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 Pure ASGI rather than Starlette's ``BaseHTTPMiddleware``, which runs the app in a separate
 task and copies the response through a stream: that costs tens of microseconds a request,
-more than the framework itself (``PERF-FACTS.md``). Here the request costs a header scan, a
+more than the framework itself. Here the request costs a header scan, a
 timer, two metric updates and, when the access log is on, one JSON line.
 
 * **Request id.** An ``X-Request-ID`` from the client is kept when it is sane (1-128
@@ -14,7 +14,8 @@ timer, two metric updates and, when the access log is on, one JSON line.
   401, from the problem type: ``refresh-reused`` is a theft detection).
 * **Access log** (``TOKENWARD_ACCESS_LOG``, off by default): one line per request on the
   ``tokenward.access`` logger: method, route, path (never the query string), status,
-  duration, client address, request id. Headers and bodies are never logged. A line costs
+  duration, client address (every ``X-Forwarded-For`` line, joined in order, read through
+  the trusted proxies), request id. Headers and bodies are never logged. A line costs
   tens of microseconds (the JSON formatter redacts every field), more than the rest of
   this middleware, which is why it is opt-in.
 """
@@ -91,12 +92,12 @@ class ObservabilityMiddleware:
             return
         started = time.perf_counter()
         incoming: bytes | None = None
-        forwarded: bytes | None = None
+        forwarded: list[bytes] = []
         for name, value in scope["headers"]:
             if name == _REQUEST_ID_RAW:
                 incoming = value
             elif name == b"x-forwarded-for":
-                forwarded = value
+                forwarded.append(value)  # every line: a proxy may append its own
         if incoming is not None and _SANE_ID.fullmatch(incoming):
             rid = incoming.decode("ascii")
         else:
@@ -137,7 +138,7 @@ class ObservabilityMiddleware:
         status: int,
         location: bytes | None,
         reused: bool,
-        forwarded: bytes | None,
+        forwarded: list[bytes],
         rid: str,
         started: float,
     ) -> None:
@@ -157,7 +158,7 @@ class ObservabilityMiddleware:
             client = scope.get("client")
             ip = self.proxies.client_ip(
                 client[0] if client else None,
-                forwarded.decode("latin-1") if forwarded is not None else None,
+                b", ".join(forwarded).decode("latin-1") if forwarded else None,
             )
             # makeRecord + handle, not .info(): the caller's file and line are of no use in
             # an access log, and looking them up costs a stack walk per request. The

@@ -15,7 +15,6 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from tokenward.csrf import check_origin
 from tokenward.errors import (
     AuthError,
     CsrfError,
@@ -34,8 +33,13 @@ from tokenward.http.auth import (
     authenticate,
     bearer_token,
     check_cookie_csrf,
+    check_request_origin,
     client_of,
+    cookie_candidates,
+    csrf_cookie,
     csrf_header_matches,
+    first_that_works,
+    rotate_any,
     rotate_recorded,
 )
 from tokenward.http.body import read_body
@@ -47,6 +51,9 @@ from tokenward.users import still_current
 __all__ = ["AuthRoutes", "rfc3339"]
 
 NO_STORE = {"Cache-Control": "no-store"}
+#: On a cookie-mode logout: the browser drops every cookie of the site, including one a
+#: sibling sub-domain tossed in, which a ``Set-Cookie`` of ours cannot reach.
+CLEAR_SITE_DATA = {"Clear-Site-Data": '"cookies"'}
 
 #: Where form posts send the browser next (the pages are served by Tokenward itself).
 PAGE_AFTER_LOGIN = "/account"
@@ -79,11 +86,7 @@ class AuthRoutes:
         return client_of(self.tw, request)
 
     def _login_origin_check(self, request: Request) -> None:
-        check_origin(
-            request.headers.get("origin"),
-            request.headers.get("sec-fetch-site"),
-            self.tw.settings.allowed_origins,
-        )
+        check_request_origin(self.tw, request)
 
     def _session_body(self, issued: Issued, *, bearer: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -205,18 +208,20 @@ class AuthRoutes:
             return json_response(self._session_body(issued, bearer=True))
         await read_body(request, allow_empty=True)
         names = self.tw.cookies.names
-        cookie = request.cookies.get(names.refresh)
-        if not cookie:
+        cookies = cookie_candidates(request, names.refresh)
+        if not cookies:
             raise TokenInvalid("no refresh token")
         ticket = await self.tw.throttle.refresh(self._client(request)[0], now=now)
         self._login_origin_check(request)
-        csrf = request.cookies.get(names.csrf)
+        csrf = csrf_cookie(self.tw, request)
         header = request.headers.get("x-csrf-token")
         if not csrf or not csrf_header_matches(header, csrf):
             raise CsrfError("missing or mismatched X-CSRF-Token")
         try:
-            issued = await rotate_recorded(self.tw, request, ticket, cookie, csrf, now)
+            issued = await rotate_any(self.tw, request, ticket, cookies, csrf, now)
         except AuthError as exc:
+            if len(cookies) > 1:  # one was tossed in: clearing ours would log the user out
+                raise
             return self._clear_cookies(render_error(exc))
         return self._with_cookies(
             json_response(self._session_body(issued, bearer=False)), issued, csrf
@@ -255,7 +260,9 @@ class AuthRoutes:
             return self._clear_cookies(render_error(exc))
         await self.tw.sessions.end(uid, sid, EndReason.LOGOUT, now=now)
         self._ended(request, uid, [sid], EndReason.LOGOUT, now)
-        return self._clear_cookies(Response(status_code=204, headers=NO_STORE))
+        return self._clear_cookies(
+            Response(status_code=204, headers={**NO_STORE, **CLEAR_SITE_DATA})
+        )
 
     async def _owner_of_refresh(self, request: Request, token: str, now: int) -> tuple[str, str]:
         """The session a logout's refresh token belongs to; a replaced token past its grace
@@ -310,10 +317,12 @@ class AuthRoutes:
             except (TokenExpired, TokenInvalid):
                 uid_sid = None
         if uid_sid is None:
-            refresh = request.cookies.get(names.refresh)
+            refresh = cookie_candidates(request, names.refresh)
             if not refresh:
                 raise TokenInvalid("no session cookie")
-            uid_sid = await self._owner_of_refresh(request, refresh, now)
+            uid_sid = await first_that_works(
+                refresh, lambda token: self._owner_of_refresh(request, token, now)
+            )
         state = await self.tw.sessions.state(*uid_sid, now=now)
         check_cookie_csrf(self.tw, request, state.csrf_digest)
         return uid_sid
@@ -335,6 +344,7 @@ class AuthRoutes:
         response = Response(status_code=204, headers=NO_STORE)
         if not auth.bearer:
             # The session is over: no cookies a transparent refresh made for it go out.
+            response.headers.update(CLEAR_SITE_DATA)
             return self._clear_cookies(response)
         return apply_pending_cookies(request, response)
 

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenward.cookies import CookieSpec
 from tokenward.errors import TokenwardError
-from tokenward.http.auth import RequestAuth, authenticate
+from tokenward.http.auth import RequestAuth, authenticate, check_request_origin
 from tokenward.http.problems import handle_tokenward_error
 from tokenward.runtime import Tokenward
 from tokenward.sessions import Principal
@@ -133,7 +133,12 @@ class TokenwardMiddleware:
 
     WebSocket connections to protected paths are authenticated at the handshake and
     closed with code 1008 when that fails (cookies of a transparent refresh cannot be set
-    on a WebSocket, so such a handshake needs a live access token).
+    on a WebSocket, so such a handshake needs a live access token). A handshake without
+    ``Authorization`` (so authenticated by cookie) must also come from an allowed origin
+    (``TOKENWARD_ALLOWED_ORIGINS``): browsers send the session cookies with a WebSocket
+    opened by *any* page, the same-origin policy does not apply to WebSockets, and the
+    ``Origin`` header is the only sign of who opened it (cross-site WebSocket hijacking).
+    ``Origin: null`` (sandboxed frames, ``file:`` pages) is refused like a foreign one.
     """
 
     def __init__(
@@ -172,6 +177,8 @@ class TokenwardMiddleware:
             scope.setdefault("state", {})
             request = _http_view(scope)
             try:
+                if scope["type"] == "websocket" and "authorization" not in request.headers:
+                    check_request_origin(self.tw, request)
                 await authenticate_once(self.tw, request)
             except TokenwardError as exc:
                 if scope["type"] == "websocket":

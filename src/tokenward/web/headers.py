@@ -1,4 +1,5 @@
-"""Security headers on every response: a strict CSP, no framing, no sniffing, HSTS.
+"""Security headers on every response: a strict CSP, no framing, no sniffing, no
+cross-origin embedding, HSTS.
 
 The pages Tokenward serves load only their own scripts and styles (no inline code, no CDN),
 so the policy can be strict: ``script-src 'self'`` and ``style-src 'self'`` with no
@@ -51,6 +52,10 @@ def security_headers(*, hsts: bool) -> list[tuple[bytes, bytes]]:
         ("referrer-policy", "same-origin"),
         # A page opened from another site cannot reach back into ours (window.opener).
         ("cross-origin-opener-policy", "same-origin"),
+        # Another origin cannot load our responses as a script, image or style (no-cors):
+        # the API's JSON never lands in a cross-origin process to be read by a Spectre
+        # attack. CORS fetches (a verifier reading the JWKS) and navigations are unaffected.
+        ("cross-origin-resource-policy", "same-origin"),
         ("permissions-policy", "camera=(), microphone=(), geolocation=(), payment=()"),
     ]
     if hsts:
