@@ -36,6 +36,7 @@ from typing import Literal
 
 from tokenward.errors import ConfigError
 from tokenward.keys import GENERATED_KEYS_FILE, KeySet, SigningAlg, SigningKey, generate_key
+from tokenward.private_paths import private_dir
 from tokenward.settings import Settings
 
 __all__ = [
@@ -118,8 +119,11 @@ class KeyRing:
         Raises:
             ConfigError: the file is missing, unreadable or holds no usable key.
         """
-        if self.generate_alg is not None and not self.path.exists():
-            KeySet.load_or_generate(self.path.parent, self.generate_alg, now=now)
+        if self.generate_alg is not None:
+            # Generated keys live in the data directory: private even if it existed loose.
+            private_dir(self.path.parent)
+            if not self.path.exists():
+                KeySet.load_or_generate(self.path.parent, self.generate_alg, now=now)
         stamp = self._stat()
         self._file = KeySet.from_file(self.path)
         self._stamp = stamp

@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from tokenward.clientinfo import TrustedProxies
 from tokenward.clock import Clock, SystemClock
 from tokenward.cookies import CookieTransport
@@ -23,6 +25,7 @@ from tokenward.keys import KeySet
 from tokenward.metrics import Metrics, SessionCounter
 from tokenward.password_policy import PasswordPolicy
 from tokenward.passwords import Argon2Params, PasswordHasher
+from tokenward.private_paths import SQLITE_SIDE_FILES, private_dir, private_file
 from tokenward.ratelimit import Limits, Throttle
 from tokenward.revocation import SessionCache
 from tokenward.sessions import SessionPolicy, Sessions
@@ -44,8 +47,26 @@ _log = logging.getLogger("tokenward.keys")
 
 
 def default_database_url(data_dir: Path) -> str:
-    """The embedded SQLite database in the data directory."""
-    return f"sqlite+aiosqlite:///{(data_dir / SQLITE_FILE).resolve()}"
+    """The embedded SQLite database in the data directory, made private first.
+
+    Every user of the default database (the server, ``tokenward serve``'s migration step,
+    ``tokenward db``) gets its URL here, so here the directory is made 0700 and the file
+    created 0600 before SQLite opens it: SQLite would create it with the umask's mode
+    (world-readable password hashes), and its journal files take the database's mode.
+    """
+    private_dir(data_dir)
+    path = (data_dir / SQLITE_FILE).resolve()
+    private_file(path, side_files=SQLITE_SIDE_FILES, variable="TOKENWARD_DATA_DIR")
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def _private_sqlite_file(url: str) -> None:
+    """A configured SQLite file gets mode 0600 too (its directory is the operator's)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database)
+        if path.parent.is_dir():
+            private_file(path, side_files=SQLITE_SIDE_FILES, variable="TOKENWARD_DATABASE_URL")
 
 
 def load_keys(settings: Settings, now: int | None = None) -> KeySet:
@@ -135,6 +156,10 @@ class Tokenward:
     async def start(self) -> None:
         """Connect to the back ends, apply migrations, subscribe to the invalidation feed."""
         s = self.settings
+        if s.redis_url is None or s.database_url is None:
+            private_dir(s.data_dir)
+        if s.database_url is not None:
+            _private_sqlite_file(s.database_url)
         redis_url = s.redis_url
         if redis_url is None:
             self.embedded = EmbeddedRedis(s.data_dir)
@@ -143,8 +168,6 @@ class Tokenward:
         self.engine = create_engine(
             s.database_url or default_database_url(s.data_dir), timeout=s.backend_timeout
         )
-        if s.database_url is None:
-            s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.migrate:
             await upgrade(self.engine)
         self.session_store = RedisSessionStore(self.redis)

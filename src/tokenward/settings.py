@@ -4,12 +4,16 @@ Every field is read from ``TOKENWARD_<NAME>`` in the environment or an optional 
 file. Bad configuration raises :class:`~tokenward.errors.ConfigError` with one line that names
 the variable; the CLI prints that line and exits. No secret has a built-in default: signing
 keys are generated into the data directory or read from ``TOKENWARD_SIGNING_KEYS``.
+
+``repr()`` and ``str()`` of :class:`Settings` mask the password of every ``*_url`` field
+(:func:`mask_url_password`): settings end up in tracebacks, debug logs and error reports.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -21,7 +25,7 @@ from sqlalchemy.exc import ArgumentError
 
 from tokenward.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "Settings", "load_settings", "mask_url_password"]
 
 ENV_PREFIX = "TOKENWARD_"
 
@@ -37,6 +41,35 @@ OWASP_ARGON2_PARALLELISM = 1
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 Csv = Annotated[tuple[str, ...], NoDecode]
+
+MASK = "***"
+#: Query parameters that carry a password in database and Redis URLs.
+_SECRET_QUERY_KEYS = frozenset({"password", "pass", "pwd", "passwd", "sslpassword"})
+
+
+def mask_url_password(url: str) -> str:
+    """``url`` with the password of its userinfo and of ``password=`` query parameters
+    replaced by ``***``; the rest (user, hosts, ports, path) is kept for debugging.
+
+    ``redis://:s3cret@cache:6379/0`` -> ``redis://:***@cache:6379/0``. A userinfo without a
+    ``:`` is a user name (redis-py, libpq) and is kept.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    # The last "@" before the query ends the userinfo, even if the password holds a raw
+    # "/" or "@" (invalid, but written by hand often enough).
+    head, question, query = rest.partition("?")
+    userinfo, at, after = head.rpartition("@")
+    if at and ":" in userinfo:
+        head = f"{userinfo.partition(':')[0]}:{MASK}@{after}"
+    if question:
+        pairs = []
+        for pair in query.split("&"):
+            key, eq, _ = pair.partition("=")
+            pairs.append(f"{key}={MASK}" if eq and key.lower() in _SECRET_QUERY_KEYS else pair)
+        query = "&".join(pairs)
+    return f"{scheme}{sep}{head}{question}{query}"
 
 
 def _split_csv(value: Any) -> Any:
@@ -268,6 +301,14 @@ class Settings(BaseSettings):
     )
 
     _split = field_validator("allowed_origins", "trusted_proxies", mode="before")(_split_csv)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        """What ``repr()`` and ``str()`` show: every field, URL passwords masked."""
+        for name, value in super().__repr_args__():
+            if isinstance(value, str) and name is not None and name.endswith("_url"):
+                yield name, mask_url_password(value)
+            else:
+                yield name, value
 
     @field_validator("redis_url")
     @classmethod
