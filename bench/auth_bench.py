@@ -360,7 +360,7 @@ async def prepare(env: dict[str, str]) -> str:
     await tw.start()  # generates the keys and applies migrations (migrate=True)
     try:
         email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
-        user = await tw.users.register(email, "correct horse battery staple", now=tw.clock.now())
+        user = await tw.users.register(email, "violet tractor 42 umbrella", now=tw.clock.now())
         issued = await tw.sessions.open(
             UserRef(user.id, user.email, user.created_at),
             ip="127.0.0.1",

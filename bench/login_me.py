@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
-PASSWORD = "correct horse battery staple"
+PASSWORD = "violet tractor 42 umbrella"
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ from ports import free_port
 from waiting import wait_until
 
 TOKENWARD = Path(sys.executable).with_name("tokenward")
-PASSWORD = "correct horse battery staple"
+PASSWORD = "violet tractor 42 umbrella"
 START_DEADLINE = 60.0
 STOP_DEADLINE = 20.0
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 ORIGIN = "https://tokenward.test"
-PASSWORD = "correct horse battery staple"
+PASSWORD = "violet tractor 42 umbrella"
 BEARER = {"X-Auth-Transport": "bearer"}
 
 #: Abuse limits high enough that tests which are not about throttling never trip them,

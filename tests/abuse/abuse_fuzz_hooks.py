@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import schemathesis
 
-PASSWORD = "correct horse battery staple"
+PASSWORD = "violet tractor 42 umbrella"
 _state: dict[str, str] = {}
 
 

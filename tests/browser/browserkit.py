@@ -37,7 +37,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-PASSWORD = "correct horse battery staple"
+PASSWORD = "violet tractor 42 umbrella"
 SHORT_TTL = 2  # seconds: the access token lifetime of short_ttl_server
 LOGIN_PAIR_LIMIT = 3  # failed sign-ins per account and address before 429 (server)
 STARTUP_TIMEOUT = 30.0

@@ -99,7 +99,7 @@ async def test_changing_the_password_signs_out_the_other_device(
     await expect(laptop.locator('[data-notice="invalid-credentials"]')).to_be_visible()
     await expect(laptop).to_have_url(server.url + "/account")
 
-    await current.fill("correct horse battery staple")
+    await current.fill("violet tractor 42 umbrella")
     await new.fill("a brand new passphrase for me")
     await laptop.get_by_role("button", name="Change password").click()
     await expect(laptop.locator('[data-notice="password-changed"]')).to_be_visible()

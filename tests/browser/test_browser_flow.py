@@ -43,7 +43,7 @@ async def test_register_sign_in_refresh_unnoticed_and_sign_out(
     await screenshot(page, "register")
     email = "ada.lovelace@example.com"
     await page.get_by_label("Email address").fill(email)
-    await page.get_by_label("Password", exact=True).fill("correct horse battery staple")
+    await page.get_by_label("Password", exact=True).fill("violet tractor 42 umbrella")
     await page.get_by_role("button", name="Create account").click()
 
     # Registered: the sign-in page says so and already knows the email address.
@@ -51,7 +51,7 @@ async def test_register_sign_in_refresh_unnoticed_and_sign_out(
     await expect(page.locator('[data-notice="registered"]')).to_be_visible()
     await expect(page.get_by_label("Email address")).to_have_value(email)
     await expect(page.get_by_label("Password", exact=True)).to_be_focused()
-    await page.get_by_label("Password", exact=True).fill("correct horse battery staple")
+    await page.get_by_label("Password", exact=True).fill("violet tractor 42 umbrella")
     await page.get_by_role("button", name="Sign in").click()
 
     # The profile comes from a protected call (GET /auth/me).
@@ -169,7 +169,7 @@ async def test_signed_in_visitor_goes_straight_to_the_account(
     await page.goto(server.url + "/account/sessions")
     await expect(page).to_have_url(server.url + "/login?next=%2Faccount%2Fsessions")
     await page.get_by_label("Email address").fill(email)
-    await page.get_by_label("Password", exact=True).fill("correct horse battery staple")
+    await page.get_by_label("Password", exact=True).fill("violet tractor 42 umbrella")
     await page.get_by_role("button", name="Sign in").click()
     await expect(page).to_have_url(server.url + "/account/sessions")
     await page.goto(server.url + "/")

@@ -77,7 +77,7 @@ async def test_http_login_throttle_and_events_on_cluster(cluster_tw: Tokenward) 
     app = create_app(cluster_tw, manage_lifespan=False)
     transport = httpx.ASGITransport(app=app, client=("10.9.8.7", 4000))
     async with httpx.AsyncClient(transport=transport, base_url="https://tokenward.test") as c:
-        creds = {"email": "cluster@example.com", "password": "correct horse battery staple"}
+        creds = {"email": "cluster@example.com", "password": "violet tractor 42 umbrella"}
         assert (await c.post("/auth/register", json=creds)).status_code == 201
         bearer = {"X-Auth-Transport": "bearer"}
         ok = await c.post("/auth/login", json=creds, headers=bearer)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(EXAMPLE_DIR))
 import notes_app  # noqa: E402 - importable only once its directory is on sys.path
 
 ORIGIN = "https://notes.test"
-PASSWORD = "correct horse battery staple"
+PASSWORD = "violet tractor 42 umbrella"
 
 
 @pytest.fixture

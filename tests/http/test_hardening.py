@@ -179,7 +179,7 @@ async def test_disabled_user_login_is_refused_like_a_wrong_password(
     r = await client.post("/auth/login", json={"email": email, "password": "x" * 12})
     wrong = _problem(r, 401, "invalid-credentials")
     r = await client.post(
-        "/auth/login", json={"email": email, "password": "correct horse battery staple"}
+        "/auth/login", json={"email": email, "password": "violet tractor 42 umbrella"}
     )
     assert _problem(r, 401, "invalid-credentials") == wrong
 

@@ -68,11 +68,11 @@ async def test_login_and_register_with_a_foreign_referer_are_403(
     """Login CSRF (signing the victim into the attacker's account) without ``Origin``."""
     accounts = Accounts(client)
     email = await accounts.register()
-    body = {"email": email, "password": "correct horse battery staple"}
+    body = {"email": email, "password": "violet tractor 42 umbrella"}
     r = await client.post("/auth/login", json=body, headers={"Referer": referer})
     assert r.status_code == 403, r.text
     assert "set-cookie" not in r.headers
-    body = {"email": accounts.new_email(), "password": "correct horse battery staple"}
+    body = {"email": accounts.new_email(), "password": "violet tractor 42 umbrella"}
     r = await client.post("/auth/register", json=body, headers={"Referer": referer})
     assert r.status_code == 403, r.text
 
@@ -149,7 +149,7 @@ async def test_api_responses_are_same_origin_resources(client: httpx.AsyncClient
     email = await accounts.register()
     responses = [
         await client.post(
-            "/auth/login", json={"email": email, "password": "correct horse battery staple"}
+            "/auth/login", json={"email": email, "password": "violet tractor 42 umbrella"}
         ),
         await client.get("/auth/me"),
         await client.get("/auth/sessions"),

@@ -21,7 +21,7 @@ from tokenward.runtime import Tokenward
 from tw_factory import TokenwardFactory
 
 APP_ORIGIN = "https://app.test"
-APP_PASSWORD = "correct horse battery staple"
+APP_PASSWORD = "violet tractor 42 umbrella"
 #: These tests share one Redis and one client address and register many users; the
 #: registration limit has its own tests, so it is lifted here.
 NO_REGISTER_LIMIT = {"TOKENWARD_REGISTER_IP_LIMIT": "1000000"}

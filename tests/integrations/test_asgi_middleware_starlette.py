@@ -147,7 +147,7 @@ def test_websocket_handshake_is_authenticated(redis_url: str, tmp_path: Path) ->
         await tw.stop()
 
     app = starlette_app(tw, lifespan=lifespan, protect=["/private"], serve_routes=True)
-    password = "correct horse battery staple"
+    password = "violet tractor 42 umbrella"
     with TestClient(app, base_url="http://testserver") as client:
         with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/private/ws"):
             pass

@@ -56,7 +56,7 @@ async def test_loose_data_dir_and_sqlite_file_become_private(
         tmp_path,
     )
     try:
-        await tw.users.register("perm@example.com", "correct horse battery staple", now=1)
+        await tw.users.register("perm@example.com", "violet tractor 42 umbrella", now=1)
     finally:
         await tw.stop()
     assert mode(data) == 0o700

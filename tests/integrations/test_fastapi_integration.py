@@ -257,7 +257,7 @@ def test_install_runs_the_service_with_the_app_lifespan(redis_url: str, tmp_path
         assert client.get("/.well-known/jwks.json").status_code == 200
         r = client.post(
             "/auth/register",
-            json={"email": "a@example.com", "password": "correct horse battery staple"},
+            json={"email": "a@example.com", "password": "violet tractor 42 umbrella"},
         )
         assert r.status_code == 201, r.text
     assert seen == ["up", "down"]

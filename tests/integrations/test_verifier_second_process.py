@@ -28,7 +28,7 @@ from waiting import poll_until, wait_until
 
 HERE = Path(__file__).parent
 TOKENWARD = Path(sys.executable).parent / "tokenward"
-PASSWORD = "correct horse battery staple"
+PASSWORD = "violet tractor 42 umbrella"
 START_TIMEOUT = 30.0
 
 

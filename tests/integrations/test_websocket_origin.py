@@ -32,7 +32,7 @@ ORIGIN = "https://app.test"
 #: Absolute: TestClient would make a relative path ``ws://testserver/...``, to which a
 #: browser (and the cookie jar) sends no ``Secure`` cookie.
 SOCKET = "wss://app.test/private/ws"
-PASSWORD = "correct horse battery staple"
+PASSWORD = "violet tractor 42 umbrella"
 FOREIGN = [
     "https://evil.example.com",
     "null",

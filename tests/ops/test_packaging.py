@@ -178,7 +178,7 @@ def test_sdist_and_wheel_build_install_and_run(tmp_path: Path) -> None:
         [tokenward_bin, "users", "create", "packaged@example.com"],
         cwd=work,
         env=app_env,
-        stdin="correct horse battery staple\n",
+        stdin="violet tractor 42 umbrella\n",
         timeout=300,
     )
     listed = _run([tokenward_bin, "users", "list", "--json"], cwd=work, env=app_env)

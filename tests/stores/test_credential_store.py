@@ -22,7 +22,7 @@ from tokenward.stores.sql_users import SqlUserStore, create_engine, upgrade
 from tokenward.users import User, Users
 
 NOW = 1_800_000_000
-OLD_PASSWORD = "correct horse battery staple"
+OLD_PASSWORD = "violet tractor 42 umbrella"
 NEW_PASSWORD = "violet tractor umbrella kettle"
 #: the raised cost: dearer than CHEAP_FOR_TESTS, so a rehash takes a while
 RAISED = Argon2Params(memory_kib=2048, time_cost=1, parallelism=1)

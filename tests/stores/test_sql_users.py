@@ -22,7 +22,7 @@ from tokenward.stores.sql_users import SqlUserStore, create_engine, upgrade
 from tokenward.users import User, Users
 
 NOW = 1_800_000_000
-PASSWORD = "correct horse battery staple"
+PASSWORD = "violet tractor 42 umbrella"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
