@@ -17,7 +17,7 @@ from tokenward.http.app import create_app
 from tokenward.runtime import Tokenward
 
 OPS_ORIGIN = "https://ops.test"
-OPS_PASSWORD = "correct horse battery staple"
+OPS_PASSWORD = "violet tractor 42 umbrella"
 
 MakeOpsTw = Callable[..., Awaitable[Tokenward]]
 
