@@ -36,13 +36,13 @@ import hashlib
 import ipaddress
 import logging
 import secrets
-import unicodedata
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from tokenward.errors import RateLimited, Unavailable
+from tokenward.users import email_key
 
 if TYPE_CHECKING:
     from tokenward.settings import Settings
@@ -228,8 +228,7 @@ def account_digest(email: str) -> str:
     The same NFKC, case-folded form as login uses, so every spelling of one address shares
     one bucket, whether or not the account exists.
     """
-    folded = unicodedata.normalize("NFKC", email.strip()).lower()
-    return _digest("account", folded)
+    return _digest("account", email_key(email))
 
 
 def address_bucket(ip: str) -> str:

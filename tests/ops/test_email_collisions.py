@@ -152,3 +152,4 @@ async def test_migration_0002_keys_the_oldest_and_lists_the_collisions(
         "users", "create", f"STRASSE-{tag}@example.com", env=env, stdin=OPS_PASSWORD + "\n"
     )
     assert again.code == 1, again.out
+    assert "already exists" in again.err
