@@ -19,6 +19,7 @@ from types import NoneType, UnionType
 from typing import Any
 
 from annotated_types import Ge, Gt, Le, Lt, MinLen
+from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,14 @@ def _type(annotation: Any) -> str:
         return "one of " + ", ".join(f"`{a}`" for a in args)
     if origin is tuple:
         return "list"
-    names = {int: "integer", float: "number", bool: "boolean", str: "string", Path: "path"}
+    names = {
+        int: "integer",
+        float: "number",
+        bool: "boolean",
+        str: "string",
+        Path: "path",
+        SecretStr: "string (secret)",
+    }
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 

@@ -1,6 +1,7 @@
 """The ``tokenward`` command.
 
-``tokenward serve [--host 127.0.0.1] [--port 8000] [--workers N]`` runs the HTTP server.
+``tokenward serve [--host 127.0.0.1] [--port 8000] [--workers N] [--metrics-port N]`` runs
+the HTTP server (``/metrics`` only on the metrics port, loopback by default).
 With no configuration it starts an embedded Redis and an SQLite database in the data
 directory and generates signing keys there. The supervising process does the one-time work
 (embedded Redis, keys, migrations) before any worker starts, so workers never race on it.
@@ -71,6 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics on this port of --metrics-host, not on the public port "
+        "(default TOKENWARD_METRICS_PORT; unset: no metrics listener)",
+    )
+    serve.add_argument(
+        "--metrics-host",
+        help="address of the metrics listener (default TOKENWARD_METRICS_HOST, 127.0.0.1)",
+    )
 
     out = argparse.ArgumentParser(add_help=False)
     out.add_argument("--json", action="store_true", help="print JSON (for scripts)")
@@ -191,8 +202,19 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(EXIT_OK)
 
 
-def serve(host: str, port: int, workers: int) -> int:
-    """Run the server until interrupted; returns the exit status."""
+def serve(
+    host: str,
+    port: int,
+    workers: int,
+    metrics_port: int | None = None,
+    metrics_host: str | None = None,
+) -> int:
+    """Run the server until interrupted; returns the exit status.
+
+    ``/metrics`` is served on ``metrics_host:metrics_port`` (the settings' when not given)
+    by every worker (:mod:`tokenward.http.metrics_listener`); the port is checked free
+    here, before any worker starts, so a clash is a configuration error.
+    """
     import uvicorn
 
     from tokenward.stores.embedded_redis import EmbeddedRedis, EmbeddedRedisError
@@ -202,6 +224,24 @@ def serve(host: str, port: int, workers: int) -> int:
     if workers < 1:
         raise ConfigError(f"--workers: must be at least 1 (got {workers})")
     settings = load_settings().resolved(host=host, port=port)
+    metrics_port = metrics_port if metrics_port is not None else settings.metrics_port
+    metrics_host = metrics_host or settings.metrics_host
+    if metrics_port is not None:
+        from tokenward.http.metrics_listener import check_port_free
+
+        if not 1 <= metrics_port <= 65535 or metrics_port == port:
+            raise ConfigError(
+                f"--metrics-port: must be 1-65535 and not --port (got {metrics_port})"
+            )
+        try:
+            check_port_free(metrics_host, metrics_port)
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics-port: cannot listen on {metrics_host}:{metrics_port}: {exc.strerror}"
+            ) from None
+        # Workers read their settings from the environment.
+        os.environ["TOKENWARD_METRICS_PORT"] = str(metrics_port)
+        os.environ["TOKENWARD_METRICS_HOST"] = metrics_host
     logging.config.dictConfig(log_config(settings.log_level))
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -241,6 +281,9 @@ def serve(host: str, port: int, workers: int) -> int:
             access_log=False,
         )
     finally:
+        if metrics_port is not None:
+            os.environ.pop("TOKENWARD_METRICS_PORT", None)
+            os.environ.pop("TOKENWARD_METRICS_HOST", None)
         if metrics_dir is not None:
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -449,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         if args.command == "serve":
-            return serve(args.host, args.port, args.workers)
+            return serve(args.host, args.port, args.workers, args.metrics_port, args.metrics_host)
         settings = load_settings()
         # Commands print their result; only problems are logged (to stderr).
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -41,6 +42,8 @@ OWASP_ARGON2_PARALLELISM = 1
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 Csv = Annotated[tuple[str, ...], NoDecode]
+#: A service name (``aud``): a word or a URL, nothing that could smuggle a separator.
+_AUDIENCE = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 MASK = "***"
 #: Query parameters that carry a password in database and Redis URLs.
@@ -299,8 +302,50 @@ class Settings(BaseSettings):
         "by default: the TLS proxy usually logs requests, and a line costs more CPU than "
         "serving `GET /auth/me` from the caches.",
     )
+    audiences: Csv = Field(
+        default=(),
+        description="Comma-separated names of the services (audiences) a signed-in client may "
+        "get an access token for with `POST /auth/token`; each service's verifier accepts "
+        "only tokens naming it. `TOKENWARD_AUDIENCE` stays the audience of Tokenward's own "
+        "API. Unset: no other services.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of the operator listener that serves `/metrics` (`tokenward serve "
+        "--metrics-port`), on `TOKENWARD_METRICS_HOST`. Unset: no such listener.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address of the metrics listener. Loopback by default: only this machine "
+        "(a Prometheus agent, a sidecar) can scrape it.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="At least 32 characters: lets `/metrics` be scraped on the public port "
+        "with `Authorization: Bearer <token>`. Unset: the public port serves no `/metrics`.",
+    )
 
-    _split = field_validator("allowed_origins", "trusted_proxies", mode="before")(_split_csv)
+    _split = field_validator("allowed_origins", "trusted_proxies", "audiences", mode="before")(
+        _split_csv
+    )
+
+    @field_validator("audiences")
+    @classmethod
+    def _check_audiences(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _AUDIENCE.fullmatch(name):
+                raise ValueError(f"{name!r}: use 1-128 of A-Z a-z 0-9 . _ : / -")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _check_metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (a random secret)")
+        return value
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         """What ``repr()`` and ``str()`` show: every field, URL passwords masked."""

@@ -22,13 +22,22 @@ OPS_PASSWORD = "violet tractor 42 umbrella"
 MakeOpsTw = Callable[..., Awaitable[Tokenward]]
 
 
+#: The scrape token of the test deployments (``TOKENWARD_METRICS_TOKEN``).
+OPS_METRICS_TOKEN = "ops-metrics-scrape-token-0123456789abcdef"
+
+
 def ops_env(redis_url: str | None, data_dir: Path, **overrides: Any) -> dict[str, str]:
     """The ``TOKENWARD_*`` variables of a test deployment."""
-    env = {"TOKENWARD_DATA_DIR": str(data_dir), "TOKENWARD_ISSUER": OPS_ORIGIN}
+    env = {
+        "TOKENWARD_DATA_DIR": str(data_dir),
+        "TOKENWARD_ISSUER": OPS_ORIGIN,
+        # The public app serves /metrics only to this bearer token (ops tests scrape it).
+        "TOKENWARD_METRICS_TOKEN": OPS_METRICS_TOKEN,
+    }
     if redis_url is not None:
         env["TOKENWARD_REDIS_URL"] = redis_url
     env.update({f"TOKENWARD_{k.upper()}": str(v) for k, v in overrides.items()})
-    return env
+    return {k: v for k, v in env.items() if v != ""}  # an empty override unsets a variable
 
 
 def ops_client(tw: Tokenward) -> httpx.AsyncClient:

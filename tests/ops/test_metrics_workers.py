@@ -60,8 +60,9 @@ def test_multiprocess_mode_adds_up_the_processes(tmp_path: Path) -> None:
 
 
 def test_serve_with_two_workers_reports_every_request(redis_url: str, tmp_path: Path) -> None:
-    """`tokenward serve --workers 2`: whichever worker answers /metrics counts all requests."""
-    port = free_port()
+    """`tokenward serve --workers 2 --metrics-port M`: whichever worker answers the metrics
+    listener counts all requests; the public port serves no /metrics."""
+    port, metrics_port = free_port(), free_port()
     data = tmp_path / "data"
     data.mkdir()
     log = tmp_path / "server.log"
@@ -70,7 +71,10 @@ def test_serve_with_two_workers_reports_every_request(redis_url: str, tmp_path: 
         TOKENWARD_DATA_DIR=str(data),
         TOKENWARD_ACCESS_LOG="false",
     )
-    argv = [sys.executable, "-m", "tokenward.cli", "serve", "--port", str(port), "--workers", "2"]
+    argv = [
+        sys.executable, "-m", "tokenward.cli", "serve", "--port", str(port), "--workers", "2",
+        "--metrics-port", str(metrics_port),
+    ]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=out,
@@ -87,9 +91,10 @@ def test_serve_with_two_workers_reports_every_request(redis_url: str, tmp_path: 
         for _ in range(20):
             # A new connection each time, so the kernel may hand it to either worker.
             assert httpx.get(base + "/healthz", timeout=10).status_code == 200
+        assert httpx.get(base + "/metrics", timeout=10).status_code == 404
         counts = set()
         for _ in range(6):
-            r = httpx.get(base + "/metrics", timeout=10)
+            r = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
             assert r.status_code == 200
             counts.add(_healthz_count(r.text))
         assert counts == {20.0}

@@ -12,7 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-from ops_support import OPS_PASSWORD, MakeOpsTw, ops_client, register_and_login
+from ops_support import (
+    OPS_METRICS_TOKEN,
+    OPS_PASSWORD,
+    MakeOpsTw,
+    ops_client,
+    register_and_login,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenward.logs import JsonFormatter
@@ -33,7 +39,7 @@ def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 
 async def _scrape(client: httpx.AsyncClient) -> dict[Any, float]:
-    r = await client.get("/metrics")
+    r = await client.get("/metrics", headers={"Authorization": f"Bearer {OPS_METRICS_TOKEN}"})
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     return _samples(r.text)

@@ -44,7 +44,7 @@ async def test_a_burst_of_refreshes_gets_429_with_retry_after(make_tw: MakeTw) -
         assert len(throttled) == 1, events
         assert throttled[0]["detail"] == {"limit": "refresh-session", "retry_after": 45}
         assert throttled[0]["session_id"] == tokens["session"]["id"]
-        metrics = (await client.get("/metrics")).text
+        metrics = (await tw.metrics.render()).decode()  # /metrics is not on the public app
         assert 'tokenward_rate_limit_refusals_total{limit="refresh-session"} 2.0' in metrics
 
 

@@ -1,12 +1,25 @@
 """The Starlette application: routes, the error mapping, the lifespan.
 
 Starlette, not FastAPI, on the hot path: it costs about 12 µs of CPU a request against
-FastAPI's 63 µs (``PERF-FACTS.md``); the FastAPI integration mounts this same app.
+FastAPI's 63 µs; the FastAPI integration mounts this same app.
+
+Operator endpoints:
+
+* ``/metrics`` is **not** on the public app unless ``TOKENWARD_METRICS_TOKEN`` is set, and
+  then only for ``Authorization: Bearer <that token>`` (compared in constant time). The
+  usual way to scrape is the operator listener (``TOKENWARD_METRICS_PORT``,
+  :mod:`tokenward.http.metrics_listener`), which the lifespan starts and stops.
+* ``/readyz`` answers with the state of each component (:func:`readiness`): 200
+  ``{"status": "ready"|"degraded", "components": {...}}`` while the instance can serve
+  sessions, a 503 problem with the same ``components`` when it cannot. A load balancer acts
+  on the status code; see ``docs/deployment.md`` for why a database outage is ``degraded``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import orjson
@@ -17,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tokenward.errors import TokenwardError
+from tokenward.errors import TokenInvalid, TokenwardError
+from tokenward.http.metrics_listener import MetricsListener
 from tokenward.http.observability import ObservabilityMiddleware
 from tokenward.http.openapi import openapi_document
 from tokenward.http.problems import handle_tokenward_error, handle_unexpected, problem_response
@@ -27,7 +41,10 @@ from tokenward.metrics import CONTENT_TYPE
 from tokenward.runtime import Tokenward
 from tokenward.web import SecurityHeaders, page_routes
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "readiness"]
+
+#: Component states in the ``/readyz`` body.
+OK, DEGRADED, UNAVAILABLE = "ok", "degraded", "unavailable"
 
 _HTTP_SLUGS = {
     400: "bad-request",
@@ -42,6 +59,38 @@ async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     slug = _HTTP_SLUGS.get(exc.status_code, "bad-request")
     title = slug.replace("-", " ").capitalize()
     return problem_response(exc.status_code, slug, title, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _answers(check: Callable[[], Awaitable[object]], seconds: float) -> str:
+    try:
+        await asyncio.wait_for(check(), seconds)
+    except Exception:  # any failure to answer is the component's state, not a 500
+        return UNAVAILABLE
+    return OK
+
+
+async def readiness(tw: Tokenward) -> tuple[bool, dict[str, str]]:
+    """Whether this instance can serve sessions, and the state of each component.
+
+    * ``redis``: the session store answers a PING. Without it nothing works: not ready.
+    * ``database``: the user store answers. Without it logins and registrations fail
+      (503) but sessions, refreshes and logouts go on: degraded, still ready.
+    * ``revocation_feed``: subscribed to the ended-session channel. While it is down every
+      request asks Redis (fail closed, only slower): degraded, still ready.
+    * ``signing_keys``: a key in force signs now. Without one no token can be issued:
+      not ready.
+    """
+    timeout = tw.settings.backend_timeout
+    redis, database = await asyncio.gather(
+        _answers(tw.redis.ping, timeout), _answers(tw.user_store.ping, timeout)
+    )
+    components = {
+        "redis": redis,
+        "database": database,
+        "revocation_feed": OK if tw.cache.healthy else DEGRADED,
+        "signing_keys": OK if tw.keys.signing_key.signs_at(tw.clock.now()) else UNAVAILABLE,
+    }
+    return redis == OK and components["signing_keys"] == OK, components
 
 
 def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
@@ -71,20 +120,46 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def readyz(request: Request) -> Response:
-        await tw.check_ready()
-        return Response(b'{"status":"ready"}', media_type="application/json")
+        ready, components = await readiness(tw)
+        if not ready:
+            down = ", ".join(name for name, state in components.items() if state != OK)
+            return problem_response(
+                503,
+                "unavailable",
+                "Service unavailable",
+                f"not ready: {down}",
+                {"Retry-After": "1"},
+                components=components,
+            )
+        status = "ready" if all(state == OK for state in components.values()) else "degraded"
+        body = orjson.dumps({"status": status, "components": components})
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
     async def openapi(request: Request) -> Response:
         return Response(openapi_body, media_type="application/json")
 
     metrics = tw.metrics
+    token = tw.settings.metrics_token
+    scrape_token = token.get_secret_value().encode() if token is not None else None
 
     async def metrics_endpoint(request: Request) -> Response:
+        # Only routed with TOKENWARD_METRICS_TOKEN; one Authorization header, that token.
+        assert scrape_token is not None  # noqa: S101 - the route exists only with a token
+        values = request.headers.getlist("authorization")
+        scheme, _, presented = (values[0] if len(values) == 1 else "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), scrape_token
+        ):
+            raise TokenInvalid("/metrics needs 'Authorization: Bearer <TOKENWARD_METRICS_TOKEN>'")
         return Response(
             await metrics.render(),
             media_type=CONTENT_TYPE,
             headers={"Cache-Control": "no-store"},
         )
+
+    listener: MetricsListener | None = None
+    if tw.settings.metrics_port is not None:
+        listener = MetricsListener(metrics, tw.settings.metrics_host, tw.settings.metrics_port)
 
     routes = [
         Route("/auth/register", auth.register, methods=["POST"]),
@@ -102,7 +177,7 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *([Route("/metrics", metrics_endpoint, methods=["GET"])] if scrape_token else []),
         *page_routes(tw.cookies.names, password_min_length=tw.settings.password_min_length),
     ]
 
@@ -111,7 +186,13 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         if manage_lifespan:
             await tw.start()
         try:
-            yield
+            if listener is not None:
+                await listener.start()
+            try:
+                yield
+            finally:
+                if listener is not None:
+                    await listener.stop()
         finally:
             if manage_lifespan:
                 await tw.stop()

@@ -261,13 +261,23 @@ _ENDPOINTS: list[
     (
         "get",
         "/readyz",
-        "Readiness: Redis and the database answer",
+        "Readiness, per component (redis, database, revocation_feed, signing_keys); "
+        "503 only when sessions cannot be served",
         None,
         200,
         {"type": "object"},
         [503],
     ),
-    ("get", "/metrics", "Prometheus metrics (text exposition format)", None, 200, None, []),
+    (
+        "get",
+        "/metrics",
+        "Prometheus metrics (text exposition format); only with TOKENWARD_METRICS_TOKEN, "
+        "as its bearer token",
+        None,
+        200,
+        None,
+        [401],
+    ),
 ]
 
 
@@ -278,6 +288,8 @@ def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
     if tw is not None:
         access_cookie, refresh_cookie = tw.cookies.names.access, tw.cookies.names.refresh
     for method, path, summary, request, status, schema, errors in _ENDPOINTS:
+        if path == "/metrics" and (tw is None or tw.settings.metrics_token is None):
+            continue  # the public app serves /metrics only to a scrape token
         responses: dict[str, Any] = {}
         ok: dict[str, Any] = {"description": "Success"}
         if schema is not None:
