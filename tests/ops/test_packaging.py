@@ -29,7 +29,7 @@ VERSION = tokenward.__version__
 #: Files the package cannot run without, besides its modules.
 REQUIRED_DATA = [
     "tokenward/py.typed",
-    "tokenward/data/common_passwords.txt.xz",
+    "tokenward/data/common_passwords.fuse",
     "tokenward/migrations/env.py",
     "tokenward/migrations/script.py.mako",
     "tokenward/migrations/versions/0001_users.py",
