@@ -3,8 +3,16 @@
 Logins (good and bad), logins from a new device, a replayed refresh token (theft),
 throttling, password changes and ended sessions are recorded as :class:`SecurityEvent`
 values. :class:`SecurityEvents` writes each one to an :class:`EventSink` (the Redis adapter
-keeps a capped stream per user, with a TTL, and a global stream for operators) and as one
-structured log line on the ``tokenward.events`` logger.
+keeps each user's routine and critical events capped apart, with a TTL, and a global stream
+for operators) and as one structured log line on the ``tokenward.events`` logger.
+
+Some events are *security-critical* (:attr:`SecurityEvent.critical`): a login from a new
+device, a replayed refresh token, a password change, sessions ended by an operator or by
+theft. Sinks keep them apart from the routine ones (logins, failures, logouts, throttling),
+under a cap of their own, because routine events are cheap to make in bulk: an intruder's
+100 logins used to push their own ``login.new-device`` out of the owner's capped history.
+Only a newer critical event can push a critical one out, and each of those is itself an
+alert the owner sees.
 
 No event carries a password, a token, a CSRF token or an email: accounts that may not exist
 are named by :func:`~tokenward.ratelimit.account_digest`, users by id.
@@ -33,6 +41,8 @@ from tokenward.refresh import RefreshToken
 from tokenward.users import UserStore, normalize_email
 
 __all__ = [
+    "CRITICAL_END_REASONS",
+    "CRITICAL_KINDS",
     "DEVICE_MEMORY",
     "DeviceRegistry",
     "EventKind",
@@ -66,6 +76,16 @@ class EventKind(enum.StrEnum):
     SESSIONS_ENDED = "sessions.ended"
 
 
+#: Kinds always security-critical (see :attr:`SecurityEvent.critical`).
+CRITICAL_KINDS = frozenset(
+    {EventKind.NEW_DEVICE, EventKind.REFRESH_REUSED, EventKind.PASSWORD_CHANGED}
+)
+#: ``sessions.ended`` reasons that are security-critical: an operator disabled the account,
+#: theft was detected, the password was changed. Logouts, revocations from the owner's own
+#: sessions page and evictions are routine: anyone signed in can make them by the hundred.
+CRITICAL_END_REASONS = frozenset({"user-disabled", "refresh-reused", "password-changed"})
+
+
 @dataclass(frozen=True, slots=True)
 class SecurityEvent:
     """One thing that happened to an account (or to an address, for throttling).
@@ -91,6 +111,20 @@ class SecurityEvent:
     detail: Mapping[str, str | int] = field(default_factory=dict, hash=False)
     id: str = ""
 
+    @property
+    def critical(self) -> bool:
+        """Whether the owner must still see this after any amount of routine activity.
+
+        The kinds of :data:`CRITICAL_KINDS`, and ``sessions.ended`` for a reason of
+        :data:`CRITICAL_END_REASONS` or caused by an operator (the admin CLI records no
+        client address; every HTTP request has one).
+        """
+        if self.kind in CRITICAL_KINDS:
+            return True
+        if self.kind is EventKind.SESSIONS_ENDED:
+            return self.detail.get("reason") in CRITICAL_END_REASONS or not self.ip
+        return False
+
     def fields(self) -> dict[str, Any]:
         """A flat, JSON-ready view (for log lines and responses)."""
         return {
@@ -108,8 +142,10 @@ class EventSink(Protocol):
     """Where events are kept.
 
     Contract: :meth:`append` adds the event to the global (operators') stream and, when it
-    has a ``uid``, to that user's stream; both are capped and expire (every key has a TTL).
-    Reads return the newest first.
+    has a ``uid``, to that user's history; all are capped and expire (every key has a TTL).
+    A user's critical events (:attr:`SecurityEvent.critical`) are capped apart from the
+    routine ones, so no number of routine events pushes one out. Reads return the newest
+    first.
     """
 
     async def append(self, event: SecurityEvent) -> None:
@@ -117,7 +153,8 @@ class EventSink(Protocol):
         ...
 
     async def for_user(self, uid: str, *, now: int, limit: int = 100) -> list[SecurityEvent]:
-        """The user's own recent events, newest first."""
+        """The user's own recent events, newest first: the newest ``limit`` routine ones and
+        the newest ``limit`` critical ones, merged."""
         ...
 
     async def recent(
@@ -227,7 +264,8 @@ class SecurityEvents:
 
     async def for_user(self, uid: str, *, now: int, limit: int = 100) -> list[SecurityEvent]:
         """The user's own recent events, newest first (after the writes pending when called
-        land, or :attr:`read_wait` seconds pass)."""
+        land, or :attr:`read_wait` seconds pass): the newest ``limit`` routine and the newest
+        ``limit`` critical ones (see :meth:`EventSink.for_user`)."""
         await self.drain(at_most=self.read_wait)
         return await self.sink.for_user(uid, now=now, limit=limit)
 
