@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from tokenward.audiences import ServiceTokens
 from tokenward.clientinfo import TrustedProxies
 from tokenward.clock import Clock, SystemClock
 from tokenward.cookies import CookieTransport
@@ -109,6 +110,8 @@ class Tokenward:
             ttl=s.access_ttl,
             leeway=s.leeway,
         )
+        #: tokens for the other services of the deployment (TOKENWARD_AUDIENCES)
+        self.service_tokens = ServiceTokens(self.tokens, s.audiences)
         self.cache = SessionCache()
         self.cookies = CookieTransport(
             secure=s.cookie_secure, transparent_refresh=s.transparent_refresh

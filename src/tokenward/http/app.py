@@ -173,6 +173,7 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         Route("/auth/events", auth.security_events, methods=["GET"]),
         Route("/auth/sessions/{sid}", auth.end_session, methods=["DELETE"]),
         Route("/auth/password", auth.change_password, methods=["POST"]),
+        Route("/auth/token", auth.service_token, methods=["POST"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -245,6 +245,25 @@ _ENDPOINTS: list[
         [*_AUTHED, 413, 415, 422, 429],
     ),
     (
+        "post",
+        "/auth/token",
+        "An access token for one of the deployment's services (TOKENWARD_AUDIENCES), for "
+        "the current session; bearer clients only; never outlives the token presented",
+        {"type": "object", "required": ["audience"], "properties": {"audience": _STR}},
+        200,
+        {
+            "type": "object",
+            "required": ["access_token", "token_type", "expires_in", "audience"],
+            "properties": {
+                "access_token": _STR,
+                "token_type": {"const": "Bearer"},
+                "expires_in": {"type": "integer"},
+                "audience": _STR,
+            },
+        },
+        [*_AUTHED, 413, 415, 422],
+    ),
+    (
         "get",
         "/.well-known/jwks.json",
         "Public keys that verify access tokens",

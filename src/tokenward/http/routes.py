@@ -18,6 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from tokenward.errors import (
     AuthError,
     CsrfError,
+    Forbidden,
     InvalidCredentials,
     NotFound,
     PolicyError,
@@ -422,6 +423,26 @@ class AuthRoutes:
         )
         # The kept session gets new credentials: tokens stolen before the change die with it.
         return self._rekeyed(auth, await self.tw.sessions.rekey(p.uid, p.sid, now=now))
+
+    async def service_token(self, request: Request) -> Response:
+        """``POST /auth/token {audience}``: an access token for one of the deployment's other
+        services (``TOKENWARD_AUDIENCES``), for the current session (:mod:`tokenward.audiences`).
+
+        Bearer clients only: in cookie mode no token ever appears in a body.
+        """
+        auth = await self._current(request)
+        if not auth.bearer:
+            raise Forbidden("service tokens are for bearer clients (Authorization: Bearer)")
+        audience = (await read_body(request)).string("audience", max_length=128) or ""
+        now = self.tw.clock.now()
+        token, claims = self.tw.service_tokens.issue(audience, auth.principal.claims, now=now)
+        body = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": claims.exp - claims.iat,
+            "audience": claims.aud,
+        }
+        return json_response(body)
 
     async def security_events(self, request: Request) -> Response:
         """``GET /auth/events``: the user's own recent security events, newest first."""

@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenward.cookies import CookieSpec
-from tokenward.errors import TokenwardError
-from tokenward.http.auth import RequestAuth, authenticate, check_request_origin
+from tokenward.errors import ConfigError, TokenInvalid, TokenwardError
+from tokenward.http.auth import RequestAuth, authenticate, bearer_token, check_request_origin
 from tokenward.http.problems import handle_tokenward_error
 from tokenward.runtime import Tokenward
 from tokenward.sessions import Principal
@@ -36,6 +36,7 @@ __all__ = [
     "STATE_KEY",
     "TokenwardMiddleware",
     "authenticate_once",
+    "authenticate_service",
     "get_principal",
     "is_tokenward_path",
     "presents_credentials",
@@ -96,17 +97,41 @@ def presents_credentials(tw: Tokenward, request: Request) -> bool:
     return tw.settings.transparent_refresh and names.refresh in request.cookies
 
 
-async def authenticate_once(tw: Tokenward, request: Request) -> RequestAuth:
+async def authenticate_service(tw: Tokenward, request: Request, audience: str) -> RequestAuth:
+    """Authenticate a request to the service ``audience`` (one of ``TOKENWARD_AUDIENCES``).
+
+    Only a bearer token minted for that service (``POST /auth/token``) of a live session is
+    accepted: Tokenward's own tokens, cookies included, name another audience.
+
+    Raises:
+        BadRequest, TokenExpired, TokenInvalid, SessionEnded, Unavailable.
+    """
+    token = bearer_token(request)
+    if token is None:
+        raise TokenInvalid(f"expected a bearer token for '{audience}' (POST /auth/token)")
+    now = tw.clock.now()
+    claims = tw.service_tokens.verifier(audience).verify(token, now=now)
+    state = await tw.sessions.state(claims.sub, claims.sid, now=now)
+    return RequestAuth(Principal(claims, state), bearer=True)
+
+
+async def authenticate_once(
+    tw: Tokenward, request: Request, audience: str | None = None
+) -> RequestAuth:
     """:func:`~tokenward.http.auth.authenticate`, at most once per request.
 
     The result is kept in the request's state, so several dependencies of one request (or
-    the middleware and a dependency) never verify twice, nor refresh twice.
+    the middleware and a dependency) never verify twice, nor refresh twice. With an
+    ``audience`` other than ``TOKENWARD_AUDIENCE``: :func:`authenticate_service`.
     """
     state: dict[str, Any] = request.scope.setdefault("state", {})
     done = state.get(_AUTH_KEY)
     if isinstance(done, RequestAuth):
         return done
-    auth = await authenticate(tw, request)
+    if audience is None or audience == tw.settings.audience:
+        auth = await authenticate(tw, request)
+    else:
+        auth = await authenticate_service(tw, request, audience)
     state[_AUTH_KEY] = auth
     state[STATE_KEY] = auth.principal
     return auth
@@ -130,6 +155,9 @@ class TokenwardMiddleware:
             scope. ``/auth/*`` and ``/.well-known/jwks.json`` are never protected.
         serve_routes: answer ``/auth/*`` and ``/.well-known/jwks.json`` with Tokenward's own
             app (the standalone server's routes and error mapping).
+        audience: this app's service name, one of ``TOKENWARD_AUDIENCES``: protected paths
+            then accept only bearer tokens minted for it (``POST /auth/token``), and refuse
+            Tokenward's own (cookies included). Default: ``TOKENWARD_AUDIENCE``.
 
     WebSocket connections to protected paths are authenticated at the handshake and
     closed with code 1008 when that fails (cookies of a transparent refresh cannot be set
@@ -148,11 +176,15 @@ class TokenwardMiddleware:
         *,
         protect: Sequence[str] | ProtectPredicate = (),
         serve_routes: bool = False,
+        audience: str | None = None,
     ) -> None:
         if isinstance(protect, str):
             raise TypeError("protect: pass a list of path prefixes, not one string")
+        if audience is not None and not tw.service_tokens.allows(audience):
+            raise ConfigError(f"audience: {audience!r} is not in TOKENWARD_AUDIENCES")
         self.app = app
         self.tw = tw
+        self.audience = audience
         self._protected = protect if callable(protect) else _prefix_predicate(protect)
         self._routes: ASGIApp | None = None
         if serve_routes:
@@ -179,7 +211,7 @@ class TokenwardMiddleware:
             try:
                 if scope["type"] == "websocket" and "authorization" not in request.headers:
                     check_request_origin(self.tw, request)
-                await authenticate_once(self.tw, request)
+                await authenticate_once(self.tw, request, self.audience)
             except TokenwardError as exc:
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})

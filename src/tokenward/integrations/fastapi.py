@@ -23,6 +23,11 @@ refresh) and errors are rendered by the server's problem mapping.
 
 Authorization beyond "who is this" is the app's: :meth:`TokenwardFastAPI.require_scope`
 asks the ``scopes_for`` callback the app supplies (access tokens carry no scopes).
+
+An app that is one of the deployment's *other* services passes its name,
+``TokenwardFastAPI(tw, audience="notes")`` (one of ``TOKENWARD_AUDIENCES``): its
+dependencies then accept only bearer tokens minted for ``notes`` (``POST /auth/token``),
+never Tokenward's own or another service's (see :mod:`tokenward.audiences`).
 """
 
 from __future__ import annotations
@@ -63,11 +68,25 @@ class TokenwardFastAPI:
         tw: the service.
         scopes_for: what a user may do, for :meth:`require_scope`; called once per request
             that needs it, so cache in the callback if the answer is costly.
+        audience: this app's service name (one of ``TOKENWARD_AUDIENCES``); tokens for any
+            other audience are refused. Default: ``TOKENWARD_AUDIENCE``, Tokenward's own.
+
+    Raises:
+        ConfigError: ``audience`` is not configured.
     """
 
-    def __init__(self, tw: Tokenward, *, scopes_for: ScopeResolver | None = None) -> None:
+    def __init__(
+        self,
+        tw: Tokenward,
+        *,
+        scopes_for: ScopeResolver | None = None,
+        audience: str | None = None,
+    ) -> None:
+        if audience is not None and not tw.service_tokens.allows(audience):
+            raise ConfigError(f"audience: {audience!r} is not in TOKENWARD_AUDIENCES")
         self.tw = tw
         self.scopes_for = scopes_for
+        self.audience = audience
 
     def install(self, app: FastAPI, *, manage_lifespan: bool = True) -> None:
         """Serve Tokenward's routes in ``app`` and render its errors as problem+json.
@@ -104,7 +123,7 @@ class TokenwardFastAPI:
             TokenExpired, TokenInvalid, SessionEnded: 401; CsrfError: 403;
             BadRequest: 400; Unavailable: 503.
         """
-        return (await authenticate_once(self.tw, request)).principal
+        return (await authenticate_once(self.tw, request, self.audience)).principal
 
     async def current_user(self, request: Request) -> UserRef:
         """Dependency: the signed-in user (id, email, created_at); no database read.
