@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "FrozenClock", "SystemClock"]
+__all__ = ["Clock", "FrozenClock", "SystemClock", "monotonic"]
 
 
 class Clock(Protocol):
@@ -27,6 +27,14 @@ class SystemClock:
     def now(self) -> int:
         """Return ``int(time.time())``."""
         return int(time.time())
+
+
+def monotonic() -> float:
+    """The monotonic clock in seconds, for deadlines that must not jump with the wall clock.
+
+    The default of the revocation lease; tests pass their own callable instead.
+    """
+    return time.monotonic()
 
 
 class FrozenClock:

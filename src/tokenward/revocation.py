@@ -20,10 +20,11 @@ No store import here: the feed adapter drives :meth:`SessionCache.forget`,
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
+
+from tokenward.clock import monotonic
 
 if TYPE_CHECKING:
     from tokenward.sessions import SessionState
@@ -52,7 +53,7 @@ class SessionCache:
         max_entries: int = 100_000,
         max_age: int = 60,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = monotonic,
     ) -> None:
         self._entries: OrderedDict[str, tuple[SessionState, int]] = OrderedDict()
         self._max_entries = max_entries

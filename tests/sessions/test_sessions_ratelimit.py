@@ -49,21 +49,22 @@ async def test_a_burst_of_refreshes_gets_429_with_retry_after(make_tw: MakeTw) -
 
 
 async def test_grace_replays_are_never_rate_limited(make_tw: MakeTw) -> None:
-    """Limit 1: twenty concurrent first refreshes all succeed with one successor, and twenty
-    later replays of the replaced token too; the current token meanwhile is limited."""
+    """Limit 1: twelve concurrent first refreshes all succeed with one successor, and twelve
+    later replays of the replaced token too (23 replays, under the 32 a rotation allows:
+    test_sessions_theft covers the cap); the current token meanwhile is limited."""
     tw = await make_tw(refresh_rate_limit=1, refresh_rate_window=60)
     async with client_for(tw) as client:
         tokens = await Accounts(client).new_bearer()
         first = await asyncio.gather(
-            *(refresh_bearer(client, tokens["refresh_token"]) for _ in range(20))
+            *(refresh_bearer(client, tokens["refresh_token"]) for _ in range(12))
         )
-        assert [r.status_code for r in first] == [200] * 20
+        assert [r.status_code for r in first] == [200] * 12
         successors = {r.json()["refresh_token"] for r in first}
         assert len(successors) == 1
         replays = await asyncio.gather(
-            *(refresh_bearer(client, tokens["refresh_token"]) for _ in range(20))
+            *(refresh_bearer(client, tokens["refresh_token"]) for _ in range(12))
         )
-        assert [r.status_code for r in replays] == [200] * 20
+        assert [r.status_code for r in replays] == [200] * 12
         assert {r.json()["refresh_token"] for r in replays} == successors
         successor = successors.pop()
         limited = await asyncio.gather(*(refresh_bearer(client, successor) for _ in range(5)))

@@ -127,6 +127,7 @@ async def test_events_written_before_the_split_are_still_read(redis: RedisClient
     fields = {"k": "login.new-device", "at": NOW, "uid": uid, "sid": "old", "ip": "", "ua": "",
               "d": "{}"}  # fmt: skip
     await redis.xadd(keys(uid)["log"], fields)  # type: ignore[arg-type]
+    await redis.expire(keys(uid)["log"], TTL)  # as the previous version wrote it
     await log.append(critical(uid, 1))
     events = await log.for_user(uid, now=NOW)
     assert [e.sid for e in events] == ["s1", "old"]
