@@ -32,7 +32,7 @@ from tokenward.revocation import SessionCache
 from tokenward.sessions import SessionPolicy, Sessions
 from tokenward.settings import Settings
 from tokenward.stores.embedded_redis import EmbeddedRedis
-from tokenward.stores.redis_client import RedisClient, connect_redis
+from tokenward.stores.redis_client import Durability, RedisClient, connect_redis, probe_redis
 from tokenward.stores.redis_events import RedisEventLog
 from tokenward.stores.redis_feed import RevocationFeed
 from tokenward.stores.redis_ratelimit import RedisRateLimiter
@@ -167,13 +167,15 @@ class Tokenward:
         if redis_url is None:
             self.embedded = EmbeddedRedis(s.data_dir)
             redis_url = await asyncio.to_thread(self.embedded.start)
+        durability = Durability.for_setting(s.redis_wait, s.redis_url)
         self.redis: RedisClient = connect_redis(redis_url, timeout=s.backend_timeout)
+        await probe_redis(self.redis, redis_url, wait=s.backend_timeout)  # logs if it fails
         self.engine = create_engine(
             s.database_url or default_database_url(s.data_dir), timeout=s.backend_timeout
         )
         if self.migrate:
             await upgrade(self.engine)
-        self.session_store = RedisSessionStore(self.redis)
+        self.session_store = RedisSessionStore(self.redis, durability=durability)
         self.user_store = SqlUserStore(self.engine)
         self.sessions = Sessions(self.session_store, self.tokens, self.cache, self.policy)
         self.users = Users(self.user_store, self.hasher, self.password_policy)

@@ -30,9 +30,12 @@ __all__ = ["ENV_PREFIX", "Settings", "load_settings", "mask_url_password"]
 
 ENV_PREFIX = "TOKENWARD_"
 
-#: Redis URL schemes we accept. ``redis+sentinel://`` and ``redis+cluster://`` are ours:
-#: redis-py has no URL form for either.
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+#: Redis URL schemes we accept. The ``+sentinel`` and ``+cluster`` forms are ours (redis-py
+#: has no URL form for either); see :mod:`tokenward.stores.redis_client`.
+REDIS_SCHEMES = (
+    "redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
+    "rediss+cluster",
+)  # fmt: skip
 
 #: OWASP Password Storage Cheat Sheet (2025): argon2id, m=19 MiB, t=2, p=1 is the minimum.
 OWASP_ARGON2_MEMORY_KIB = 19_456
@@ -47,7 +50,9 @@ _AUDIENCE = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 MASK = "***"
 #: Query parameters that carry a password in database and Redis URLs.
-_SECRET_QUERY_KEYS = frozenset({"password", "pass", "pwd", "passwd", "sslpassword"})
+_SECRET_QUERY_KEYS = frozenset(
+    {"password", "pass", "pwd", "passwd", "sslpassword", "sentinel_password"}
+)
 
 
 def mask_url_password(url: str) -> str:
@@ -104,8 +109,20 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         description="Session store: `redis://`, `rediss://` (TLS), `unix://`, "
-        "`redis+sentinel://host:port,host:port/<service>[/db]` or `redis+cluster://host:port`. "
+        "`redis+sentinel://[user:pass@]host:port,host:port/<service>[/db]"
+        "[?sentinel_username=..&sentinel_password=..]` or "
+        "`redis+cluster://[user:pass@]host:port,host:port` (seed nodes); `rediss+sentinel` "
+        "and `rediss+cluster` for TLS (query: `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`). "
         "Unset: an embedded Valkey in the data directory (development only).",
+    )
+    redis_wait: str = Field(
+        default="auto",
+        description="Durability of session writes (logins, refreshes, logouts, re-keys): "
+        "`<replicas>:<timeout ms>` sends `WAIT` after each and answers 503 unless that many "
+        "replicas confirmed it in time; `<replicas>:<timeout ms>:aof` sends `WAITAOF 1 "
+        "<replicas>` (the write is also fsynced locally; Redis/Valkey >= 7.2); `off` waits "
+        "for nothing. `auto`: `1:500` on Sentinel, `off` elsewhere (not supported on "
+        "Cluster). What each can lose: docs/deployment.md.",
     )
     database_url: str | None = Field(
         default=None,
@@ -368,7 +385,17 @@ class Settings(BaseSettings):
                 raise ValueError("unix:// URL needs a socket path")
         elif not parts.hostname:
             raise ValueError("URL needs a host")
+        from tokenward.stores.redis_client import parse_redis_url
+
+        parse_redis_url(value)  # hosts, ports, path and options: one line saying what is wrong
         return value
+
+    @field_validator("redis_wait")
+    @classmethod
+    def _check_redis_wait(cls, value: str) -> str:
+        from tokenward.stores.redis_client import parse_redis_wait
+
+        return str(parse_redis_wait(value) or "off")
 
     @field_validator("database_url")
     @classmethod

@@ -1,29 +1,168 @@
-"""Connecting to Redis from a ``TOKENWARD_REDIS_URL``.
+"""Connecting to Redis from a ``TOKENWARD_REDIS_URL``, and making writes durable.
 
-Accepted forms:
+Accepted forms (``rediss`` instead of ``redis`` means TLS in every form):
 
-* ``redis://[user:pass@]host:port/db``, ``rediss://...`` (TLS), ``unix:///path/to/sock``
-* ``redis+sentinel://[user:pass@]host1:port1,host2:port2/<service name>[/db]``
-* ``redis+cluster://[user:pass@]host:port`` (one seed node is enough)
+* ``redis://[user:pass@]host:port/db``, ``rediss://...``, ``unix:///path/to/sock``
+* ``redis+sentinel://[user:pass@]host1:port1,host2:port2/<service name>[/db]``; the user
+  and password are the data nodes'; the sentinels' own are the query parameters
+  ``sentinel_username`` and ``sentinel_password``
+* ``redis+cluster://[user:pass@]host1:port1,host2:port2`` (seed nodes: one reachable seed
+  is enough, the others are tried when it is not)
+
+TLS options are query parameters of the ``rediss+...`` forms: ``ssl_ca_certs`` (a PEM
+file of the CA to trust; the system's when absent), ``ssl_certfile`` and ``ssl_keyfile``
+(a client certificate, when the servers ask for one). Certificates are always verified.
 
 Every connection has connect and read timeouts, so a dead server costs a bounded wait and
 a 503, never a hang.
+
+**Failover.** A Sentinel client watches the sentinels' ``+switch-master`` announcements
+and, when its service's master moves, drops every connection to the old one at once, idle
+or busy (a command in flight fails over to the new master through redis-py's retry, or
+answers 503): otherwise pooled connections would go on writing to the demoted master until
+Sentinel converts it to a replica (about ten seconds), and its resynchronisation would
+throw those writes away. A ``READONLY`` answer (a connection still on a master that has
+since become a replica) has the master address checked at once too. What the announcement
+cannot cover (the instant between the promotion and the announcement, and a crash of the
+master) is covered by :class:`Durability`: ``WAIT`` after every session write.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
 
-__all__ = ["RedisClient", "connect_redis"]
+from tokenward.errors import ConfigError
+
+__all__ = [
+    "Durability",
+    "NotDurable",
+    "RedisClient",
+    "RedisTarget",
+    "RedisWait",
+    "connect_redis",
+    "parse_redis_url",
+    "parse_redis_wait",
+    "probe_redis",
+]
+
+log = logging.getLogger("tokenward.redis")
 
 RedisClient = aioredis.Redis
+
+#: The query parameters a URL may carry (anything else is a typo: refused).
+_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+_SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
+#: Seconds between two attempts to (re)subscribe to a sentinel's announcements.
+SENTINEL_RETRY = 0.5
+#: Where Sentinel announces a new master: ``<service> <old ip> <old port> <ip> <port>``.
+SWITCH_CHANNEL = "+switch-master"
+
+
+# ------------------------------------------------------------------------- the URL
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """A parsed ``TOKENWARD_REDIS_URL`` (see the module docstring for the forms)."""
+
+    kind: str  # "single", "sentinel" or "cluster"
+    url: str
+    tls: bool = False
+    hosts: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    tls_options: dict[str, str] = field(default_factory=dict)
+
+
+def _hosts(netloc: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    out = []
+    for item in netloc.rsplit("@", 1)[-1].split(","):
+        item = item.strip()
+        if item.startswith("["):  # [ipv6]:port
+            host, _, rest = item[1:].partition("]")
+            port_text = rest.removeprefix(":")
+        else:
+            host, _, port_text = item.partition(":")
+        if not host:
+            raise ValueError(f"empty host in {netloc.rsplit('@', 1)[-1]!r}")
+        if port_text and not port_text.isdigit():
+            raise ValueError(f"port {port_text!r} of {host} is not a number")
+        port = int(port_text) if port_text else default_port
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} of {host} is out of range")
+        out.append((host, port))
+    return tuple(out)
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """Parse ``url``; :class:`ValueError` with one line saying what is wrong otherwise."""
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    base, _, topology = scheme.partition("+")
+    if base not in ("redis", "rediss", "unix") or topology not in ("", "sentinel", "cluster"):
+        raise ValueError(f"unknown scheme {scheme!r}")
+    if base == "unix" and topology:
+        raise ValueError(f"unknown scheme {scheme!r}")
+    if not topology:
+        return RedisTarget(kind="single", url=url, tls=base == "rediss")
+    tls = base == "rediss"
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    allowed = (_TLS_OPTIONS if tls else ()) + (_SENTINEL_OPTIONS if topology == "sentinel" else ())
+    for key in query:
+        if key not in allowed:
+            hint = " (TLS options need rediss+...)" if key in _TLS_OPTIONS else ""
+            raise ValueError(f"unknown query parameter {key!r}{hint}")
+    common: dict[str, Any] = {
+        "url": url,
+        "tls": tls,
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "tls_options": {k: v for k, v in query.items() if k in _TLS_OPTIONS},
+    }
+    if topology == "cluster":
+        return RedisTarget(kind="cluster", hosts=_hosts(parts.netloc, 6379), **common)
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("a Sentinel URL needs a service name: redis+sentinel://host:port/name")
+    if len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"path {parts.path!r}: expected /<service name>[/<db number>]")
+    return RedisTarget(
+        kind="sentinel",
+        hosts=_hosts(parts.netloc, 26379),
+        service=unquote(path[0]),
+        db=int(path[1]) if len(path) > 1 else 0,
+        sentinel_username=query.get("sentinel_username") or None,
+        sentinel_password=query.get("sentinel_password") or None,
+        **common,
+    )
+
+
+# ----------------------------------------------------------------------- the client
 
 
 def _options(timeout: float) -> dict[str, Any]:
@@ -52,39 +191,303 @@ def _without_maint_notifications() -> dict[str, Any]:
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
+def _tls(target: RedisTarget) -> dict[str, Any]:
+    if not target.tls:
+        return {}
+    return {"ssl": True, "ssl_cert_reqs": "required", **target.tls_options}
+
+
 def connect_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
     """A client for ``url``; no connection is made until the first command.
 
     Cluster URLs return a :class:`redis.asyncio.cluster.RedisCluster`, which offers the same
     commands and scripts for our single-slot operations.
+
+    Raises:
+        ValueError: ``url`` is malformed (one line saying how).
     """
-    parts = urlsplit(url)
-    if parts.scheme == "redis+sentinel":
-        hosts = []
-        for item in parts.netloc.rsplit("@", 1)[-1].split(","):
-            host, _, port = item.partition(":")
-            hosts.append((host, int(port or 26379)))
-        path = [p for p in parts.path.split("/") if p]
-        if not path:
-            raise ValueError(
-                "redis+sentinel URL needs a service name: redis+sentinel://host:port/name"
-            )
-        db = int(path[1]) if len(path) > 1 else 0
-        auth: dict[str, Any] = {}
-        if parts.password:
-            auth["password"] = unquote(parts.password)
-        if parts.username:
-            auth["username"] = unquote(parts.username)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            hosts, sentinel_kwargs={"socket_timeout": timeout}, **_options(timeout)
-        )
-        master: aioredis.Redis = sentinel.master_for(path[0], db=db, **auth)
-        return master
-    if parts.scheme == "redis+cluster":
-        plain = "redis://" + url.split("://", 1)[1]
+    target = parse_redis_url(url)
+    if target.kind == "sentinel":
+        return _connect_sentinel(target, timeout)
+    if target.kind == "cluster":
         opts = _options(timeout)
         opts.pop("health_check_interval")
         opts.pop("retry_on_timeout")
-        cluster: Any = RedisCluster.from_url(plain, **opts)
+        cluster: Any = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+            username=target.username,
+            password=target.password,
+            **_tls(target),
+            **opts,
+        )
         return cluster  # type: ignore[no-any-return]
     return aioredis.from_url(url, **_options(timeout))
+
+
+def _connect_sentinel(target: RedisTarget, timeout: float) -> aioredis.Redis:
+    tls = _tls(target)
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "decode_responses": True,
+        **tls,
+    }
+    if target.sentinel_username:
+        sentinel_kwargs["username"] = target.sentinel_username
+    if target.sentinel_password:
+        sentinel_kwargs["password"] = target.sentinel_password
+    auth: dict[str, Any] = {}
+    if target.password:
+        auth["password"] = target.password
+    if target.username:
+        auth["username"] = target.username
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.hosts), sentinel_kwargs=sentinel_kwargs, **_options(timeout)
+    )
+    connection_class = _FailoverSSLConnection if tls else _FailoverConnection
+    master: aioredis.Redis = sentinel.master_for(
+        target.service,
+        connection_pool_class=FailoverPool,
+        connection_class=connection_class,
+        db=target.db,
+        **tls,
+        **auth,
+    )
+    return master
+
+
+class _FailoverConnection(SentinelManagedConnection):
+    """A connection that reports a ``READONLY`` answer to its pool (a demoted master)."""
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except RedisConnectionError as exc:
+            recheck = getattr(self.connection_pool, "recheck_master", None)
+            if isinstance(exc.__context__, ReadOnlyError) and recheck is not None:
+                recheck()
+            raise
+
+
+class _FailoverSSLConnection(_FailoverConnection, SentinelManagedSSLConnection):
+    pass
+
+
+class FailoverPool(SentinelConnectionPool):
+    """A Sentinel pool that drops every connection to a master that is no longer one.
+
+    On its first use it subscribes to ``+switch-master`` on every sentinel (a background
+    task per event loop, stopped by :meth:`aclose`); each time it (re)subscribes it also
+    asks for the master's address, since an announcement may have been missed meanwhile.
+    """
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self._watch: asyncio.Task[None] | None = None
+        self._checks: set[asyncio.Task[None]] = set()
+        #: times the pool dropped its connections because the master moved (for tests)
+        self.switches = 0
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        self._start_watch()
+        return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def _start_watch(self) -> None:
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.get_running_loop().create_task(
+                self._watch_sentinels(), name=f"tokenward-sentinel-watch-{self.service_name}"
+            )
+
+    async def aclose(self) -> None:
+        tasks = [t for t in (self._watch, *self._checks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._watch = None
+        await super().aclose()
+        with contextlib.suppress(RedisError, OSError):
+            await self.sentinel_manager.aclose()
+
+    def recheck_master(self) -> None:
+        """Ask the sentinels for the master now (in the background), and switch if it moved."""
+        task = asyncio.get_running_loop().create_task(self._recheck())
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _recheck(self) -> None:
+        try:
+            address = await self.sentinel_manager.discover_master(self.service_name)
+        except (RedisError, OSError):
+            return  # no sentinel knows yet: the next connection asks again
+        await self.switch_to(tuple(address))
+
+    async def switch_to(self, address: tuple[str, int]) -> None:
+        """The master is now at ``address``: drop every connection to another one."""
+        old = self.master_address
+        if old is None or tuple(old) == address:
+            self.master_address = address
+            return
+        self.master_address = address
+        self.switches += 1
+        log.warning(
+            "Redis master of %r moved from %s:%s to %s:%s: dropping the connections to the "
+            "old one",
+            self.service_name, old[0], old[1], address[0], address[1],
+        )  # fmt: skip
+        # Busy ones too: a command in flight on the old master must not be acknowledged.
+        await super().disconnect(inuse_connections=True)
+
+    async def _watch_sentinels(self) -> None:
+        sentinels = list(self.sentinel_manager.sentinels)
+        await asyncio.gather(*(self._watch_one(s) for s in sentinels))
+
+    async def _watch_one(self, sentinel: aioredis.Redis) -> None:
+        while True:
+            try:
+                async with sentinel.pubsub() as pubsub:
+                    await pubsub.subscribe(SWITCH_CHANNEL)
+                    await self._recheck()
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=1.0
+                        )
+                        if message is not None and message.get("type") == "message":
+                            await self._announced(str(message["data"]))
+            except (RedisError, OSError):
+                pass  # that sentinel is down: the others still announce
+            await asyncio.sleep(SENTINEL_RETRY)
+
+    async def _announced(self, data: str) -> None:
+        fields = data.split()
+        if len(fields) == 5 and fields[0] == self.service_name and fields[4].isdigit():
+            await self.switch_to((fields[3], int(fields[4])))
+
+
+async def probe_redis(client: aioredis.Redis, url: str, *, wait: float) -> bool:
+    """PING ``client`` once; when that fails, log one line naming ``url`` (its passwords
+    masked) and why, and return False. For start-up: the service starts anyway and answers
+    503 (``/readyz`` too) until Redis answers."""
+    from tokenward.settings import mask_url_password
+
+    try:
+        await asyncio.wait_for(client.ping(), wait)
+    except (RedisError, OSError, TimeoutError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.error(  # noqa: TRY400 -- one line, no traceback: the reason says it all
+            "Redis unreachable at start-up: %s (%s); answering 503 until it is",
+            mask_url_password(url), reason[:200],
+        )  # fmt: skip
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------ durability
+
+
+@dataclass(frozen=True)
+class RedisWait:
+    """``WAIT replicas timeout_ms``, or with ``aof`` ``WAITAOF 1 replicas timeout_ms``."""
+
+    replicas: int
+    timeout_ms: int
+    aof: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.replicas}:{self.timeout_ms}" + (":aof" if self.aof else "")
+
+
+_WAIT = re.compile(r"(\d{1,2}):(\d{1,6})(:aof)?")
+
+
+def parse_redis_wait(text: str) -> RedisWait | str | None:
+    """``off`` -> None, ``auto`` -> "auto", ``N:MS`` / ``N:MS:aof`` -> :class:`RedisWait`.
+
+    Raises:
+        ValueError: anything else (one line).
+    """
+    value = text.strip().lower()
+    if value in ("off", "auto"):
+        return None if value == "off" else "auto"
+    match = _WAIT.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            "expected off, auto, <replicas>:<timeout ms> or <replicas>:<timeout ms>:aof"
+        )
+    replicas, timeout_ms, aof = int(match[1]), int(match[2]), bool(match[3])
+    if not aof and replicas < 1:
+        raise ValueError("WAIT needs at least 1 replica (0:<ms>:aof waits for the local fsync)")
+    if timeout_ms < 1:
+        raise ValueError("the timeout must be at least 1 ms (0 would wait forever)")
+    return RedisWait(replicas, timeout_ms, aof)
+
+
+#: ``auto`` on Sentinel: a write is acknowledged once the replica has it.
+SENTINEL_WAIT = RedisWait(1, 500)
+
+
+class NotDurable(RedisError):
+    """A write was applied but not confirmed by enough replicas (or the fsync) in time.
+
+    It may survive or be lost: the caller answers 503, so the client retries and nothing
+    it was told is lost."""
+
+
+class Durability:
+    """Runs the session store's write scripts followed by ``WAIT`` on the same connection.
+
+    Args:
+        wait: what to wait for; None runs the scripts alone.
+    """
+
+    def __init__(self, wait: RedisWait | None = None) -> None:
+        self.wait = wait
+
+    @classmethod
+    def for_setting(cls, setting: str, url: str | None) -> Durability:
+        """From ``TOKENWARD_REDIS_WAIT`` and the Redis URL in use (None: the embedded one).
+
+        ``auto`` waits for one replica on Sentinel and nothing elsewhere.
+
+        Raises:
+            ConfigError: a wait on a cluster (a script and its WAIT must share a connection,
+                which a cluster client does not offer: use ``min-replicas-to-write``).
+        """
+        parsed = parse_redis_wait(setting)
+        kind = parse_redis_url(url).kind if url is not None else "single"
+        if parsed == "auto":
+            return cls(SENTINEL_WAIT if kind == "sentinel" else None)
+        if parsed is not None and kind == "cluster":
+            raise ConfigError(
+                "TOKENWARD_REDIS_WAIT: not supported on redis+cluster; set it to off or auto "
+                "and configure min-replicas-to-write on the nodes"
+            )
+        return cls(parsed if isinstance(parsed, RedisWait) else None)
+
+    async def run(
+        self, script: AsyncScript, *, keys: Sequence[str], args: Iterable[str | int]
+    ) -> Any:
+        """``script(keys, args)``; with a wait, then ``WAIT``/``WAITAOF`` on its connection.
+
+        Raises:
+            NotDurable: fewer replicas (or no local fsync) confirmed it within the timeout.
+        """
+        wait = self.wait
+        if wait is None:
+            return await script(keys=keys, args=args)
+        pipe: Any = script.registered_client.pipeline(transaction=False)
+        await script(keys=keys, args=args, client=pipe)  # queued: the pipeline loads it
+        if wait.aof:
+            pipe.execute_command("WAITAOF", 1, wait.replicas, wait.timeout_ms)
+        else:
+            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+        reply, acked = await pipe.execute()
+        local, replicas = (int(acked[0]), int(acked[1])) if wait.aof else (1, int(acked))
+        if local < 1 or replicas < wait.replicas:
+            raise NotDurable(
+                f"write confirmed by {replicas} of {wait.replicas} replicas"
+                + (" and not fsynced" if local < 1 else "")
+                + f" within {wait.timeout_ms} ms"
+            )
+        return reply

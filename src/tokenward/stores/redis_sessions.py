@@ -56,7 +56,7 @@ from tokenward.sessions import (
     SessionRecord,
     SessionState,
 )
-from tokenward.stores.redis_client import RedisClient
+from tokenward.stores.redis_client import Durability, RedisClient
 
 __all__ = ["ENDED_CHANNEL", "ENDED_TTL", "RedisSessionStore"]
 
@@ -434,11 +434,20 @@ class RedisSessionStore:
     Args:
         redis: a client created with ``decode_responses=True``.
         channel: the invalidation channel that ending scripts publish to.
+        durability: what every writing script waits for before it counts as done
+            (``TOKENWARD_REDIS_WAIT``); nothing by default.
     """
 
-    def __init__(self, redis: RedisClient, *, channel: str = ENDED_CHANNEL) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        channel: str = ENDED_CHANNEL,
+        durability: Durability | None = None,
+    ) -> None:
         self.redis = redis
         self.channel = channel
+        self.durable = durability or Durability()
         self._create = redis.register_script(_CREATE)
         self._rotate = redis.register_script(_ROTATE)
         self._get = redis.register_script(_GET)
@@ -470,7 +479,9 @@ class RedisSessionStore:
             record.sid, ttl, max_sessions, index_ttl, record.created_at, self.channel, *fields,
         ]  # fmt: skip
         async with _backend():
-            evicted = await self._create(keys=[prefix + record.sid, idx, ended], args=args)
+            evicted = await self.durable.run(
+                self._create, keys=[prefix + record.sid, idx, ended], args=args
+            )
         return list(evicted)
 
     async def rotate(
@@ -499,7 +510,7 @@ class RedisSessionStore:
             report_every,
         ]  # fmt: skip
         async with _backend():
-            reply = await self._rotate(keys=[prefix + sid, idx, ended], args=args)
+            reply = await self.durable.run(self._rotate, keys=[prefix + sid, idx, ended], args=args)
         outcome = RotateOutcome(reply[0])
         if outcome is RotateOutcome.LIMITED:
             return RotateResult(outcome, retry_after=int(reply[1]), first_refusal=reply[2] == "1")
@@ -548,7 +559,9 @@ class RedisSessionStore:
             "" if reason is None else reason.value, self.channel, uid,
         ]  # fmt: skip
         async with _backend():
-            reply = await self._end_by_refresh(keys=[prefix + sid, idx, ended], args=args)
+            reply = await self.durable.run(
+                self._end_by_refresh, keys=[prefix + sid, idx, ended], args=args
+            )
         outcome = RefreshUse(reply[0])
         if outcome is RefreshUse.CORRUPT:
             _corrupt(uid, sid)
@@ -561,7 +574,7 @@ class RedisSessionStore:
         prefix, idx, _ = _keys(uid)
         args: list[str | int] = [sid, uid, refresh_digest, csrf_digest, now, self.channel]
         async with _backend():
-            reply = await self._rekey(keys=[prefix + sid, idx], args=args)
+            reply = await self.durable.run(self._rekey, keys=[prefix + sid, idx], args=args)
         if reply[0] == "corrupt":
             _corrupt(uid, sid)
             return RotateResult(RotateOutcome.CORRUPT)
@@ -574,8 +587,10 @@ class RedisSessionStore:
         """See :meth:`tokenward.sessions.SessionStore.end`."""
         prefix, idx, ended = _keys(uid)
         async with _backend():
-            done = await self._end(
-                keys=[prefix + sid, idx, ended], args=[sid, reason.value, now, self.channel]
+            done = await self.durable.run(
+                self._end,
+                keys=[prefix + sid, idx, ended],
+                args=[sid, reason.value, now, self.channel],
             )
         return bool(done)
 
@@ -585,8 +600,10 @@ class RedisSessionStore:
         """See :meth:`tokenward.sessions.SessionStore.end_all`."""
         prefix, idx, ended = _keys(uid)
         async with _backend():
-            done = await self._end_all(
-                keys=[idx, ended], args=[prefix, keep or "", reason.value, now, self.channel]
+            done = await self.durable.run(
+                self._end_all,
+                keys=[idx, ended],
+                args=[prefix, keep or "", reason.value, now, self.channel],
             )
         return list(done)
 
