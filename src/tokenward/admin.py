@@ -174,20 +174,51 @@ async def list_users(tw: Tokenward, *, limit: int, offset: int) -> list[User]:
 async def disable_user(tw: Tokenward, ref: str) -> tuple[User, list[str]]:
     """Disable a user and end all their sessions; returns the user and the ids ended.
 
-    The account is disabled (moving its credential epoch) first, then the sessions are
-    ended. A login that checked the user just before the disable may still open a session
-    after ``end_all``; the login route re-checks the user after opening its session
-    (:func:`~tokenward.users.still_current`) and ends it when the user is disabled,
-    so no session of a disabled user outlives its login. Ending the sessions is
-    announced on the invalidation feed, so running servers refuse their access tokens from
-    the next request on, and is recorded as a ``sessions.ended`` security event (reason
-    ``user-disabled``, client :data:`ADMIN_CLIENT`).
+    The steps are ordered so that a back end failing half-way leaves a safe state and a
+    re-run completes it:
+
+    1. end the user's sessions (Redis). Redis down: nothing has changed at all;
+    2. disable the account, moving its credential epoch (the database). Down: the sessions
+       are ended but the user could log in again, and the error says so;
+    3. end the sessions again: a login that checked the user before step 2 and opened its
+       session after step 1 is caught here, or by its own re-check after opening
+       (:func:`~tokenward.users.still_current`), so no session of a disabled user survives.
+
+    Ending the sessions is announced on the invalidation feed, so running servers refuse
+    their access tokens from the next request on, and is recorded as a ``sessions.ended``
+    security event (reason ``user-disabled``, client :data:`ADMIN_CLIENT`).
+
+    Raises:
+        NotFound: no such user.
+        Unavailable: a back end failed; the message says what was and was not done.
     """
     user = await find_user(tw, ref)
     now = tw.clock.now()
-    await tw.user_store.set_disabled(user.id, True, now=now)
     reason = EndReason.USER_DISABLED
-    ended = await tw.sessions.end_all(user.id, keep=None, reason=reason, now=now)
+    try:
+        ended = await tw.sessions.end_all(user.id, keep=None, reason=reason, now=now)
+    except Unavailable as exc:
+        raise Unavailable(
+            f"{exc.detail}: nothing was changed ({user.id} is not disabled); run the command "
+            "again when the session store is back"
+        ) from exc
+    try:
+        await tw.user_store.set_disabled(user.id, True, now=now)
+    except Unavailable as exc:
+        tw.events.sessions_ended(user.id, ended, reason.value, client=ADMIN_CLIENT, now=now)
+        raise Unavailable(
+            f"{exc.detail}: ended {len(ended)} session(s) of {user.id} but did NOT disable "
+            "the account (the user can log in again); run the command again"
+        ) from exc
+    try:
+        ended += await tw.sessions.end_all(user.id, keep=None, reason=reason, now=now)
+    except Unavailable as exc:
+        tw.events.sessions_ended(user.id, ended, reason.value, client=ADMIN_CLIENT, now=now)
+        raise Unavailable(
+            f"{exc.detail}: disabled {user.id} and ended {len(ended)} session(s), but the "
+            "final sweep failed: a session opened during the command may remain; run the "
+            "command again"
+        ) from exc
     tw.events.sessions_ended(user.id, ended, reason.value, client=ADMIN_CLIENT, now=now)
     return user, ended
 
@@ -231,7 +262,13 @@ async def revoke_sessions(tw: Tokenward, ref: str, sid: str | None = None) -> li
         ended = [sid]
     else:
         await tw.user_store.bump_credential_epoch(user.id, now=now)
-        ended = await tw.sessions.end_all(user.id, keep=None, reason=EndReason.REVOKED, now=now)
+        try:
+            ended = await tw.sessions.end_all(user.id, keep=None, reason=EndReason.REVOKED, now=now)
+        except Unavailable as exc:
+            raise Unavailable(
+                f"{exc.detail}: no session of {user.id} was ended (logins in flight were "
+                "refused); run the command again when the session store is back"
+            ) from exc
     tw.events.sessions_ended(user.id, ended, EndReason.REVOKED.value, client=ADMIN_CLIENT, now=now)
     return ended
 

@@ -18,9 +18,14 @@ Administration, from the same settings (``TOKENWARD_*``, ``.env``)::
     tokenward keys list
     tokenward keys rotate [--alg EdDSA|ES256] [--activate-in SECONDS]
 
-Every administrative command takes ``--json`` for scripts. Exit codes: 0 done; 1 the
-operation failed (no such user or session, email taken, password refused); 2 usage or
-configuration error; 3 a back end (Redis, the database) is unavailable.
+Every administrative command takes ``--json`` for scripts, ``--data-dir DIR`` (else
+``TOKENWARD_DATA_DIR``, else ``./.tokenward``), and ``--create-data-dir``: a command refuses
+a data directory that does not exist unless asked to make it, and first prints on stderr
+which data directory, databases and key file it uses. ``tokenward --version``.
+
+Exit codes: 0 done; 1 the operation failed (no such user or session, email taken,
+password refused); 2 usage or configuration error; 3 a back end (Redis, the database) is
+unavailable.
 """
 
 from __future__ import annotations
@@ -58,6 +63,17 @@ class UsageError(Exception):
     """A command was used wrongly; exits with :data:`EXIT_USAGE`."""
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokenward")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        from tokenward import __version__
+
+        return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenward",
@@ -65,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 ok, 1 operation failed, 2 usage or configuration error, "
         "3 back end unavailable",
     )
+    parser.add_argument("--version", action="version", version=f"tokenward {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP server")
     serve.add_argument(
@@ -85,6 +102,17 @@ def _parser() -> argparse.ArgumentParser:
 
     out = argparse.ArgumentParser(add_help=False)
     out.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    out.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="the deployment's data directory (default TOKENWARD_DATA_DIR, ./.tokenward)",
+    )
+    out.add_argument(
+        "--create-data-dir",
+        action="store_true",
+        help="make the data directory if it does not exist (refused otherwise: a command "
+        "run from the wrong directory would silently start an empty deployment)",
+    )
 
     users = commands.add_parser("users", help="manage users").add_subparsers(
         dest="action", required=True
@@ -477,6 +505,49 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _needs_data_dir(settings: Settings) -> bool:
+    """Whether anything of the deployment lives in the data directory."""
+    return (
+        settings.redis_url is None
+        or settings.database_url is None
+        or (settings.signing_keys is None)
+    )
+
+
+def _check_data_dir(settings: Settings, *, create: bool) -> None:
+    """Refuse to run against a data directory that does not exist, unless asked to make it.
+
+    An operator who runs ``tokenward users disable`` from another directory would otherwise
+    get a new, empty deployment ("no such user") while the real user stays signed in.
+    """
+    where = settings.data_dir.resolve()
+    if create or not _needs_data_dir(settings) or where.is_dir():
+        return
+    raise UsageError(
+        f"no data directory at {where}: run the command where the server runs, or pass "
+        "--data-dir DIR (or set TOKENWARD_DATA_DIR); --create-data-dir makes a new one"
+    )
+
+
+def _whereabouts(settings: Settings) -> str:
+    """One line naming what a command reads and writes, without any password."""
+    from tokenward.keyring import key_file_path
+    from tokenward.runtime import SQLITE_FILE
+    from tokenward.settings import mask_url_password
+
+    where = settings.data_dir.resolve()
+    users = mask_url_password(settings.database_url or f"sqlite+aiosqlite:///{where / SQLITE_FILE}")
+    sessions = (
+        mask_url_password(settings.redis_url)
+        if settings.redis_url is not None
+        else f"the embedded Valkey of {where}"
+    )
+    return (
+        f"data directory {where}; users {users}; sessions {sessions}; "
+        f"keys {key_file_path(settings).resolve()}"
+    )
+
+
 _ASYNC_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
     "users": _users,
     "sessions": _sessions,
@@ -493,7 +564,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(args.host, args.port, args.workers, args.metrics_port, args.metrics_host)
-        settings = load_settings()
+        env = dict(os.environ)
+        if args.data_dir:
+            env["TOKENWARD_DATA_DIR"] = args.data_dir
+        settings = load_settings(env)
+        _check_data_dir(settings, create=args.create_data_dir)
+        print(f"tokenward: using {_whereabouts(settings)}", file=sys.stderr)
         # Commands print their result; only problems are logged (to stderr).
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         if args.command == "keys":

@@ -3,8 +3,9 @@
 * ``make_ops_tw(data_dir=None, **settings)`` -- build and start a Tokenward on the real Redis
   (FrozenClock, cheap hashing); stopped at teardown. Instances given the same ``data_dir``
   share the SQLite database and the generated key file, as instances of one deployment do.
-* ``run_cli(*args, env=..., stdin=...)`` -- ``tokenward.cli.main`` in a worker thread (its own
-  event loop) with exactly the given ``TOKENWARD_*`` variables; returns exit code, stdout
+* ``run_cli(*args, env=..., stdin=..., make_data_dir=True)`` -- ``tokenward.cli.main`` in a
+  worker thread (its own event loop) with exactly the given ``TOKENWARD_*`` variables, the
+  data directory made first unless ``make_data_dir=False``; returns exit code, stdout
   and stderr. Much faster than a subprocess; the console script itself is covered by
   ``test_admin_cli.py`` and ``test_packaging.py``.
 
@@ -53,8 +54,17 @@ async def make_ops_tw(redis_url: str, tmp_path: Path) -> AsyncIterator[MakeOpsTw
 
 @pytest.fixture
 def run_cli(tmp_path: Path) -> RunCli:
-    async def run(*args: str, env: dict[str, str], stdin: str = "") -> CliResult:
+    async def run(
+        *args: str, env: dict[str, str], stdin: str = "", make_data_dir: bool = True
+    ) -> CliResult:
+        """``make_data_dir``: the deployment exists (its data directory does), as it would
+        where an operator runs commands; the CLI refuses a missing one."""
         from tokenward.cli import main
+
+        if make_data_dir and "TOKENWARD_DATA_DIR" in env:
+            Path(env["TOKENWARD_DATA_DIR"]).mkdir(  # noqa: ASYNC240 - test setup, instant
+                parents=True, exist_ok=True, mode=0o700
+            )
 
         clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("TOKENWARD_")}
         out, err = io.StringIO(), io.StringIO()

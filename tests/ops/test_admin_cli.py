@@ -279,6 +279,7 @@ def test_console_script_reads_password_from_stdin(redis_url: str, tmp_path: Path
     script = Path(sys.executable).parent / "tokenward"
     clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("TOKENWARD_")}
     env = {**clean, **ops_env(redis_url, tmp_path / "d")}
+    (tmp_path / "d").mkdir()
     run = subprocess.run(
         [str(script), "--help"], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
     )
@@ -306,7 +307,7 @@ async def test_incomplete_commands_are_usage_errors(
     """Missing arguments or unknown actions exit 2 before anything is touched."""
     result = await run_cli(*argv, env=ops_env(None, tmp_path / "d"))
     assert result.code == 2
-    assert not (tmp_path / "d").exists()
+    assert not any((tmp_path / "d").iterdir())
 
 
 async def test_failed_start_releases_the_embedded_redis(run_cli: RunCli, tmp_path: Path) -> None:
