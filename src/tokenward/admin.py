@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tokenward.errors import NotFound, PolicyError, Unavailable
 from tokenward.events import Client
-from tokenward.runtime import Tokenward, default_database_url
+from tokenward.runtime import Tokenward, database_whereabouts, default_database_url
 from tokenward.sessions import EndReason, SessionRecord
 from tokenward.settings import Settings
 from tokenward.stores.embedded_redis import LOCK_NAME, SOCKET_NAME, EmbeddedRedisError
@@ -127,12 +127,17 @@ async def db_upgrade(settings: Settings) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
     try:
-        await upgrade(engine)
+        try:
+            await upgrade(engine)
+        except Unavailable as exc:
+            raise Unavailable(f"{exc.detail}: {database_whereabouts(settings)}") from exc
         try:
             async with engine.connect() as conn:
                 return await conn.run_sync(current)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            raise Unavailable("user database unreachable") from exc
+            raise Unavailable(
+                f"user database unreachable: {database_whereabouts(settings)}"
+            ) from exc
     finally:
         await engine.dispose()
 

@@ -350,8 +350,14 @@ def _read_password() -> str:
         if getpass.getpass("Repeat password: ") != first:
             raise UsageError("the passwords do not match")
         return first
-    line = sys.stdin.readline()
-    return line.removesuffix("\n").removesuffix("\r")
+    line = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not line:
+        # An empty stdin is a scripting mistake, not a weak password: say what to send.
+        raise UsageError(
+            "no password on standard input: send it as one line, e.g. "
+            "printf '%s\\n' \"$PASSWORD\" | tokenward users create EMAIL"
+        )
+    return line
 
 
 def _user_json(user: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from tokenward.audiences import ServiceTokens
 from tokenward.clientinfo import TrustedProxies
 from tokenward.clock import Clock, SystemClock
 from tokenward.cookies import CookieTransport
-from tokenward.errors import Unavailable
+from tokenward.errors import ConfigError, Unavailable
 from tokenward.events import SecurityEvents
 from tokenward.keyring import KeyRing
 from tokenward.keys import KeySet
@@ -59,6 +59,18 @@ def default_database_url(data_dir: Path) -> str:
     path = (data_dir / SQLITE_FILE).resolve()
     private_file(path, side_files=SQLITE_SIDE_FILES, variable="TOKENWARD_DATA_DIR")
     return f"sqlite+aiosqlite:///{path}"
+
+
+def database_whereabouts(settings: Settings) -> str:
+    """Names the user database for an error message: the setting and the host, never the
+    password (``TOKENWARD_DATABASE_URL, host db.internal:5432``)."""
+    if settings.database_url is None:
+        return f"the SQLite database of TOKENWARD_DATA_DIR ({settings.data_dir.resolve()})"
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        return f"TOKENWARD_DATABASE_URL, SQLite file {url.database}"
+    port = f":{url.port}" if url.port else ""
+    return f"TOKENWARD_DATABASE_URL, host {url.host}{port}, database {url.database}"
 
 
 def _private_sqlite_file(url: str) -> None:
@@ -101,6 +113,13 @@ class Tokenward:
 
     def __post_init__(self) -> None:
         s = self.settings
+        if s.issuer is None:
+            # Checked before anything touches the data directory; `tokenward serve` resolves
+            # the issuer from --host/--port, an app that embeds Tokenward has none to use.
+            raise ConfigError(
+                "TOKENWARD_ISSUER: required when Tokenward runs inside your own app; set it "
+                "to the app's public URL (e.g. https://app.example.com)"
+            )
         self.keyring = KeyRing.from_settings(s)
         self.keys = self.keyring.load(self.clock.now())
         self.tokens = AccessTokens(
@@ -174,7 +193,10 @@ class Tokenward:
             s.database_url or default_database_url(s.data_dir), timeout=s.backend_timeout
         )
         if self.migrate:
-            await upgrade(self.engine)
+            try:
+                await upgrade(self.engine)
+            except Unavailable as exc:
+                raise Unavailable(f"{exc.detail}: {database_whereabouts(s)}") from exc
         self.session_store = RedisSessionStore(self.redis, durability=durability)
         self.user_store = SqlUserStore(self.engine)
         self.sessions = Sessions(self.session_store, self.tokens, self.cache, self.policy)
