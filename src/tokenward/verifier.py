@@ -59,7 +59,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
@@ -74,11 +74,14 @@ from tokenward.jwks import (
     fetch_jwks,
 )
 from tokenward.revocation import SessionCache
-from tokenward.sessions import SessionState
-from tokenward.stores.redis_client import RedisClient, connect_redis
-from tokenward.stores.redis_feed import RevocationFeed
-from tokenward.stores.redis_sessions import RedisSessionStore
 from tokenward.tokens import MAX_TOKEN_LENGTH, AccessClaims, AccessTokenVerifier
+
+if TYPE_CHECKING:
+    # Redis is optional for a verifier (only ``redis_url`` needs it): see _redis_support().
+    from tokenward.sessions import SessionState
+    from tokenward.stores.redis_client import RedisClient
+    from tokenward.stores.redis_feed import RevocationFeed
+    from tokenward.stores.redis_sessions import RedisSessionStore
 
 __all__ = ["DEFAULT_MAX_STALE", "AsyncVerifier", "VerifierStats", "bearer_token"]
 
@@ -104,6 +107,24 @@ class VerifierStats:
     jwks_fetches_ok: int = 0
     jwks_fetches_failed: int = 0
     stale_refusals: int = 0
+
+
+def _redis_support() -> tuple[
+    Callable[..., RedisClient], type[RevocationFeed], type[RedisSessionStore]
+]:
+    """The Redis client and stores, imported only when a verifier is given ``redis_url``."""
+    try:
+        from tokenward.stores.redis_client import connect_redis
+        from tokenward.stores.redis_feed import RevocationFeed
+        from tokenward.stores.redis_sessions import RedisSessionStore
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in {"redis", "hiredis"}:
+            raise
+        raise ImportError(
+            "AsyncVerifier(redis_url=...) needs the redis package: pip install 'tokenward[redis]'",
+            name=exc.name,
+        ) from exc
+    return connect_redis, RevocationFeed, RedisSessionStore
 
 
 class _LockedSessionCache(SessionCache):
@@ -221,6 +242,8 @@ class AsyncVerifier:
         if tls is not None and not isinstance(tls, ssl.SSLContext):
             # verify=False, a path or a string would each silently change what is trusted.
             raise ConfigError("tls: pass an ssl.SSLContext; certificates are always verified")
+        if redis_url is not None:
+            _redis_support()  # a missing redis package is a construction error, not a 500 later
         self.redis_url = redis_url
         self.audience = audience
         self.min_refetch_interval = min_refetch_interval
@@ -271,9 +294,10 @@ class AsyncVerifier:
         )
         try:
             if self.redis_url is not None:
+                connect_redis, redis_feed, redis_store = _redis_support()
                 self._redis = connect_redis(self.redis_url, timeout=self.timeout)
-                self._store = RedisSessionStore(self._redis)
-                self._feed = RevocationFeed(self._redis, self._cache)
+                self._store = redis_store(self._redis)
+                self._feed = redis_feed(self._redis, self._cache)
                 await self._feed.start(wait=self.timeout)
             async with self._fetch_lock:
                 if not await self._fetch():
