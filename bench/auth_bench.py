@@ -68,7 +68,7 @@ class StatelessSessions(Sessions):
 
     async def authenticate(self, access_token: str, *, now: int) -> Principal:
         claims = self.tokens.verify(access_token, now=now)
-        state = SessionState(claims.sub, "", 0, "", claims.iat, claims.exp)
+        state = SessionState(claims.sub, 0, "", claims.iat, claims.exp)
         return Principal(claims, state)
 
 

@@ -100,7 +100,12 @@ class EndReason(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class UserRef:
-    """What a session needs to know of its user (so ``/auth/me`` needs no database read)."""
+    """A user as an app sees it: id, e-mail address, when the account was made.
+
+    :meth:`Sessions.open` stores only ``id`` and ``created_at`` with the session: the
+    address stays in the user store (it is personal data, and a session record must not
+    leak it), so whatever shows it reads the user by id.
+    """
 
     id: str
     email: str
@@ -109,10 +114,10 @@ class UserRef:
 
 @dataclass(frozen=True, slots=True)
 class SessionState:
-    """What the hot path needs to accept a request of a session."""
+    """What the hot path needs to accept a request of a session (no e-mail address: read it
+    from the user store, by ``uid``, where it is needed)."""
 
     uid: str
-    email: str
     user_created_at: int
     csrf_digest: str
     created_at: int
@@ -333,7 +338,6 @@ class Issued:
     """The tokens handed out by a login or a refresh. ``repr`` hides the secrets."""
 
     uid: str
-    email: str
     user_created_at: int
     sid: str
     access_token: str
@@ -348,6 +352,9 @@ class Issued:
     evicted: tuple[str, ...] = ()
     #: on refresh, a grace replay that should be reported (a security event)
     report_replay: bool = False
+    #: the user's address: set on login (the user is at hand), ``None`` on refresh and
+    #: re-key (the session record does not hold it)
+    email: str | None = None
 
     def __repr__(self) -> str:
         return f"Issued(uid={self.uid!r}, sid={self.sid!r}, tokens=<hidden>)"
@@ -404,7 +411,6 @@ class Sessions:
         )
         state = SessionState(
             uid=user.id,
-            email=user.email,
             user_created_at=user.created_at,
             csrf_digest=csrf_digest(csrf),
             created_at=now,
@@ -419,7 +425,7 @@ class Sessions:
             index_ttl=self.policy.max_ttl,
         )
         self.cache.forget(evicted)
-        return self._issued(state, sid, refresh, ttl, now, csrf, evicted)
+        return replace(self._issued(state, sid, refresh, ttl, now, csrf, evicted), email=user.email)
 
     async def refresh(
         self,
@@ -594,7 +600,6 @@ class Sessions:
         access, claims = self.tokens.issue(sub=state.uid, sid=sid, now=now)
         return Issued(
             uid=state.uid,
-            email=state.email,
             user_created_at=state.user_created_at,
             sid=sid,
             access_token=access,

@@ -25,13 +25,9 @@ PYJWT_FLOOR = Version("2.14")
 
 
 def _requirements() -> dict[str, Requirement]:
-    """The base dependencies and every extra's (argon2-cffi lives in ``server``)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    listed = [*project["dependencies"]]
-    for extra in project["optional-dependencies"].values():
-        listed.extend(extra)
-    parsed = (Requirement(r) for r in listed)
-    return {r.name.lower(): r for r in parsed if r.name != "tokenward"}
+    parsed = (Requirement(r) for r in project["dependencies"])
+    return {r.name.lower(): r for r in parsed}
 
 
 def _pinned(lock: Path, name: str) -> Version:

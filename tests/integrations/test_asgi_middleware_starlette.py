@@ -27,7 +27,7 @@ ORIGIN = "https://app.test"
 def starlette_app(tw: Tokenward, *, lifespan: Any = None, **options: Any) -> TokenwardMiddleware:
     async def private(request: Request) -> JSONResponse:
         principal = request.state.tokenward
-        return JSONResponse({"uid": principal.uid, "email": principal.state.email})
+        return JSONResponse({"uid": principal.uid, "sid": principal.sid})
 
     async def public(request: Request) -> JSONResponse:
         principal = get_principal(request.scope)
@@ -73,7 +73,7 @@ async def test_protected_path_gets_the_principal(client: httpx.AsyncClient, acco
         "/private/things", headers={"Authorization": f"Bearer {tokens['access_token']}"}
     )
     assert r.status_code == 200
-    assert r.json() == {"uid": tokens["user"]["id"], "email": email}
+    assert r.json() == {"uid": tokens["user"]["id"], "sid": tokens["session"]["id"]}
 
 
 async def test_prefixes_match_whole_segments(client: httpx.AsyncClient) -> None:

@@ -4,8 +4,11 @@ No ``from __future__ import annotations`` here: FastAPI reads the routes' annota
 time, and ``User`` below is a local alias.
 """
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -13,10 +16,14 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
+from ports import free_port
+from tokenward.clock import FrozenClock
 from tokenward.errors import ConfigError
 from tokenward.integrations.fastapi import TokenwardFastAPI
+from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
 from tokenward.sessions import Principal, UserRef
+from tokenward.settings import load_settings
 
 ORIGIN = "https://app.test"
 
@@ -26,7 +33,7 @@ def build_app(tw: Tokenward, **options: Any) -> tuple[FastAPI, TokenwardFastAPI]
     grants: dict[str, Collection[str]] = {}
 
     async def scopes_for(principal: Principal) -> Collection[str]:
-        return grants.get(principal.state.email, ())
+        return grants.get(principal.uid, ())
 
     auth = TokenwardFastAPI(tw, scopes_for=scopes_for)
     app = FastAPI()
@@ -111,7 +118,7 @@ async def test_host_routes_untouched(host: tuple[FastAPI, httpx.AsyncClient]) ->
 async def test_current_user_with_bearer_token(
     host: tuple[FastAPI, httpx.AsyncClient], accounts: Any
 ) -> None:
-    """current_user gives id and email from the session, current_session its ids."""
+    """current_user gives id and email (from the user store), current_session its ids."""
     _, client = host
     email = await accounts.register(client)
     tokens = await accounts.login_bearer(client, email)
@@ -121,6 +128,43 @@ async def test_current_user_with_bearer_token(
     assert me.json() == {"id": tokens["user"]["id"], "email": email}
     session = await client.get("/session", headers=auth)
     assert session.json() == {"sid": tokens["session"]["id"], "uid": tokens["user"]["id"]}
+
+
+async def test_current_session_needs_no_database_current_user_does(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """With the user database down (a closed PostgreSQL port), a session opened before the
+    outage still passes current_session (200: Redis only), while current_user, which reads
+    the user store for the e-mail address, is 503 unavailable, never 500 or 401."""
+    env = {
+        "TOKENWARD_REDIS_URL": redis_url,
+        "TOKENWARD_DATABASE_URL": f"postgresql+asyncpg://u@127.0.0.1:{free_port()}/db",
+        "TOKENWARD_DATA_DIR": str(tmp_path / "data"),
+        "TOKENWARD_ISSUER": ORIGIN,
+        "TOKENWARD_BACKEND_TIMEOUT": "0.5",
+    }
+    settings = load_settings(env, env_file=tmp_path / "no.env")
+    tw = Tokenward(
+        settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS, migrate=False
+    )
+    await asyncio.wait_for(tw.start(), 10)
+    try:
+        now = tw.clock.now()
+        issued = await tw.sessions.open(
+            UserRef("a" * 32, "db-down@example.com", now), ip="10.0.0.2", user_agent="t", now=now
+        )
+        app, _ = build_app(tw, manage_lifespan=False)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as client:
+            auth = {"Authorization": f"Bearer {issued.access_token}"}
+            session = await client.get("/session", headers=auth)
+            assert session.status_code == 200, session.text
+            assert session.json() == {"sid": issued.sid, "uid": "a" * 32}
+            me = await asyncio.wait_for(client.get("/me", headers=auth), 10)
+            assert me.status_code == 503, me.text
+            assert me.json()["type"] == "urn:tokenward:problem:unavailable"
+    finally:
+        await tw.stop()
 
 
 async def test_missing_token_is_a_401_problem_with_bearer_challenge(
@@ -199,7 +243,7 @@ async def test_require_scope_asks_the_app(
     assert refused.status_code == 403
     assert refused.json()["type"] == "urn:tokenward:problem:forbidden"
     assert (await client.delete("/admin")).status_code == 401
-    app.state.grants[email] = {"notes:admin", "other"}
+    app.state.grants[tokens["user"]["id"]] = {"notes:admin", "other"}
     assert (await client.delete("/admin", headers=auth)).status_code == 200
 
 

@@ -80,8 +80,13 @@ _SESSION_BODY = {
     "properties": {
         "user": {
             "type": "object",
-            "required": ["id", "email"],
-            "properties": {"id": _STR, "email": _STR},
+            "required": ["id"],
+            "properties": {
+                "id": _STR,
+                # Sessions do not store the address: only a login (which read the user) has
+                # it at hand. GET /auth/me gives it.
+                "email": {**_STR, "description": "on login only"},
+            },
         },
         "session": {
             "type": "object",

@@ -23,6 +23,7 @@ from tokenward.errors import (
     NotFound,
     PolicyError,
     RefreshReused,
+    SessionEnded,
     TokenExpired,
     TokenInvalid,
     TokenwardError,
@@ -46,10 +47,10 @@ from tokenward.http.auth import (
 from tokenward.http.body import read_body
 from tokenward.http.problems import is_bearer_transport, render_error
 from tokenward.runtime import Tokenward
-from tokenward.sessions import EndReason, Issued, UserRef
+from tokenward.sessions import EndReason, Issued, Principal, UserRef
 from tokenward.users import still_current
 
-__all__ = ["AuthRoutes", "rfc3339"]
+__all__ = ["AuthRoutes", "rfc3339", "signed_in_user"]
 
 NO_STORE = {"Cache-Control": "no-store"}
 #: On a cookie-mode logout: the browser drops every cookie of the site, including one a
@@ -90,8 +91,11 @@ class AuthRoutes:
         check_request_origin(self.tw, request)
 
     def _session_body(self, issued: Issued, *, bearer: bool) -> dict[str, Any]:
+        user: dict[str, str] = {"id": issued.uid}
+        if issued.email is not None:  # a login: the user was read (sessions do not hold it)
+            user["email"] = issued.email
         body: dict[str, Any] = {
-            "user": {"id": issued.uid, "email": issued.email},
+            "user": user,
             "session": {"id": issued.sid, "expires_at": rfc3339(issued.session_expires_at)},
         }
         if bearer:
@@ -350,10 +354,14 @@ class AuthRoutes:
         return apply_pending_cookies(request, response)
 
     async def me(self, request: Request) -> Response:
-        """``GET /auth/me``: ``{id, email, created_at}``."""
+        """``GET /auth/me``: ``{id, email, created_at}``, read from the user store by id.
+
+        The session record holds no e-mail address, so this is one primary-key read; with
+        the database down it is 503 ``unavailable`` (the session itself stays valid).
+        """
         auth = await self._current(request)
-        state = auth.principal.state
-        body = {"id": state.uid, "email": state.email, "created_at": rfc3339(state.user_created_at)}
+        user = await signed_in_user(self.tw, auth.principal)
+        body = {"id": user.id, "email": user.email, "created_at": rfc3339(user.created_at)}
         return apply_pending_cookies(request, json_response(body))
 
     async def sessions(self, request: Request) -> Response:
@@ -406,8 +414,9 @@ class AuthRoutes:
         new = body.string("new_password", max_length=1 << 16) or ""
         now = self.tw.clock.now()
         p = auth.principal
+        user = await signed_in_user(self.tw, p)
         # Guessing the current password from a stolen session meets the login limits.
-        async with self.tw.throttle.login(p.state.email, self._client(request)[0], now=now) as t:
+        async with self.tw.throttle.login(user.email, self._client(request)[0], now=now) as t:
             try:
                 await self.tw.users.change_password(p.uid, current, new, now=now)
             except TokenwardError as exc:
@@ -461,6 +470,22 @@ class AuthRoutes:
             for e in rows
         ]
         return apply_pending_cookies(request, json_response(body))
+
+
+async def signed_in_user(tw: Tokenward, principal: Principal) -> UserRef:
+    """The user of an authenticated session, read from the user store by id.
+
+    Sessions keep no e-mail address (a Redis dump must not list the users'), so whatever
+    shows it pays one primary-key read here.
+
+    Raises:
+        SessionEnded: the user no longer exists or is disabled (its sessions are ending).
+        Unavailable: the user database did not answer (503).
+    """
+    user = await tw.user_store.by_id(principal.uid)
+    if user is None or user.disabled:
+        raise SessionEnded("the session has ended")
+    return UserRef(user.id, user.email, user.created_at)
 
 
 async def user_still_enabled(tw: Tokenward, issued: Issued, *, epoch: int, now: int) -> bool:

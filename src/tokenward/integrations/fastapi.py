@@ -16,6 +16,15 @@
     async def hello(user: Annotated[UserRef, Depends(auth.current_user)]) -> dict[str, str]:
         return {"hello": user.email}
 
+    @app.get("/notes")
+    async def notes(session: Annotated[Principal, Depends(auth.current_session)]) -> list[str]:
+        return await load_notes(session.uid)   # no user-database read
+
+:meth:`TokenwardFastAPI.current_session` checks the token and the live session only (Redis,
+usually the process's cache); :meth:`TokenwardFastAPI.current_user` adds one read of the
+user store by id, for the e-mail address, which sessions do not hold. Hot paths that need
+only the user id use ``current_session``.
+
 One implementation, not two: the routes are the standalone server's app (served by
 :class:`~tokenward.integrations.asgi.TokenwardMiddleware`), the dependencies call the
 server's :func:`~tokenward.http.auth.authenticate` (bearer or cookie, CSRF, transparent
@@ -42,6 +51,7 @@ from starlette.requests import Request
 
 from tokenward.errors import ConfigError, Forbidden, TokenwardError
 from tokenward.http.problems import handle_tokenward_error
+from tokenward.http.routes import signed_in_user
 from tokenward.integrations.asgi import (
     TokenwardMiddleware,
     authenticate_once,
@@ -54,11 +64,6 @@ __all__ = ["ScopeResolver", "TokenwardFastAPI"]
 
 #: ``scopes_for(principal)``: the scopes the app grants this user, sync or async.
 ScopeResolver = Callable[[Principal], Collection[str] | Awaitable[Collection[str]]]
-
-
-def _user(principal: Principal) -> UserRef:
-    state = principal.state
-    return UserRef(id=principal.uid, email=state.email, created_at=state.user_created_at)
 
 
 class TokenwardFastAPI:
@@ -117,7 +122,10 @@ class TokenwardFastAPI:
         return lifespan
 
     async def current_session(self, request: Request) -> Principal:
-        """Dependency: the authenticated session (claims and live state).
+        """Dependency: the authenticated session (claims and live state); no database read.
+
+        ``.uid`` is the user id. Prefer it on hot paths: :meth:`current_user` also reads
+        the user store.
 
         Raises:
             TokenExpired, TokenInvalid, SessionEnded: 401; CsrfError: 403;
@@ -126,12 +134,16 @@ class TokenwardFastAPI:
         return (await authenticate_once(self.tw, request, self.audience)).principal
 
     async def current_user(self, request: Request) -> UserRef:
-        """Dependency: the signed-in user (id, email, created_at); no database read.
+        """Dependency: the signed-in user (id, email, created_at), read from the user store.
+
+        One primary-key read per request (sessions keep no e-mail address). With the user
+        database down this is 503 ``unavailable``; a user deleted or disabled while the
+        session was live is 401 ``unauthenticated``.
 
         Raises:
             The same errors as :meth:`current_session`.
         """
-        return _user(await self.current_session(request))
+        return await signed_in_user(self.tw, await self.current_session(request))
 
     async def optional_user(self, request: Request) -> UserRef | None:
         """Dependency: the signed-in user, or ``None`` when the request has no credentials.

@@ -11,7 +11,9 @@ key                                type    TTL
 ``tw:{u:<uid>}:ended``             list    recently ended sessions and why; 30 days
 =================================  ======  ==================================================
 
-Session hash fields: ``uid email uca`` (user), ``created last abs exp`` (times: ``exp`` is
+Session hash fields: ``uid uca`` (user id and when the user was created; never the e-mail
+address: a record written by 0.1 may still carry an ``email`` field, which nothing reads and
+the next rotation or re-key deletes), ``created last abs exp`` (times: ``exp`` is
 ``min(last refresh + idle timeout, abs)``, the moment the key's TTL runs out), ``ip ua``,
 ``csrf`` (SHA-256 of the CSRF token), ``cur`` (SHA-256 of the current refresh secret),
 ``prev`` and ``rot`` (the just-replaced digest and when), ``salt`` (of the last rotation),
@@ -212,15 +214,15 @@ local limit, window, channel = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
 local uid, fp, replays, every = ARGV[12], ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
 local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #sid)
 local f = read(KEYS[1], 'cur', 'prev', 'rot', 'salt', 'abs', 'csrf', 'rlw', 'rln', 'old',
-  'uid', 'email', 'uca', 'created', 'exp', 'gch', 'rlx', 'fp', 'gn', 'gev')
+  'uid', 'uca', 'created', 'exp', 'gch', 'rlx', 'fp', 'gn', 'gev')
 if not f or (f[1] and not well_formed(KEYS[1], uid)) then
   return corrupt(KEYS[1], KEYS[2], sid, channel)
 end
 if not f[1] then return {'missing'} end
-local exp = tonumber(f[14])
+local exp = tonumber(f[13])
 if exp <= now then return {'missing'} end
 if csrf ~= '' and csrf ~= f[6] then return {'csrf'} end
-local state = {f[10], f[11], f[12], f[6], f[13]}
+local state = {f[10], f[11], f[6], f[12]}
 if presented == f[1] then
   local ttl = math.min(idle, tonumber(f[5]) - now)
   if ttl <= 0 then return {'missing'} end
@@ -228,7 +230,7 @@ if presented == f[1] then
   if now - rlw >= window then rlw, rln = now, 0 end
   if rln >= limit then
     -- 'rlx' remembers the window whose first refusal was reported (one event per burst)
-    local first = f[16] ~= tostring(rlw)
+    local first = f[15] ~= tostring(rlw)
     if first then redis.call('HSET', KEYS[1], 'rlx', rlw) end
     return {'limited', tostring(rlw + window - now), first and '1' or '0'}
   end
@@ -240,16 +242,18 @@ if presented == f[1] then
   local gch = ''
   if f[2] and grace > 0 and now - tonumber(f[3]) <= grace then
     gch = f[2] .. f[4] .. string.format('%010d', tonumber(f[3]))
-    local rest = f[15] or ''
+    local rest = f[14] or ''
     for i = 1, #rest - $ENTRY + 1, $ENTRY do
       if #gch >= $ENTRY * $CHAIN then break end
       if now - tonumber(string.sub(rest, i + 86, i + 95)) > grace then break end
       gch = gch .. string.sub(rest, i, i + $ENTRY - 1)
     end
   end
+  -- 'email': written by 0.1, personal data no script reads
   if gch == '' then
-    redis.call('HDEL', KEYS[1], 'gch')
+    redis.call('HDEL', KEYS[1], 'gch', 'email')
   else
+    redis.call('HDEL', KEYS[1], 'email')
     redis.call('HSET', KEYS[1], 'gch', gch)
   end
   redis.call('HSET', KEYS[1], 'cur', successor, 'prev', presented, 'salt', salt, 'rot', now,
@@ -261,14 +265,14 @@ if presented == f[1] then
   if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
   return {'rotated', tostring(ttl), '0', state}
 end
-local kind, at = replaced(presented, f[2], f[3], f[15], f[9], now, grace)
+local kind, at = replaced(presented, f[2], f[3], f[14], f[9], now, grace)
 if kind == 'prev' or kind == 'chain' then
   -- A grace replay hands out the current token: only to the client that rotated (a tab of
   -- the same browser, a retry), and only a few times per rotation. Anything else means a
   -- second holder of the session's tokens, which is theft.
-  local gn = tonumber(f[18]) or 0
+  local gn = tonumber(f[17]) or 0
   local why = nil
-  if f[17] and f[17] ~= '' and fp ~= '' and f[17] ~= fp then
+  if f[16] and f[16] ~= '' and fp ~= '' and f[16] ~= fp then
     why = 'client'
   elseif gn >= replays then
     why = 'replays'
@@ -277,13 +281,13 @@ if kind == 'prev' or kind == 'chain' then
     end_session(prefix, KEYS[2], KEYS[3], sid, 'refresh-reused', now, channel)
     return {'reused', why}
   end
-  local report = now - (tonumber(f[19]) or 0) >= every
+  local report = now - (tonumber(f[18]) or 0) >= every
   redis.call('HSET', KEYS[1], 'gn', gn + 1)
   if report then redis.call('HSET', KEYS[1], 'gev', now) end
   local out = {'grace', tostring(exp - now), report and '1' or '0', state}
   if kind == 'chain' then
     -- Through the salts from the presented token to the current one.
-    for j = at, 1, -$ENTRY do table.insert(out, string.sub(f[15], j + 64, j + 85)) end
+    for j = at, 1, -$ENTRY do table.insert(out, string.sub(f[14], j + 64, j + 85)) end
   end
   table.insert(out, f[4])
   return out
@@ -303,12 +307,12 @@ _GET = (
     _LUA_END
     + """
 local now, uid, sid, channel = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local f = read(KEYS[1], 'uid', 'email', 'uca', 'csrf', 'created', 'exp')
+local f = read(KEYS[1], 'uid', 'uca', 'csrf', 'created', 'exp')
 if not f or (f[1] and not well_formed(KEYS[1], uid)) then
   return corrupt(KEYS[1], KEYS[2], sid, channel)
 end
 if not f[1] then return false end
-if tonumber(f[6]) <= now then return false end
+if tonumber(f[5]) <= now then return false end
 return f
 """
 )
@@ -349,7 +353,7 @@ _REKEY = (
         + """
 local sid, uid, cur, csrf, now, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   tonumber(ARGV[5]), ARGV[6]
-local f = read(KEYS[1], 'cur', 'prev', 'old', 'exp', 'uid', 'email', 'uca', 'csrf', 'created')
+local f = read(KEYS[1], 'cur', 'prev', 'old', 'exp', 'uid', 'uca', 'csrf', 'created')
 if not f or (f[1] and not well_formed(KEYS[1], uid)) then
   return corrupt(KEYS[1], KEYS[2], sid, channel)
 end
@@ -359,10 +363,10 @@ if exp <= now then return {'missing'} end
 local old = string.sub(f[1], 1, $CHARS)
 if f[2] then old = old .. string.sub(f[2], 1, $CHARS) end
 old = string.sub(old .. (f[3] or ''), 1, $CHARS * $KEPT)
-redis.call('HDEL', KEYS[1], 'prev', 'salt', 'gch', 'gn', 'fp')
+redis.call('HDEL', KEYS[1], 'prev', 'salt', 'gch', 'gn', 'fp', 'email')
 redis.call('HSET', KEYS[1], 'cur', cur, 'csrf', csrf, 'rot', 0, 'old', old)
 redis.call('PUBLISH', channel, sid)
-return {'rekeyed', tostring(exp - now), '0', {f[5], f[6], f[7], csrf, f[9]}}
+return {'rekeyed', tostring(exp - now), '0', {f[5], f[6], csrf, f[8]}}
 """
     )
     .replace("$KEPT", str(ANCESTORS_KEPT))
@@ -470,7 +474,7 @@ class RedisSessionStore:
         """See :meth:`tokenward.sessions.SessionStore.create`."""
         prefix, idx, ended = _keys(record.uid)
         fields: list[str | int] = [
-            "uid", record.uid, "email", state.email, "uca", state.user_created_at,
+            "uid", record.uid, "uca", state.user_created_at,
             "csrf", state.csrf_digest, "created", record.created_at, "last", record.last_used_at,
             "abs", record.absolute_expires_at, "ip", record.ip, "ua", record.user_agent,
             "cur", refresh_digest, "rot", 0, "exp", state.expires_at,
@@ -539,7 +543,7 @@ class RedisSessionStore:
         if reply == ["corrupt"]:
             _corrupt(uid, sid)
             return None
-        return _state(reply[:5], int(reply[5]))
+        return _state(reply[:4], int(reply[4]))
 
     async def end_by_refresh(
         self,
@@ -659,10 +663,9 @@ def _wrong_type(exc: Unavailable) -> bool:
 
 
 def _state(fields: Sequence[str], expires_at: int) -> SessionState:
-    uid, email, uca, csrf, created = fields
+    uid, uca, csrf, created = fields
     return SessionState(
         uid=uid,
-        email=email,
         user_created_at=int(uca),
         csrf_digest=csrf,
         created_at=int(created),
