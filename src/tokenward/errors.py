@@ -16,8 +16,10 @@ exception and never returns ``None`` or ``False`` for a failure.
     ├── Forbidden (403)           forbidden
     ├── WrongPassword (403)       invalid-credentials
     ├── RateLimited (429)         rate-limited, carries retry_after
+    │   └── RefreshLimited        rate-limited (one session's rotations)
     ├── Unavailable (503)         unavailable
-    │   └── KeysStale             jwks-stale (verifiers only)
+    │   ├── KeysStale             jwks-stale (verifiers only)
+    │   └── EmbeddedRedisError    unavailable (the embedded Valkey; in tokenward.stores)
     ├── PolicyError (422)         validation, carries the rule that failed
     ├── Conflict (409)            conflict
     ├── NotFound (404)            not-found
@@ -25,6 +27,8 @@ exception and never returns ``None`` or ``False`` for a failure.
     ├── PayloadTooLarge (413)     payload-too-large
     ├── UnsupportedMediaType (415) unsupported-media-type
     └── ConfigError               start-up only, names the variable
+
+tests/core/test_error_tree.py checks this diagram against ``__subclasses__()``.
 """
 
 from __future__ import annotations

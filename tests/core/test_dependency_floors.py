@@ -25,9 +25,13 @@ PYJWT_FLOOR = Version("2.14")
 
 
 def _requirements() -> dict[str, Requirement]:
+    """The base dependencies and every extra's (argon2-cffi lives in ``server``)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    parsed = (Requirement(r) for r in project["dependencies"])
-    return {r.name.lower(): r for r in parsed}
+    listed = [*project["dependencies"]]
+    for extra in project["optional-dependencies"].values():
+        listed.extend(extra)
+    parsed = (Requirement(r) for r in listed)
+    return {r.name.lower(): r for r in parsed if r.name != "tokenward"}
 
 
 def _pinned(lock: Path, name: str) -> Version:

