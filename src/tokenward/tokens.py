@@ -4,6 +4,9 @@ Header ``{alg, kid, typ: "at+jwt"}``; claims ``iss aud sub sid iat exp jti``. Ve
 refuses, before any signature work: a ``typ`` other than ``at+jwt``, embedded key material
 (``jwk``, ``jku``, ``x5u``, ``x5c``), ``crit``, an unknown ``kid``, and an ``alg`` other than
 the one pinned to that key (so ``none`` and HMAC-with-a-public-key never reach a verifier).
+An unknown ``kid`` on a token whose unverified payload names our issuer and audience and is
+past ``exp`` is refused as *expired*, not invalid: after a key rotation that is a client
+holding an old token, and it should refresh rather than log in.
 Claims are then checked against ``now`` passed in by the caller, with the configured leeway,
 and a token whose lifetime (``exp - iat``) is longer than the access TTL plus the leeway is
 refused even when its signature is good: the issuer never makes one, so it was minted by
@@ -29,11 +32,12 @@ import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import jwt
 import orjson
 from jwt.api_jws import PyJWS
+from jwt.utils import base64url_decode
 
 from tokenward.errors import TokenExpired, TokenInvalid
 from tokenward.keys import KeySet, PublicKey, SigningAlg
@@ -54,6 +58,8 @@ _FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256", "
 _REQUIRED_CLAIMS = ("iss", "aud", "sub", "sid", "iat", "exp", "jti")
 #: A JWT larger than this is not one of ours; refusing early bounds the parsing work.
 MAX_TOKEN_LENGTH = 4096
+#: Every Tokenward ``kid`` is the key's RFC 7638 thumbprint: SHA-256, unpadded base64url.
+_THUMBPRINT_KID = re.compile(r"[A-Za-z0-9_-]{43}")
 #: A compact JWS as we issue it: three non-empty segments of unpadded base64url.
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
@@ -198,7 +204,7 @@ class AccessTokenVerifier:
         kid = header.get("kid")
         key = self.keys.get(kid) if isinstance(kid, str) else None
         if key is None:
-            raise TokenInvalid("unknown signing key")
+            self._refuse_unknown_key(token, kid, now)
         if header.get("alg") != key.alg:
             raise TokenInvalid("algorithm not allowed for this key")
         try:
@@ -207,6 +213,34 @@ class AccessTokenVerifier:
         except (jwt.PyJWTError, orjson.JSONDecodeError):
             raise TokenInvalid("bad signature or payload") from None
         return self._check_claims(payload, now)
+
+    def _refuse_unknown_key(self, token: str, kid: object, now: int) -> NoReturn:
+        """Refuse a token whose ``kid`` is not (or no longer) published.
+
+        After a rotation the old key leaves the JWKS once every token it signed has
+        expired, so a client still holding one gets here. "Log in" would be the wrong
+        advice while its session can refresh: when the ``kid`` has the shape of ours (an
+        RFC 7638 thumbprint) and the unverified payload names our issuer and audience and
+        is past ``exp``, the answer is :class:`TokenExpired`. The unverified claims choose
+        between two refusals and nothing else: no claim is returned, cached or acted on,
+        and a forgery answered "expired" gains nothing, since a refresh needs the refresh
+        token itself.
+        """
+        if not isinstance(kid, str) or not _THUMBPRINT_KID.fullmatch(kid):
+            raise TokenInvalid("unknown signing key")
+        try:
+            payload = orjson.loads(base64url_decode(token.split(".")[1]))
+        except (ValueError, orjson.JSONDecodeError):
+            payload = None
+        if (
+            isinstance(payload, dict)
+            and payload.get("iss") == self.issuer
+            and payload.get("aud") == self.audience
+            and type(payload.get("exp")) is int
+            and now > payload["exp"] + self.leeway
+        ):
+            raise TokenExpired("access token expired (its signing key has been retired)")
+        raise TokenInvalid("unknown signing key")
 
     def _check_claims(self, payload: Any, now: int) -> AccessClaims:
         if not isinstance(payload, dict) or any(c not in payload for c in _REQUIRED_CLAIMS):

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from ops_support import MakeOpsTw, RunCli, ops_client, ops_env, register_and_login
 
 from tokenward.clock import FrozenClock
-from tokenward.errors import ConfigError, TokenInvalid
+from tokenward.errors import ConfigError, TokenExpired
 from tokenward.keyring import (
     KeyRing,
     default_activation_delay,
@@ -87,7 +87,9 @@ def test_retired_key_verifies_until_access_ttl_plus_leeway_then_leaves(tmp_path:
 
     gone = file_keys.at(NOW + 100 + RETAIN, retain=RETAIN)
     assert [k.kid for k in gone.keys] == [new.kid]
-    with pytest.raises(TokenInvalid):
+    # The key is gone but the answer is "expired" (refresh), not "invalid" (log in): see
+    # tests/ops/test_rotation_expired_token.py.
+    with pytest.raises(TokenExpired):
         _tokens(gone).verify(token, now=NOW + 100 + RETAIN)
 
 
