@@ -131,7 +131,7 @@ class Tokenward:
         )
         #: tokens for the other services of the deployment (TOKENWARD_AUDIENCES)
         self.service_tokens = ServiceTokens(self.tokens, s.audiences)
-        self.cache = SessionCache()
+        self.cache = SessionCache(max_entries=s.session_cache_size, max_age=s.session_cache_ttl)
         self.cookies = CookieTransport(
             secure=s.cookie_secure, transparent_refresh=s.transparent_refresh
         )

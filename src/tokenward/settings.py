@@ -165,6 +165,22 @@ class Settings(BaseSettings):
     refresh_rate_window: int = Field(
         default=60, gt=0, description="Window of the per-session refresh limit, seconds."
     )
+    # The per-process session cache (tokenward.revocation; sizing in docs/sessions.md).
+    session_cache_size: int = Field(
+        default=100_000,
+        ge=0,
+        le=100_000_000,
+        description="Live sessions each process remembers (about 0.5 KB each), so an "
+        "authenticated request needs no Redis lookup; the least recently seen goes first. "
+        "`0` turns the cache off (every request asks Redis). Sizing: docs/sessions.md.",
+    )
+    session_cache_ttl: int = Field(
+        default=60,
+        gt=0,
+        le=3600,
+        description="Seconds a cached session may vouch before Redis is asked again (a safety "
+        "net: the revocation feed removes ended sessions at once).",
+    )
     # Abuse limits (docs/abuse.md). Each is "N events in any window of W seconds"; reaching
     # it locks for W, doubling per repeated lock up to the max block.
     login_pair_limit: int = Field(

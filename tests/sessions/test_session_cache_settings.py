@@ -1,0 +1,78 @@
+"""TOKENWARD_SESSION_CACHE_SIZE and TOKENWARD_SESSION_CACHE_TTL reach the per-process cache."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from tokenward.clock import FrozenClock
+from tokenward.errors import ConfigError
+from tokenward.runtime import Tokenward
+from tokenward.sessions import UserRef
+from tokenward.settings import load_settings
+from waiting import await_until
+
+MakeTw = Callable[..., Awaitable[Tokenward]]
+
+
+def _user(n: int) -> UserRef:
+    return UserRef(id=f"{n:032x}", email=f"cache{n}@example.com", created_at=1)
+
+
+async def _logged_in(tw: Tokenward, n: int) -> str:
+    issued = await tw.sessions.open(_user(n), ip="127.0.0.1", user_agent="t", now=tw.clock.now())
+    return str(issued.access_token)
+
+
+async def test_cache_size_bounds_the_entries(make_tw: MakeTw) -> None:
+    """Size 3: after 8 sessions were authenticated, 3 are remembered, and the most recent."""
+    tw = await make_tw(session_cache_size=3)
+    await await_until(lambda: tw.feed.subscribed, within=5, what="the feed subscribes")
+    tokens = [await _logged_in(tw, n) for n in range(8)]
+    for token in tokens:
+        await tw.sessions.authenticate(token, now=tw.clock.now())
+    assert len(tw.cache) == 3
+    hits = tw.cache.hits
+    await tw.sessions.authenticate(tokens[-1], now=tw.clock.now())
+    assert tw.cache.hits == hits + 1
+    await tw.sessions.authenticate(tokens[0], now=tw.clock.now())
+    assert tw.cache.hits == hits + 1  # evicted: asked Redis
+
+
+async def test_cache_size_zero_turns_it_off(make_tw: MakeTw) -> None:
+    """Size 0: 20 authentications of one session, 0 answered by the cache."""
+    tw = await make_tw(session_cache_size=0)
+    await await_until(lambda: tw.feed.subscribed, within=5, what="the feed subscribes")
+    token = await _logged_in(tw, 100)
+    for _ in range(20):
+        await tw.sessions.authenticate(token, now=tw.clock.now())
+    assert len(tw.cache) == 0
+    assert tw.cache.hits == 0
+
+
+async def test_cache_ttl_sends_an_old_entry_back_to_redis(make_tw: MakeTw) -> None:
+    """TTL 5: vouched for at +4 s, asked again at +5 s (the default of 60 would vouch)."""
+    tw = await make_tw(session_cache_ttl=5)
+    assert isinstance(tw.clock, FrozenClock)
+    await await_until(lambda: tw.feed.subscribed, within=5, what="the feed subscribes")
+    token = await _logged_in(tw, 200)
+    await tw.sessions.authenticate(token, now=tw.clock.now())
+    hits = tw.cache.hits
+    tw.clock.advance(4)
+    await tw.sessions.authenticate(token, now=tw.clock.now())
+    assert tw.cache.hits == hits + 1
+    tw.clock.advance(1)
+    await tw.sessions.authenticate(token, now=tw.clock.now())
+    assert tw.cache.hits == hits + 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SESSION_CACHE_SIZE", "-1"), ("SESSION_CACHE_TTL", "0"), ("SESSION_CACHE_TTL", "x")],
+)
+def test_bad_cache_settings_are_one_line_errors(tmp_path: Path, name: str, value: str) -> None:
+    env = {f"TOKENWARD_{name}": value}
+    with pytest.raises(ConfigError, match=f"^TOKENWARD_{name}: "):
+        load_settings(env, env_file=tmp_path / "none.env")
