@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -245,3 +246,49 @@ def test_serve_with_no_configuration_runs_and_keeps_sessions(server: Server) -> 
     for secret in (tokens["access_token"], tokens["refresh_token"], PASSWORD):
         assert secret not in log, "no token or password in the server's output"
     assert "Traceback" not in log
+
+
+# ------------------------------------------------------------------------- port in use
+
+
+def test_a_port_in_use_is_one_line_and_exit_code_4(tmp_path: Path) -> None:
+    """The public port, then the metrics port, held by another socket: one line naming the
+    address, exit code 4 (EXIT_CANNOT_LISTEN; 3 is "back end unavailable"), nothing started.
+
+    Before: a stream of JSON log lines (embedded Redis started, migrations run) and exit 3.
+    """
+    from tokenward.cli import EXIT_CANNOT_LISTEN
+
+    assert EXIT_CANNOT_LISTEN == 4
+    with socket.socket() as public, socket.socket() as metrics:
+        for held in (public, metrics):
+            held.bind(("127.0.0.1", 0))
+            held.listen()
+        busy, busy_metrics = public.getsockname()[1], metrics.getsockname()[1]
+        runs = {
+            f"127.0.0.1:{busy}": ["--port", str(busy)],
+            f"127.0.0.1:{busy_metrics}": [
+                "--port", str(free_port()), "--metrics-port", str(busy_metrics)
+            ],
+        }  # fmt: skip
+        procs = {}
+        for where, args in runs.items():
+            cwd = tmp_path / args[1]
+            cwd.mkdir()
+            procs[where] = (
+                subprocess.Popen(
+                    [str(TOKENWARD), "serve", *args],
+                    cwd=cwd,
+                    env=_env(),
+                    text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                ),
+                cwd,
+            )
+        for where, (proc, cwd) in procs.items():
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 4, err
+            assert err == f"tokenward: cannot listen on {where}: address already in use\n"
+            assert out == ""
+            assert not (cwd / ".tokenward").exists(), "nothing is started or written"

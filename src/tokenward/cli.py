@@ -25,7 +25,8 @@ which data directory, databases and key file it uses. ``tokenward --version``.
 
 Exit codes: 0 done; 1 the operation failed (no such user or session, email taken,
 password refused); 2 usage or configuration error; 3 a back end (Redis, the database) is
-unavailable.
+unavailable; 4 ``serve`` cannot listen on its address or metrics address (the port is in use,
+or the address is not this host's or not allowed), said in one line.
 """
 
 from __future__ import annotations
@@ -49,7 +50,14 @@ from typing import Any
 from tokenward.errors import ConfigError, TokenwardError, Unavailable
 from tokenward.settings import Settings, load_settings
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "main"]
+__all__ = [
+    "EXIT_CANNOT_LISTEN",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "main",
+]
 
 log = logging.getLogger("tokenward")
 
@@ -57,10 +65,23 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_CANNOT_LISTEN = 4
+
+#: The supervisor's pid, for its workers (:func:`worker_app`); not a ``TOKENWARD_`` setting.
+SUPERVISOR_PID_ENV = "_TOKENWARD_SUPERVISOR_PID"
 
 
 class UsageError(Exception):
     """A command was used wrongly; exits with :data:`EXIT_USAGE`."""
+
+
+class CannotListen(Exception):
+    """``serve`` cannot bind an address; exits with :data:`EXIT_CANNOT_LISTEN`."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        reason = (exc.strerror or str(exc)).lower()
+        where = f"[{host}]" if ":" in host else host
+        super().__init__(f"cannot listen on {where}:{port}: {reason}")
 
 
 def _version() -> str:
@@ -79,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="tokenward",
         description="Tokenward authentication service",
         epilog="exit codes: 0 ok, 1 operation failed, 2 usage or configuration error, "
-        "3 back end unavailable",
+        "3 back end unavailable, 4 serve cannot listen (port in use)",
     )
     parser.add_argument("--version", action="version", version=f"tokenward {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -193,9 +214,20 @@ def _prepare(settings: Settings) -> Settings:
 
 
 def worker_app() -> object:
-    """The ASGI app of one worker process (``uvicorn --factory``), configured by environment."""
+    """The ASGI app of one worker process (``uvicorn --factory``), configured by environment.
+
+    A worker of ``serve --workers N`` dies with its supervisor (:mod:`tokenward.lifeline`):
+    an orphan would keep the port, answer ``/healthz`` and fail the restart.
+    """
     from tokenward.http.app import create_app
     from tokenward.runtime import Tokenward
+
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if supervisor is not None:
+        from tokenward.lifeline import die_with_parent
+
+        if not die_with_parent(int(supervisor)):
+            raise SystemExit("tokenward: the supervising process exited; worker not started")
 
     return create_app(Tokenward(load_settings(), migrate=False))
 
@@ -240,11 +272,11 @@ def serve(
     """Run the server until interrupted; returns the exit status.
 
     ``/metrics`` is served on ``metrics_host:metrics_port`` (the settings' when not given)
-    by every worker (:mod:`tokenward.http.metrics_listener`); the port is checked free
-    here, before any worker starts, so a clash is a configuration error.
+    by every worker (:mod:`tokenward.http.metrics_listener`). The public port is bound and
+    the metrics port checked free here, before any start-up work: a port in use is
+    :class:`CannotListen`. Connection limits: :mod:`tokenward.http.server`.
     """
-    import uvicorn
-
+    from tokenward.http import server as http_server
     from tokenward.stores.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 
     if not 1 <= port <= 65535:
@@ -264,12 +296,14 @@ def serve(
         try:
             check_port_free(metrics_host, metrics_port)
         except OSError as exc:
-            raise ConfigError(
-                f"--metrics-port: cannot listen on {metrics_host}:{metrics_port}: {exc.strerror}"
-            ) from None
+            raise CannotListen(metrics_host, metrics_port, exc) from None
         # Workers read their settings from the environment.
         os.environ["TOKENWARD_METRICS_PORT"] = str(metrics_port)
         os.environ["TOKENWARD_METRICS_HOST"] = metrics_host
+    try:
+        listener = http_server.bind_listener(host, port)
+    except OSError as exc:
+        raise CannotListen(host, port, exc) from None
     logging.config.dictConfig(log_config(settings.log_level))
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -296,19 +330,32 @@ def serve(
             # per run (stale files would add a previous run's counts). See docs/deployment.md.
             metrics_dir = tempfile.mkdtemp(prefix="tokenward-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        uvicorn.run(
+        if workers > 1:
+            os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
+        limits = http_server.ConnectionLimits(
+            idle_timeout=settings.idle_timeout,
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            max_connections=http_server.fit_open_files(settings.max_connections),
+        )
+        config = http_server.ServerConfig(
             "tokenward.cli:worker_app",
+            limits=limits,
             factory=True,
             host=host,
             port=port,
             workers=workers,
+            ws="none",
             log_level=settings.log_level,
             log_config=log_config(settings.log_level),
             proxy_headers=False,
             server_header=False,
             access_log=False,
         )
+        http_server.run(config, listener)
     finally:
+        listener.close()
+        os.environ.pop(SUPERVISOR_PID_ENV, None)
         if metrics_port is not None:
             os.environ.pop("TOKENWARD_METRICS_PORT", None)
             os.environ.pop("TOKENWARD_METRICS_HOST", None)
@@ -581,6 +628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "keys":
             return _keys(args, settings)
         return asyncio.run(_ASYNC_COMMANDS[args.command](args, settings))
+    except CannotListen as exc:
+        print(f"tokenward: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_LISTEN
     except (ConfigError, UsageError) as exc:
         message = exc.detail if isinstance(exc, ConfigError) else str(exc)
         kind = "configuration error" if isinstance(exc, ConfigError) else "usage error"

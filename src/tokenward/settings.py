@@ -360,6 +360,39 @@ class Settings(BaseSettings):
         description="At least 32 characters: lets `/metrics` be scraped on the public port "
         "with `Authorization: Bearer <token>`. Unset: the public port serves no `/metrics`.",
     )
+    # Connection limits of `tokenward serve` (tokenward.http.server, docs/deployment.md).
+    idle_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Seconds a connection may stay idle (before its first request, and between "
+        "requests) before the server closes it. Behind a proxy that keeps connections to "
+        "Tokenward open, set it above the proxy's idle timeout for them.",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds from the first byte of a request to the end of its headers; past "
+        "it the server answers 408 and closes the connection (slow-header clients).",
+    )
+    body_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds from the end of a request's headers to the end of its body (a "
+        "total, not a rate: bodies are at most 16 KiB); past it 408 and the connection is "
+        "closed (slow-body clients).",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Open client connections per worker process; a connection past it gets "
+        "503 as soon as its request arrives (and is closed within 1 s if none does). Needs "
+        "`2 x max_connections + 64` open files per worker: `tokenward serve` raises its soft "
+        "limit up to the hard one, else lowers the cap with a warning.",
+    )
 
     _split = field_validator("allowed_origins", "trusted_proxies", "audiences", mode="before")(
         _split_csv

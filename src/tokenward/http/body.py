@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from tokenward.errors import BadRequest, PayloadTooLarge, PolicyError, UnsupportedMediaType
 
@@ -82,11 +82,17 @@ async def _read_limited(request: Request) -> bytes:
             raise PayloadTooLarge(f"body larger than {MAX_BODY} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise PayloadTooLarge(f"body larger than {MAX_BODY} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise PayloadTooLarge(f"body larger than {MAX_BODY} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left, or the server cut a body that came too slowly (it has answered
+        # 408 itself: tokenward.http.server). Nobody reads this answer; it only keeps a
+        # routine event out of the error log.
+        raise BadRequest("the connection ended before the body was complete") from None
     return b"".join(chunks)
 
 
