@@ -7,7 +7,8 @@ directory (real argon2id parameters), registers one user, then measures
 
 * login latency: 40 sequential bearer logins, median and p95, milliseconds;
 * ``GET /healthz`` (the baseline: the framework alone) and ``GET /auth/me`` (verify the
-  access token, check the session) requests per second with ``wrk`` (64 connections,
+  access token, check the session, read the user's address from the user store: sessions
+  do not hold it) requests per second with ``wrk`` (64 connections,
   2 threads, 127.0.0.1 only), and their ratio.
 
 Everything targets 127.0.0.1, is bounded in time, and stops the server it started by pid.
