@@ -252,7 +252,7 @@ async def test_garbage_bearer_tokens_are_401(
 async def test_two_authorization_headers_are_400(
     hostile: tuple[Tokenward, httpx.AsyncClient],
 ) -> None:
-    """API.md: a request with two ``Authorization`` headers is refused with 400."""
+    """docs/abuse.md: a request with two ``Authorization`` headers is refused with 400."""
     _, c = hostile
     headers = httpx.Headers([("authorization", "Bearer a"), ("authorization", "Bearer b")])
     problem(await c.get("/auth/me", headers=headers), 400, "bad-request")

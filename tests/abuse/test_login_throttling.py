@@ -49,7 +49,7 @@ async def registered(tw: Tokenward) -> str:
 async def test_eleventh_failure_from_one_address_gets_429_with_retry_after(
     make_tw: MakeTw,
 ) -> None:
-    """API.md: one account, one address: 429 after at most 10 failures in 15 minutes."""
+    """docs/abuse.md: one account, one address: 429 after at most 10 failures in 15 minutes."""
     tw = await make_tw()
     email = await registered(tw)
     async with client_for(tw, fresh_ip()) as attacker:

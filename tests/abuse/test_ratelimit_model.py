@@ -112,7 +112,7 @@ def test_max_block_is_never_shorter_than_the_window() -> None:
 
 
 def test_default_limits_meet_the_contract() -> None:
-    """API.md: 429 after at most 10 failures of one account from one address in 15 min."""
+    """docs/abuse.md: 429 after at most 10 failures of one account from one address in 15 min."""
     limits = Limits()
     assert limits.login_pair.limit <= 10
     assert limits.login_pair.window >= 900

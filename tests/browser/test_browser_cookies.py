@@ -1,4 +1,4 @@
-"""The cookies as Chromium holds them: the flags of API.md, and nothing a script can steal."""
+"""The cookies as Chromium holds them: the flags of docs/api.md, nothing a script can steal."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The core stays framework-free: no web framework, Redis, SQL or HTTP client, no clock, no env.
 
-This keeps STYLE.md's "pure core, thin adapters" rule true as the code grows: expiry and
-grace logic is tested to the second with a frozen clock only because the core never reads
-the time or the environment itself.
+This keeps the core pure and its adapters thin (HTTP, Redis and SQL live in http/, stores/
+and integrations/) as the code grows: expiry and grace logic is tested to the second with a
+frozen clock only because the core never reads the time or the environment itself.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every endpoint's success and failure shapes, as API.md promises them."""
+"""Every endpoint's success and failure shapes, as docs/api.md and /openapi.json promise them."""
 
 from __future__ import annotations
 
@@ -235,7 +235,7 @@ async def test_bearer_refresh_answers_the_login_shape(
 
 
 async def test_refresh_without_or_with_bad_token_is_401(client: httpx.AsyncClient) -> None:
-    """Missing, malformed or unknown refresh tokens are 401 unauthenticated (API.md)."""
+    """Missing, malformed or unknown refresh tokens are 401 unauthenticated (docs/api.md)."""
     _assert_problem(await client.post("/auth/refresh"), 401, "unauthenticated")
     missing: list[dict[str, Any]] = [
         {},  # no body at all

@@ -1,4 +1,4 @@
-"""Cookie and bearer transports, and the CSRF rules, exactly as API.md states them.
+"""Cookie and bearer transports, and the CSRF rules, as docs/browser.md and docs/api.md state them.
 
 Cookie-mode requests that need hand-made cookies (a swapped CSRF token, say) go through a
 fresh client with an explicit ``Cookie`` header, so no cookie jar rewrites what is sent.
