@@ -164,7 +164,8 @@ async def test_metrics_listener_listens_on_loopback_only(listening: tuple[Served
 async def test_serve_refuses_a_metrics_port_already_taken(
     run_cli: RunCli, redis_url: str, tmp_path: Path
 ) -> None:
-    """A clash is a start-up error naming --metrics-port, before any worker starts."""
+    """A clash is a start-up error naming the address, before any worker starts: one line
+    and exit code 4 (EXIT_CANNOT_LISTEN), as for the public port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -172,8 +173,8 @@ async def test_serve_refuses_a_metrics_port_already_taken(
         env = ops_env(redis_url, tmp_path / "data", metrics_token="")
         result = await run_cli("serve", "--port", str(free_port()), "--metrics-port", str(port),
                                env=env)  # fmt: skip
-    assert result.code == 2, result
-    assert f"--metrics-port: cannot listen on 127.0.0.1:{port}" in result.err
+    assert result.code == 4, result
+    assert result.err == f"tokenward: cannot listen on 127.0.0.1:{port}: address already in use\n"
     same = await run_cli("serve", "--port", "8123", "--metrics-port", "8123", env=env)
     assert same.code == 2
     assert "--metrics-port: must be 1-65535 and not --port" in same.err
