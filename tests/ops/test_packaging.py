@@ -144,6 +144,13 @@ def test_sdist_and_wheel_build_install_and_run(tmp_path: Path) -> None:
     missing = [f for f in _package_files() if f not in names]
     assert missing == [], f"files of src/tokenward missing from the wheel: {missing}"
     assert meta["Version"] == VERSION
+    # The base install is the token verifier; the server's packages come with its extra.
+    base = [r for r in meta.get_all("Requires-Dist") or [] if "extra ==" not in r]
+    assert base, "no base dependencies in the wheel"
+    for heavy in ("starlette", "sqlalchemy", "redis", "argon2", "uvicorn", "prometheus"):
+        assert not any(r.lower().startswith(heavy) for r in base), (heavy, base)
+    extras = set(meta.get_all("Provides-Extra") or [])
+    assert {"server", "postgres", "fastapi", "litestar", "redis", "dev"} <= extras, extras
     assert "tokenward = tokenward.cli:main" in entry_points
 
     python = _venv(tmp_path / "clean")
