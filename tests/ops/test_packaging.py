@@ -5,7 +5,9 @@ from PyPI): it builds the sdist with hatchling's PEP 517 backend, the wheel *fro
 sdist* (so the sdist is proven complete), installs the wheel into a clean venv holding
 only ``requirements/serve.lock`` (the ``server`` and ``postgres`` extras), and runs the
 ``tokenward`` command from outside the source tree, against an embedded Redis and SQLite
-in a temporary data directory.
+in a temporary data directory. A second venv holds the wheel with only
+``requirements/verifier.lock`` (no extra): the token verifier works there, and the
+server's names raise an ImportError naming the extra to install.
 """
 
 from __future__ import annotations
@@ -103,6 +105,50 @@ def _venv(where: Path) -> Path:
     return where / "bin" / "python"
 
 
+#: Run in a venv holding the wheel and requirements/verifier.lock only (no extra).
+_BASE_PROBE = """
+import sys, time
+import tokenward, tokenward.verifier
+from tokenward.keys import KeySet, generate_key
+from tokenward.tokens import AccessTokens, AccessTokenVerifier
+
+keys = KeySet([generate_key()])
+token, _ = AccessTokens(keys, issuer="https://t.test", audience="tokenward", ttl=600).issue(
+    sub="u", sid="s", now=int(time.time())
+)
+verifier = AccessTokenVerifier(keys, issuer="https://t.test", audience="tokenward")
+assert verifier.verify(token, now=int(time.time())).sub == "u"
+for use in (lambda: tokenward.Tokenward, lambda: tokenward.AsyncVerifier(
+        "https://t.test", redis_url="redis://127.0.0.1/0")):
+    try:
+        use()
+    except ImportError as exc:
+        print(exc)
+    else:
+        sys.exit("no ImportError on a base install")
+heavy = {"starlette", "sqlalchemy", "redis", "pydantic", "argon2", "prometheus_client"}
+print("loaded:", sorted(heavy & {m.split(".")[0] for m in sys.modules}))
+"""
+
+
+def _check_base_install(wheel: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    """``pip install tokenward`` (no extra) verifies tokens and names the missing extras."""
+    python = _venv(tmp_path / "verifier")
+    pip = [python, "-m", "pip", "install", "-q"]
+    lock = ROOT / "requirements" / "verifier.lock"
+    _run([*pip, "--require-hashes", "-r", lock], cwd=tmp_path, env=env, timeout=1200)
+    _run([*pip, "--no-deps", wheel], cwd=tmp_path, env=env)
+    for absent in ("starlette", "sqlalchemy", "redis", "pydantic", "argon2"):
+        found = subprocess.run(
+            [python, "-c", f"import {absent}"], env=env, capture_output=True, check=False
+        )
+        assert found.returncode != 0, f"{absent} is installed by the base install"
+    out = _run([python, "-c", _BASE_PROBE], cwd=tmp_path, env=env).stdout
+    assert "pip install 'tokenward[server]'" in out, out
+    assert "pip install 'tokenward[redis]'" in out, out
+    assert "loaded: []" in out, out
+
+
 @pytest.mark.timeout(1500)
 def test_sdist_and_wheel_build_install_and_run(tmp_path: Path) -> None:
     """sdist -> wheel -> clean venv with the locked deps -> `tokenward` works."""
@@ -152,6 +198,8 @@ def test_sdist_and_wheel_build_install_and_run(tmp_path: Path) -> None:
     extras = set(meta.get_all("Provides-Extra") or [])
     assert {"server", "postgres", "fastapi", "litestar", "redis", "dev"} <= extras, extras
     assert "tokenward = tokenward.cli:main" in entry_points
+
+    _check_base_install(wheel, tmp_path, env)
 
     python = _venv(tmp_path / "clean")
     lock = ROOT / "requirements" / "serve.lock"
