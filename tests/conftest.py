@@ -13,7 +13,16 @@ Every server is started lazily (only if a test asks for it), on a free port boun
 watchdog process also stops it if pytest itself dies without running finalizers
 (SIGKILL, OOM), so no server outlives the test run.
 
-App-level fixtures belong in sub-directory conftests (e.g. tests/http/conftest.py).
+App fixtures shared by the http, sessions and abuse folders (each folder's conftest adds its
+own ``client``; integrations and ops override what differs):
+
+* ``make_tw(**settings)`` -- build and start an in-process Tokenward on ``redis_url`` with
+  overrides (:class:`tw_factory.TokenwardFactory`: FrozenClock at the real time, cheap
+  hashing, ``https://tokenward.test``); every one is stopped at teardown.
+* ``tw`` -- one with the defaults; ``accounts`` -- :class:`tw_accounts.Accounts` on the
+  folder's ``client``.
+* ``redis`` -- a plain client (``decode_responses=True``) on ``redis_url``, to read keys,
+  TTLs and memory.
 pytest-asyncio runs every test and fixture on one session-scoped event loop
 (``asyncio_default_*_loop_scope = "session"`` in pyproject.toml).
 """
@@ -30,12 +39,17 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from ports import free_port
+from tokenward.runtime import Tokenward
+from tw_accounts import ORIGIN, Accounts
+from tw_factory import TokenwardFactory
 from waiting import poll_until
 
 STARTUP_TIMEOUT = 30.0  # seconds a server may take to answer
@@ -292,3 +306,32 @@ def postgres_url() -> Iterator[str]:
             _run([*pg_ctl, "-m", "fast", "-w", "stop"], workdir, STOP_TIMEOUT * 2)
         with contextlib.suppress(OSError):
             shutil.rmtree(workdir)
+
+
+# ------------------------------------------------------------------------ app fixtures
+
+MakeTw = Callable[..., Awaitable[Tokenward]]
+
+
+@pytest.fixture
+async def make_tw(redis_url: str, tmp_path: Path) -> AsyncIterator[MakeTw]:
+    factory = TokenwardFactory(redis_url, tmp_path, issuer=ORIGIN)
+    yield factory.make
+    await factory.stop_all()
+
+
+@pytest.fixture
+async def tw(make_tw: MakeTw) -> Tokenward:
+    return await make_tw()
+
+
+@pytest.fixture
+def accounts(client: httpx.AsyncClient) -> Accounts:
+    return Accounts(client)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()

@@ -1,10 +1,8 @@
 """Fixtures of the session tests.
 
-* ``make_tw(clock=None, **settings)`` -- a started in-process Tokenward on the session Redis
-  (FrozenClock unless a clock is given); stopped at teardown. ``data_dir`` may be passed to
-  make two "instances" share signing keys and the SQLite file.
-* ``tw``, ``client``, ``accounts`` -- one default instance, an httpx client on its app.
-* ``redis`` -- a plain client on the session Redis, to read keys, TTLs and memory.
+* ``client`` -- an httpx client on ``tw``'s app (``make_tw``, ``tw``, ``accounts`` and
+  ``redis`` come from tests/conftest.py; ``make_tw(data_dir=...)`` makes two "instances"
+  share signing keys and the SQLite file).
 * ``server`` -- ``server(workers=1, **settings)``: a real ``tokenward serve`` process group.
 """
 
@@ -17,41 +15,15 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
-from sessions_support import ORIGIN, Accounts, MakeTw, Server, client_for, run_server
+from sessions_support import Server, client_for, run_server
 
 from tokenward.runtime import Tokenward
-from tw_factory import TokenwardFactory
-
-
-@pytest.fixture
-async def make_tw(redis_url: str, tmp_path: Path) -> AsyncIterator[MakeTw]:
-    factory = TokenwardFactory(redis_url, tmp_path, issuer=ORIGIN)
-    yield factory.make
-    await factory.stop_all()
-
-
-@pytest.fixture
-async def tw(make_tw: MakeTw) -> Tokenward:
-    return await make_tw()
 
 
 @pytest.fixture
 async def client(tw: Tokenward) -> AsyncIterator[httpx.AsyncClient]:
     async with client_for(tw) as c:
         yield c
-
-
-@pytest.fixture
-def accounts(client: httpx.AsyncClient) -> Accounts:
-    return Accounts(client)
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
