@@ -282,8 +282,9 @@ class SessionStore(Protocol):
         """The state of a live session, or ``None`` when it has ended."""
         ...
 
-    async def end(self, uid: str, sid: str, reason: EndReason, *, now: int) -> bool:
-        """End one session; ``False`` if it was not live."""
+    async def end(self, uid: str, sid: str, reason: EndReason, *, now: int) -> bool | None:
+        """End one session: ``True``; ``None`` if it had already ended for ``reason`` (a
+        retry: as durable as the first ending before it returns); ``False`` otherwise."""
         ...
 
     async def end_all(
@@ -498,7 +499,9 @@ class Sessions:
             raise SessionEnded("the session has ended")
         raise TokenInvalid("refresh token not recognised")
 
-    async def owner_of_refresh(self, token: str, *, now: int) -> tuple[str, str]:
+    async def owner_of_refresh(
+        self, token: str, *, now: int, ended: bool = False
+    ) -> tuple[str, str]:
         """The (user id, session id) of a live session whose refresh token this is.
 
         Accepts the current token and a replaced one still inside its grace window; used by
@@ -506,8 +509,14 @@ class Sessions:
         session is ended as ``refresh-reused`` and :class:`RefreshReused` raised, so a thief
         cannot pass the replay off as a plain logout.
 
+        Args:
+            ended: raise :class:`SessionEnded` rather than :class:`TokenInvalid` when the
+                token names a session that is no longer there (whose token it was cannot be
+                checked any more): a logout retried after a 503 had in fact ended it.
+
         Raises:
             TokenInvalid: malformed or not a live session's refresh token.
+            SessionEnded: with ``ended``, the session is gone.
             RefreshReused: a replaced token after the grace; the session was just ended.
         """
         presented = RefreshToken.parse(token)
@@ -526,6 +535,8 @@ class Sessions:
             self.cache.forget([presented.sid])
         if use is RefreshUse.REUSED:
             raise RefreshReused(_REUSED_DETAIL["late"])
+        if ended and use is RefreshUse.MISSING:
+            raise SessionEnded("the session has ended")
         raise TokenInvalid("refresh token not recognised")
 
     async def end_by_refresh(
@@ -641,14 +652,15 @@ class Sessions:
         return state
 
     async def end(self, uid: str, sid: str, reason: EndReason, *, now: int) -> None:
-        """End one of ``uid``'s sessions.
+        """End one of ``uid``'s sessions. Idempotent: a session already ended for the same
+        reason (a retry of a call answered 503) counts as ended by this call.
 
         Raises:
-            NotFound: no live session ``sid`` belongs to ``uid``.
+            NotFound: no live session ``sid`` belongs to ``uid``, and none ended so.
         """
         ended = await self.store.end(uid, sid, reason, now=now)
         self.cache.forget([sid])
-        if not ended:
+        if ended is False:
             raise NotFound("no such session")
 
     async def end_all(

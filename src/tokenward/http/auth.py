@@ -16,6 +16,7 @@ order sent and the first that works wins, so the tossed one can neither replace 
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -34,10 +35,13 @@ from tokenward.errors import (
     TokenExpired,
     TokenInvalid,
     TokenwardError,
+    Unavailable,
 )
 from tokenward.ratelimit import Ticket
 from tokenward.runtime import Tokenward
 from tokenward.sessions import Issued, Principal
+
+log = logging.getLogger("tokenward.http")
 
 __all__ = [
     "RequestAuth",
@@ -225,7 +229,12 @@ async def rotate_recorded(
         raise
     if issued.report_replay:
         tw.events.refresh_replayed(token, client=client, now=now)
-    await ticket.refund()
+    try:
+        await ticket.refund()
+    except Unavailable:
+        # The rotation is made: a 503 now would have the client retry a token already
+        # replaced. The attempt stays counted against the address, nothing worse.
+        log.warning("throttle refund after a refresh failed: the attempt stays counted")
     return issued
 
 

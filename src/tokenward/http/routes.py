@@ -46,6 +46,7 @@ from tokenward.http.auth import (
 )
 from tokenward.http.body import read_body
 from tokenward.http.problems import is_bearer_transport, render_error
+from tokenward.refresh import RefreshToken
 from tokenward.runtime import Tokenward
 from tokenward.sessions import EndReason, Issued, Principal, UserRef
 from tokenward.users import still_current
@@ -248,32 +249,55 @@ class AuthRoutes:
         if token is not None:
             # The body is not needed with a bearer token, but it must still be well formed.
             (await read_body(request, allow_empty=True)).token("refresh_token")
-            principal = await self.tw.sessions.authenticate(token, now=now)
-            await self.tw.sessions.end(principal.uid, principal.sid, EndReason.LOGOUT, now=now)
-            self._ended(request, principal.uid, [principal.sid], EndReason.LOGOUT, now)
+            try:
+                principal = await self.tw.sessions.authenticate(token, now=now)
+                uid, sid = principal.uid, principal.sid
+            except SessionEnded:
+                # Perhaps a retry of a logout answered 503 that had ended it after all:
+                # the token is genuine (verified), and end() below tells a repeat (204)
+                # from a session that ended otherwise (401).
+                claims = self.tw.tokens.verify(token, now=now)
+                uid, sid = claims.sub, claims.sid
+            await self._log_out(request, uid, sid, now)
             return Response(status_code=204, headers=NO_STORE)
         body = await read_body(request, allow_empty=True)
         body_token = body.token("refresh_token")
         if body_token is not None:
-            uid, sid = await self._owner_of_refresh(request, body_token, now)
-            await self.tw.sessions.end(uid, sid, EndReason.LOGOUT, now=now)
-            self._ended(request, uid, [sid], EndReason.LOGOUT, now)
+            try:
+                uid, sid = await self._owner_of_refresh(request, body_token, now, ended=True)
+            except SessionEnded:
+                # Gone: only a repeat of a logout is a 204 (end() cannot end anything now)
+                parsed = RefreshToken.parse(body_token)
+                uid, sid = parsed.uid, parsed.sid
+            await self._log_out(request, uid, sid, now)
             return Response(status_code=204, headers=NO_STORE)
         try:
             uid, sid = await self._cookie_session(request, now)
         except RefreshReused as exc:  # theft: the session is over, and so are its cookies
             return self._clear_cookies(render_error(exc))
-        await self.tw.sessions.end(uid, sid, EndReason.LOGOUT, now=now)
-        self._ended(request, uid, [sid], EndReason.LOGOUT, now)
+        await self._log_out(request, uid, sid, now)
         return self._clear_cookies(
             Response(status_code=204, headers={**NO_STORE, **CLEAR_SITE_DATA})
         )
 
-    async def _owner_of_refresh(self, request: Request, token: str, now: int) -> tuple[str, str]:
+    async def _log_out(self, request: Request, uid: str, sid: str, now: int) -> None:
+        """End the session as a logout. Idempotent, so that a client retrying a logout
+        answered 503 (whose ending may have been made) gets its 204: a session already
+        ended by a logout counts (confirmed as durably as the first ending); one that ended
+        otherwise, or never was, is a 401."""
+        try:
+            await self.tw.sessions.end(uid, sid, EndReason.LOGOUT, now=now)
+        except NotFound:
+            raise SessionEnded("the session has ended") from None
+        self._ended(request, uid, [sid], EndReason.LOGOUT, now)
+
+    async def _owner_of_refresh(
+        self, request: Request, token: str, now: int, *, ended: bool = False
+    ) -> tuple[str, str]:
         """The session a logout's refresh token belongs to; a replaced token past its grace
         is theft (the session ended as ``refresh-reused``, recorded, 401), not a logout."""
         try:
-            return await self.tw.sessions.owner_of_refresh(token, now=now)
+            return await self.tw.sessions.owner_of_refresh(token, now=now, ended=ended)
         except RefreshReused:
             self.tw.events.refresh_reused(token, client=self._client(request), now=now)
             raise

@@ -431,7 +431,12 @@ class NotDurable(RedisError):
     """A write was applied but not confirmed by enough replicas (or the fsync) in time.
 
     It may survive or be lost: the caller answers 503, so the client retries and nothing
-    it was told is lost."""
+    it was told is lost. ``reply`` is what the script answered (the write it made), for a
+    caller that has to make the retry of an unconfirmed answer harmless."""
+
+    def __init__(self, message: str, reply: Any = None) -> None:
+        super().__init__(message)
+        self.reply = reply
 
 
 class Durability:
@@ -476,18 +481,23 @@ class Durability:
         wait = self.wait
         if wait is None:
             return await script(keys=keys, args=args)
+        # The script and its WAIT must share one connection (WAIT counts the replicas that
+        # have this connection's last write), hence one pipeline; closed so its connection
+        # goes back to the pool even when the master just went away.
         pipe: Any = script.registered_client.pipeline(transaction=False)
-        await script(keys=keys, args=args, client=pipe)  # queued: the pipeline loads it
-        if wait.aof:
-            pipe.execute_command("WAITAOF", 1, wait.replicas, wait.timeout_ms)
-        else:
-            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
-        reply, acked = await pipe.execute()
+        async with pipe:
+            await script(keys=keys, args=args, client=pipe)  # queued: the pipeline loads it
+            if wait.aof:
+                pipe.execute_command("WAITAOF", 1, wait.replicas, wait.timeout_ms)
+            else:
+                pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+            reply, acked = await pipe.execute()
         local, replicas = (int(acked[0]), int(acked[1])) if wait.aof else (1, int(acked))
         if local < 1 or replicas < wait.replicas:
             raise NotDurable(
                 f"write confirmed by {replicas} of {wait.replicas} replicas"
                 + (" and not fsynced" if local < 1 else "")
-                + f" within {wait.timeout_ms} ms"
+                + f" within {wait.timeout_ms} ms",
+                reply,
             )
         return reply

@@ -42,6 +42,7 @@ states hold the CSRF digest it replaces).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -58,7 +59,7 @@ from tokenward.sessions import (
     SessionRecord,
     SessionState,
 )
-from tokenward.stores.redis_client import Durability, RedisClient
+from tokenward.stores.redis_client import Durability, NotDurable, RedisClient
 
 __all__ = ["ENDED_CHANNEL", "ENDED_TTL", "RedisSessionStore"]
 
@@ -373,14 +374,39 @@ return {'rekeyed', tostring(exp - now), '0', {f[5], f[6], csrf, f[8]}}
     .replace("$CHARS", str(ANCESTOR_CHARS))
 )
 
+# 1: ended now; 2: it had already ended for this reason (a retry); 0: not live. A retry
+# rewrites the ended list's TTL: a write, so the WAIT after the script confirms that the
+# first ending (before it in the replication stream) reached the replicas.
 _END = (
     _LUA_END
     + """
 local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])
 if end_session(prefix, KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4]) then return 1 end
+local mark = ARGV[1] .. '|' .. ARGV[2] .. '|'
+local rows = redis.pcall('LRANGE', KEYS[3], 0, -1)
+if rows.err then return 0 end
+for _, row in ipairs(rows) do
+  if string.sub(row, 1, #mark) == mark then
+    redis.call('EXPIRE', KEYS[3], $TTL)
+    return 2
+  end
+end
 return 0
-"""
+""".replace("$TTL", str(ENDED_TTL))
 )
+
+# Takes back the count of a grace replay whose answer never reached the client (its WAIT
+# was not confirmed: 503), so that a client retrying through a failover does not use up
+# the replays its rotation allows. Only while the rotation it counted against (named by
+# its salt) is still the latest.
+_UNCOUNT = """
+local f = redis.pcall('HMGET', KEYS[1], 'salt', 'gn')
+if f.err or f[1] ~= ARGV[1] then return 0 end
+local gn = tonumber(f[2])
+if not gn or gn < 1 then return 0 end
+redis.call('HSET', KEYS[1], 'gn', gn - 1)
+return 1
+"""
 
 _END_ALL = (
     _LUA_END
@@ -459,6 +485,7 @@ class RedisSessionStore:
         self._rekey = redis.register_script(_REKEY)
         self._end = redis.register_script(_END)
         self._end_all = redis.register_script(_END_ALL)
+        self._uncount = redis.register_script(_UNCOUNT)
         self._list = redis.register_script(_LIST)
 
     async def create(
@@ -514,7 +541,15 @@ class RedisSessionStore:
             report_every,
         ]  # fmt: skip
         async with _backend():
-            reply = await self.durable.run(self._rotate, keys=[prefix + sid, idx, ended], args=args)
+            try:
+                reply = await self.durable.run(
+                    self._rotate, keys=[prefix + sid, idx, ended], args=args
+                )
+            except NotDurable as exc:
+                if isinstance(exc.reply, list) and exc.reply[:1] == ["grace"]:
+                    with contextlib.suppress(RedisError, OSError):
+                        await self._uncount(keys=[prefix + sid], args=[exc.reply[-1]])
+                raise
         outcome = RotateOutcome(reply[0])
         if outcome is RotateOutcome.LIMITED:
             return RotateResult(outcome, retry_after=int(reply[1]), first_refusal=reply[2] == "1")
@@ -587,7 +622,7 @@ class RedisSessionStore:
         ttl = int(reply[1])
         return RotateResult(RotateOutcome.ROTATED, state=_state(reply[3], now + ttl), ttl=ttl)
 
-    async def end(self, uid: str, sid: str, reason: EndReason, *, now: int) -> bool:
+    async def end(self, uid: str, sid: str, reason: EndReason, *, now: int) -> bool | None:
         """See :meth:`tokenward.sessions.SessionStore.end`."""
         prefix, idx, ended = _keys(uid)
         async with _backend():
@@ -596,7 +631,7 @@ class RedisSessionStore:
                 keys=[prefix + sid, idx, ended],
                 args=[sid, reason.value, now, self.channel],
             )
-        return bool(done)
+        return None if int(done) == 2 else bool(done)
 
     async def end_all(
         self, uid: str, *, keep: str | None, reason: EndReason, now: int
