@@ -14,7 +14,9 @@ period), requests through the real app.
 from __future__ import annotations
 
 import base64
+import http.server
 import json
+import threading
 import time
 from typing import Any
 
@@ -23,6 +25,7 @@ import jwt
 import pytest
 from ops_support import MakeOpsTw, ops_client, register_and_login
 
+from tokenward.blocking_verifier import Verifier
 from tokenward.clock import FrozenClock
 from tokenward.errors import TokenExpired, TokenInvalid
 from tokenward.keyring import retain_seconds, rotate
@@ -198,3 +201,46 @@ def test_only_an_expired_token_of_ours_under_an_unknown_kid_is_expired(
     )
     with pytest.raises(expected):
         verifier.verify(token, now=now)
+
+
+def test_verifier_answers_token_expired_without_refetching_the_jwks() -> None:
+    """A service's Verifier, given an expired token of a key its issuer no longer
+    publishes, says TokenExpired at once: no JWKS refetch (an unknown kid on a live token
+    still triggers one, then TokenInvalid)."""
+    now = int(time.time())
+    current = KeySet([generate_key()])
+    body = json.dumps(current.jwks()).encode()
+    fetches: list[str] = []
+
+    class Jwks(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetches.append(self.path)
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    issuer = f"http://127.0.0.1:{server.server_address[1]}"
+    retired = AccessTokens(KeySet([generate_key()]), issuer=issuer, audience="tokenward", ttl=600)
+    expired, _ = retired.issue(sub="u", sid="s", now=now - 3600)
+    live, _ = retired.issue(sub="u", sid="s", now=now)
+    try:
+        with Verifier(issuer, timeout=10, min_refetch_interval=0.0) as verifier:
+            assert len(fetches) == 1
+            with pytest.raises(TokenExpired):
+                verifier.verify(expired)
+            assert len(fetches) == 1, "an expired token made the verifier refetch"
+            with pytest.raises(TokenInvalid):
+                verifier.verify(live)
+            assert len(fetches) == 2  # the unknown kid of a live token: one refetch
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
