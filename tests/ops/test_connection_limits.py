@@ -11,6 +11,7 @@ Before these limits (uvicorn's defaults), 50 idle connections were all still ope
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,24 +46,22 @@ class Server:
     log: Path
 
 
-@pytest.fixture(scope="module")
-def server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("limits")
+@contextlib.contextmanager
+def _serving(
+    redis_url: str, tmp: Path, prefix: Sequence[str] = (), **settings: str
+) -> Iterator[Server]:
+    """``tokenward serve`` with these ``TOKENWARD_*`` settings, healthy; SIGTERM at the end.
+    ``prefix`` runs before it (a wrapper that lowers the open-files limit)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TOKENWARD_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update(
-        TOKENWARD_REDIS_URL=redis_url,
-        TOKENWARD_DATA_DIR=str(tmp / "data"),
-        TOKENWARD_IDLE_TIMEOUT=str(IDLE),
-        TOKENWARD_HEADER_TIMEOUT=str(HEAD),
-        TOKENWARD_BODY_TIMEOUT=str(BODY),
-        TOKENWARD_MAX_CONNECTIONS=str(CAP),
-    )
+    env.update(TOKENWARD_REDIS_URL=redis_url, TOKENWARD_DATA_DIR=str(tmp / "data"))
+    env.update({f"TOKENWARD_{name.upper()}": value for name, value in settings.items()})
     log = tmp / "serve.log"
+    argv = [*prefix] or [sys.executable, "-m", "tokenward.cli"]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tokenward.cli", "serve", "--port", str(port)],
+            [*argv, "serve", "--port", str(port)],
             cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     srv = Server(f"http://127.0.0.1:{port}", port, proc, log)
@@ -86,6 +85,19 @@ def server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 proc.kill()
                 proc.wait()
     assert "Traceback" not in log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with _serving(
+        redis_url,
+        tmp_path_factory.mktemp("limits"),
+        idle_timeout=str(IDLE),
+        header_timeout=str(HEAD),
+        body_timeout=str(BODY),
+        max_connections=str(CAP),
+    ) as srv:
+        yield srv
 
 
 @dataclass
@@ -250,3 +262,36 @@ def test_idle_connections_are_closed_and_the_cap_answers_503(server: Server) -> 
         within=SLACK,
         what="the server serves again once the hoarders are gone",
     )
+
+
+#: Runs ``tokenward`` with the open-files limit of a small container: soft 128, hard 400.
+_LOW_NOFILE = (
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (128, 400)); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'tokenward.cli', *sys.argv[1:]])"
+)
+
+
+def test_the_cap_fits_the_open_files_limit(redis_url: str, tmp_path: Path) -> None:
+    """The default cap (1000) needs 2 x 1000 + 64 descriptors; under a hard limit of 400
+    serve raises its soft limit to 400, lowers the cap to (400 - 64) // 2 = 168 with one
+    warning, and the 169th connection gets 503 instead of the server running out."""
+    prefix = [sys.executable, "-c", _LOW_NOFILE]
+    with _serving(redis_url, tmp_path, prefix, idle_timeout="30") as srv:
+        limits = Path(f"/proc/{srv.proc.pid}/limits").read_text()
+        assert any(
+            line.startswith("Max open files") and line.split()[3:5] == ["400", "400"]
+            for line in limits.splitlines()
+        ), limits
+        assert "capping at 168 connections" in srv.log.read_text()
+        hoarders = [_connect(srv.port) for _ in range(168)]
+        try:
+            status, took = _get(srv.port)
+            assert status.startswith(b"HTTP/1.1 503 "), status
+            assert took < 1.0, took
+        finally:
+            _close_all(hoarders)
+        wait_until(
+            lambda: _get(srv.port)[0].startswith(b"HTTP/1.1 200 "),
+            within=SLACK,
+            what="a slot is free again once the hoarders hang up",
+        )

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from ports import free_port
-from waiting import poll_until, wait_until
+from waiting import wait_until
 
 START_DEADLINE = 90.0
 #: Seconds for the orphans to go: the death signal is immediate; a graceful uvicorn
@@ -124,7 +124,7 @@ def test_workers_exit_when_the_supervisor_is_killed(redis_url: str, tmp_path: Pa
                 proc.kill()
                 proc.wait()
         for pid in orphans:
-            if poll_until(lambda pid=pid: not _alive(pid), within=0) is False:
+            if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
     log = first_log.read_text(errors="replace") + second_log.read_text(errors="replace")
     assert "Traceback" not in log
