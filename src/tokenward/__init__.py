@@ -120,25 +120,29 @@ _SERVER_ONLY = frozenset(
 )
 
 
-def __getattr__(name: str) -> _typing.Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'tokenward' has no attribute {name!r}")
-    try:
-        module = _importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = (exc.name or "").partition(".")[0]
-        if missing not in _SERVER_ONLY:
-            raise
-        raise ImportError(
-            f"tokenward.{name} needs {missing!r}, which comes with the server extra: "
-            "pip install 'tokenward[server]'",
-            name=exc.name,
-        ) from exc
-    value = getattr(module, name)
-    # Cache it so the next access is a plain module attribute lookup.
-    globals()[name] = value
-    return value
+# Hidden from type checkers: they see the names imported under TYPE_CHECKING above, and a
+# visible module __getattr__ would make them accept any misspelt tokenward.<name>.
+if not _typing.TYPE_CHECKING:
+
+    def __getattr__(name: str) -> _typing.Any:
+        module_name = _LAZY.get(name)
+        if module_name is None:
+            raise AttributeError(f"module 'tokenward' has no attribute {name!r}")
+        try:
+            module = _importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            missing = (exc.name or "").partition(".")[0]
+            if missing not in _SERVER_ONLY:
+                raise
+            raise ImportError(
+                f"tokenward.{name} needs {missing!r}, which comes with the server extra: "
+                "pip install 'tokenward[server]'",
+                name=exc.name,
+            ) from exc
+        value = getattr(module, name)
+        # Cache it so the next access is a plain module attribute lookup.
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:
