@@ -50,7 +50,7 @@ from redis.asyncio.sentinel import (
 )
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import ReadOnlyError, RedisClusterException, RedisError
 
 from tokenward.errors import ConfigError
 
@@ -213,7 +213,7 @@ def connect_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
         opts = _options(timeout)
         opts.pop("health_check_interval")
         opts.pop("retry_on_timeout")
-        cluster: Any = RedisCluster(
+        cluster: Any = _Cluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
             username=target.username,
             password=target.password,
@@ -222,6 +222,22 @@ def connect_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
         )
         return cluster  # type: ignore[no-any-return]
     return aioredis.from_url(url, **_options(timeout))
+
+
+class _Cluster(RedisCluster):
+    """A cluster client whose "no seed answers" is a connection error like any other.
+
+    redis-py raises :class:`RedisClusterException`, which is not a :class:`RedisError`:
+    every caller that answers 503 for a Redis failure would let it through as a 500. The
+    next command tries the seeds again, so an instance started while they were down (or
+    whose first seed stays dead) becomes ready as soon as one of them answers.
+    """
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise RedisConnectionError(str(exc).splitlines()[0]) from exc
 
 
 def _connect_sentinel(target: RedisTarget, timeout: float) -> aioredis.Redis:
