@@ -15,7 +15,7 @@ Only a newer critical event can push a critical one out, and each of those is it
 alert the owner sees.
 
 No event carries a password, a token, a CSRF token or an email: accounts that may not exist
-are named by :func:`~tokenward.ratelimit.account_digest`, users by id.
+are named by :func:`~tokenward.throttle.account_digest`, users by id.
 
 Recording is off the request path. The HTTP adapter calls the typed methods (which return
 at once); the work (resolving an email to a user, checking the device, writing the
@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tokenward.errors import TokenInvalid, TokenwardError
-from tokenward.ratelimit import LockNotice, account_digest, address_bucket
 from tokenward.refresh import RefreshToken
+from tokenward.throttle import LockNotice, account_digest, address_bucket
 from tokenward.users import UserStore, normalize_email
 
 __all__ = [

@@ -310,7 +310,7 @@ class Metrics:
         self.security_events.labels(event.kind.value).inc()
 
     def rate_limit_refused(self, limit: str) -> None:
-        """Count an attempt a limit refused (the :class:`~tokenward.ratelimit.Throttle` hook)."""
+        """Count an attempt a limit refused (the :class:`~tokenward.throttle.Throttle` hook)."""
         self.rate_limit_refusals.labels(limit).inc()
 
     async def render(self) -> bytes:

@@ -27,7 +27,6 @@ from tokenward.metrics import Metrics, SessionCounter
 from tokenward.password_policy import PasswordPolicy
 from tokenward.passwords import Argon2Params, PasswordHasher
 from tokenward.private_paths import SQLITE_SIDE_FILES, private_dir, private_file
-from tokenward.ratelimit import Limits, Throttle
 from tokenward.revocation import SessionCache
 from tokenward.sessions import SessionPolicy, Sessions
 from tokenward.settings import Settings
@@ -38,6 +37,7 @@ from tokenward.stores.redis_feed import RevocationFeed
 from tokenward.stores.redis_ratelimit import RedisRateLimiter
 from tokenward.stores.redis_sessions import RedisSessionStore
 from tokenward.stores.sql_users import SqlUserStore, create_engine, upgrade
+from tokenward.throttle import Limits, Throttle
 from tokenward.tokens import AccessTokens
 from tokenward.users import Users
 

@@ -18,9 +18,9 @@ from outage_postgres import OutagePostgres, outage_postgres
 
 from private_redis import private_redis
 from tokenward.errors import InvalidCredentials, Unavailable
-from tokenward.ratelimit import Limits, Throttle, account_digest, address_digest
 from tokenward.stores.redis_client import connect_redis
 from tokenward.stores.redis_ratelimit import RedisRateLimiter
+from tokenward.throttle import Limits, Throttle, account_digest, address_digest
 
 #: Attempts made during the outage: more than the (account, address) limit of 10, so that
 #: counting them would lock the pair (as it did: the 11th answer was 429, for 15 minutes).
@@ -139,7 +139,7 @@ async def test_a_refund_that_fails_too_still_answers_503(
 
                 store.by_email = redis_dies_then_lookup  # type: ignore[method-assign,assignment]
                 pg_up.stop()
-                caplog.set_level(logging.WARNING, logger="tokenward.ratelimit")
+                caplog.set_level(logging.WARNING, logger="tokenward.throttle")
                 unavailable(await login(c, email, PASSWORD))
         finally:
             await tw.stop()

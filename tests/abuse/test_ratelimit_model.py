@@ -8,16 +8,8 @@ from pathlib import Path
 import pytest
 
 import tokenward
-from tokenward.ratelimit import (
-    KeyState,
-    Limit,
-    Limits,
-    account_digest,
-    acquire,
-    address_bucket,
-    address_digest,
-    release,
-)
+from tokenward.ratelimit import KeyState, Limit, acquire, release
+from tokenward.throttle import Limits, account_digest, address_bucket, address_digest
 
 PAIR = Limit("pair", 10, 900, 3600)
 T0 = 1_800_000_000
@@ -141,7 +133,7 @@ def test_ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() -> None:
     assert address_bucket("unknown") == "unknown"
 
 
-@pytest.mark.parametrize("module", ["ratelimit", "events", "logs"])
+@pytest.mark.parametrize("module", ["ratelimit", "throttle", "events", "logs"])
 def test_abuse_core_modules_import_no_framework_or_backend(module: str) -> None:
     """The throttling, events and log-format cores import no web framework, Redis or SQL."""
     source = (Path(tokenward.__file__).parent / f"{module}.py").read_text()

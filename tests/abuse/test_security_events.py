@@ -25,9 +25,9 @@ from abuse_support import (
 
 from tokenward.events import EventKind, SecurityEvent, SecurityEvents
 from tokenward.logs import JsonFormatter
-from tokenward.ratelimit import account_digest
 from tokenward.stores.redis_client import connect_redis
 from tokenward.stores.redis_events import GLOBAL_STREAM, RedisEventLog
+from tokenward.throttle import account_digest
 
 
 async def events_of(client: httpx.AsyncClient, token: str) -> list[dict[str, Any]]:

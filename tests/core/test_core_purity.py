@@ -32,6 +32,7 @@ CORE_MODULES = [
     "clock",
     "events",
     "ratelimit",
+    "throttle",
 ]
 
 FORBIDDEN_PACKAGES = {

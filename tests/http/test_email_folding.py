@@ -15,7 +15,7 @@ import httpx
 import pytest
 from http_support import GENEROUS_LIMITS, MakeTw, isolated_client
 
-from tokenward.ratelimit import account_digest
+from tokenward.throttle import account_digest
 from tokenward.users import email_key, normalize_email
 from tw_accounts import BEARER, PASSWORD
 

@@ -37,9 +37,9 @@ from tokenward.errors import (
     TokenwardError,
     Unavailable,
 )
-from tokenward.ratelimit import Ticket
 from tokenward.runtime import Tokenward
 from tokenward.sessions import Issued, Principal
+from tokenward.throttle import Ticket
 
 log = logging.getLogger("tokenward.http")
 

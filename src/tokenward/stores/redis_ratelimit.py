@@ -1,6 +1,6 @@
 """The Redis :class:`~tokenward.ratelimit.RateLimiter`: one Lua script per acquisition.
 
-A limit key ``K`` (chosen by :class:`~tokenward.ratelimit.Throttle`, with a hash tag so
+A limit key ``K`` (chosen by :class:`~tokenward.throttle.Throttle`, with a hash tag so
 that every key of one scope lives in one slot) is stored as two Redis keys:
 
 =================  ======  ===========================================================
