@@ -141,7 +141,7 @@ async def test_current_session_needs_no_database_current_user_does(
         "TOKENWARD_DATABASE_URL": f"postgresql+asyncpg://u@127.0.0.1:{free_port()}/db",
         "TOKENWARD_DATA_DIR": str(tmp_path / "data"),
         "TOKENWARD_ISSUER": ORIGIN,
-        "TOKENWARD_BACKEND_TIMEOUT": "0.5",
+        "TOKENWARD_BACKEND_TIMEOUT": "5",
     }
     settings = load_settings(env, env_file=tmp_path / "no.env")
     tw = Tokenward(

@@ -180,7 +180,7 @@ async def tw_db_down(redis_url: str, tmp_path: Path) -> AsyncIterator[Tokenward]
         "TOKENWARD_DATABASE_URL": f"postgresql+asyncpg://u@127.0.0.1:{free_port()}/db",
         "TOKENWARD_DATA_DIR": str(tmp_path / "data"),
         "TOKENWARD_ISSUER": ORIGIN,
-        "TOKENWARD_BACKEND_TIMEOUT": "0.5",
+        "TOKENWARD_BACKEND_TIMEOUT": "5",
         **{f"TOKENWARD_{k.upper()}": str(v) for k, v in GENEROUS_LIMITS.items()},
     }
     settings = load_settings(env, env_file=tmp_path / "no.env")

@@ -47,6 +47,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -86,20 +87,21 @@ _LUA_END = (
     """
 local function end_session(prefix, idx, ended, sid, reason, now, channel)
   if redis.call('DEL', prefix .. sid) == 1 then
-    redis.call('ZREM', idx, sid)
+    -- pcall: a corrupt index (see index_fix) must not stop an ending
+    redis.pcall('ZREM', idx, sid)
     redis.call('PUBLISH', channel, sid)
     redis.call('LPUSH', ended, sid .. '|' .. reason .. '|' .. now)
     redis.call('LTRIM', ended, 0, $KEEP)
     redis.call('EXPIRE', ended, $TTL)
     return true
   end
-  redis.call('ZREM', idx, sid)
+  redis.pcall('ZREM', idx, sid)
   return false
 end
 -- A record that is not a session (another type, garbage fields): delete and announce it.
 local function corrupt(key, idx, sid, channel)
   redis.call('DEL', key)
-  redis.call('ZREM', idx, sid)
+  redis.pcall('ZREM', idx, sid)
   redis.call('PUBLISH', channel, sid)
   return {'corrupt'}
 end
@@ -427,6 +429,7 @@ _LIST = (
     + """
 local prefix, now, channel, uid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local out, bad = {}, {}
+if index_fix(KEYS[1]) then table.insert(bad, '$REBUILT') end
 for _, s in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, -1)) do
   local f = read(prefix .. s, 'created', 'last', 'abs', 'ip', 'ua', 'exp')
   if f and f[1] and not well_formed(prefix .. s, uid) then f = nil end
@@ -440,6 +443,81 @@ end
 return {out, bad}
 """
 )
+
+
+# The user's index must be a sorted set (or absent). Anything else was written over it:
+# every script that reads or grows it first deletes it and rebuilds it from the user's
+# session keys, found by a SCAN of the node (they all share the index's hash slot, so on a
+# cluster they are all on the node running the script). The SCAN walks the node's whole
+# keyspace inside the script, once per corruption: a pause proportional to the database,
+# instead of 503 on every login, listing and logout-all for the life of the key. Sessions
+# are put back with their last use, corrupt ones too (the next listing or login deletes
+# them), and the index gets the longest TTL among them.
+_INDEX_FIX = """
+local function index_fix(idx)
+  local t = redis.call('TYPE', idx)['ok']
+  if t == 'zset' or t == 'none' then return false end
+  redis.call('DEL', idx)
+  local prefix = string.sub(idx, 1, #idx - 3) .. 's:'
+  local pattern = string.gsub(prefix, '[%*%?%[%]\\\\]', '\\\\%0') .. '*'
+  local cursor, ttl = '0', 0
+  repeat
+    local page = redis.call('SCAN', cursor, 'MATCH', pattern, 'COUNT', 1000)
+    cursor = page[1]
+    for _, key in ipairs(page[2]) do
+      local last = redis.pcall('HGET', key, 'last')
+      if type(last) ~= 'string' or not tonumber(last) then last = 0 end
+      redis.call('ZADD', idx, last, string.sub(key, #prefix + 1))
+      ttl = math.max(ttl, redis.call('TTL', key))
+    end
+  until cursor == '0'
+  if redis.call('EXISTS', idx) == 1 then redis.call('EXPIRE', idx, ttl > 0 and ttl or $TTL) end
+  return true
+end
+""".replace("$TTL", str(ENDED_TTL))
+#: First element of a script's reply (or an entry of the listing's "bad" list) when it
+#: rebuilt the user's index; :func:`_rebuilt` logs it and unwraps the reply.
+INDEX_REBUILT = "index-rebuilt"
+
+
+def _indexed(script: str, idx: int) -> str:
+    """``script`` (``_LUA_END`` + a body) with the body run after ``index_fix(KEYS[idx])``;
+    a rebuild wraps the reply as ``{INDEX_REBUILT, reply}``."""
+    assert script.startswith(_LUA_END)  # noqa: S101 - how every script here is built
+    body = script[len(_LUA_END) :]
+    return (
+        _LUA_END
+        + _INDEX_FIX
+        + "local function main()\n"
+        + body
+        + "\nend\n"
+        + f"local fixed = index_fix(KEYS[{idx}])\n"
+        + "local reply = main()\n"
+        + f"if fixed then return {{'{INDEX_REBUILT}', reply}} end\n"
+        + "return reply\n"
+    )
+
+
+_CREATE = _indexed(_CREATE, 2)
+_ROTATE = _indexed(_ROTATE, 2)
+_GET = _indexed(_GET, 2)
+_END_BY_REFRESH = _indexed(_END_BY_REFRESH, 2)
+_REKEY = _indexed(_REKEY, 2)
+_END_ALL = _indexed(_END_ALL, 1)
+_LIST = _LUA_END + _INDEX_FIX + _LIST[len(_LUA_END) :].replace("$REBUILT", INDEX_REBUILT)
+
+
+def _rebuilt(uid: str, reply: Any) -> Any:
+    """A script's reply, unwrapped (and the rebuild logged) if it rebuilt the index."""
+    if isinstance(reply, list) and reply[:1] == [INDEX_REBUILT]:
+        _index_rebuilt(uid)
+        return reply[1] if len(reply) > 1 else None
+    return reply
+
+
+def _index_rebuilt(uid: str) -> None:
+    # Once per corruption: the script that met it has rebuilt it.
+    log.warning("corrupt session index deleted and rebuilt from the user's sessions (user %s)", uid)
 
 
 def _keys(uid: str) -> tuple[str, str, str]:
@@ -513,7 +591,7 @@ class RedisSessionStore:
             evicted = await self.durable.run(
                 self._create, keys=[prefix + record.sid, idx, ended], args=args
             )
-        return list(evicted)
+        return list(_rebuilt(record.uid, evicted))
 
     async def rotate(
         self,
@@ -550,6 +628,7 @@ class RedisSessionStore:
                     with contextlib.suppress(RedisError, OSError):
                         await self._uncount(keys=[prefix + sid], args=[exc.reply[-1]])
                 raise
+        reply = _rebuilt(uid, reply)
         outcome = RotateOutcome(reply[0])
         if outcome is RotateOutcome.LIMITED:
             return RotateResult(outcome, retry_after=int(reply[1]), first_refusal=reply[2] == "1")
@@ -573,6 +652,7 @@ class RedisSessionStore:
         prefix, idx, _ = _keys(uid)
         async with _backend():
             reply = await self._get(keys=[prefix + sid, idx], args=[now, uid, sid, self.channel])
+        reply = _rebuilt(uid, reply)
         if not reply:
             return None
         if reply == ["corrupt"]:
@@ -601,6 +681,7 @@ class RedisSessionStore:
             reply = await self.durable.run(
                 self._end_by_refresh, keys=[prefix + sid, idx, ended], args=args
             )
+        reply = _rebuilt(uid, reply)
         outcome = RefreshUse(reply[0])
         if outcome is RefreshUse.CORRUPT:
             _corrupt(uid, sid)
@@ -614,6 +695,7 @@ class RedisSessionStore:
         args: list[str | int] = [sid, uid, refresh_digest, csrf_digest, now, self.channel]
         async with _backend():
             reply = await self.durable.run(self._rekey, keys=[prefix + sid, idx], args=args)
+        reply = _rebuilt(uid, reply)
         if reply[0] == "corrupt":
             _corrupt(uid, sid)
             return RotateResult(RotateOutcome.CORRUPT)
@@ -644,7 +726,7 @@ class RedisSessionStore:
                 keys=[idx, ended],
                 args=[prefix, keep or "", reason.value, now, self.channel],
             )
-        return list(done)
+        return list(_rebuilt(uid, done))
 
     async def list(self, uid: str, *, now: int) -> list[SessionRecord]:
         """See :meth:`tokenward.sessions.SessionStore.list`."""
@@ -652,7 +734,10 @@ class RedisSessionStore:
         async with _backend():
             rows, bad = await self._list(keys=[idx], args=[prefix, now, self.channel, uid])
         for sid in bad:
-            _corrupt(uid, str(sid))
+            if sid == INDEX_REBUILT:
+                _index_rebuilt(uid)
+            else:
+                _corrupt(uid, str(sid))
         return [_record(uid, row) for row in rows]
 
     async def matches_refresh(self, uid: str, sid: str, digest: str) -> bool:
