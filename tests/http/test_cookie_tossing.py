@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from http_support import GENEROUS_LIMITS, ORIGIN, Accounts, MakeTw, isolated_client
+from http_support import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, isolated_client
 
 from tokenward.clock import FrozenClock
 from tokenward.runtime import Tokenward
@@ -224,3 +224,38 @@ async def test_no_more_than_a_few_candidates_are_tried(tw: Tokenward, victim: Br
     line += f"; __Host-csrf_token={victim.csrf}"
     r = await send(tw, "POST", "/auth/refresh", victim.unsafe(line))
     assert r.status_code == 401
+
+
+@pytest.mark.parametrize("kind", ["junk", "stranger", "neighbours-own"])
+@pytest.mark.parametrize("position", ["tossed-last", "tossed-first"])
+async def test_login_ends_the_real_cookies_session_whatever_was_tossed(
+    tw: Tokenward, victim: Browser, kind: str, position: str
+) -> None:
+    """A cookie login ends the session whose refresh cookie the browser still holds
+    (``replaced``), also when a same-named cookie was tossed in beside it: the real one's
+    session ends, the tossed one harms nobody else. Before the fix only the last value
+    sent was looked at: with the tossed one last, the real session stayed alive."""
+    tossed = await tossed_value(kind, tw)
+    pairs = [f"__Secure-refresh_token={victim.refresh}", f"__Secure-refresh_token={tossed}"]
+    if position == "tossed-first":
+        pairs.reverse()
+    async with isolated_client(tw) as c:
+        accounts = Accounts(c)
+        email = await accounts.register()
+    async with isolated_client(tw) as c:
+        r = await c.post(
+            "/auth/login",
+            json={"email": email, "password": PASSWORD},
+            headers=[("cookie", "; ".join(pairs)), ("origin", ORIGIN)],
+        )
+    assert r.status_code == 200, r.text
+    victim_sid = victim.refresh.split(".")[1]
+    ended = await tw.session_store.ended(victim.uid)
+    assert [(sid, reason) for sid, reason, _ in ended] == [(victim_sid, "replaced")]
+    after = await send(
+        tw,
+        "POST",
+        "/auth/refresh",
+        victim.unsafe(f"__Secure-refresh_token={victim.refresh}; __Host-csrf_token={victim.csrf}"),
+    )
+    assert after.status_code == 401, after.text

@@ -310,20 +310,23 @@ class AuthRoutes:
         proof enough, as for a logout). A cookie that is no live session's token is ignored;
         a replaced one past its grace is theft, recorded as for a refresh. The login goes on
         either way.
+
+        Every same-named refresh cookie is tried, not only the one ``request.cookies`` keeps
+        (the last sent): a sibling sub-domain may have tossed in one of its own, and it must
+        not shield ours from being ended. Each is judged alone; a tossed value is at worst
+        the tosser's own session, ended.
         """
-        cookie = request.cookies.get(self.tw.cookies.names.refresh)
-        if not cookie:
-            return
-        try:
-            uid, sid = await self.tw.sessions.end_by_refresh(
-                cookie, EndReason.REPLACED, csrf_token=None, now=now
-            )
-        except RefreshReused:
-            self.tw.events.refresh_reused(cookie, client=self._client(request), now=now)
-        except (AuthError, CsrfError):
-            pass
-        else:
-            self._ended(request, uid, [sid], EndReason.REPLACED, now)
+        for cookie in cookie_candidates(request, self.tw.cookies.names.refresh):
+            try:
+                uid, sid = await self.tw.sessions.end_by_refresh(
+                    cookie, EndReason.REPLACED, csrf_token=None, now=now
+                )
+            except RefreshReused:
+                self.tw.events.refresh_reused(cookie, client=self._client(request), now=now)
+            except (AuthError, CsrfError):
+                pass
+            else:
+                self._ended(request, uid, [sid], EndReason.REPLACED, now)
 
     def _rekeyed(self, auth: RequestAuth, issued: Issued) -> Response:
         """The answer of a request that gave its session new credentials: they go to the
