@@ -88,7 +88,11 @@ class AuthError(TokenwardError):
 
 
 class TokenExpired(AuthError):
-    """The access token is well formed and genuine but past ``exp``: refresh, then retry."""
+    """The access token is past ``exp``: refresh, then retry.
+
+    Genuine, or signed by a key retired since (a key rotation) and past ``exp`` by its own
+    unverified claims, which choose this answer and nothing else.
+    """
 
     slug = "token-expired"
     title = "Access token expired"
