@@ -36,7 +36,8 @@ clock) as gone, so application time and Redis time can never disagree about a li
 
 Every script that ends a session also ``PUBLISH``es its id on the invalidation channel in
 the same atomic step, so no process can keep trusting it (a re-key publishes too: cached
-states hold the CSRF digest it replaces).
+states hold the CSRF digest it replaces). On a Cluster it ``SPUBLISH``es on the shard
+channel of the user's slot instead (:mod:`tokenward.stores.redis_channels`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from tokenward.sessions import (
     SessionRecord,
     SessionState,
 )
+from tokenward.stores.redis_channels import channel_for_user, is_cluster
 from tokenward.stores.redis_client import Durability, NotDurable, RedisClient
 
 __all__ = ["ENDED_CHANNEL", "ENDED_TTL", "RedisSessionStore"]
@@ -85,11 +87,20 @@ _GRACE_ENTRY = 96
 # Shared Lua: end one session (by sid) inside a script. KEYS[idx], KEYS[ended] are passed in.
 _LUA_END = (
     """
+-- A channel with a hash tag is a shard channel in this script's slot (Cluster: sharded
+-- pub/sub stays on this shard); any other is classic pub/sub (stores/redis_channels.py).
+local function announce(channel, sid)
+  if string.find(channel, '{', 1, true) then
+    redis.call('SPUBLISH', channel, sid)
+  else
+    redis.call('PUBLISH', channel, sid)
+  end
+end
 local function end_session(prefix, idx, ended, sid, reason, now, channel)
   if redis.call('DEL', prefix .. sid) == 1 then
     -- pcall: a corrupt index (see index_fix) must not stop an ending
     redis.pcall('ZREM', idx, sid)
-    redis.call('PUBLISH', channel, sid)
+    announce(channel, sid)
     redis.call('LPUSH', ended, sid .. '|' .. reason .. '|' .. now)
     redis.call('LTRIM', ended, 0, $KEEP)
     redis.call('EXPIRE', ended, $TTL)
@@ -102,7 +113,7 @@ end
 local function corrupt(key, idx, sid, channel)
   redis.call('DEL', key)
   redis.pcall('ZREM', idx, sid)
-  redis.call('PUBLISH', channel, sid)
+  announce(channel, sid)
   return {'corrupt'}
 end
 -- HMGET that answers nil (instead of failing the script) when the key is not a hash, and
@@ -368,7 +379,7 @@ if f[2] then old = old .. string.sub(f[2], 1, $CHARS) end
 old = string.sub(old .. (f[3] or ''), 1, $CHARS * $KEPT)
 redis.call('HDEL', KEYS[1], 'prev', 'salt', 'gch', 'gn', 'fp', 'email')
 redis.call('HSET', KEYS[1], 'cur', cur, 'csrf', csrf, 'rot', 0, 'old', old)
-redis.call('PUBLISH', channel, sid)
+announce(channel, sid)
 return {'rekeyed', tostring(exp - now), '0', {f[5], f[6], csrf, f[8]}}
 """
     )
@@ -555,6 +566,7 @@ class RedisSessionStore:
     ) -> None:
         self.redis = redis
         self.channel = channel
+        self._sharded = is_cluster(redis)
         self.durable = durability or Durability()
         self._create = redis.register_script(_CREATE)
         self._rotate = redis.register_script(_ROTATE)
@@ -565,6 +577,10 @@ class RedisSessionStore:
         self._end_all = redis.register_script(_END_ALL)
         self._uncount = redis.register_script(_UNCOUNT)
         self._list = redis.register_script(_LIST)
+
+    def _channel(self, uid: str) -> str:
+        # On a Cluster the script may only publish in its own slot: the user's shard channel.
+        return channel_for_user(self.channel, uid) if self._sharded else self.channel
 
     async def create(
         self,
@@ -585,7 +601,8 @@ class RedisSessionStore:
             "cur", refresh_digest, "rot", 0, "exp", state.expires_at,
         ]  # fmt: skip
         args: list[str | int] = [
-            record.sid, ttl, max_sessions, index_ttl, record.created_at, self.channel, *fields,
+            record.sid, ttl, max_sessions, index_ttl, record.created_at, self._channel(record.uid),
+            *fields,
         ]  # fmt: skip
         async with _backend():
             evicted = await self.durable.run(
@@ -615,7 +632,7 @@ class RedisSessionStore:
         prefix, idx, ended = _keys(uid)
         args: list[str | int] = [
             sid, presented_digest, salt, successor_digest, csrf_digest or "", now, grace,
-            idle_ttl, rate_limit, rate_window, self.channel, uid, client, grace_replays,
+            idle_ttl, rate_limit, rate_window, self._channel(uid), uid, client, grace_replays,
             report_every,
         ]  # fmt: skip
         async with _backend():
@@ -651,7 +668,9 @@ class RedisSessionStore:
         """See :meth:`tokenward.sessions.SessionStore.get`."""
         prefix, idx, _ = _keys(uid)
         async with _backend():
-            reply = await self._get(keys=[prefix + sid, idx], args=[now, uid, sid, self.channel])
+            reply = await self._get(
+                keys=[prefix + sid, idx], args=[now, uid, sid, self._channel(uid)]
+            )
         reply = _rebuilt(uid, reply)
         if not reply:
             return None
@@ -675,7 +694,7 @@ class RedisSessionStore:
         prefix, idx, ended = _keys(uid)
         args: list[str | int] = [
             sid, presented_digest, csrf_digest or "", now, grace,
-            "" if reason is None else reason.value, self.channel, uid,
+            "" if reason is None else reason.value, self._channel(uid), uid,
         ]  # fmt: skip
         async with _backend():
             reply = await self.durable.run(
@@ -692,7 +711,7 @@ class RedisSessionStore:
     ) -> RotateResult:
         """See :meth:`tokenward.sessions.SessionStore.rekey`."""
         prefix, idx, _ = _keys(uid)
-        args: list[str | int] = [sid, uid, refresh_digest, csrf_digest, now, self.channel]
+        args: list[str | int] = [sid, uid, refresh_digest, csrf_digest, now, self._channel(uid)]
         async with _backend():
             reply = await self.durable.run(self._rekey, keys=[prefix + sid, idx], args=args)
         reply = _rebuilt(uid, reply)
@@ -711,7 +730,7 @@ class RedisSessionStore:
             done = await self.durable.run(
                 self._end,
                 keys=[prefix + sid, idx, ended],
-                args=[sid, reason.value, now, self.channel],
+                args=[sid, reason.value, now, self._channel(uid)],
             )
         return None if int(done) == 2 else bool(done)
 
@@ -724,7 +743,7 @@ class RedisSessionStore:
             done = await self.durable.run(
                 self._end_all,
                 keys=[idx, ended],
-                args=[prefix, keep or "", reason.value, now, self.channel],
+                args=[prefix, keep or "", reason.value, now, self._channel(uid)],
             )
         return list(_rebuilt(uid, done))
 
@@ -732,7 +751,7 @@ class RedisSessionStore:
         """See :meth:`tokenward.sessions.SessionStore.list`."""
         prefix, idx, _ = _keys(uid)
         async with _backend():
-            rows, bad = await self._list(keys=[idx], args=[prefix, now, self.channel, uid])
+            rows, bad = await self._list(keys=[idx], args=[prefix, now, self._channel(uid), uid])
         for sid in bad:
             if sid == INDEX_REBUILT:
                 _index_rebuilt(uid)

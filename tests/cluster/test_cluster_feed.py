@@ -1,0 +1,161 @@
+"""The revocation feed on a real Redis Cluster: sharded pub/sub, two instances, the lease.
+
+Every wait is a bounded poll; the pauses are Redis's own (``CLIENT PAUSE``, bounded).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from tokenward.clock import FrozenClock
+from tokenward.errors import SessionEnded
+from tokenward.passwords import CHEAP_FOR_TESTS
+from tokenward.runtime import Tokenward
+from tokenward.sessions import EndReason, UserRef
+from tokenward.settings import load_settings
+from waiting import await_until
+
+MakeTw = Callable[[], Awaitable[Tokenward]]
+
+
+@pytest.fixture
+async def make_cluster_tw(redis_cluster_url: str, tmp_path: Path) -> AsyncIterator[MakeTw]:
+    """Instances on the cluster sharing one data directory (signing keys, SQLite)."""
+    started: list[Tokenward] = []
+
+    async def make() -> Tokenward:
+        env = {
+            "TOKENWARD_REDIS_URL": redis_cluster_url,
+            "TOKENWARD_DATA_DIR": str(tmp_path / "data"),
+            "TOKENWARD_ISSUER": "https://tokenward.test",
+        }
+        settings = load_settings(env, env_file=tmp_path / "none.env")
+        tw = Tokenward(settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS)
+        await tw.start()
+        started.append(tw)
+        await await_until(lambda: tw.feed.subscribed, within=10, what="the feed subscribes")
+        return tw
+
+    yield make
+    for tw in started:
+        await tw.stop()
+
+
+def _ports(url: str) -> list[int]:
+    seed = int(url.rsplit(":", 1)[1])
+    out = subprocess.run(
+        ["redis-cli", "-p", str(seed), "cluster", "nodes"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    return [int(line.split()[1].split("@")[0].rsplit(":", 1)[1]) for line in out.splitlines()]
+
+
+def _cli(port: int, *args: str) -> str:
+    return subprocess.run(
+        ["redis-cli", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+
+
+def _bus_publishes(ports: list[int]) -> int:
+    """Classic PUBLISH messages the nodes broadcast to each other over the cluster bus."""
+    total = 0
+    for port in ports:
+        for line in _cli(port, "cluster", "info").splitlines():
+            if line.startswith("cluster_stats_messages_publish_sent:"):
+                total += int(line.split(":")[1])
+    return total
+
+
+def _user(n: int) -> UserRef:
+    return UserRef(id=f"{n:032x}", email=f"feed{n}@example.com", created_at=1)
+
+
+async def test_revocation_across_two_instances_through_the_sharded_feed(
+    make_cluster_tw: MakeTw, redis_cluster_url: str
+) -> None:
+    """30 users over the slots of all three masters: a logout on A is refused by B's warm
+    cache within 2 s (every one, with its delay), and no ending crossed the cluster bus."""
+    a, b = await make_cluster_tw(), await make_cluster_tw()
+    assert a.feed.sharded
+    assert b.feed.sharded
+    ports = _ports(redis_cluster_url)
+    bus_before = _bus_publishes(ports)
+    delays = []
+    for n in range(30):
+        issued = await a.sessions.open(_user(n), ip="127.0.0.1", user_agent="t", now=a.clock.now())
+        await b.sessions.authenticate(issued.access_token, now=b.clock.now())
+        hits = b.cache.hits
+        await b.sessions.authenticate(issued.access_token, now=b.clock.now())
+        assert b.cache.hits == hits + 1  # B vouches from its cache: only the feed can stop it
+        start = time.monotonic()
+        await a.sessions.end(_user(n).id, issued.sid, EndReason.LOGOUT, now=a.clock.now())
+
+        async def refused(token: str = issued.access_token) -> bool:
+            try:
+                await b.sessions.authenticate(token, now=b.clock.now())
+            except SessionEnded:
+                return True
+            return False
+
+        await await_until(refused, within=2, what="B refuses the ended session", step=0.001)
+        delays.append(time.monotonic() - start)
+    assert _bus_publishes(ports) == bus_before  # sharded: nothing broadcast to other nodes
+    assert a.feed.drops == b.feed.drops == 0
+    print(f"cross-instance delays ms: max {max(delays) * 1000:.1f}")
+
+
+async def test_feed_survives_the_cluster_client_closing_its_connections(
+    make_cluster_tw: MakeTw,
+) -> None:
+    """redis-py's cluster client disconnects every connection of every node (``aclose()``)
+    when a command meets CLUSTERDOWN, an uncovered slot or repeated MOVED, e.g. while
+    another master fails over. The feed's connections are its own: it stays up (before,
+    it subscribed through the client's node pool and dropped with it)."""
+    tw = await make_cluster_tw()
+    before = tw.feed.subscriptions
+    for _ in range(2):
+        await tw.redis.aclose()
+        closed_at = tw.cache.clock()
+        # Renewed past this only by pings sent after the close that came back through the
+        # subscription of every master.
+        await await_until(
+            lambda at=closed_at: tw.cache.lease_until > at + tw.feed.lease,
+            within=3,
+            what="pings sent after the close come back",
+        )
+        assert tw.feed.subscribed
+    assert tw.feed.subscriptions == before
+    assert tw.feed.drops == 0
+
+
+async def test_the_lease_lapses_when_delivery_stops(
+    make_cluster_tw: MakeTw, redis_cluster_url: str
+) -> None:
+    """``CLIENT PAUSE WRITE`` on every master holds every (S)PUBLISH while the links stay
+    up and answer PING: the lease, renewed only by pings delivered on the channel, lapses
+    within the lease (0.8 s) plus slack; the feed is counted down once and comes back when
+    the pause ends."""
+    tw = await make_cluster_tw()
+    ports = _ports(redis_cluster_url)
+    for port in ports:
+        assert _cli(port, "client", "pause", "2500", "WRITE").strip() == "OK"
+    paused = time.monotonic()
+    await await_until(lambda: not tw.feed.subscribed, within=2, what="the lease lapses")
+    lapsed_after = time.monotonic() - paused
+    assert lapsed_after < tw.feed.lease + 0.5
+    assert tw.feed.drops == 1
+    await await_until(lambda: tw.feed.subscribed, within=10, what="the feed comes back")
+    assert time.monotonic() - paused > 2.0  # not before the pause ended
+    assert tw.feed.drops == 1
