@@ -19,6 +19,10 @@ metric                                         type       labels
 ``tokenward_sessions_active``                  gauge      (computed on scrape, see below)
 ``tokenward_sessions_active_exact``            gauge      1, or 0 when the count is a lower
                                                           bound
+``tokenward_revocation_feed_up``               gauge      1 while the revocation feed holds
+                                                          its lease (the cache may vouch)
+``tokenward_revocation_feed_drops_total``      counter    times the feed went down after
+                                                          being up
 ``tokenward_build_info``                       gauge      ``version``
 =============================================  =========  ===================================
 
@@ -66,6 +70,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -278,6 +283,21 @@ class Metrics:
             ["limit"],
             registry=own,
         )
+        # livemin: with several workers a scrape shows 0 as soon as any live worker's feed
+        # is down (each worker has its own feed and cache).
+        self.feed_up = Gauge(
+            "tokenward_revocation_feed_up",
+            "1 while the revocation feed is subscribed and holds its lease; 0 while every "
+            "request checks its session in Redis (slower, still safe).",
+            multiprocess_mode="livemin",
+            registry=own,
+        )
+        self.feed_drops = Counter(
+            "tokenward_revocation_feed_drops",
+            "Times the revocation feed went down after being up (connection lost, lease "
+            "lapsed, subscription lost).",
+            registry=own,
+        )
         if sessions is not None:
             self.registry.register(_SessionsCollector(sessions))
         self.registry.register(_BuildInfo(__version__))
@@ -308,6 +328,13 @@ class Metrics:
     def security_event(self, event: SecurityEvent) -> None:
         """Count a security event (the :class:`~tokenward.events.SecurityEvents` observer)."""
         self.security_events.labels(event.kind.value).inc()
+
+    def revocation_feed(self, up: bool) -> None:
+        """The feed's hook (:class:`~tokenward.stores.redis_feed.RevocationFeed`
+        ``on_change``): it came up, or it went down (a drop)."""
+        self.feed_up.set(1 if up else 0)
+        if not up:
+            self.feed_drops.inc()
 
     def rate_limit_refused(self, limit: str) -> None:
         """Count an attempt a limit refused (the :class:`~tokenward.throttle.Throttle` hook)."""

@@ -213,7 +213,7 @@ class Tokenward:
             on_lock=self.events.throttled,
             on_refuse=self.metrics.rate_limit_refused,
         )
-        self.feed = RevocationFeed(self.redis, self.cache)
+        self.feed = RevocationFeed(self.redis, self.cache, on_change=self.metrics.revocation_feed)
         await self.feed.start(wait=s.backend_timeout)
         self._key_watch = asyncio.create_task(self._watch_keys(), name="tokenward-key-watch")
         self._started = True

@@ -103,7 +103,7 @@ class RevocationFeed:
             cut off from Redis stops trusting its cache within 0.8 s.
         retry_delay: seconds to wait before resubscribing after a failure.
         on_change: called with ``True`` when the feed comes up and ``False`` when it goes
-            down (the metrics).
+            down after being up (a drop; not on :meth:`stop`): the metrics.
     """
 
     def __init__(
@@ -169,11 +169,9 @@ class RevocationFeed:
             log.warning("revocation feed did not stop cleanly")
         self._task = self._watchdog = None
         self._stopping = False
-        was_up = self._subscribed.is_set()
+        # A stop is not a drop: on_change is not told (the process is going away).
         self._subscribed.clear()
         self.cache.set_healthy(False)
-        if was_up and self.on_change is not None:
-            self.on_change(False)
 
     @property
     def subscribed(self) -> bool:
@@ -305,7 +303,7 @@ class RevocationFeed:
         self._subscribed.set()
         if self.down_since is not None:
             log.warning(
-                "revocation feed recovered after %.2f s down (%d channels on %d connections)",
+                "revocation feed recovered after %.2f s down (channels: %d, connections: %d)",
                 now - self.down_since,
                 sum(len(link.channels) for link in links),
                 len(links),
@@ -313,7 +311,7 @@ class RevocationFeed:
             self.down_since = None
         else:
             log.info(
-                "revocation feed up (%d channels on %d connections)",
+                "revocation feed up (channels: %d, connections: %d)",
                 sum(len(link.channels) for link in links),
                 len(links),
             )
