@@ -13,6 +13,7 @@ server's names raise an ImportError naming the extra to install.
 from __future__ import annotations
 
 import email
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -48,10 +49,15 @@ def _package_files() -> list[str]:
     )
 
 
-def test_version_agrees_with_pyproject() -> None:
-    """tokenward.__version__ is the version in pyproject.toml and heads the CHANGELOG."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["version"] == VERSION == "0.1.0"
+def test_version_has_one_source() -> None:
+    """tokenward.__version__ is the only place the version is written: pyproject.toml takes
+    it from there (hatch), the installed metadata and ``tokenward --version`` agree, and a
+    CHANGELOG heading names it."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"]
+    assert pyproject["project"]["dynamic"] == ["version"]
+    assert pyproject["tool"]["hatch"]["version"]["path"] == "src/tokenward/__init__.py"
+    assert importlib.metadata.version("tokenward") == VERSION == "0.1.0"
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert f"## [{VERSION}]" in changelog
 
