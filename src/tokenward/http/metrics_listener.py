@@ -7,7 +7,11 @@ many sessions are live; it is not for the public port. ``tokenward serve --metri
 
 One small asyncio server per worker process, started and stopped with the app's lifespan,
 not a second uvicorn: it answers only ``GET``/``HEAD /metrics``, one request per connection,
-with a bounded request head (8 KiB) read within :data:`READ_TIMEOUT`. With several workers
+with a bounded request head (8 KiB) read within :data:`READ_TIMEOUT` and the answer written
+within :data:`WRITE_TIMEOUT` (a scraper that stops reading does not hold the connection),
+and at most :data:`MAX_CONNECTIONS` connections at a time per worker: more are closed at
+once, so connections left open cannot pile up (see "Connection limits" in
+docs/deployment.md for the public port). With several workers
 each binds the port with ``SO_REUSEPORT`` and the kernel spreads scrapes over them; any
 worker reports the whole server (the multiprocess mode of :mod:`tokenward.metrics`).
 ``tokenward serve`` checks the port is free before starting the workers, so a port taken
@@ -23,10 +27,14 @@ import socket
 
 from tokenward.metrics import CONTENT_TYPE, Metrics
 
-__all__ = ["READ_TIMEOUT", "MetricsListener", "check_port_free"]
+__all__ = ["MAX_CONNECTIONS", "READ_TIMEOUT", "WRITE_TIMEOUT", "MetricsListener", "check_port_free"]
 
 #: Seconds a client has to send its request head.
 READ_TIMEOUT = 5.0
+#: Seconds to render and send the answer (to a client that reads it).
+WRITE_TIMEOUT = 10.0
+#: Open connections per worker; a scraper needs one now and then.
+MAX_CONNECTIONS = 32
 _HEAD_LIMIT = 8192
 
 log = logging.getLogger("tokenward.http")
@@ -57,12 +65,25 @@ class MetricsListener:
         metrics: the process's metrics.
         host: the address to listen on.
         port: the port.
+        read_timeout: seconds a client has to send its request head.
+        max_connections: connections served at a time; more are closed at once.
     """
 
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        host: str,
+        port: int,
+        *,
+        read_timeout: float = READ_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.metrics = metrics
         self.host = host
         self.port = port
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self._open = 0
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -81,19 +102,24 @@ class MetricsListener:
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= self.max_connections:
+            writer.close()
+            return
+        self._open += 1
         try:
-            async with asyncio.timeout(READ_TIMEOUT):
+            async with asyncio.timeout(self.read_timeout):
                 head = await reader.readuntil(b"\r\n\r\n")
             method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
             path = target.split("?", 1)[0]
-            if path != "/metrics":
-                writer.write(_response("404 Not Found", b"not found\n", "text/plain"))
-            elif method not in ("GET", "HEAD"):
-                writer.write(_response("405 Method Not Allowed", b"GET only\n", "text/plain"))
-            else:
-                body = await self.metrics.render()
-                writer.write(_response("200 OK", body, CONTENT_TYPE, head=method == "HEAD"))
-            await writer.drain()
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                if path != "/metrics":
+                    writer.write(_response("404 Not Found", b"not found\n", "text/plain"))
+                elif method not in ("GET", "HEAD"):
+                    writer.write(_response("405 Method Not Allowed", b"GET only\n", "text/plain"))
+                else:
+                    body = await self.metrics.render()
+                    writer.write(_response("200 OK", body, CONTENT_TYPE, head=method == "HEAD"))
+                await writer.drain()
         except (
             TimeoutError,
             ValueError,
@@ -103,4 +129,5 @@ class MetricsListener:
         ):
             pass  # a malformed, oversized or slow request gets no answer
         finally:
+            self._open -= 1
             writer.close()
