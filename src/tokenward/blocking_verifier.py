@@ -26,7 +26,13 @@ from tokenward.clock import Clock
 from tokenward.errors import Unavailable
 from tokenward.jwks import DEFAULT_MAX_JWKS_BYTES
 from tokenward.tokens import AccessClaims
-from tokenward.verifier import DEFAULT_MAX_STALE, AsyncVerifier, VerifierStats, bearer_token
+from tokenward.verifier import (
+    DEFAULT_MAX_LIFETIME,
+    DEFAULT_MAX_STALE,
+    AsyncVerifier,
+    VerifierStats,
+    bearer_token,
+)
 
 __all__ = ["Verifier"]
 
@@ -53,6 +59,7 @@ class Verifier:
         jwks_url: str | None = None,
         redis_url: str | None = None,
         leeway: int = 30,
+        max_lifetime: int = DEFAULT_MAX_LIFETIME,
         min_refetch_interval: float = 30.0,
         keys_max_age: float = 300.0,
         max_stale: float = DEFAULT_MAX_STALE,
@@ -71,6 +78,7 @@ class Verifier:
             jwks_url=jwks_url,
             redis_url=redis_url,
             leeway=leeway,
+            max_lifetime=max_lifetime,
             min_refetch_interval=min_refetch_interval,
             keys_max_age=keys_max_age,
             max_stale=max_stale,

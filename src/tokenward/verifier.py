@@ -12,7 +12,12 @@ tokens arrive, so forged ``kid`` values cannot turn the verifier into a JWKS flo
 set is also refreshed in the background every ``keys_max_age`` (5 min), so retired keys
 stop verifying. The claim checks are the issuer's own
 (:class:`~tokenward.tokens.AccessTokenVerifier`): ``typ``, pinned ``alg``, ``iss``, ``aud``,
-``exp``/``iat``/``nbf`` with leeway, and the verified-token cache. ``audience`` is this
+``exp``/``iat``/``nbf`` with leeway, and the verified-token cache. ``max_lifetime`` (1 hour
+by default) bounds ``exp - iat``: a verifier does not know the issuer's
+``TOKENWARD_ACCESS_TTL`` (10 minutes by default), so a correctly signed token that claims to
+live longer than ``max_lifetime`` plus leeway was not minted by the issuer as configured (a
+leaked signing key, say) and is refused, instead of being honoured for as long as its
+signer chose. Set it to the issuer's access TTL to tighten it. ``audience`` is this
 service's name: a token the issuer minted for another service (``POST /auth/token``) is
 refused here, and a token for this one everywhere else.
 
@@ -83,12 +88,22 @@ if TYPE_CHECKING:
     from tokenward.stores.redis_feed import RevocationFeed
     from tokenward.stores.redis_sessions import RedisSessionStore
 
-__all__ = ["DEFAULT_MAX_STALE", "AsyncVerifier", "VerifierStats", "bearer_token"]
+__all__ = [
+    "DEFAULT_MAX_LIFETIME",
+    "DEFAULT_MAX_STALE",
+    "AsyncVerifier",
+    "VerifierStats",
+    "bearer_token",
+]
 
 log = logging.getLogger("tokenward.verifier")
 
 #: Seconds after the last successful JWKS fetch past which every token is refused.
 DEFAULT_MAX_STALE = 3600.0
+#: Longest token lifetime (``exp - iat``) accepted, leeway aside: six times the issuer's
+#: default ``TOKENWARD_ACCESS_TTL``, room for a deployment that raised it, not for a token
+#: minted to live for days.
+DEFAULT_MAX_LIFETIME = 3600
 #: First delay before retrying a failed JWKS fetch; it doubles up to ``max_retry_interval``.
 _FIRST_RETRY = 1.0
 
@@ -195,6 +210,9 @@ class AsyncVerifier:
         redis_url: Tokenward's ``TOKENWARD_REDIS_URL``, to refuse ended sessions at once;
             without it a token is good until it expires.
         leeway: clock skew tolerated on ``exp``, ``iat``, ``nbf`` (``TOKENWARD_LEEWAY``).
+        max_lifetime: a token with ``exp - iat`` above this plus ``leeway`` is refused
+            (:class:`~tokenward.errors.TokenInvalid`) however well signed; at least the
+            issuer's ``TOKENWARD_ACCESS_TTL`` (and its ``POST /auth/token`` lifetimes).
         min_refetch_interval: seconds between JWKS fetches caused by unknown ``kid`` values.
         keys_max_age: seconds after which the key set is refreshed in the background.
         max_stale: seconds after the last successful JWKS fetch past which every token is
@@ -211,7 +229,8 @@ class AsyncVerifier:
 
     Raises:
         ConfigError: a JWKS URL that is not ``https://`` (see ``allow_insecure_http``),
-            ``max_stale`` shorter than ``keys_max_age``, or ``tls`` not an SSL context.
+            ``max_stale`` shorter than ``keys_max_age``, ``max_lifetime`` not positive,
+            or ``tls`` not an SSL context.
     """
 
     def __init__(
@@ -222,6 +241,7 @@ class AsyncVerifier:
         jwks_url: str | None = None,
         redis_url: str | None = None,
         leeway: int = 30,
+        max_lifetime: int = DEFAULT_MAX_LIFETIME,
         min_refetch_interval: float = 30.0,
         keys_max_age: float = 300.0,
         max_stale: float = DEFAULT_MAX_STALE,
@@ -234,6 +254,8 @@ class AsyncVerifier:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         issuer = issuer.rstrip("/")
+        if type(max_lifetime) is not int or max_lifetime <= 0:
+            raise ConfigError("max_lifetime: a positive number of seconds")
         self.jwks_url = check_jwks_url(
             jwks_url or f"{issuer}/.well-known/jwks.json", allow_insecure_http=allow_insecure_http
         )
@@ -257,8 +279,9 @@ class AsyncVerifier:
         self._tls = tls
         self._monotonic = monotonic
         self._keys = PublicKeySet([])
+        self.max_lifetime = max_lifetime
         self._tokens = AccessTokenVerifier(
-            self._keys, issuer=issuer, audience=audience, leeway=leeway
+            self._keys, issuer=issuer, audience=audience, leeway=leeway, max_lifetime=max_lifetime
         )
         self._cache = _LockedSessionCache()
         self._http: httpx.AsyncClient | None = None

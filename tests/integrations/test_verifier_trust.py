@@ -42,6 +42,7 @@ from tokenward.keys import KeySet, generate_key
 from tokenward.metrics import VerifierCollector
 from tokenward.runtime import Tokenward
 from tokenward.tokens import AccessTokens
+from tokenward.verifier import DEFAULT_MAX_LIFETIME
 from waiting import await_until
 
 ISSUER = "https://app.test"  # the integration fixtures' issuer (conftest.APP_ORIGIN)
@@ -459,3 +460,53 @@ async def test_tls_is_verified_and_a_private_ca_is_trusted_when_given(
         server.should_exit = True
         await task
         sock.close()
+
+
+# ------------------------------------------------------------------- token lifetime bound
+
+
+async def test_a_long_lived_token_signed_with_the_real_key_is_refused(
+    tw: Tokenward, issuer: IssuerServer
+) -> None:
+    """A signing key leaked from the issuer mints a token for a day: correctly signed, the
+    issuer's kid, the right iss and aud. The verifier, fed by the real JWKS on a real
+    socket, refuses it (exp - iat above max_lifetime + leeway; 1 hour by default), accepts
+    the issuer's own 10-minute tokens and a lifetime right at the bound, and honours a
+    configured max_lifetime, in the blocking Verifier too. It used to accept the day-long
+    token until its exp."""
+    now = tw.clock.now()
+    leaked = AccessTokens(tw.keys, issuer=ISSUER, audience="tokenward", ttl=86_400)
+    day, _ = leaked.issue(sub="u1", sid="s1", now=now)
+    bound = DEFAULT_MAX_LIFETIME + 30
+    at_bound, _ = AccessTokens(tw.keys, issuer=ISSUER, audience="tokenward", ttl=bound).issue(
+        sub="u1", sid="s1", now=now
+    )
+    past, _ = AccessTokens(tw.keys, issuer=ISSUER, audience="tokenward", ttl=bound + 1).issue(
+        sub="u1", sid="s1", now=now
+    )
+    normal, claims = tw.tokens.issue(sub="u1", sid="s1", now=now)
+    async with AsyncVerifier(ISSUER, jwks_url=issuer.jwks_url, clock=tw.clock) as verifier:
+        assert await verifier.verify(normal) == claims
+        assert (await verifier.verify(at_bound)).exp - now == bound
+        for token in (day, past):
+            with pytest.raises(TokenInvalid, match="lifetime"):
+                await verifier.verify(token)
+        assert verifier.max_lifetime == DEFAULT_MAX_LIFETIME == 3600
+    async with AsyncVerifier(
+        ISSUER, jwks_url=issuer.jwks_url, clock=tw.clock, max_lifetime=86_400
+    ) as wide:
+        assert (await wide.verify(day)).exp - now == 86_400
+    # Blocking calls run in a thread: the issuer is served by this test's event loop.
+    blocking = Verifier(ISSUER, jwks_url=issuer.jwks_url, clock=tw.clock, max_lifetime=600)
+    try:
+        assert await asyncio.to_thread(blocking.verify, normal) == claims
+        with pytest.raises(TokenInvalid, match="lifetime"):
+            await asyncio.to_thread(blocking.verify, at_bound)
+    finally:
+        blocking.close()
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, None])
+def test_a_max_lifetime_that_is_not_a_positive_int_is_a_config_error(value: Any) -> None:
+    with pytest.raises(ConfigError, match="max_lifetime"):
+        AsyncVerifier(ISSUER, max_lifetime=value)
