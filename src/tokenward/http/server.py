@@ -38,6 +38,7 @@ Redis and the migrations have run.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import resource
 import socket
@@ -334,6 +335,11 @@ def run(config: ServerConfig, sock: socket.socket) -> None:
     host, port = sock.getsockname()[:2]
     log.info("listening on http://%s:%d (%d worker(s))", host, port, config.workers)
     if config.workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
+        supervisor: Any = Multiprocess
+        if "target" in inspect.signature(Multiprocess).parameters:
+            # uvicorn before 0.3x's rework (0.32 is the floor) gives workers a target.
+            supervisor(config, target=Server(config).run, sockets=[sock]).run()
+        else:
+            supervisor(config, sockets=[sock]).run()
     else:
         Server(config).run(sockets=[sock])
