@@ -80,3 +80,41 @@ async def test_feed_down_resubscribing_and_recovered(
             assert 1.5 <= seconds <= outage
         finally:
             await factory.stop_all()
+
+
+async def test_other_processes_pings_are_not_endings(tmp_path: Path) -> None:
+    """Three feeds on one channel, each publishing its lease pings there (2.5 a second):
+    while each renews its lease three more times from its own pings, no cache treats
+    another feed's ping as an ending (its generation, bumped by every forget, stays put)."""
+    import redis.asyncio as aioredis
+
+    from tokenward.revocation import SessionCache
+    from tokenward.stores.redis_feed import RevocationFeed
+
+    with private_redis(tmp_path) as server:
+        client = aioredis.from_url(server.url, decode_responses=True)
+        feeds = [RevocationFeed(client, SessionCache()) for _ in range(3)]
+        try:
+            for feed in feeds:
+                await feed.start(wait=5)
+            await await_until(
+                lambda: all(f.subscribed for f in feeds), within=5, what="three feeds subscribe"
+            )
+            tickets = [f.cache.ticket() for f in feeds]
+            leases = [f.cache.lease_until for f in feeds]
+            # Three more proofs each: meanwhile the others' pings were delivered too.
+            await await_until(
+                lambda: all(
+                    f.cache.lease_until >= lease + 3 * f.ping_interval
+                    for f, lease in zip(feeds, leases, strict=True)
+                ),
+                within=5,
+                what="three more pings come back to every feed",
+            )
+            assert [f.cache.ticket() for f in feeds] == tickets
+            assert all(f.subscribed for f in feeds)
+            assert sum(f.drops for f in feeds) == 0
+        finally:
+            for feed in feeds:
+                await feed.stop()
+            await client.aclose()
