@@ -31,7 +31,7 @@ from tokenward.runtime import Tokenward
 from tw_accounts import BEARER, GENEROUS_LIMITS, ORIGIN, Accounts
 from tw_factory import TokenwardFactory
 
-ROUNDS = 14
+ROUNDS = 10
 CHAINS = 12
 LOGOUTS_PER_ROUND = 8
 TIMEOUT = 0.25
