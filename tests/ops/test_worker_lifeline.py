@@ -50,7 +50,10 @@ def _alive(pid: int) -> bool:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen there now (as servers bind: SO_REUSEADDR, so the
+    TIME_WAIT of connections that ended does not count)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -94,6 +97,9 @@ def test_workers_exit_when_the_supervisor_is_killed(redis_url: str, tmp_path: Pa
         orphans = _children(first.pid)
         assert len(orphans) >= 2, "two workers (and the resource tracker)"
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        # A scrape: the listener closes first, leaving its port in TIME_WAIT for the restart.
+        scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+        assert scrape.status_code == 200
 
         os.kill(first.pid, signal.SIGKILL)
         first.wait(10)

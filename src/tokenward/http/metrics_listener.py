@@ -41,9 +41,16 @@ log = logging.getLogger("tokenward.http")
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Raise ``OSError`` when ``host:port`` cannot be bound (another program holds it)."""
+    """Raise ``OSError`` when ``host:port`` cannot be bound (another program holds it).
+
+    The probe binds as the listener will (``SO_REUSEADDR``, asyncio's default): without it
+    the ``TIME_WAIT`` left by the last run's scrapes (the listener closes first) refused a
+    restart within a minute. A socket listening there, ``SO_REUSEPORT`` or not (orphaned
+    workers of a killed server), still fails it.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host, port))
 
 
