@@ -137,12 +137,18 @@ async def test_sessions_list_and_revoke(
         assert await _refused_within(client, first_auth)
         assert (await client.get("/auth/me", headers=second_auth)).status_code == 200
 
+        # A re-run (say after a 503) is idempotent: the session stays ended, exit 0.
         again = await run_cli(
             "sessions", "revoke", "--user", "s@example.com",
             "--session", first["session"]["id"], env=env,
         )  # fmt: skip
-        assert again.code == 1
-        assert "no such session" in again.err
+        assert again.code == 0, again.err
+        assert await _refused_within(client, first_auth)
+        unknown = await run_cli(
+            "sessions", "revoke", "--user", "s@example.com", "--session", "no-such-sid", env=env
+        )
+        assert unknown.code == 1
+        assert "no such session" in unknown.err
 
         everything = await run_cli(
             "sessions", "revoke", "--user", first["user"]["id"], "--json", env=env
