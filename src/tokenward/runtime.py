@@ -188,7 +188,14 @@ class Tokenward:
             redis_url = await asyncio.to_thread(self.embedded.start)
         durability = Durability.for_setting(s.redis_wait, s.redis_url)
         self.redis: RedisClient = connect_redis(redis_url, timeout=s.backend_timeout)
-        await probe_redis(self.redis, redis_url, wait=s.backend_timeout)  # logs if it fails
+        if await probe_redis(self.redis, redis_url, wait=s.backend_timeout):  # logs if not
+            try:
+                await durability.verify(self.redis)
+            except ConfigError:
+                await self.redis.aclose()
+                if self.embedded is not None:
+                    await asyncio.to_thread(self.embedded.stop)
+                raise
         self.engine = create_engine(
             s.database_url or default_database_url(s.data_dir), timeout=s.backend_timeout
         )

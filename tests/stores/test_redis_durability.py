@@ -205,3 +205,20 @@ async def test_a_replay_from_another_client_after_a_503_is_still_theft(
             lambda: c.post("/auth/refresh", json={"refresh_token": token}, headers=BEARER)
         )
         assert owner.status_code == 401, "the session was ended as theft"
+
+
+async def test_a_wait_the_server_cannot_do_is_a_start_up_error(tmp_path: Path) -> None:
+    """``:aof`` against a server without WAITAOF (Redis 7.0) or without appendonly: one
+    line at start-up naming the setting, where every session write would have been a 503."""
+    from tokenward.errors import ConfigError
+
+    with private_redis(tmp_path) as server:  # appendonly no (and no WAITAOF before 7.2)
+        factory = TokenwardFactory(server.url, tmp_path, issuer=ORIGIN)
+        try:
+            with pytest.raises(ConfigError) as caught:
+                await factory.make(redis_wait="0:100:aof")
+        finally:
+            await factory.stop_all()
+    message = str(caught.value)
+    assert message.startswith("TOKENWARD_REDIS_WAIT: 0:100:aof needs WAITAOF"), message
+    assert "\n" not in message

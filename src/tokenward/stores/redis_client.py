@@ -50,7 +50,7 @@ from redis.asyncio.sentinel import (
 )
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisClusterException, RedisError
+from redis.exceptions import ReadOnlyError, RedisClusterException, RedisError, ResponseError
 
 from tokenward.errors import ConfigError
 
@@ -485,6 +485,30 @@ class Durability:
                 "and configure min-replicas-to-write on the nodes"
             )
         return cls(parsed if isinstance(parsed, RedisWait) else None)
+
+    async def verify(self, client: aioredis.Redis) -> None:
+        """Check, once at start-up, that the server can do what the setting asks.
+
+        ``WAITAOF`` needs Redis 7.2+ or Valkey 8+ and ``appendonly yes``; without them
+        every session write would answer 503, so this is a start-up error instead. An
+        unreachable server passes (the start-up probe has said so; writes answer 503).
+
+        Raises:
+            ConfigError: the server refused ``WAITAOF`` (one line, with its reason).
+        """
+        wait = self.wait
+        if wait is None or not wait.aof:
+            return
+        try:
+            await client.execute_command("WAITAOF", 1, 0, 1)  # type: ignore[no-untyped-call]
+        except ResponseError as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise ConfigError(
+                f"TOKENWARD_REDIS_WAIT: {wait} needs WAITAOF (Redis 7.2+ or Valkey 8+, with "
+                f"appendonly yes on every node); the server answered: {reason}"
+            ) from exc
+        except (RedisError, OSError):
+            return
 
     async def run(
         self, script: AsyncScript, *, keys: Sequence[str], args: Iterable[str | int]
