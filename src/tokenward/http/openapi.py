@@ -13,18 +13,29 @@ if TYPE_CHECKING:
 
 __all__ = ["PROBLEM_TYPES", "openapi_document"]
 
-PROBLEM_TYPES: dict[int, list[str]] = {
-    400: ["bad-request"],
-    401: ["unauthenticated", "token-expired", "refresh-reused", "invalid-credentials"],
-    403: ["csrf", "forbidden", "invalid-credentials"],
-    404: ["not-found"],
-    409: ["conflict"],
-    413: ["payload-too-large"],
-    415: ["unsupported-media-type"],
-    422: ["validation"],
-    429: ["rate-limited"],
-    503: ["unavailable"],
-}
+
+def _problem_types() -> dict[int, list[str]]:
+    """Status -> the problem types an answer with that status can carry, read off the
+    :class:`~tokenward.errors.TokenwardError` tree (in its order) so a new error class cannot
+    be missing here. ``ConfigError`` is start-up only and ``KeysStale`` is raised by
+    verifiers in other services: the server never answers either."""
+    from tokenward import errors
+
+    never_served = (errors.ConfigError, errors.KeysStale)
+    found: dict[int, list[str]] = {}
+    todo: list[type[errors.TokenwardError]] = [errors.TokenwardError]
+    while todo:
+        cls = todo.pop(0)
+        todo[:0] = cls.__subclasses__()  # depth first, in definition order
+        if cls in never_served:
+            continue
+        slugs = found.setdefault(cls.status, [])
+        if cls.slug not in slugs:
+            slugs.append(cls.slug)
+    return dict(sorted(found.items()))
+
+
+PROBLEM_TYPES: dict[int, list[str]] = _problem_types()
 
 _STR = {"type": "string"}
 _TIME = {"type": "string", "format": "date-time"}
