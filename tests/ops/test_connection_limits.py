@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import selectors
 import signal
 import socket
@@ -296,3 +297,29 @@ def test_the_cap_fits_the_open_files_limit(redis_url: str, tmp_path: Path) -> No
             within=SLACK,
             what="a slot is free again once the hoarders hang up",
         )
+
+
+def test_keep_alive_pauses_longer_than_the_head_timeout_are_not_cut(server: Server) -> None:
+    """One keep-alive connection, three requests 2 s apart: longer than the head timeout
+    (1.5 s), shorter than the idle one (3 s). All are answered on the same connection (the
+    head deadline starts at a request's first byte, not at the last response), and the
+    connection is closed the idle timeout after the last answer."""
+    gap = 2.0
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=IDLE + SLACK) as sock:
+        last = time.monotonic()
+        for i in range(3):
+            if i:
+                # The pause is the client's pacing; the server must stay silent through it.
+                readable, _, _ = select.select([sock], [], [], gap)
+                assert not readable, f"closed or answered unasked during pause {i}"
+            sock.sendall(request)
+            answer = b""
+            while not (answer.endswith(b"}") and b"\r\n\r\n" in answer):
+                chunk = sock.recv(4096)
+                assert chunk, f"request {i + 1} on the kept-alive connection got no answer"
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+            last = time.monotonic()
+        assert sock.recv(1) == b"", "closed after the idle timeout, without a word"
+        assert IDLE - 0.1 <= time.monotonic() - last <= IDLE + SLACK
