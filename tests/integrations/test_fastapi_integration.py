@@ -6,6 +6,7 @@ time, and ``User`` below is a local alias.
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -150,8 +151,9 @@ async def test_current_session_needs_no_database_current_user_does(
     await asyncio.wait_for(tw.start(), 10)
     try:
         now = tw.clock.now()
+        uid = uuid.uuid4().hex  # the run shares one Redis: a user of this test alone
         issued = await tw.sessions.open(
-            UserRef("a" * 32, "db-down@example.com", now), ip="10.0.0.2", user_agent="t", now=now
+            UserRef(uid, "db-down@example.com", now), ip="10.0.0.2", user_agent="t", now=now
         )
         app, _ = build_app(tw, manage_lifespan=False)
         transport = httpx.ASGITransport(app=app)
@@ -159,7 +161,7 @@ async def test_current_session_needs_no_database_current_user_does(
             auth = {"Authorization": f"Bearer {issued.access_token}"}
             session = await client.get("/session", headers=auth)
             assert session.status_code == 200, session.text
-            assert session.json() == {"sid": issued.sid, "uid": "a" * 32}
+            assert session.json() == {"sid": issued.sid, "uid": uid}
             me = await asyncio.wait_for(client.get("/me", headers=auth), 10)
             assert me.status_code == 503, me.text
             assert me.json()["type"] == "urn:tokenward:problem:unavailable"

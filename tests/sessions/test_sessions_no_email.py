@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,7 @@ async def test_me_is_503_while_the_user_database_is_down(tw_db_down: Tokenward) 
     ``GET /auth/me`` is 503 ``unavailable`` in bounded time, never 500 and never a 401 that
     would log the user out; what needs no address (sessions, refresh) keeps working."""
     tw = tw_db_down
-    uid = "0" * 31 + "1"
+    uid = uuid.uuid4().hex  # the run shares one Redis: a user of this test alone
     issued = await tw.sessions.open(
         UserRef(uid, "down@example.com", tw.clock.now()),
         ip="10.0.0.1",
