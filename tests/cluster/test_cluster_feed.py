@@ -144,18 +144,31 @@ async def test_the_lease_lapses_when_delivery_stops(
     make_cluster_tw: MakeTw, redis_cluster_url: str
 ) -> None:
     """``CLIENT PAUSE WRITE`` on every master holds every (S)PUBLISH while the links stay
-    up and answer PING: the lease, renewed only by pings delivered on the channel, lapses
-    within the lease (0.8 s) plus slack; the feed is counted down once and comes back when
-    the pause ends."""
+    up and answer PING: the lease, renewed only by pings delivered on the channel, ends at
+    most 0.8 s after the pause began; the feed is counted down and comes back when the
+    pause ends."""
     tw = await make_cluster_tw()
     ports = _ports(redis_cluster_url)
     for port in ports:
         assert _cli(port, "client", "pause", "2500", "WRITE").strip() == "OK"
     paused = time.monotonic()
-    await await_until(lambda: not tw.feed.subscribed, within=2, what="the lease lapses")
-    lapsed_after = time.monotonic() - paused
-    assert lapsed_after < tw.feed.lease + 0.5
+    deadlines: list[float] = []
+
+    def lapsed() -> bool:
+        if tw.cache.healthy:
+            deadlines.append(tw.cache.lease_until)
+        return not tw.feed.subscribed
+
+    await await_until(lapsed, within=3, what="the lease lapses", step=0.01)
+    # Inline in the cache, whatever the watchdog's lateness: no vouching past the lease
+    # counted from before the pause (a ping held by the pause proves nothing).
+    assert max(deadlines, default=0.0) <= paused + tw.feed.lease
     assert tw.feed.drops == 1
-    await await_until(lambda: tw.feed.subscribed, within=10, what="the feed comes back")
-    assert time.monotonic() - paused > 2.0  # not before the pause ended
-    assert tw.feed.drops == 1
+    # Back with a lease proved by pings sent after the pause (a resubscription during the
+    # pause may come up and lapse again: each such lapse is one more drop).
+    await await_until(
+        lambda: tw.feed.subscribed and tw.cache.lease_until > paused + 2.5,
+        within=10,
+        what="pings come back after the pause",
+    )
+    assert tw.feed.drops >= 1
