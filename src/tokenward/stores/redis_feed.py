@@ -255,7 +255,13 @@ class RevocationFeed:
         channels = slot_channels(self.channel)
         by_node: dict[str, list[str]] = {}
         nodes: dict[str, Any] = {}
-        for slot, owners in cluster.nodes_manager.slots_cache.items():
+        slots = cluster.nodes_manager.slots_cache
+        covered = sum(1 for owners in slots.values() if owners)
+        if covered < len(channels):
+            # Coming up without some slots' channels would leave them unheard once they
+            # are served again: stay down (every session checked in Redis) and retry.
+            raise ConnectionError(f"{len(channels) - covered} hash slots have no master")
+        for slot, owners in slots.items():
             node = owners[0]
             nodes[node.name] = node
             by_node.setdefault(node.name, []).append(channels[slot])
