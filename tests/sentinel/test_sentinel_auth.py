@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -113,7 +114,8 @@ async def test_a_wrong_password_is_one_line_without_it(
     )
     client = connect_redis(url, timeout=1.0)
     try:
-        assert not await probe_redis(client, url, wait=5.0)
+        with caplog.at_level(logging.ERROR, logger="tokenward.redis"):
+            assert not await probe_redis(client, url, wait=5.0)
     finally:
         await client.aclose()
     lines = [r.getMessage() for r in caplog.records if r.name == "tokenward.redis"]

@@ -300,6 +300,7 @@ class FailoverPool(SentinelConnectionPool):
     def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
         super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
         self._watch: asyncio.Task[None] | None = None
+        self._closing = False
         self._checks: set[asyncio.Task[None]] = set()
         #: times the pool dropped its connections because the master moved (for tests)
         self.switches = 0
@@ -310,17 +311,19 @@ class FailoverPool(SentinelConnectionPool):
 
     def _start_watch(self) -> None:
         if self._watch is None or self._watch.done():
+            self._closing = False  # used again after a close
             self._watch = asyncio.get_running_loop().create_task(
                 self._watch_sentinels(), name=f"tokenward-sentinel-watch-{self.service_name}"
             )
 
     async def aclose(self) -> None:
+        self._closing = True
         tasks = [t for t in (self._watch, *self._checks) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            # Bounded: a close must not hang on a task stuck in a connection attempt.
+            await asyncio.wait(tasks, timeout=4 * SENTINEL_RETRY)
         self._watch = None
         await super().aclose()
         with contextlib.suppress(RedisError, OSError):
@@ -360,7 +363,7 @@ class FailoverPool(SentinelConnectionPool):
         await asyncio.gather(*(self._watch_one(s) for s in sentinels))
 
     async def _watch_one(self, sentinel: aioredis.Redis) -> None:
-        while True:
+        while not self._closing:
             try:
                 async with sentinel.pubsub() as pubsub:
                     await pubsub.subscribe(SWITCH_CHANNEL)
@@ -372,7 +375,12 @@ class FailoverPool(SentinelConnectionPool):
                         if message is not None and message.get("type") == "message":
                             await self._announced(str(message["data"]))
             except (RedisError, OSError):
-                pass  # that sentinel is down: the others still announce
+                # That sentinel is down: the others still announce. But a cancellation that
+                # met a read timeout comes out as TimeoutError (an OSError): not swallowed,
+                # or the task would never end and closing the client would hang.
+                task = asyncio.current_task()
+                if self._closing or (task is not None and task.cancelling()):
+                    raise asyncio.CancelledError from None
             await asyncio.sleep(SENTINEL_RETRY)
 
     async def _announced(self, data: str) -> None:
