@@ -1,0 +1,207 @@
+"""The sharded revocation feed through a master switch-over on a private 3+3 Cluster.
+
+``CLUSTER FAILOVER`` on a replica hands its master's slots over; the demoted master
+unsubscribes their shard channels (``sunsubscribe``), the feeds start over on the new slot
+map, and revocation across two instances goes on. The cluster is this test's own (a
+failover changes it for good); every wait is a bounded poll and every server is stopped by
+pid.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.crc import key_slot
+
+from tokenward.clock import FrozenClock
+from tokenward.errors import SessionEnded
+from tokenward.passwords import CHEAP_FOR_TESTS
+from tokenward.runtime import Tokenward
+from tokenward.sessions import EndReason, UserRef
+from tokenward.settings import load_settings
+from waiting import await_until, wait_until
+
+START_TIMEOUT = 30.0
+
+
+def _cli(port: int, *args: str) -> str:
+    return subprocess.run(
+        ["redis-cli", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    ).stdout
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks: list[socket.socket] = []
+    try:
+        while len(socks) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] > 55000:  # the bus port is port + 10000
+                s.close()
+                continue
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture
+def cluster_3_3(tmp_path: Path) -> Iterator[list[int]]:
+    """Six nodes, 3 masters + 3 replicas, all replicas in sync; yields the ports."""
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    ports = _free_ports(6)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+            argv += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
+            argv += ["--save", "", "--appendonly", "no", "--cluster-node-timeout", "2000"]
+            procs.append(
+                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        wait_until(
+            lambda: all(_cli(p, "ping").strip() == "PONG" for p in ports),
+            within=START_TIMEOUT,
+            what="six nodes answer",
+            step=0.05,
+        )
+        created = subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{p}" for p in ports],
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert created.returncode == 0, created.stdout + created.stderr
+
+        def ready() -> bool:
+            if not all("cluster_state:ok" in _cli(p, "cluster", "info") for p in ports):
+                return False
+            replicas = [p for p in ports if _role(p) == "slave"]
+            return len(replicas) == 3 and all(
+                "master_link_status:up" in _cli(p, "info", "replication") for p in replicas
+            )
+
+        wait_until(ready, within=START_TIMEOUT, what="3 masters + 3 synced replicas", step=0.1)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def _role(port: int) -> str:
+    lines = _cli(port, "role").split()
+    return lines[0] if lines else ""
+
+
+def _user(n: int) -> UserRef:
+    return UserRef(id=f"{n:032x}", email=f"fo{n}@example.com", created_at=1)
+
+
+async def _start(url: str, data: Path) -> Tokenward:
+    env = {
+        "TOKENWARD_REDIS_URL": url,
+        "TOKENWARD_DATA_DIR": str(data),
+        "TOKENWARD_ISSUER": "https://tokenward.test",
+    }
+    settings = load_settings(env, env_file=data.parent / "none.env")
+    tw = Tokenward(settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS)
+    await tw.start()
+    return tw
+
+
+async def test_revocation_goes_on_through_a_master_switch_over(
+    cluster_3_3: list[int], tmp_path: Path
+) -> None:
+    """After ``CLUSTER FAILOVER`` moves one master's slots to its replica, both feeds
+    start over on the new slot map, and 12 logouts on A (4 of them in the moved slots)
+    are each refused by B's warm cache within 2 s."""
+    ports = cluster_3_3
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+    instances: list[Tokenward] = []
+    try:
+        for _ in range(2):
+            instances.append(await _start(url, tmp_path / "data"))
+        a, b = instances
+        await await_until(
+            lambda: a.feed.subscribed and b.feed.subscribed, within=10, what="both feeds up"
+        )
+        replica = next(p for p in ports if _role(p) == "slave")
+        assert _cli(replica, "cluster", "failover").strip() == "OK"
+        wait_until(lambda: _role(replica) == "master", within=15, what="the replica promoted")
+        await await_until(
+            lambda: a.feed.drops >= 1 and b.feed.drops >= 1,
+            within=10,
+            what="both feeds see their subscriptions on the demoted master end",
+        )
+        await await_until(
+            lambda: a.feed.subscribed and b.feed.subscribed,
+            within=15,
+            what="both feeds back on the new slot map",
+        )
+        owned = _owned_slots(replica)
+        users = [n for n in range(400) if key_slot(f"u:{n:032x}".encode()) in owned][:4]
+        users += [n for n in range(400) if key_slot(f"u:{n:032x}".encode()) not in owned][:8]
+        assert len(users) == 12
+        for n in users:
+            issued = await a.sessions.open(
+                _user(n), ip="127.0.0.1", user_agent="t", now=a.clock.now()
+            )
+            await b.sessions.authenticate(issued.access_token, now=b.clock.now())
+            hits = b.cache.hits
+            await b.sessions.authenticate(issued.access_token, now=b.clock.now())
+            assert b.cache.hits == hits + 1
+            await a.sessions.end(_user(n).id, issued.sid, EndReason.LOGOUT, now=a.clock.now())
+
+            async def refused(token: str = issued.access_token) -> bool:
+                try:
+                    await b.sessions.authenticate(token, now=b.clock.now())
+                except SessionEnded:
+                    return True
+                return False
+
+            await await_until(refused, within=2, what="B refuses the ended session", step=0.001)
+    finally:
+        for tw in instances:
+            await tw.stop()
+
+
+def _owned_slots(port: int) -> set[int]:
+    """Slots the node at ``port`` serves as a master, from its CLUSTER NODES line."""
+    for line in _cli(port, "cluster", "nodes").splitlines():
+        fields = line.split()
+        if "myself" in fields[2]:
+            out: set[int] = set()
+            for part in fields[8:]:
+                if part.startswith("["):
+                    continue
+                low, _, high = part.partition("-")
+                out.update(range(int(low), int(high or low) + 1))
+            return out
+    return set()
