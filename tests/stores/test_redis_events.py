@@ -135,8 +135,9 @@ async def test_events_written_before_the_split_are_still_read(redis: RedisClient
 
 async def test_per_user_memory_stays_bounded(redis: RedisClient) -> None:
     """However many events a user gets, their keys hold at most ``per_user`` entries per
-    stream, and their memory stops growing: after 1,000 and after 2,000 events of each
-    kind it is the same to within 10 %."""
+    stream, and their memory stops growing: after 2,000 events of each kind it is within
+    25 % of what it was after 1,000 (an uncapped stream would double; the margin is the
+    stream's listpack nodes filling unevenly: +12 % was seen)."""
     log = RedisEventLog(redis, ttl=TTL, per_user=100)
     uid = uuid.uuid4().hex
 
@@ -151,4 +152,4 @@ async def test_per_user_memory_stays_bounded(redis: RedisClient) -> None:
 
     first, second = await write(1000), await write(1000)
     assert await redis.xlen(keys(uid)["log"]) == await redis.llen(keys(uid)["sec"]) == 100
-    assert second <= first * 1.1, (first, second)
+    assert second <= first * 1.25, (first, second)
