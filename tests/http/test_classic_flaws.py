@@ -22,7 +22,6 @@ import base64
 import json
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +41,6 @@ PROBLEM = "urn:tokenward:problem:"
 async def tw(make_tw: MakeTw) -> Tokenward:
     """This module's service: default settings with the abuse limits out of the way."""
     return await make_tw(**GENEROUS_LIMITS)
-
-
-@pytest.fixture
-async def client(tw: Tokenward) -> AsyncIterator[httpx.AsyncClient]:
-    """A client on ``tw`` from an address of its own (no other test's rate limits)."""
-    async with isolated_client(tw) as c:
-        yield c
 
 
 def _b64(data: bytes) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,13 +49,6 @@ async def _stored_hash(tw: Tokenward, email: str) -> str:
 async def tw(make_tw: MakeTw) -> Tokenward:
     """This module's service: default settings with the abuse limits out of the way."""
     return await make_tw(**GENEROUS_LIMITS)
-
-
-@pytest.fixture
-async def client(tw: Tokenward) -> AsyncIterator[httpx.AsyncClient]:
-    """A client on ``tw`` from an address of its own (no other test's rate limits)."""
-    async with isolated_client(tw) as c:
-        yield c
 
 
 # ---------------------------------------------------------------------------- register

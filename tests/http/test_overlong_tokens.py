@@ -11,13 +11,12 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from http_support import GENEROUS_LIMITS, Accounts, MakeTw, isolated_client
+from http_support import GENEROUS_LIMITS, Accounts, MakeTw
 
 from tokenward.runtime import Tokenward
 
@@ -40,12 +39,6 @@ def sign_with_server_key(tw: Tokenward, payload: dict[str, Any]) -> str:
 @pytest.fixture
 async def tw(make_tw: MakeTw) -> Tokenward:
     return await make_tw(**GENEROUS_LIMITS)
-
-
-@pytest.fixture
-async def client(tw: Tokenward) -> AsyncIterator[httpx.AsyncClient]:
-    async with isolated_client(tw) as c:
-        yield c
 
 
 async def test_token_longer_than_ttl_plus_leeway_is_401(

@@ -3,11 +3,9 @@ browser (``Clear-Site-Data``, ``Cross-Origin-Resource-Policy``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
-from http_support import GENEROUS_LIMITS, ORIGIN, Accounts, MakeTw, isolated_client
+from http_support import GENEROUS_LIMITS, ORIGIN, Accounts, MakeTw
 
 from tokenward.runtime import Tokenward
 
@@ -25,12 +23,6 @@ FOREIGN_PAGES = [
 @pytest.fixture
 async def tw(make_tw: MakeTw) -> Tokenward:
     return await make_tw(**GENEROUS_LIMITS)
-
-
-@pytest.fixture
-async def client(tw: Tokenward) -> AsyncIterator[httpx.AsyncClient]:
-    async with isolated_client(tw) as c:
-        yield c
 
 
 async def _cookie_login(client: httpx.AsyncClient) -> Accounts:

@@ -54,13 +54,6 @@ async def tw(make_tw: MakeTw) -> Tokenward:
     return await make_tw(**GENEROUS_LIMITS)
 
 
-@pytest.fixture
-async def client(tw: Tokenward) -> AsyncIterator[httpx.AsyncClient]:
-    """A client on ``tw`` from an address of its own (no other test's rate limits)."""
-    async with isolated_client(tw) as c:
-        yield c
-
-
 @pytest.fixture(scope="module")
 async def shared_tw(
     redis_url: str, tmp_path_factory: pytest.TempPathFactory
