@@ -651,16 +651,20 @@ class Sessions:
             raise SessionEnded("the session has ended")
         return state
 
-    async def end(self, uid: str, sid: str, reason: EndReason, *, now: int) -> None:
-        """End one of ``uid``'s sessions. Idempotent: a session already ended for the same
-        reason (a retry of a call answered 503) counts as ended by this call.
+    async def end(
+        self, uid: str, sid: str, reason: EndReason, *, now: int, repeat_ok: bool = True
+    ) -> None:
+        """End one of ``uid``'s sessions. Idempotent unless ``repeat_ok`` is false: a
+        session already ended for the same reason (a retry of a call answered 503) counts
+        as ended by this call.
 
         Raises:
-            NotFound: no live session ``sid`` belongs to ``uid``, and none ended so.
+            NotFound: no live session ``sid`` belongs to ``uid`` (and, with ``repeat_ok``,
+                none ended for ``reason``).
         """
         ended = await self.store.end(uid, sid, reason, now=now)
         self.cache.forget([sid])
-        if ended is False:
+        if ended is False or (ended is None and not repeat_ok):
             raise NotFound("no such session")
 
     async def end_all(
