@@ -434,6 +434,11 @@ async def test_openapi_is_a_valid_openapi_31_document(client: httpx.AsyncClient)
                     schema = media["schema"]
                     if "$ref" not in schema:
                         assert jsonschema_rs.meta.is_valid(schema), (path, method, status)
+    components = doc["components"]["schemas"]
+    for name, schema in components.items():
+        assert jsonschema_rs.meta.is_valid(schema), name
+    refs = set(re.findall(r'"#/components/schemas/([A-Za-z]+)"', r.text))
+    assert refs <= set(components), refs - set(components)
 
 
 async def test_openapi_lists_every_api_route_the_app_serves(

@@ -28,5 +28,6 @@ def test_the_openapi_schema_lists_every_event_kind() -> None:
     """Clients validating ``GET /auth/events`` against the schema accept every kind."""
     schema = openapi_document()
     events = schema["paths"]["/auth/events"]["get"]["responses"]["200"]
-    row = events["content"]["application/json"]["schema"]["items"]
+    ref = events["content"]["application/json"]["schema"]["items"]["$ref"]
+    row = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
     assert set(row["properties"]["kind"]["enum"]) == {kind.value for kind in EventKind}

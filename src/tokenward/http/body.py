@@ -8,15 +8,18 @@ or type (naming the field, never echoing its value).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
+from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
 from tokenward.errors import BadRequest, PayloadTooLarge, PolicyError, UnsupportedMediaType
 
 __all__ = ["MAX_BODY", "Body", "read_body"]
+
+M = TypeVar("M", bound=BaseModel)
 
 #: 16 KiB: a login body is a few hundred bytes; a 1024-character password fits many times.
 MAX_BODY = 16 * 1024
@@ -24,7 +27,7 @@ _MAX_FORM_FIELDS = 16
 
 
 class Body:
-    """A parsed body with typed accessors.
+    """A parsed body, checked against a model by :meth:`parse`.
 
     Attributes:
         form: whether it came as an HTML form post (the answer is then a redirect).
@@ -34,40 +37,31 @@ class Body:
         self.data = data
         self.form = form
 
-    def string(self, name: str, *, required: bool = True, max_length: int = 4096) -> str | None:
-        """A string field; 422 when missing (if required), not a string, or too long."""
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise PolicyError("required", f"field '{name}' is required")
-            return None
-        if not isinstance(value, str):
-            raise PolicyError("type", f"field '{name}' must be a string")
-        if len(value) > max_length:
-            raise PolicyError("too-long", f"field '{name}' is too long")
-        return value
+    def parse(self, model: type[M]) -> M:
+        """The body as ``model`` (:mod:`tokenward.http.schemas`): 422 naming the first field
+        that is missing (``required``), of the wrong type (``type``) or too long
+        (``too-long``); the value itself is never echoed."""
+        try:
+            return model.model_validate(self.data)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False, include_input=False)[0]
+            field = ".".join(str(part) for part in error["loc"]) or "body"
+            kind = error["type"]
+        if kind == "missing":
+            raise PolicyError("required", f"field '{field}' is required")
+        if kind == "string_too_long":
+            raise PolicyError("too-long", f"field '{field}' is too long")
+        expected = _EXPECTED.get(kind, "of another type")
+        raise PolicyError("type", f"field '{field}' must be {expected}")
 
-    def token(self, name: str) -> str | None:
-        """A credential field (a refresh token): a string of any length, or ``None`` when
-        absent or null; 422 only when it is not a string.
 
-        No length rule: a value too long to be a token is a wrong credential, which the
-        caller answers with 401 when it fails to verify, not a malformed body (a 10 KB
-        token once got 422 ``too-long``). :data:`MAX_BODY` already bounds what is read.
-        """
-        value = self.data.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise PolicyError("type", f"field '{name}' must be a string")
-        return value
-
-    def boolean(self, name: str, *, default: bool) -> bool:
-        """A boolean field; 422 when present and not a boolean."""
-        value = self.data.get(name, default)
-        if not isinstance(value, bool):
-            raise PolicyError("type", f"field '{name}' must be a boolean")
-        return value
+#: pydantic's error types -> what the 422 says the field must be.
+_EXPECTED = {
+    "string_type": "a string",
+    "bool_type": "a boolean",
+    "int_type": "an integer",
+    "literal_error": "one of the listed values",
+}
 
 
 async def _read_limited(request: Request) -> bytes:

@@ -6,7 +6,11 @@ problem+json schema, with the problem ``type`` values that status can carry.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel
+
+from tokenward.http import schemas
 
 if TYPE_CHECKING:
     from tokenward.runtime import Tokenward
@@ -38,20 +42,11 @@ def _problem_types() -> dict[int, list[str]]:
 PROBLEM_TYPES: dict[int, list[str]] = _problem_types()
 
 _STR = {"type": "string"}
-_TIME = {"type": "string", "format": "date-time"}
-_PASSWORD = {
-    "type": "string",
-    "description": "At most 1024 characters after NFKC normalisation (longer: 422 before any "
-    "hashing). To register, also at least TOKENWARD_PASSWORD_MIN_LENGTH characters, not "
-    "common or breached, not containing the email (NIST SP 800-63B-4; 422 names the rule).",
-}
-_CREDENTIALS = {
-    "type": "object",
-    "required": ["email", "password"],
-    "properties": {"email": {"type": "string", "maxLength": 1024}, "password": _PASSWORD},
-}
-#: An HTML form post is answered 303 whatever it holds (errors go in the redirect's query).
+#: An HTML form post is answered 303 whatever it holds (errors go in the redirect's query),
+#: so its schema promises nothing about the fields; the JSON body is checked as Credentials.
 _FORM_CREDENTIALS = {"type": "object", "properties": {"email": _STR, "password": _STR}}
+#: Where the models' schemas live in the document.
+_REF = "#/components/schemas/{model}"
 _RESPONSE_HEADERS: dict[int, dict[str, Any]] = {
     429: {
         "Retry-After": {
@@ -80,123 +75,44 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "/auth/refresh": [{"refreshCookie": []}, {}],
     "/auth/logout": [{"bearer": []}, {"cookie": []}, {"refreshCookie": []}, {}],
 }
-_USER = {
-    "type": "object",
-    "required": ["id", "email", "created_at"],
-    "properties": {"id": _STR, "email": _STR, "created_at": _TIME},
-}
-_SESSION_BODY = {
-    "type": "object",
-    "required": ["user", "session"],
-    "properties": {
-        "user": {
-            "type": "object",
-            "required": ["id"],
-            "properties": {
-                "id": _STR,
-                # Sessions do not store the address: only a login (which read the user) has
-                # it at hand. GET /auth/me gives it.
-                "email": {**_STR, "description": "on login only"},
-            },
-        },
-        "session": {
-            "type": "object",
-            "required": ["id", "expires_at"],
-            "properties": {"id": _STR, "expires_at": _TIME},
-        },
-        "access_token": _STR,
-        "refresh_token": _STR,
-        "token_type": {"type": "string", "const": "Bearer"},
-        "expires_in": {"type": "integer"},
-        "refresh_expires_in": {"type": "integer"},
-    },
-}
-_SESSION_ROW = {
-    "type": "object",
-    "required": ["id", "created_at", "last_used_at", "expires_at", "ip", "user_agent", "current"],
-    "properties": {
-        "id": _STR,
-        "created_at": _TIME,
-        "last_used_at": _TIME,
-        "expires_at": _TIME,
-        "ip": _STR,
-        "user_agent": _STR,
-        "current": {"type": "boolean"},
-    },
-}
-_ENDED_ROW = {
-    "type": "object",
-    "required": ["id", "reason", "ended_at"],
-    "properties": {"id": _STR, "reason": _STR, "ended_at": _TIME},
-}
-_EVENT_ROW = {
-    "type": "object",
-    "required": ["id", "kind", "at", "ip", "user_agent", "session_id", "detail"],
-    "properties": {
-        "id": _STR,
-        "kind": {
-            "type": "string",
-            "enum": [
-                "account.registered",
-                "login.succeeded",
-                "login.failed",
-                "login.new-device",
-                "throttled",
-                "refresh.reused",
-                "refresh.grace-replay",
-                "password.changed",
-                "sessions.ended",
-            ],
-        },
-        "at": _TIME,
-        "ip": _STR,
-        "user_agent": _STR,
-        "session_id": {"type": ["string", "null"]},
-        "detail": {
-            "type": "object",
-            "additionalProperties": {"type": ["string", "integer"]},
-        },
-    },
-}
+#: A body's shape: a model (:mod:`tokenward.http.schemas`), a list of one, a plain schema.
+Shape = type[BaseModel] | tuple[Literal["array"], type[BaseModel]] | dict[str, Any] | None
 
-# method, path, summary, request schema (or None), success status, success schema, error statuses
+# method, path, summary, request shape, success status, success shape, error statuses
 _AUTHED = [400, 401, 403, 503]
-_ENDPOINTS: list[
-    tuple[str, str, str, dict[str, Any] | None, int, dict[str, Any] | None, list[int]]
-] = [
+_ENDPOINTS: list[tuple[str, str, str, Shape, int, Shape, list[int]]] = [
     (
         "post",
         "/auth/register",
         "Create an account",
-        _CREDENTIALS,
+        schemas.Credentials,
         201,
-        _USER,
+        schemas.UserOut,
         [400, 403, 409, 413, 415, 422, 429, 503],
     ),
     (
         "post",
         "/auth/login",
         "Log in",
-        _CREDENTIALS,
+        schemas.Credentials,
         200,
-        _SESSION_BODY,
+        schemas.SessionBody,
         [400, 401, 403, 413, 415, 422, 429, 503],
     ),
     (
         "post",
         "/auth/refresh",
         "Rotate the refresh token",
-        {"type": "object", "properties": {"refresh_token": _STR}},
+        schemas.RefreshRequest,
         200,
-        _SESSION_BODY,
+        schemas.SessionBody,
         [400, 401, 403, 413, 415, 422, 429, 503],
     ),
     (
         "post",
         "/auth/logout",
         "End the current session",
-        # null is read as absent (a client's "no token" field), as everywhere in bodies
-        {"type": "object", "properties": {"refresh_token": {"type": ["string", "null"]}}},
+        schemas.RefreshRequest,
         204,
         None,
         [400, 401, 403, 404, 413, 415, 422, 503],
@@ -205,19 +121,19 @@ _ENDPOINTS: list[
         "post",
         "/auth/logout-all",
         "End every session",
-        {"type": "object", "properties": {"keep_current": {"type": "boolean"}}},
+        schemas.LogoutAllRequest,
         204,
         None,
         [*_AUTHED, 413, 415, 422],
     ),
-    ("get", "/auth/me", "The current user", None, 200, _USER, _AUTHED),
+    ("get", "/auth/me", "The current user", None, 200, schemas.UserOut, _AUTHED),
     (
         "get",
         "/auth/sessions",
         "The user's live sessions",
         None,
         200,
-        {"type": "array", "items": _SESSION_ROW},
+        ("array", schemas.SessionRow),
         _AUTHED,
     ),
     (
@@ -226,7 +142,7 @@ _ENDPOINTS: list[
         "Recently ended sessions and why",
         None,
         200,
-        {"type": "array", "items": _ENDED_ROW},
+        ("array", schemas.EndedRow),
         _AUTHED,
     ),
     (
@@ -235,7 +151,7 @@ _ENDPOINTS: list[
         "The user's own recent security events, newest first",
         None,
         200,
-        {"type": "array", "items": _EVENT_ROW},
+        ("array", schemas.EventRow),
         _AUTHED,
     ),
     (
@@ -251,11 +167,7 @@ _ENDPOINTS: list[
         "post",
         "/auth/password",
         "Change the password",
-        {
-            "type": "object",
-            "required": ["current_password", "new_password"],
-            "properties": {"current_password": _STR, "new_password": _PASSWORD},
-        },
+        schemas.PasswordChange,
         204,
         None,
         [*_AUTHED, 413, 415, 422, 429],
@@ -265,18 +177,9 @@ _ENDPOINTS: list[
         "/auth/token",
         "An access token for one of the deployment's services (TOKENWARD_AUDIENCES), for "
         "the current session; bearer clients only; never outlives the token presented",
-        {"type": "object", "required": ["audience"], "properties": {"audience": _STR}},
+        schemas.TokenRequest,
         200,
-        {
-            "type": "object",
-            "required": ["access_token", "token_type", "expires_in", "audience"],
-            "properties": {
-                "access_token": _STR,
-                "token_type": {"const": "Bearer"},
-                "expires_in": {"type": "integer"},
-                "audience": _STR,
-            },
-        },
+        schemas.ServiceToken,
         [*_AUTHED, 413, 415, 422],
     ),
     (
@@ -285,11 +188,7 @@ _ENDPOINTS: list[
         "Public keys that verify access tokens",
         None,
         200,
-        {
-            "type": "object",
-            "required": ["keys"],
-            "properties": {"keys": {"type": "array", "items": {"type": "object"}}},
-        },
+        schemas.Jwks,
         [],
     ),
     ("get", "/healthz", "Liveness", None, 200, {"type": "object"}, []),
@@ -316,13 +215,38 @@ _ENDPOINTS: list[
 ]
 
 
+class _Components:
+    """The document's ``components/schemas``: each model once, referenced by name."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[str, Any] = {}
+
+    def ref(self, model: type[BaseModel]) -> dict[str, str]:
+        # Validation mode: a field with a default is optional in the schema, which is how
+        # the answers use them too (the tokens appear in bearer mode only).
+        schema = model.model_json_schema(ref_template=_REF, mode="validation")
+        self.schemas.update(schema.pop("$defs", {}))
+        self.schemas[model.__name__] = schema
+        return {"$ref": _REF.format(model=model.__name__)}
+
+    def shape(self, shape: Shape) -> dict[str, Any] | None:
+        if shape is None or isinstance(shape, dict):
+            return shape
+        if isinstance(shape, tuple):
+            return {"type": "array", "items": self.ref(shape[1])}
+        return self.ref(shape)
+
+
 def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document."""
     paths: dict[str, Any] = {}
+    components = _Components()
+    problem = components.ref(schemas.Problem)
     access_cookie, refresh_cookie = "__Host-access_token", "__Secure-refresh_token"
     if tw is not None:
         access_cookie, refresh_cookie = tw.cookies.names.access, tw.cookies.names.refresh
-    for method, path, summary, request, status, schema, errors in _ENDPOINTS:
+    for method, path, summary, request_shape, status, success, errors in _ENDPOINTS:
+        request, schema = components.shape(request_shape), components.shape(success)
         if path == "/metrics" and (tw is None or tw.settings.metrics_token is None):
             continue  # the public app serves /metrics only to a scrape token
         responses: dict[str, Any] = {}
@@ -339,15 +263,13 @@ def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
             responses["200"] = {
                 "description": "Bearer transport: the session kept, with its new tokens "
                 "(the old refresh token is retired; presenting it again ends the session)",
-                "content": {"application/json": {"schema": _SESSION_BODY}},
+                "content": {"application/json": {"schema": components.ref(schemas.SessionBody)}},
             }
         for code in errors:
             types = " | ".join(f"urn:tokenward:problem:{t}" for t in PROBLEM_TYPES[code])
             responses[str(code)] = {
                 "description": types,
-                "content": {
-                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-                },
+                "content": {"application/problem+json": {"schema": problem}},
             }
             if code in _RESPONSE_HEADERS:
                 responses[str(code)]["headers"] = _RESPONSE_HEADERS[code]
@@ -375,19 +297,6 @@ def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
                 "cookie": {"type": "apiKey", "in": "cookie", "name": access_cookie},
                 "refreshCookie": {"type": "apiKey", "in": "cookie", "name": refresh_cookie},
             },
-            "schemas": {
-                "Problem": {
-                    "type": "object",
-                    "required": ["type", "title", "status", "detail"],
-                    "properties": {
-                        "type": {"type": "string"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
-                        "detail": {"type": "string"},
-                        "rule": {"type": "string"},
-                        "retry_after": {"type": "integer"},
-                    },
-                }
-            },
+            "schemas": dict(sorted(components.schemas.items())),
         },
     }

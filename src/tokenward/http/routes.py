@@ -46,6 +46,13 @@ from tokenward.http.auth import (
 )
 from tokenward.http.body import read_body
 from tokenward.http.problems import is_bearer_transport, render_error
+from tokenward.http.schemas import (
+    Credentials,
+    LogoutAllRequest,
+    PasswordChange,
+    RefreshRequest,
+    TokenRequest,
+)
 from tokenward.refresh import RefreshToken
 from tokenward.runtime import Tokenward
 from tokenward.sessions import EndReason, Issued, Principal, UserRef
@@ -130,8 +137,8 @@ class AuthRoutes:
         body = await read_body(request, allow_form=True)
         try:
             self._login_origin_check(request)
-            email = body.string("email", max_length=1024) or ""
-            password = body.string("password", max_length=1 << 16) or ""
+            credentials = body.parse(Credentials)
+            email, password = credentials.email, credentials.password
             now = self.tw.clock.now()
             client = self._client(request)
             async with self.tw.throttle.register(client[0], now=now) as ticket:  # 503: refunded
@@ -158,8 +165,8 @@ class AuthRoutes:
         try:
             if not bearer:
                 self._login_origin_check(request)
-            email = body.string("email", max_length=1024) or ""
-            password = body.string("password", max_length=1 << 16) or ""
+            credentials = body.parse(Credentials)
+            email, password = credentials.email, credentials.password
             now = self.tw.clock.now()
             ip, agent = self._client(request)
             # Throttled before any hashing; unknown and existing accounts alike. A 503 (the
@@ -206,7 +213,7 @@ class AuthRoutes:
             # A missing token (no body, ``{}``, null, "") is a 401 like an unknown one; only
             # a body that is there but malformed (wrong type, media type, JSON) is a 4xx.
             body = await read_body(request, allow_empty=True)
-            token = body.token("refresh_token")
+            token = body.parse(RefreshRequest).refresh_token
             if not token:
                 raise TokenInvalid("no refresh token")
             ticket = await self.tw.throttle.refresh(self._client(request)[0], now=now)
@@ -248,7 +255,7 @@ class AuthRoutes:
         token = bearer_token(request)
         if token is not None:
             # The body is not needed with a bearer token, but it must still be well formed.
-            (await read_body(request, allow_empty=True)).token("refresh_token")
+            (await read_body(request, allow_empty=True)).parse(RefreshRequest)
             try:
                 principal = await self.tw.sessions.authenticate(token, now=now)
                 uid, sid = principal.uid, principal.sid
@@ -261,7 +268,7 @@ class AuthRoutes:
             await self._log_out(request, uid, sid, now)
             return Response(status_code=204, headers=NO_STORE)
         body = await read_body(request, allow_empty=True)
-        body_token = body.token("refresh_token")
+        body_token = body.parse(RefreshRequest).refresh_token
         if body_token is not None:
             try:
                 uid, sid = await self._owner_of_refresh(request, body_token, now, ended=True)
@@ -363,7 +370,7 @@ class AuthRoutes:
         """``POST /auth/logout-all``: end every session (or every other one)."""
         auth = await self._current(request)
         body = await read_body(request, allow_empty=True)
-        keep_current = body.boolean("keep_current", default=False)
+        keep_current = body.parse(LogoutAllRequest).keep_current
         now = self.tw.clock.now()
         p = auth.principal
         ended = await self.tw.sessions.end_all(
@@ -438,8 +445,8 @@ class AuthRoutes:
         """``POST /auth/password``: check the current password, set a new one, end the others."""
         auth = await self._current(request)
         body = await read_body(request)
-        current = body.string("current_password", max_length=1 << 16) or ""
-        new = body.string("new_password", max_length=1 << 16) or ""
+        change = body.parse(PasswordChange)
+        current, new = change.current_password, change.new_password
         now = self.tw.clock.now()
         p = auth.principal
         user = await signed_in_user(self.tw, p)
@@ -470,7 +477,7 @@ class AuthRoutes:
         auth = await self._current(request)
         if not auth.bearer:
             raise Forbidden("service tokens are for bearer clients (Authorization: Bearer)")
-        audience = (await read_body(request)).string("audience", max_length=128) or ""
+        audience = (await read_body(request)).parse(TokenRequest).audience
         now = self.tw.clock.now()
         token, claims = self.tw.service_tokens.issue(audience, auth.principal.claims, now=now)
         body = {

@@ -1,0 +1,198 @@
+"""The shapes of the HTTP API's bodies, as typed models: one definition for each.
+
+Request models are what :meth:`tokenward.http.body.Body.parse` checks a body against (422
+naming the field and the rule that failed: ``required``, ``type`` or ``too-long``); response
+models describe what the routes answer. :mod:`tokenward.http.openapi` reads both, so the
+served ``/openapi.json`` cannot drift from the checks (``tests/http/test_contract.py``
+validates real answers against it).
+
+Models are strict (no coercion: ``"true"`` is not a boolean, ``1`` is not a string) and
+ignore unknown fields, as clients add fields over time.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
+
+from tokenward.events import EventKind
+
+__all__ = [
+    "Credentials",
+    "EndedRow",
+    "EventRow",
+    "Jwks",
+    "LogoutAllRequest",
+    "PasswordChange",
+    "Problem",
+    "RefreshRequest",
+    "ServiceToken",
+    "SessionBody",
+    "SessionRow",
+    "TokenRequest",
+    "UserOut",
+]
+
+#: Password fields carry no length rule here: the body limit (413) bounds them, and the
+#: password policy's 1024 characters after NFKC is the core's rule (422 `too-long`, before
+#: any hashing), so a schema maximum would only be a second, looser copy of it.
+
+PASSWORD_DOC = (
+    "At most 1024 characters after NFKC normalisation (longer: 422 before any hashing). To "
+    "register, also at least TOKENWARD_PASSWORD_MIN_LENGTH characters, not common or "
+    "breached, not containing the email (NIST SP 800-63B-4; 422 names the rule)."
+)
+
+Time = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+Password = Annotated[str, Field(description=PASSWORD_DOC)]
+
+
+def _no_null_defaults(schema: dict[str, Any]) -> None:
+    # A field that may be left out but never sent as null (the tokens of a cookie-mode
+    # answer) would otherwise show "default": null beside "type": "string".
+    for prop in schema.get("properties", {}).values():
+        if "default" in prop and prop["default"] is None and "anyOf" not in prop:
+            del prop["default"]
+
+
+class _Model(BaseModel):
+    # Model docstrings become the schemas' descriptions (CommonMark: single backticks).
+    model_config = ConfigDict(
+        strict=True, extra="ignore", frozen=True, json_schema_extra=_no_null_defaults
+    )
+
+
+# ------------------------------------------------------------------------------ requests
+
+
+class Credentials(_Model):
+    """`POST /auth/register` and `POST /auth/login` (JSON or an HTML form)."""
+
+    email: str = Field(max_length=1024)
+    password: Password
+
+
+class RefreshRequest(_Model):
+    """`POST /auth/refresh` and `POST /auth/logout` in bearer mode.
+
+    No length rule: a token too long to be one is a wrong credential (401 when it fails to
+    verify), not a malformed body; the body limit (413) bounds it. `null` is absent.
+    """
+
+    refresh_token: str | None = None
+
+
+class LogoutAllRequest(_Model):
+    """`POST /auth/logout-all`: `keep_current` keeps (and re-keys) this session."""
+
+    keep_current: bool = False
+
+
+class PasswordChange(_Model):
+    """`POST /auth/password`."""
+
+    current_password: str
+    new_password: Password
+
+
+class TokenRequest(_Model):
+    """`POST /auth/token`: one of `TOKENWARD_AUDIENCES`."""
+
+    audience: str = Field(max_length=128)
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+class UserOut(_Model):
+    """`POST /auth/register` (201) and `GET /auth/me`."""
+
+    id: str
+    email: str
+    created_at: Time
+
+
+class SessionUser(_Model):
+    id: str
+    #: Sessions do not store the address: only a login (which read the user) has it at
+    #: hand. `GET /auth/me` gives it.
+    email: str | SkipJsonSchema[None] = Field(default=None, description="on login only")
+
+
+class SessionInfo(_Model):
+    id: str
+    expires_at: Time
+
+
+class SessionBody(_Model):
+    """A login, refresh or re-key; the tokens only in bearer mode (cookies otherwise)."""
+
+    user: SessionUser
+    session: SessionInfo
+    access_token: str | SkipJsonSchema[None] = None
+    refresh_token: str | SkipJsonSchema[None] = None
+    token_type: Literal["Bearer"] | SkipJsonSchema[None] = None
+    expires_in: int | SkipJsonSchema[None] = None
+    refresh_expires_in: int | SkipJsonSchema[None] = None
+
+
+class SessionRow(_Model):
+    """One of `GET /auth/sessions`."""
+
+    id: str
+    created_at: Time
+    last_used_at: Time
+    expires_at: Time
+    ip: str
+    user_agent: str
+    current: bool
+
+
+class EndedRow(_Model):
+    """One of `GET /auth/sessions/ended`."""
+
+    id: str
+    reason: str
+    ended_at: Time
+
+
+class EventRow(_Model):
+    """One of `GET /auth/events` (the kinds: docs/abuse.md)."""
+
+    id: str
+    kind: str = Field(json_schema_extra={"enum": [kind.value for kind in EventKind]})
+    at: Time
+    ip: str
+    user_agent: str
+    session_id: str | None
+    detail: dict[str, str | int]
+
+
+class ServiceToken(_Model):
+    """`POST /auth/token`."""
+
+    access_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int
+    audience: str
+
+
+class Problem(_Model):
+    """Every error answer (`application/problem+json`, RFC 9457): `type` is
+    `urn:tokenward:problem:<slug>`; `rule` on `validation`; `retry_after` on
+    `rate-limited` (also the `Retry-After` header)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    rule: str | SkipJsonSchema[None] = None
+    retry_after: int | SkipJsonSchema[None] = None
+
+
+class Jwks(_Model):
+    """`GET /.well-known/jwks.json`."""
+
+    keys: list[dict[str, Any]]
