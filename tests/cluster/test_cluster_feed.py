@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from cluster_nodes import cli
 
 from tokenward.clock import FrozenClock
 from tokenward.errors import SessionEnded
@@ -58,21 +59,11 @@ def _ports(url: str) -> list[int]:
     return [int(line.split()[1].split("@")[0].rsplit(":", 1)[1]) for line in out.splitlines()]
 
 
-def _cli(port: int, *args: str) -> str:
-    return subprocess.run(
-        ["redis-cli", "-p", str(port), *args],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    ).stdout
-
-
 def _bus_publishes(ports: list[int]) -> int:
     """Classic PUBLISH messages the nodes broadcast to each other over the cluster bus."""
     total = 0
     for port in ports:
-        for line in _cli(port, "cluster", "info").splitlines():
+        for line in cli(port, "cluster", "info").splitlines():
             if line.startswith("cluster_stats_messages_publish_sent:"):
                 total += int(line.split(":")[1])
     return total
@@ -150,7 +141,7 @@ async def test_the_lease_lapses_when_delivery_stops(
     tw = await make_cluster_tw()
     ports = _ports(redis_cluster_url)
     for port in ports:
-        assert _cli(port, "client", "pause", "2500", "WRITE").strip() == "OK"
+        assert cli(port, "client", "pause", "2500", "WRITE").strip() == "OK"
     paused = time.monotonic()
     deadlines: list[float] = []
 

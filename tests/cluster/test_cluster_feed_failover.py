@@ -9,13 +9,12 @@ pid.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster_nodes import cli, role, running_cluster
 from redis.crc import key_slot
 
 from tokenward.clock import FrozenClock
@@ -26,98 +25,12 @@ from tokenward.sessions import EndReason, UserRef
 from tokenward.settings import load_settings
 from waiting import await_until, wait_until
 
-START_TIMEOUT = 30.0
-
-
-def _cli(port: int, *args: str) -> str:
-    return subprocess.run(
-        ["redis-cli", "-p", str(port), *args],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    ).stdout
-
-
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks: list[socket.socket] = []
-    try:
-        while len(socks) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            if s.getsockname()[1] > 55000:  # the bus port is port + 10000
-                s.close()
-                continue
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
 
 @pytest.fixture
 def cluster_3_3(tmp_path: Path) -> Iterator[list[int]]:
     """Six nodes, 3 masters + 3 replicas, all replicas in sync; yields the ports."""
-    server = shutil.which("redis-server") or "/usr/bin/redis-server"
-    ports = _free_ports(6)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for port in ports:
-            argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
-            argv += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
-            argv += ["--save", "", "--appendonly", "no", "--cluster-node-timeout", "2000"]
-            procs.append(
-                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
-        wait_until(
-            lambda: all(_cli(p, "ping").strip() == "PONG" for p in ports),
-            within=START_TIMEOUT,
-            what="six nodes answer",
-            step=0.05,
-        )
-        created = subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *[f"127.0.0.1:{p}" for p in ports],
-                "--cluster-replicas",
-                "1",
-                "--cluster-yes",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert created.returncode == 0, created.stdout + created.stderr
-
-        def ready() -> bool:
-            if not all("cluster_state:ok" in _cli(p, "cluster", "info") for p in ports):
-                return False
-            replicas = [p for p in ports if _role(p) == "slave"]
-            return len(replicas) == 3 and all(
-                "master_link_status:up" in _cli(p, "info", "replication") for p in replicas
-            )
-
-        wait_until(ready, within=START_TIMEOUT, what="3 masters + 3 synced replicas", step=0.1)
+    with running_cluster(tmp_path, masters=3, replicas=1, node_timeout_ms=2000) as ports:
         yield ports
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-
-
-def _role(port: int) -> str:
-    lines = _cli(port, "role").split()
-    return lines[0] if lines else ""
 
 
 def _user(n: int) -> UserRef:
@@ -152,9 +65,9 @@ async def test_revocation_goes_on_through_a_master_switch_over(
         await await_until(
             lambda: a.feed.subscribed and b.feed.subscribed, within=10, what="both feeds up"
         )
-        replica = next(p for p in ports if _role(p) == "slave")
-        assert _cli(replica, "cluster", "failover").strip() == "OK"
-        wait_until(lambda: _role(replica) == "master", within=15, what="the replica promoted")
+        replica = next(p for p in ports if role(p) == "slave")
+        assert cli(replica, "cluster", "failover").strip() == "OK"
+        wait_until(lambda: role(replica) == "master", within=15, what="the replica promoted")
         await await_until(
             lambda: a.feed.drops >= 1 and b.feed.drops >= 1,
             within=10,
@@ -194,7 +107,7 @@ async def test_revocation_goes_on_through_a_master_switch_over(
 
 def _owned_slots(port: int) -> set[int]:
     """Slots the node at ``port`` serves as a master, from its CLUSTER NODES line."""
-    for line in _cli(port, "cluster", "nodes").splitlines():
+    for line in cli(port, "cluster", "nodes").splitlines():
         fields = line.split()
         if "myself" in fields[2]:
             out: set[int] = set()
