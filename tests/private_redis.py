@@ -17,10 +17,27 @@ from pathlib import Path
 from ports import free_port
 from waiting import wait_until
 
-__all__ = ["PrivateRedis", "private_redis"]
+__all__ = ["PrivateRedis", "kill_process", "private_redis", "stop_process"]
 
 #: Bound on a start (a loaded CI machine may take a while to fork and load the AOF).
 STARTUP_TIMEOUT = 30.0
+
+
+def kill_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL ``proc`` (ours, by pid) if it still runs, and reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM ``proc`` if it still runs; SIGKILL if it has not exited within 10 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            kill_process(proc)
 
 
 class PrivateRedis:
@@ -69,18 +86,11 @@ class PrivateRedis:
 
     def kill(self) -> None:
         """SIGKILL by pid: a crash, not a clean shutdown."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        kill_process(self.proc)
 
     def stop(self) -> None:
         """A clean shutdown (SIGTERM), a SIGKILL if that takes over 10 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc)
 
     def _pings(self) -> bool:
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ports import free_port
+from private_redis import kill_process, stop_process
 from waiting import wait_until
 
 SERVICE = "tw"
@@ -95,17 +96,11 @@ class Server:
 
     def kill(self) -> None:
         """SIGKILL by pid."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        kill_process(self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """SIGTERM by pid (SIGKILL after 10 s)."""
+        stop_process(self.proc)
 
 
 class SentinelTopology:
