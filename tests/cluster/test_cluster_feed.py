@@ -131,6 +131,34 @@ async def test_feed_survives_the_cluster_client_closing_its_connections(
     assert tw.feed.drops == 0
 
 
+async def test_a_ping_that_meets_a_closing_client_does_not_drop_the_feed(
+    make_cluster_tw: MakeTw, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When ``aclose()`` lands while a ping is being published, redis-py fails that send
+    with an AttributeError (its writer is already gone: seen in a CI run, where the feed
+    then restarted). One failed ping within the lease is no reason to drop the feed; the
+    next ping renews the lease. The first send here fails the way redis-py's did."""
+    tw = await make_cluster_tw()
+    before, failed = tw.feed.subscriptions, []
+    real = tw.redis.spublish  # type: ignore[attr-defined]
+
+    async def closing_under_the_send(channel: str, message: str) -> object:
+        if not failed:
+            failed.append(tw.cache.clock())
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+        return await real(channel, message)
+
+    monkeypatch.setattr(tw.redis, "spublish", closing_under_the_send)
+    await await_until(lambda: bool(failed), within=3, what="a ping send fails")
+    await await_until(
+        lambda: tw.cache.lease_until > failed[0] + tw.feed.lease,
+        within=3,
+        what="a later ping renews the lease",
+    )
+    assert tw.feed.subscriptions == before
+    assert tw.feed.drops == 0
+
+
 async def test_the_lease_lapses_when_delivery_stops(
     make_cluster_tw: MakeTw, redis_cluster_url: str
 ) -> None:

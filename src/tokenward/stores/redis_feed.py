@@ -379,7 +379,17 @@ class RevocationFeed:
                 else:
                     sends.append(self.redis.publish(link.ping_channel, label))
             # All masters at once: one slow node must not delay the others' proofs.
-            await asyncio.gather(*sends)
+            results = await asyncio.gather(*sends, return_exceptions=True)
+            failed = [r for r in results if isinstance(r, Exception)]
+            if failed:
+                # A ping that could not be sent proves nothing, so the lease is not renewed
+                # (the cache stops vouching at its deadline on its own). Start over only
+                # once the lease has run out: a send can fail once without the link being
+                # down, e.g. when redis-py's cluster client closes every connection it
+                # holds (aclose() on CLUSTERDOWN or repeated MOVED) under a publish.
+                if clock() >= self.cache.lease_until:
+                    raise failed[0]
+                log.debug("revocation feed ping not sent: %s", type(failed[0]).__name__)
 
 
 def _text(data: object) -> str:
