@@ -27,7 +27,7 @@ from sentinel_topology import SERVICE, SentinelTopology, command
 from tokenward.runtime import Tokenward
 from tw_accounts import BEARER, GENEROUS_LIMITS, ORIGIN, Accounts
 from tw_factory import TokenwardFactory
-from waiting import await_until
+from waiting import apoll_until, await_until
 
 CHAINS = 32
 LOGOUTS = 10
@@ -87,33 +87,37 @@ def _client(tw: Tokenward) -> httpx.AsyncClient:
 async def _refresh_chain(
     c: httpx.AsyncClient, token: str, stop: asyncio.Event, tally: Tally
 ) -> tuple[str, int]:
-    """Refresh until ``stop``; the last token acknowledged and how many were."""
+    """Refresh until ``stop``, retrying each 503 (bounded); the last token acknowledged
+    and how many were."""
     acked = 0
-    while not stop.is_set():
+
+    async def rotated() -> bool:
+        nonlocal token, acked
         r = await c.post("/auth/refresh", json={"refresh_token": token}, headers=BEARER)
         tally.saw(r.status_code)
+        assert r.status_code in (200, 503), r.text
         if r.status_code == 200:
             token = r.json()["refresh_token"]
             acked += 1
-        else:
-            assert r.status_code == 503, r.text
-            await asyncio.sleep(0.05)  # pacing a retry, not waiting for state
+        return r.status_code == 200 or stop.is_set()
+
+    while not stop.is_set():
+        await await_until(rotated, within=60, what="a refresh is acknowledged", step=0.05)
     return token, acked
 
 
 async def _logout(c: httpx.AsyncClient, session: dict[str, Any], tally: Tally) -> bool:
-    """One logout, retried while it answers 503; whether a 204 acknowledged it. A retry of
-    a logout whose 503 had in fact ended the session is a 204 too (never a 401)."""
+    """One logout, retried while it answers 503 (bounded); whether a 204 acknowledged it.
+    A retry of a logout whose 503 had in fact ended the session is a 204 too (never a 401)."""
     auth = {"Authorization": f"Bearer {session['access_token']}"}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    async def acknowledged() -> bool:
         r = await c.post("/auth/logout", headers=auth)
         tally.saw(r.status_code)
-        if r.status_code == 204:
-            return True
-        assert r.status_code == 503, r.text
-        await asyncio.sleep(0.05)  # pacing a retry, not waiting for state
-    return False
+        assert r.status_code in (204, 503), r.text
+        return r.status_code == 204
+
+    return await apoll_until(acknowledged, within=30, step=0.05)
 
 
 async def _run(topology: SentinelTopology, tw: Tokenward, how: str) -> None:
