@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ports import free_port
 from tokenward.clock import Clock, FrozenClock
 from tokenward.passwords import CHEAP_FOR_TESTS, Argon2Params
 from tokenward.runtime import Tokenward
@@ -35,6 +36,7 @@ class TokenwardFactory:
         *,
         argon2: Argon2Params | None = CHEAP_FOR_TESTS,
         clock: Clock | None = None,
+        migrate: bool = True,
         **overrides: Any,
     ) -> Tokenward:
         env = {
@@ -45,10 +47,18 @@ class TokenwardFactory:
         }
         env.update({f"TOKENWARD_{k.upper()}": str(v) for k, v in overrides.items()})
         settings = load_settings(env, env_file=self.tmp_path / "no.env")
-        tw = Tokenward(settings, clock=clock or FrozenClock(int(time.time())), argon2=argon2)
+        tw = Tokenward(
+            settings, clock=clock or FrozenClock(int(time.time())), argon2=argon2, migrate=migrate
+        )
         await tw.start()
         self.started.append(tw)
         return tw
+
+    async def make_without_database(self, **overrides: Any) -> Tokenward:
+        """An instance whose user database (PostgreSQL) is a closed port of 127.0.0.1, so
+        every query fails; migrations are skipped so that it starts at all."""
+        url = f"postgresql+asyncpg://u@127.0.0.1:{free_port()}/db"
+        return await self.make(database_url=url, migrate=False, **overrides)
 
     async def stop_all(self) -> None:
         for tw in self.started:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,8 @@ from http_support import GENEROUS_LIMITS, ORIGIN, PASSWORD, Accounts, MakeTw, is
 
 from ports import free_port
 from private_redis import PrivateRedis, private_redis
-from tokenward.clock import FrozenClock
-from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
-from tokenward.settings import load_settings
+from tw_factory import TokenwardFactory
 from waiting import await_until
 
 BEARER = {"X-Auth-Transport": "bearer"}
@@ -124,21 +121,13 @@ async def test_readyz_without_redis_is_503_and_healthz_200(tw_without_redis: Tok
 @pytest.fixture
 async def tw_without_db(redis_url: str, tmp_path: Path) -> AsyncIterator[Tokenward]:
     """A service whose PostgreSQL URL points at a closed port (migrations skipped)."""
-    env = {
-        "TOKENWARD_REDIS_URL": redis_url,
-        "TOKENWARD_DATABASE_URL": f"postgresql+asyncpg://u@127.0.0.1:{free_port()}/db",
-        "TOKENWARD_DATA_DIR": str(tmp_path / "data"),
-        "TOKENWARD_ISSUER": ORIGIN,
-        "TOKENWARD_BACKEND_TIMEOUT": "0.5",
-        **{f"TOKENWARD_{k.upper()}": str(v) for k, v in GENEROUS_LIMITS.items()},
-    }
-    settings = load_settings(env, env_file=tmp_path / "no.env")
-    tw = Tokenward(
-        settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS, migrate=False
-    )
-    await asyncio.wait_for(tw.start(), BOUND)
-    yield tw
-    await tw.stop()
+    factory = TokenwardFactory(redis_url, tmp_path, issuer=ORIGIN)
+    try:
+        yield await asyncio.wait_for(
+            factory.make_without_database(backend_timeout=0.5, **GENEROUS_LIMITS), BOUND
+        )
+    finally:
+        await factory.stop_all()
 
 
 async def test_register_and_login_without_database_are_503(tw_without_db: Tokenward) -> None:

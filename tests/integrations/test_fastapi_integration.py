@@ -5,7 +5,6 @@ time, and ``User`` below is a local alias.
 """
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
@@ -17,14 +16,13 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
-from ports import free_port
-from tokenward.clock import FrozenClock
 from tokenward.errors import ConfigError
 from tokenward.integrations.fastapi import TokenwardFastAPI
 from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
 from tokenward.sessions import Principal, UserRef
 from tokenward.settings import load_settings
+from tw_factory import TokenwardFactory
 
 ORIGIN = "https://app.test"
 
@@ -137,18 +135,8 @@ async def test_current_session_needs_no_database_current_user_does(
     """With the user database down (a closed PostgreSQL port), a session opened before the
     outage still passes current_session (200: Redis only), while current_user, which reads
     the user store for the e-mail address, is 503 unavailable, never 500 or 401."""
-    env = {
-        "TOKENWARD_REDIS_URL": redis_url,
-        "TOKENWARD_DATABASE_URL": f"postgresql+asyncpg://u@127.0.0.1:{free_port()}/db",
-        "TOKENWARD_DATA_DIR": str(tmp_path / "data"),
-        "TOKENWARD_ISSUER": ORIGIN,
-        "TOKENWARD_BACKEND_TIMEOUT": "5",
-    }
-    settings = load_settings(env, env_file=tmp_path / "no.env")
-    tw = Tokenward(
-        settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS, migrate=False
-    )
-    await asyncio.wait_for(tw.start(), 10)
+    factory = TokenwardFactory(redis_url, tmp_path, issuer=ORIGIN)
+    tw = await asyncio.wait_for(factory.make_without_database(backend_timeout=5), 10)
     try:
         now = tw.clock.now()
         uid = uuid.uuid4().hex  # the run shares one Redis: a user of this test alone
@@ -166,7 +154,7 @@ async def test_current_session_needs_no_database_current_user_does(
             assert me.status_code == 503, me.text
             assert me.json()["type"] == "urn:tokenward:problem:unavailable"
     finally:
-        await tw.stop()
+        await factory.stop_all()
 
 
 async def test_missing_token_is_a_401_problem_with_bearer_challenge(
@@ -275,8 +263,6 @@ async def test_transparent_refresh_sets_new_cookies_on_host_routes(
 
 def test_install_runs_the_service_with_the_app_lifespan(redis_url: str, tmp_path: Any) -> None:
     """install() starts Tokenward before the app's own lifespan and stops it after."""
-    from tokenward.passwords import CHEAP_FOR_TESTS
-    from tokenward.settings import load_settings
 
     settings = load_settings(
         {

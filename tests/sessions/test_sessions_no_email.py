@@ -25,13 +25,9 @@ from sessions_support import (
     session_key,
 )
 
-from ports import free_port
 from private_redis import PrivateRedis, private_redis
-from tokenward.clock import FrozenClock
-from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
 from tokenward.sessions import UserRef
-from tokenward.settings import load_settings
 from tw_accounts import GENEROUS_LIMITS
 from tw_factory import TokenwardFactory
 
@@ -176,21 +172,13 @@ async def test_a_record_written_by_0_1_with_an_email_field_still_works(
 @pytest.fixture
 async def tw_db_down(redis_url: str, tmp_path: Path) -> AsyncIterator[Tokenward]:
     """A started service whose user database (PostgreSQL) is a closed port."""
-    env = {
-        "TOKENWARD_REDIS_URL": redis_url,
-        "TOKENWARD_DATABASE_URL": f"postgresql+asyncpg://u@127.0.0.1:{free_port()}/db",
-        "TOKENWARD_DATA_DIR": str(tmp_path / "data"),
-        "TOKENWARD_ISSUER": ORIGIN,
-        "TOKENWARD_BACKEND_TIMEOUT": "5",
-        **{f"TOKENWARD_{k.upper()}": str(v) for k, v in GENEROUS_LIMITS.items()},
-    }
-    settings = load_settings(env, env_file=tmp_path / "no.env")
-    tw = Tokenward(
-        settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS, migrate=False
-    )
-    await asyncio.wait_for(tw.start(), 10)
-    yield tw
-    await tw.stop()
+    factory = TokenwardFactory(redis_url, tmp_path, issuer=ORIGIN)
+    try:
+        yield await asyncio.wait_for(
+            factory.make_without_database(backend_timeout=5, **GENEROUS_LIMITS), 10
+        )
+    finally:
+        await factory.stop_all()
 
 
 async def test_me_is_503_while_the_user_database_is_down(tw_db_down: Tokenward) -> None:
