@@ -11,12 +11,16 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from waiting import wait_until
+from tokenward.errors import SessionEnded
+from tokenward.runtime import Tokenward
+from tokenward.sessions import EndReason, UserRef
+from waiting import await_until, wait_until
 
 START_TIMEOUT = 30.0
 
@@ -110,3 +114,25 @@ def running_cluster(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+async def ended_on_a_refused_on_b(a: Tokenward, b: Tokenward, user: UserRef) -> float:
+    """Open a session on ``a``, let ``b`` vouch for it from its cache, end it on ``a``; the
+    seconds until ``b`` refuses it (at most 2: only the revocation feed can tell ``b``)."""
+    issued = await a.sessions.open(user, ip="127.0.0.1", user_agent="t", now=a.clock.now())
+    await b.sessions.authenticate(issued.access_token, now=b.clock.now())
+    hits = b.cache.hits
+    await b.sessions.authenticate(issued.access_token, now=b.clock.now())
+    assert b.cache.hits == hits + 1  # B vouches from its cache: only the feed can stop it
+    start = time.monotonic()
+    await a.sessions.end(user.id, issued.sid, EndReason.LOGOUT, now=a.clock.now())
+
+    async def refused() -> bool:
+        try:
+            await b.sessions.authenticate(issued.access_token, now=b.clock.now())
+        except SessionEnded:
+            return True
+        return False
+
+    await await_until(refused, within=2, what="B refuses the ended session", step=0.001)
+    return time.monotonic() - start

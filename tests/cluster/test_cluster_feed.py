@@ -11,13 +11,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from cluster_nodes import cli
+from cluster_nodes import cli, ended_on_a_refused_on_b
 
 from tokenward.clock import FrozenClock
-from tokenward.errors import SessionEnded
 from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
-from tokenward.sessions import EndReason, UserRef
+from tokenward.sessions import UserRef
 from tokenward.settings import load_settings
 from waiting import await_until
 
@@ -85,23 +84,7 @@ async def test_revocation_across_two_instances_through_the_sharded_feed(
     bus_before = _bus_publishes(ports)
     delays = []
     for n in range(30):
-        issued = await a.sessions.open(_user(n), ip="127.0.0.1", user_agent="t", now=a.clock.now())
-        await b.sessions.authenticate(issued.access_token, now=b.clock.now())
-        hits = b.cache.hits
-        await b.sessions.authenticate(issued.access_token, now=b.clock.now())
-        assert b.cache.hits == hits + 1  # B vouches from its cache: only the feed can stop it
-        start = time.monotonic()
-        await a.sessions.end(_user(n).id, issued.sid, EndReason.LOGOUT, now=a.clock.now())
-
-        async def refused(token: str = issued.access_token) -> bool:
-            try:
-                await b.sessions.authenticate(token, now=b.clock.now())
-            except SessionEnded:
-                return True
-            return False
-
-        await await_until(refused, within=2, what="B refuses the ended session", step=0.001)
-        delays.append(time.monotonic() - start)
+        delays.append(await ended_on_a_refused_on_b(a, b, _user(n)))
     assert _bus_publishes(ports) == bus_before  # sharded: nothing broadcast to other nodes
     assert a.feed.drops == b.feed.drops == 0
     print(f"cross-instance delays ms: max {max(delays) * 1000:.1f}")

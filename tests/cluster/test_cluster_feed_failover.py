@@ -14,14 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_nodes import cli, role, running_cluster
+from cluster_nodes import cli, ended_on_a_refused_on_b, role, running_cluster
 from redis.crc import key_slot
 
 from tokenward.clock import FrozenClock
-from tokenward.errors import SessionEnded
 from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
-from tokenward.sessions import EndReason, UserRef
+from tokenward.sessions import UserRef
 from tokenward.settings import load_settings
 from waiting import await_until, wait_until
 
@@ -83,23 +82,7 @@ async def test_revocation_goes_on_through_a_master_switch_over(
         users += [n for n in range(400) if key_slot(f"u:{n:032x}".encode()) not in owned][:8]
         assert len(users) == 12
         for n in users:
-            issued = await a.sessions.open(
-                _user(n), ip="127.0.0.1", user_agent="t", now=a.clock.now()
-            )
-            await b.sessions.authenticate(issued.access_token, now=b.clock.now())
-            hits = b.cache.hits
-            await b.sessions.authenticate(issued.access_token, now=b.clock.now())
-            assert b.cache.hits == hits + 1
-            await a.sessions.end(_user(n).id, issued.sid, EndReason.LOGOUT, now=a.clock.now())
-
-            async def refused(token: str = issued.access_token) -> bool:
-                try:
-                    await b.sessions.authenticate(token, now=b.clock.now())
-                except SessionEnded:
-                    return True
-                return False
-
-            await await_until(refused, within=2, what="B refuses the ended session", step=0.001)
+            await ended_on_a_refused_on_b(a, b, _user(n))
     finally:
         for tw in instances:
             await tw.stop()
