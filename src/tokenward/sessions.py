@@ -426,7 +426,7 @@ class Sessions:
             index_ttl=self.policy.max_ttl,
         )
         self.cache.forget(evicted)
-        return replace(self._issued(state, sid, refresh, ttl, now, csrf, evicted), email=user.email)
+        return self._issued(state, sid, refresh, ttl, now, csrf, evicted, email=user.email)
 
     async def refresh(
         self,
@@ -607,6 +607,7 @@ class Sessions:
         now: int,
         csrf: str | None,
         evicted: Sequence[str] = (),
+        email: str | None = None,
     ) -> Issued:
         access, claims = self.tokens.issue(sub=state.uid, sid=sid, now=now)
         return Issued(
@@ -620,6 +621,7 @@ class Sessions:
             session_expires_at=now + ttl,
             csrf_token=csrf,
             evicted=tuple(evicted),
+            email=email,
         )
 
     async def authenticate(self, access_token: str, *, now: int) -> Principal:
