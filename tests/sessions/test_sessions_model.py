@@ -386,7 +386,10 @@ class SessionLife(RuleBasedStateMachine):
     @invariant()
     def stored_keys_expire_and_ended_records_are_gone(self) -> None:
         async def read() -> tuple[dict[str, int], list[int]]:
-            keys = [k async for k in self.redis.scan_iter(match=f"tw:{{u:{self.user.id}}}:*")]
+            keys = [
+                k
+                async for k in self.redis.scan_iter(match=f"tw:{{u:{self.user.id}}}:*", count=1000)
+            ]
             ended = [session_key(self.user.id, s.sid) for s in self.sessions if s.ended]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key in keys:

@@ -141,7 +141,7 @@ async def test_redis_holds_no_usable_token(
         secret = RefreshToken.parse(body["refresh_token"]).secret
         secrets |= {secret.hex(), base64.urlsafe_b64encode(secret).rstrip(b"=").decode()}
     uid = tokens["user"]["id"]
-    keys = [k async for k in redis.scan_iter(match=f"tw:{{u:{uid}}}:*")]
+    keys = [k async for k in redis.scan_iter(match=f"tw:{{u:{uid}}}:*", count=1000)]
     assert set(keys) >= {session_key(uid, tokens["session"]["id"]), user_keys(uid)[0]}
     stored: list[str] = []
     for key in keys:
