@@ -245,7 +245,7 @@ class Settings(BaseSettings):
     events_global_max: int = Field(
         default=100_000,
         gt=0,
-        description="Security events kept in the operators' stream (approximately).",
+        description="Security events kept in the operators' log, its 16 streams together (about).",
     )
     cookie_secure: bool = Field(
         default=True,

@@ -1,38 +1,57 @@
-"""Security events in Redis Streams, and the devices each user logged in from.
+"""Security events in Redis: each user's history and devices, and the operators' log.
 
 ==============================  ======  ===============================================
 key                             type    content, cap and TTL
 ==============================  ======  ===============================================
-``tw:{ev:<uid>}:log``           stream  the user's routine events;
-                                        ``TOKENWARD_EVENTS_PER_USER`` newest kept; TTL
+``tw:{ev:<uid>}:h``             list    the user's events, newest first, one compact
+                                        entry each (below); ``TOKENWARD_EVENTS_PER_USER``
+                                        routine and as many critical ones kept; TTL
                                         ``TOKENWARD_EVENTS_TTL``
-``tw:{ev:<uid>}:sec``           list    the user's security-critical events
-                                        (:attr:`~tokenward.events.SecurityEvent.critical`),
-                                        newest first, ``<id> <JSON fields>``; capped and
-                                        expiring the same way, apart
-``tw:{ev:<uid>}:dev``           zset    device digest -> last login; 64 newest; TTL 90 days
-``tw:events``                   stream  every event, for operators; about
-                                        ``TOKENWARD_EVENTS_GLOBAL_MAX`` kept; TTL as above
+``tw:{ev:<uid>}:a``             list    the user agents those events name, ``<ref>|<ua>``,
+                                        most recently used first; 32 kept; TTL as above
+``tw:{ev:<uid>}:d``             hash    device digest -> last login; 64 newest; 90 days
+``tw:{events:<n>}``             stream  every event, for operators, in
+                                        :data:`GLOBAL_SHARDS` streams; about
+                                        ``TOKENWARD_EVENTS_GLOBAL_MAX`` kept in all; TTL
+                                        as above
 ==============================  ======  ===============================================
 
-Each write is one Lua script (``XADD`` with its cap, then ``EXPIRE``), so no stream ever
-exists without a TTL. A user's events older than the TTL are also filtered out on read: an
-active user's streams never expire as a whole.
+Memory is the reason for this shape (``bench/event_memory.py`` measures it):
 
-The critical events are a list, not a second stream, for memory: Redis gives every new
-stream a listpack of ``stream-node-max-bytes`` (4 KiB) at once, so a stream holding one
-event takes about 4.7 KB, a list holding one takes a few hundred bytes, and almost every
-user has one critical event (their first login is from a new device).
+* A user's history is a *list*, not a stream: Redis gives every new stream a listpack of
+  ``stream-node-max-bytes`` (4 KiB) at once, so a stream holding one event took about
+  4.7 KB, more than the user's sessions.
+* An entry is ``<id>|<class>|<kind>|<at>|<sid>|<ip>|<ua ref>|<detail JSON>``: the kind as a
+  one-letter code (:data:`KIND_CODES`), ``at`` as its difference from the id's own time
+  (empty when they agree, as they do unless the application's clock is not the server's),
+  no user id (the key names the user), and the user agent as an 8-character reference into
+  ``:a``: a user has a few browsers but many events, and a user agent is about 130 bytes.
+* Critical events (:attr:`~tokenward.events.SecurityEvent.critical`, class ``c``) and
+  routine ones (``r``) share the list but not the cap: when one class is over
+  ``TOKENWARD_EVENTS_PER_USER``, its oldest entry leaves, so an intruder's hundred logins
+  never push the owner's ``login.new-device`` out.
 
-A user's stream and list share one id sequence: the script writing either (both keys in
-one hash slot) gives the entry an id above the newest of *both*, so ids stay unique per
-user and :meth:`RedisEventLog.for_user` merges the two by id into one newest-first history.
+The operators' log used to be one stream, ``tw:events``: every event of every user wrote to
+one key, a hot key on one shard of a Cluster. It is now :data:`GLOBAL_SHARDS` streams (hash
+tags ``{events:0}`` ... ``{events:15}``, spread over the slots), an event going to the
+stream of its user (or, naming no user, of its address); :meth:`RedisEventLog.recent`
+merges them by id.
 
-Entry fields: ``k`` kind, ``at``, ``uid``, ``sid``, ``ip``, ``ua``, ``d`` (JSON detail).
+Each write is one Lua script per key's hash slot, so nothing is ever written without its
+TTL. A user's events older than the TTL are also filtered out on read: an active user's
+history never expires as a whole. Ids are the server's time in milliseconds and a sequence,
+raised above the user's newest id, so they are unique and ordered per user.
+
+Keys of 0.1 (a user's ``:log`` stream and ``:sec`` list and ``:dev`` sorted set, and
+``tw:events``) are read, never written, until their TTL ends them (at most
+``TOKENWARD_EVENTS_TTL``; 90 days for ``:dev``): no history, no known device and no operator
+event is lost by upgrading.
 """
 
 from __future__ import annotations
 
+import hashlib
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -44,30 +63,70 @@ from tokenward.errors import Unavailable
 from tokenward.events import EventKind, SecurityEvent
 from tokenward.stores.redis_client import RedisClient
 
-__all__ = ["GLOBAL_STREAM", "RedisEventLog"]
+__all__ = ["GLOBAL_SHARDS", "KIND_CODES", "LEGACY_GLOBAL_STREAM", "RedisEventLog", "global_key"]
 
-GLOBAL_STREAM = "tw:events"
+#: Streams the operators' log is spread over (one hash tag each).
+GLOBAL_SHARDS = 16
+#: The single operators' stream of 0.1: read until it expires, never written.
+LEGACY_GLOBAL_STREAM = "tw:events"
 DEVICES_KEPT = 64
+AGENTS_KEPT = 32
 
-# KEYS[1]: the stream. ARGV: cap, approximate ('~' or '='), ttl, then field/value pairs.
+#: One-letter codes of the kinds in a user's history; a kind without one is stored whole.
+KIND_CODES: dict[EventKind, str] = {
+    EventKind.REGISTERED: "R",
+    EventKind.LOGIN_SUCCEEDED: "L",
+    EventKind.LOGIN_FAILED: "F",
+    EventKind.NEW_DEVICE: "N",
+    EventKind.THROTTLED: "T",
+    EventKind.REFRESH_REUSED: "U",
+    EventKind.REFRESH_REPLAYED: "G",
+    EventKind.PASSWORD_CHANGED: "P",
+    EventKind.SESSIONS_ENDED: "E",
+}
+_KINDS_BY_CODE = {code: kind for kind, code in KIND_CODES.items()}
+
+
+def global_key(shard: int) -> str:
+    """The operators' stream number ``shard`` (0 to :data:`GLOBAL_SHARDS` - 1)."""
+    return f"tw:{{events:{shard}}}"
+
+
+# KEYS[1]: one stream of the operators' log. ARGV: cap, ttl, shard, then field/value
+# pairs. The id is the server time in ms (raised above the stream's newest) and a sequence
+# whose remainder by the number of shards is the shard: ids are unique across the streams,
+# so paging the merged log with an exclusive "before" id never skips an event.
 _APPEND = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], ARGV[1], '*', unpack(ARGV, 4))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local shard, n = tonumber(ARGV[3]), $SHARDS
+local seq = shard
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if last then
+  local tms, tseq = string.match(last[1], '^(%d+)-(%d+)')
+  tms, tseq = tonumber(tms), tonumber(tseq)
+  if tms >= ms then ms, seq = tms, (math.floor(tseq / n) + 1) * n + shard end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1],
+                      string.format('%.0f-%.0f', ms, seq), unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return id
-"""
+""".replace("$SHARDS", str(GLOBAL_SHARDS))
 
-# KEYS[1]: the user's routine stream, KEYS[2]: their critical list (same hash tag).
-# ARGV: cap, ttl, critical ('1' or '0'), the JSON fields (for the list), then field/value
-# pairs (for the stream). The id is the server time in ms, raised above the newest id of
-# the stream and of the list (entries only ever leave from their oldest end, so the newest
-# entry holds each one's last id): one strictly increasing sequence over both.
+# KEYS: the history, the agents, then the 0.1 stream and list (read for their newest id
+# only while the history is empty). ARGV: cap, ttl, class ('c' or 'r'), kind, at, the rest
+# of the entry ('<sid>|<ip>|<ua ref>|<detail>'), the agent entry ('<ref>|<ua>' or ''),
+# agents kept. The id is the server time in ms, raised above the newest id the user has:
+# one strictly increasing sequence, also across an upgrade from the 0.1 keys.
 _APPEND_USER = """
 local t = redis.call('TIME')
 local ms, seq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 0
-local tops = {}
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-if last then tops[1] = last[1] end
-tops[2] = redis.call('LINDEX', KEYS[2], 0)
+local tops = {redis.call('LINDEX', KEYS[1], 0)}
+if not tops[1] then
+  local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+  if last then tops[1] = last[1] end
+  tops[2] = redis.call('LINDEX', KEYS[4], 0)
+end
 for i = 1, 2 do
   if tops[i] then
     local tms, tseq = string.match(tops[i], '^(%d+)-(%d+)')
@@ -76,24 +135,49 @@ for i = 1, 2 do
   end
 end
 local id = string.format('%.0f-%.0f', ms, seq)
-if ARGV[3] == '1' then
-  redis.call('LPUSH', KEYS[2], id .. ' ' .. ARGV[4])
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[1]) - 1)
+local cap, class = tonumber(ARGV[1]), ARGV[3]
+local late = tonumber(ARGV[5]) - math.floor(ms / 1000)
+if late == 0 then late = '' else late = string.format('%.0f', late) end
+local n = redis.call('LPUSH', KEYS[1], table.concat({id, class, ARGV[4], late, ARGV[6]}, '|'))
+if n > cap then
+  -- At most one class is over its cap, by one: drop that class's oldest entry.
+  local entries, mine, oldest = redis.call('LRANGE', KEYS[1], 0, -1), 0, nil
+  for i = #entries, 1, -1 do
+    if string.match(entries[i], '^[^|]*|(.)') == class then
+      mine = mine + 1
+      oldest = oldest or entries[i]
+    end
+  end
+  if mine > cap then redis.call('LREM', KEYS[1], -1, oldest) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[7] ~= '' then
+  if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[7] then
+    redis.call('LREM', KEYS[2], 0, ARGV[7])
+    redis.call('LPUSH', KEYS[2], ARGV[7])
+    redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[8]) - 1)
+  end
   redis.call('EXPIRE', KEYS[2], ARGV[2])
-else
-  redis.call('XADD', KEYS[1], 'MAXLEN', '=', ARGV[1], id, unpack(ARGV, 5))
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 return id
 """
 
-# KEYS[1]: the device zset. ARGV: device, now, memory, keep. Returns 1 when seen recently.
+# KEYS[1]: the device hash, KEYS[2]: the 0.1 device zset. ARGV: device, now, memory, keep.
+# Returns 1 when seen within memory. Pruning (older than memory, then past the newest
+# keep) only runs when the hash has grown past keep.
 _SEEN = """
-local now, memory = tonumber(ARGV[2]), tonumber(ARGV[3])
-local last = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '-1')
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - memory)
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[4]) - 1)
+local now, memory, keep = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if last < 0 then last = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '-1') end
+redis.call('HSET', KEYS[1], ARGV[1], now)
+if redis.call('HLEN', KEYS[1]) > keep then
+  local all, rows = redis.call('HGETALL', KEYS[1]), {}
+  for i = 1, #all, 2 do table.insert(rows, {all[i], tonumber(all[i + 1]) or 0}) end
+  table.sort(rows, function(a, b) return a[2] > b[2] end)
+  for i, row in ipairs(rows) do
+    if i > keep or now - row[2] >= memory then redis.call('HDEL', KEYS[1], row[1]) end
+  end
+end
 redis.call('EXPIRE', KEYS[1], memory)
 if last >= 0 and now - last < memory then return 1 end
 return 0
@@ -109,13 +193,60 @@ async def _backend() -> AsyncIterator[None]:
 
 
 def _user_keys(uid: str) -> tuple[str, str, str]:
-    """The user's routine stream, critical list and device set (one hash slot)."""
+    """The user's history, agents and devices (one hash slot)."""
+    tag = f"tw:{{ev:{uid}}}"
+    return f"{tag}:h", f"{tag}:a", f"{tag}:d"
+
+
+def _legacy_keys(uid: str) -> tuple[str, str, str]:
+    """The user's 0.1 routine stream, critical list and device zset (the same slot)."""
     tag = f"tw:{{ev:{uid}}}"
     return f"{tag}:log", f"{tag}:sec", f"{tag}:dev"
 
 
+def _shard_of(event: SecurityEvent) -> int:
+    return zlib.crc32((event.uid or event.ip).encode()) % GLOBAL_SHARDS
+
+
+def agent_ref(user_agent: str) -> str:
+    """The 8-character name of a user agent in a user's ``:a`` list."""
+    return hashlib.sha256(user_agent.encode()).hexdigest()[:8]
+
+
+def _rest(event: SecurityEvent) -> str:
+    """``<sid>|<ip>|<ua ref>|<detail>``: the end of the event's history entry."""
+    detail = orjson.dumps(dict(event.detail)).decode() if event.detail else ""
+    ref = agent_ref(event.user_agent) if event.user_agent else ""
+    return f"{event.sid or ''}|{event.ip}|{ref}|{detail}"
+
+
+def _parse(entry: str, uid: str, agents: dict[str, str]) -> SecurityEvent | None:
+    """A history entry as an event; ``None`` if it cannot be read (written by a newer
+    version, or damaged): skipped, never a failed read."""
+    parts = entry.split("|", 7)
+    if len(parts) != 8:
+        return None
+    entry_id, _, code, late, sid, ip, ref, detail_text = parts
+    try:
+        kind = _KINDS_BY_CODE.get(code) or EventKind(code)
+        at = int(entry_id.partition("-")[0]) // 1000 + int(late or "0")
+        detail = orjson.loads(detail_text) if detail_text else {}
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    return SecurityEvent(
+        kind=kind,
+        at=at,
+        uid=uid,
+        sid=sid or None,
+        ip=ip,
+        user_agent=agents.get(ref, ""),
+        detail=detail if isinstance(detail, dict) else {},
+        id=entry_id,
+    )
+
+
 def _listed(entry: str) -> tuple[str, dict[str, str]]:
-    """An entry of the critical list as ``(id, fields)``; fields empty if unreadable."""
+    """An entry of a 0.1 critical list as ``(id, fields)``; fields empty if unreadable."""
     entry_id, _, payload = entry.partition(" ")
     try:
         fields = orjson.loads(payload)
@@ -130,6 +261,7 @@ def _id_order(event: SecurityEvent) -> tuple[int, int]:
 
 
 def _decode(entry_id: str, f: dict[str, str]) -> SecurityEvent | None:
+    """A stream entry (the operators' log, or a 0.1 user stream) as an event."""
     try:
         kind = EventKind(f.get("k", ""))
         detail = orjson.loads(f.get("d") or "{}")
@@ -155,7 +287,8 @@ class RedisEventLog:
         redis: a client created with ``decode_responses=True``.
         ttl: how long events are kept, seconds.
         per_user: events kept per user (exact cap), routine and critical ones each.
-        global_max: events kept in the operators' stream (approximate cap, cheaper).
+        global_max: events kept in the operators' log (approximate cap, cheaper), in all
+            of its :data:`GLOBAL_SHARDS` streams together.
     """
 
     def __init__(
@@ -175,61 +308,101 @@ class RedisEventLog:
         self._seen = redis.register_script(_SEEN)
 
     async def append(self, event: SecurityEvent) -> None:
-        """See :meth:`tokenward.events.EventSink.append`."""
+        """See :meth:`tokenward.events.EventSink.append`: the operators' log, then the
+        user's history (two hash slots, so two scripts; one after the other, so a burst of
+        events holds one pooled connection each)."""
         fields: list[str | int] = [
             "k", event.kind.value, "at", event.at, "uid", event.uid or "", "sid", event.sid or "",
             "ip", event.ip, "ua", event.user_agent, "d", orjson.dumps(dict(event.detail)).decode(),
         ]  # fmt: skip
+        cap, shard = max(1, self.global_max // GLOBAL_SHARDS), _shard_of(event)
         async with _backend():
-            await self._append(keys=[GLOBAL_STREAM], args=[self.global_max, "~", self.ttl, *fields])
-            if event.uid:
-                log_key, sec_key, _ = _user_keys(event.uid)
-                listed = orjson.dumps(dict(zip(fields[::2], fields[1::2], strict=True))).decode()
-                args = [self.per_user, self.ttl, "1" if event.critical else "0", listed, *fields]
-                await self._append_user(keys=[log_key, sec_key], args=args)
+            await self._append(keys=[global_key(shard)], args=[cap, self.ttl, shard, *fields])
+            if not event.uid:
+                return
+            history, agents, _ = _user_keys(event.uid)
+            old_log, old_sec, _ = _legacy_keys(event.uid)
+            ua = event.user_agent
+            args = [
+                self.per_user, self.ttl, "c" if event.critical else "r",
+                KIND_CODES.get(event.kind, event.kind.value), event.at, _rest(event),
+                f"{agent_ref(ua)}|{ua}" if ua else "", AGENTS_KEPT,
+            ]  # fmt: skip
+            await self._append_user(keys=[history, agents, old_log, old_sec], args=args)
 
     async def for_user(self, uid: str, *, now: int, limit: int = 100) -> list[SecurityEvent]:
-        """See :meth:`tokenward.events.EventSink.for_user`: stream and list, merged by id."""
-        log_key, sec_key, _ = _user_keys(uid)
+        """See :meth:`tokenward.events.EventSink.for_user`: the newest ``limit`` routine and
+        the newest ``limit`` critical events, merged by id (with any the 0.1 keys still
+        hold)."""
+        history, agents_key, _ = _user_keys(uid)
+        old_log, old_sec, _ = _legacy_keys(uid)
         count = max(1, min(limit, self.per_user))
-        async with _backend():
-            rows: list[Any] = await self.redis.xrevrange(log_key, count=count)  # type: ignore[assignment]
-            listed: list[str] = await self.redis.lrange(sec_key, 0, count - 1)  # type: ignore[assignment]
-        rows += [_listed(entry) for entry in listed]
-        events = [_decode(entry_id, f) for entry_id, f in rows]
+        async with _backend(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(history, 0, -1)
+            pipe.lrange(agents_key, 0, -1)
+            pipe.xrevrange(old_log, count=count)
+            pipe.lrange(old_sec, 0, count - 1)
+            entries, agent_rows, old_rows, old_listed = await pipe.execute()
+        agents = dict(row.split("|", 1) for row in agent_rows if "|" in row)
+        kept = {"c": 0, "r": 0}
+        events: list[SecurityEvent | None] = []
+        for entry in entries:
+            klass = entry.split("|", 2)[1:2]
+            if klass and klass[0] in kept and kept[klass[0]] < count:
+                kept[klass[0]] += 1
+                events.append(_parse(entry, uid, agents))
+        old = [*old_rows, *(_listed(e) for e in old_listed)]
+        events += [_decode(entry_id, f) for entry_id, f in old]
         mine = [e for e in events if e is not None and e.uid == uid and e.at > now - self.ttl]
         return sorted(mine, key=_id_order, reverse=True)
 
     async def recent(
         self, *, limit: int = 100, kinds: Sequence[str] = (), before: str | None = None
     ) -> list[SecurityEvent]:
-        """See :meth:`tokenward.events.EventSink.recent`.
+        """See :meth:`tokenward.events.EventSink.recent`: every stream of the operators'
+        log read newest first and merged by id (events of one millisecond in different
+        streams are in no particular order among themselves).
 
         Args:
             limit: at most this many events.
             kinds: only these kinds (``login.failed``, ``refresh.reused`` ...); all if empty.
             before: page backwards: only events older than this id.
         """
+        streams = [global_key(n) for n in range(GLOBAL_SHARDS)] + [LEGACY_GLOBAL_STREAM]
+        out: list[SecurityEvent] = []
+        async with _backend():
+            for stream in streams:
+                out += await self._recent_of(stream, limit, kinds, before)
+        out.sort(key=_id_order, reverse=True)
+        return out[:limit]
+
+    async def _recent_of(
+        self, stream: str, limit: int, kinds: Sequence[str], before: str | None
+    ) -> list[SecurityEvent]:
+        """Up to ``limit`` matching events of one stream, newest first."""
         out: list[SecurityEvent] = []
         rows: list[Any]
         top = "+" if before is None else f"({before}"
-        async with _backend():
-            while len(out) < limit:
-                rows = await self.redis.xrevrange(GLOBAL_STREAM, max=top, count=500)  # type: ignore[assignment]
-                if not rows:
-                    break
-                for entry_id, f in rows:
-                    event = _decode(entry_id, f)
-                    if event is not None and (not kinds or event.kind.value in kinds):
-                        out.append(event)
-                        if len(out) == limit:
-                            break
-                top = f"({rows[-1][0]}"
+        while len(out) < limit:
+            rows = await self.redis.xrevrange(stream, max=top, count=500)  # type: ignore[assignment]
+            if not rows:
+                break
+            for entry_id, f in rows:
+                event = _decode(entry_id, f)
+                if event is not None and (not kinds or event.kind.value in kinds):
+                    out.append(event)
+                    if len(out) == limit:
+                        break
+            top = f"({rows[-1][0]}"
         return out
 
     async def seen(self, uid: str, device: str, *, now: int, memory: int) -> bool:
-        """See :meth:`tokenward.events.DeviceRegistry.seen`."""
-        _, _, dev_key = _user_keys(uid)
+        """See :meth:`tokenward.events.DeviceRegistry.seen` (a device the 0.1 set knows
+        counts as seen)."""
+        _, _, devices = _user_keys(uid)
+        _, _, old_devices = _legacy_keys(uid)
         async with _backend():
-            known = await self._seen(keys=[dev_key], args=[device, now, memory, DEVICES_KEPT])
+            known = await self._seen(
+                keys=[devices, old_devices], args=[device, now, memory, DEVICES_KEPT]
+            )
         return bool(known)
