@@ -88,3 +88,30 @@ async def test_http_login_throttle_and_events_on_cluster(cluster_tw: Tokenward) 
         statuses = [(await c.post("/auth/login", json=wrong)).status_code for _ in range(11)]
         assert statuses[-1] == 429, statuses
         assert set(statuses[:10]) <= {401, 429}
+
+
+async def test_active_sessions_are_counted_on_every_primary(cluster_tw: Tokenward) -> None:
+    """The sessions gauge adds up all three primaries: exactly (a SCAN of each) on small
+    nodes, and from each node's DBSIZE and a sample of its keys when told they are large;
+    both see the 40 sessions opened here (spread over the slots)."""
+    from tokenward.metrics import SessionCounter
+
+    tw = cluster_tw
+    exact = SessionCounter(lambda: tw.redis, cache_seconds=0)
+    estimate = SessionCounter(lambda: tw.redis, cache_seconds=0, exact_keys=0, sample=400)
+    await exact.refresh()
+    before = exact.value
+    assert before is not None
+    for n in range(40):
+        await tw.sessions.open(_user(5000 + n), ip="127.0.0.1", user_agent="t", now=tw.clock.now())
+    await exact.refresh()
+    await estimate.refresh()
+    assert (exact.value, exact.exact) == (before + 40, True)
+    assert estimate.value is not None
+    assert not estimate.exact
+    total = 0
+    for node in tw.redis.get_primaries():
+        total += await tw.redis.dbsize(target_nodes=node)
+    # The share of session keys estimated from 400 samples per primary: within 4.5 standard
+    # deviations of a binomial share (at most 0.5 / sqrt(400)) of the keys.
+    assert abs(estimate.value - exact.value) <= 4.5 * 0.5 / 20 * total + 1

@@ -178,6 +178,26 @@ async def test_active_sessions_gauge_follows_logins_and_logouts(make_ops_tw: Mak
     assert _value(samples, "tokenward_sessions_active_exact") == 1
 
 
+async def test_active_sessions_are_estimated_on_a_large_node(make_ops_tw: MakeOpsTw) -> None:
+    """Past its exact limit a node is counted from DBSIZE and 1,000 random keys: the gauge
+    is marked inexact, and is within 4.5 standard deviations of a binomial share
+    (0.5 / sqrt(1000)) of the keys from the exact count of the same keys."""
+    tw = await make_ops_tw()
+    async with ops_client(tw) as client:
+        for n in range(3):
+            await register_and_login(client, f"estimate{n}@example.com")
+    exact = SessionCounter(lambda: tw.redis, cache_seconds=0)
+    estimate = SessionCounter(lambda: tw.redis, cache_seconds=0, exact_keys=0)
+    await exact.refresh()
+    await estimate.refresh()
+    keys = await tw.redis.dbsize()
+    assert exact.exact
+    assert not estimate.exact
+    assert exact.value is not None
+    assert estimate.value is not None
+    assert abs(estimate.value - exact.value) <= 4.5 * 0.5 / 1000**0.5 * keys + 1
+
+
 async def test_active_sessions_gauge_is_cached(make_ops_tw: MakeOpsTw) -> None:
     """Scrapes within the cache period reuse the count instead of scanning Redis again."""
     tw = await make_ops_tw()
