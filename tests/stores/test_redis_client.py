@@ -9,7 +9,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from private_redis import private_redis
-from tokenward.stores.redis_client import connect_redis
+from tokenward.stores.redis_client import POOL_SIZE, connect_redis
 
 #: Commands in flight at once, so that the pool holds this many connections.
 POOLED = 6
@@ -35,3 +35,18 @@ async def test_pooled_connections_survive_a_server_restart(tmp_path: Path) -> No
             assert replies == [None] * POOLED
         finally:
             await client.aclose()
+
+
+async def test_a_burst_past_the_pool_size_waits_for_a_connection(redis_url: str) -> None:
+    """600 commands in flight at once on one client (a worker under a burst of requests,
+    plus its background event writes): every one is answered. redis-py's default pool
+    refuses the 101st at once ("Too many connections"), which a request would see as a
+    503; the pool waits for a free connection instead, and stays at its size."""
+    client = connect_redis(redis_url)
+    try:
+        replies = await asyncio.gather(*(client.eval("return ARGV[1]", 0, n) for n in range(600)))
+        assert replies == [str(n) for n in range(600)]
+        pool = client.connection_pool
+        assert len(pool._in_use_connections) + len(pool._available_connections) <= POOL_SIZE  # type: ignore[attr-defined]
+    finally:
+        await client.aclose()

@@ -197,6 +197,13 @@ def _tls(target: RedisTarget) -> dict[str, Any]:
     return {"ssl": True, "ssl_cert_reqs": "required", **target.tls_options}
 
 
+#: Connections a client keeps to one server at most. A command finding them all busy waits
+#: for one (up to the client's timeout) rather than failing: redis-py's default pool
+#: refuses the 101st concurrent command at once, so a burst of requests on one worker
+#: answered 503 while Redis was idle.
+POOL_SIZE = 128
+
+
 def connect_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
     """A client for ``url``; no connection is made until the first command.
 
@@ -221,7 +228,10 @@ def connect_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
             **opts,
         )
         return cluster  # type: ignore[no-any-return]
-    return aioredis.from_url(url, **_options(timeout))
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=timeout, **_options(timeout)
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class _Cluster(RedisCluster):
@@ -265,6 +275,8 @@ def _connect_sentinel(target: RedisTarget, timeout: float) -> aioredis.Redis:
         target.service,
         connection_pool_class=FailoverPool,
         connection_class=connection_class,
+        max_connections=POOL_SIZE,
+        timeout=timeout,
         db=target.db,
         **tls,
         **auth,
@@ -289,8 +301,9 @@ class _FailoverSSLConnection(_FailoverConnection, SentinelManagedSSLConnection):
     pass
 
 
-class FailoverPool(SentinelConnectionPool):
-    """A Sentinel pool that drops every connection to a master that is no longer one.
+class FailoverPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """A Sentinel pool that drops every connection to a master that is no longer one (and,
+    like the standalone client's, waits for a free connection when all are busy).
 
     On its first use it subscribes to ``+switch-master`` on every sentinel (a background
     task per event loop, stopped by :meth:`aclose`); each time it (re)subscribes it also
