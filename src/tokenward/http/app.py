@@ -39,7 +39,7 @@ from tokenward.http.routes import AuthRoutes
 from tokenward.keyring import JWKS_MAX_AGE
 from tokenward.metrics import CONTENT_TYPE
 from tokenward.runtime import Tokenward
-from tokenward.web import SecurityHeaders, page_routes
+from tokenward.web import SecurityHeaders, not_found_page, page_routes, wants_html
 
 __all__ = ["create_app", "readiness"]
 
@@ -56,6 +56,8 @@ _HTTP_SLUGS = {
 
 async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # noqa: S101 - registered for this class only
+    if exc.status_code == 404 and request.method == "GET" and wants_html(request):
+        return not_found_page()  # a browser's navigation: a page, not a JSON problem
     slug = _HTTP_SLUGS.get(exc.status_code, "bad-request")
     title = slug.replace("-", " ").capitalize()
     return problem_response(exc.status_code, slug, title, str(exc.detail), dict(exc.headers or {}))

@@ -7,6 +7,7 @@ bearer), call :mod:`tokenward.http.auth` and the core, and render what comes bac
 from __future__ import annotations
 
 import contextlib
+import hmac
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -57,6 +58,7 @@ from tokenward.refresh import RefreshToken
 from tokenward.runtime import Tokenward
 from tokenward.sessions import EndReason, Issued, Principal, UserRef
 from tokenward.users import still_current
+from tokenward.web import alarm_cookie
 
 __all__ = ["AuthRoutes", "rfc3339", "signed_in_user"]
 
@@ -127,9 +129,14 @@ class AuthRoutes:
             response.headers.append("set-cookie", spec.header())
         return response
 
-    def _clear_cookies(self, response: Response) -> Response:
+    def _clear_cookies(self, response: Response, *, alarm: bool = False) -> Response:
         for spec in self.tw.cookies.clear():
             response.headers.append("set-cookie", spec.header())
+        if alarm:
+            # Ended for refresh reuse: the sign-in page shows its theft alarm only then.
+            response.headers.append(
+                "set-cookie", alarm_cookie(secure=self.tw.cookies.secure).header()
+            )
         return response
 
     async def register(self, request: Request) -> Response:
@@ -235,7 +242,7 @@ class AuthRoutes:
         except AuthError as exc:
             if len(cookies) > 1:  # one was tossed in: clearing ours would log the user out
                 raise
-            return self._clear_cookies(render_error(exc))
+            return self._clear_cookies(render_error(exc), alarm=isinstance(exc, RefreshReused))
         return self._with_cookies(
             json_response(self._session_body(issued, bearer=False)), issued, csrf
         )
@@ -281,7 +288,7 @@ class AuthRoutes:
         try:
             uid, sid = await self._cookie_session(request, now)
         except RefreshReused as exc:  # theft: the session is over, and so are its cookies
-            return self._clear_cookies(render_error(exc))
+            return self._clear_cookies(render_error(exc), alarm=True)
         await self._log_out(request, uid, sid, now)
         return self._clear_cookies(
             Response(status_code=204, headers={**NO_STORE, **CLEAR_SITE_DATA})
@@ -447,6 +454,9 @@ class AuthRoutes:
         body = await read_body(request)
         change = body.parse(PasswordChange)
         current, new = change.current_password, change.new_password
+        if hmac.compare_digest(current.encode(), new.encode()):
+            # Said before anything is checked: the caller typed both, so it tells nothing.
+            raise PolicyError("unchanged", "the new password must differ from the current one")
         now = self.tw.clock.now()
         p = auth.principal
         user = await signed_in_user(self.tw, p)
