@@ -36,7 +36,6 @@ from string import Template
 from typing import Protocol
 
 from tokenward.errors import ConfigError, NotFound
-from tokenward.private_paths import private_dir
 
 __all__ = [
     "MAX_QUEUED",
@@ -202,7 +201,9 @@ class Outbox:
         log.info("mail written to the outbox", extra={"mail_id": mail_id})
 
     def _write(self, mail_id: str, data: bytes) -> None:
-        private_dir(self.directory)
+        # 0700: the mails carry link tokens (the data directory itself is private too)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory.chmod(0o700)
         path = self.directory / f"{mail_id}.eml"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
