@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import formataddr, make_msgid, parseaddr
+from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -84,9 +84,10 @@ class Mail:
     def __repr__(self) -> str:
         return f"Mail(template={self.template!r}, body=<hidden>)"
 
-    def message(self, sender: str) -> EmailMessage:
+    def message(self, sender: str, *, now: int) -> EmailMessage:
         """The MIME message: ``multipart/alternative`` with the text, then the HTML body."""
         msg = EmailMessage(policy=SMTP)
+        msg["Date"] = formatdate(now, usegmt=True)
         msg["From"] = sender
         msg["To"] = self.to
         msg["Subject"] = self.subject
@@ -342,7 +343,8 @@ class Mailer:
     async def _attempt(self, item: _Queued) -> None:
         item.attempts += 1
         try:
-            await self.sender.send(item.mail.message(self.sender_address), now=self.now())
+            now = self.now()
+            await self.sender.send(item.mail.message(self.sender_address, now=now), now=now)
         except Exception as exc:  # any failure of the mail system: retry, bounded
             # The type only: an SMTP error may quote the message back.
             if item.attempts > len(self.retry_delays):
