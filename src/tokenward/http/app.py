@@ -31,6 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tokenward.errors import TokenInvalid, TokenwardError
+from tokenward.http.email_routes import EmailRoutes
 from tokenward.http.metrics_listener import MetricsListener
 from tokenward.http.observability import ObservabilityMiddleware
 from tokenward.http.openapi import openapi_document
@@ -104,6 +105,7 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         manage_lifespan: run :meth:`Tokenward.start` and :meth:`Tokenward.stop` with the app.
     """
     auth = AuthRoutes(tw)
+    email = EmailRoutes(tw)
     # Rendered once per key set: a rotation picked up by tw.reload_keys() swaps tw.keys.
     jwks_cache = (tw.keys, orjson.dumps(tw.keys.jwks()))
     openapi_body = orjson.dumps(openapi_document(tw))
@@ -176,6 +178,12 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         Route("/auth/sessions/{sid}", auth.end_session, methods=["DELETE"]),
         Route("/auth/password", auth.change_password, methods=["POST"]),
         Route("/auth/token", auth.service_token, methods=["POST"]),
+        Route("/auth/email/verify", email.verify, methods=["POST"]),
+        Route("/auth/email/verify/resend", email.resend, methods=["POST"]),
+        Route("/auth/password/forgot", email.forgot, methods=["POST"]),
+        Route("/auth/password/reset", email.reset, methods=["POST"]),
+        Route("/auth/email/change", email.change, methods=["POST"]),
+        Route("/auth/email/change/confirm", email.confirm_change, methods=["POST"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

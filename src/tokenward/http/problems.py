@@ -68,6 +68,7 @@ def render_error(exc: TokenwardError, *, bearer: bool = False) -> Response:
         headers["Retry-After"] = "1"
     if isinstance(exc, AuthError) and bearer:
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    extra.update(getattr(exc, "extra", None) or {})
     rule = getattr(exc, "rule", None)
     if rule is not None:
         extra["rule"] = rule

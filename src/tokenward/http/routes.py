@@ -19,6 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from tokenward.errors import (
     AuthError,
     CsrfError,
+    EmailNotVerified,
     Forbidden,
     InvalidCredentials,
     NotFound,
@@ -155,15 +156,20 @@ class AuthRoutes:
                     await ticket.refund()  # refused before any hashing: cheap, reveals nothing
                     raise
             self.tw.events.registered(user.id, client=client, now=now)
+            self.tw.email_flows.registered(user)
         except TokenwardError as exc:
             if body.form:
                 return _form_redirect(PAGE_REGISTER, exc)
             raise
         if body.form:
             return RedirectResponse(f"{PAGE_LOGIN}?registered=1", status_code=303, headers=NO_STORE)
-        return json_response(
-            {"id": user.id, "email": user.email, "created_at": rfc3339(user.created_at)}, status=201
-        )
+        created = {
+            "id": user.id,
+            "email": user.email,
+            "created_at": rfc3339(user.created_at),
+            "email_verified": user.email_verified,
+        }
+        return json_response(created, status=201)
 
     async def login(self, request: Request) -> Response:
         """``POST /auth/login``: 200 with the session (and tokens in bearer mode)."""
@@ -185,9 +191,14 @@ class AuthRoutes:
                     self.tw.events.login_failed(email, client=(ip, agent), now=now)
                     raise
                 await ticket.succeeded(now=now)
-            issued = await self.tw.sessions.open(
-                UserRef(user.id, user.email, user.created_at), ip=ip, user_agent=agent, now=now
-            )
+            if self.tw.settings.require_verified_email and not user.email_verified:
+                # Only after the password was right: it tells nothing to whoever guesses.
+                raise EmailNotVerified(
+                    "verify your e-mail address first", resend="/auth/email/verify/resend"
+                )
+            await self.tw.email_flows.remember_verified(user)
+            ref = UserRef(user.id, user.email, user.created_at, user.email_verified)
+            issued = await self.tw.sessions.open(ref, ip=ip, user_agent=agent, now=now)
             if issued.evicted:
                 self._ended(request, user.id, list(issued.evicted), EndReason.EVICTED, now)
             if not await user_still_enabled(self.tw, issued, epoch=user.credential_epoch, now=now):
@@ -402,7 +413,12 @@ class AuthRoutes:
         """
         auth = await self._current(request)
         user = await signed_in_user(self.tw, auth.principal)
-        body = {"id": user.id, "email": user.email, "created_at": rfc3339(user.created_at)}
+        body = {
+            "id": user.id,
+            "email": user.email,
+            "created_at": rfc3339(user.created_at),
+            "email_verified": user.email_verified,
+        }
         return apply_pending_cookies(request, json_response(body))
 
     async def sessions(self, request: Request) -> Response:
@@ -530,7 +546,7 @@ async def signed_in_user(tw: Tokenward, principal: Principal) -> UserRef:
     user = await tw.user_store.by_id(principal.uid)
     if user is None or user.disabled:
         raise SessionEnded("the session has ended")
-    return UserRef(user.id, user.email, user.created_at)
+    return UserRef(user.id, user.email, user.created_at, user.email_verified)
 
 
 async def user_still_enabled(tw: Tokenward, issued: Issued, *, epoch: int, now: int) -> bool:
