@@ -13,6 +13,9 @@ Fixtures:
   if a page threw or the browser reported a Content-Security-Policy violation.
 * ``foreign_site``     -- session: ``http://127.0.0.1:<port>``, another site than
   ``localhost``, serving the HTML a test gives it.
+* ``smtp``             -- session: a real SMTP server (aiosmtpd, the e-mail tests'
+  ``mail_support.SmtpInbox``) that keeps every message it accepts.
+* ``mail_server``      -- session: ``tokenward serve`` sending its mail to ``smtp``.
 
 Secure cookies over plain http: Chromium treats ``http://localhost`` as a secure context, so
 ``Secure`` and the ``__Host-`` / ``__Secure-`` prefixes work there as on HTTPS
@@ -24,9 +27,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +47,10 @@ from browserkit import (
     stop_server,
     watchdog,
 )
+
+# The e-mail tests' SMTP server, shared rather than copied (test folders are not packages).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mail"))
+from mail_support import SmtpInbox
 from playwright.async_api import (
     Browser,
     BrowserContext,
@@ -93,6 +102,20 @@ def short_ttl_server(_servers: Callable[..., Server]) -> Server:
 @pytest.fixture(scope="session")
 def strict_server(_servers: Callable[..., Server]) -> Server:
     return _servers(**LIMITS, refresh_grace="0")
+
+
+@pytest.fixture(scope="session")
+def smtp() -> Iterator[SmtpInbox]:
+    inbox = SmtpInbox()
+    inbox.start()
+    yield inbox
+    inbox.stop()
+
+
+@pytest.fixture(scope="session")
+def mail_server(_servers: Callable[..., Server], smtp: SmtpInbox) -> Server:
+    # Every browser test comes from 127.0.0.1: the per-address mail limit is lifted too.
+    return _servers(**LIMITS, smtp_url=smtp.url, mail_ip_limit="1000")
 
 
 @pytest.fixture(scope="session")
