@@ -16,6 +16,7 @@ Fixtures:
 * ``smtp``             -- session: a real SMTP server (aiosmtpd, the e-mail tests'
   ``mail_support.SmtpInbox``) that keeps every message it accepts.
 * ``mail_server``      -- session: ``tokenward serve`` sending its mail to ``smtp``.
+* ``verifying_server`` -- session: the same with ``TOKENWARD_REQUIRE_VERIFIED_EMAIL=true``.
 
 Secure cookies over plain http: Chromium treats ``http://localhost`` as a secure context, so
 ``Secure`` and the ``__Host-`` / ``__Secure-`` prefixes work there as on HTTPS
@@ -116,6 +117,13 @@ def smtp() -> Iterator[SmtpInbox]:
 def mail_server(_servers: Callable[..., Server], smtp: SmtpInbox) -> Server:
     # Every browser test comes from 127.0.0.1: the per-address mail limit is lifted too.
     return _servers(**LIMITS, smtp_url=smtp.url, mail_ip_limit="1000")
+
+
+@pytest.fixture(scope="session")
+def verifying_server(_servers: Callable[..., Server], smtp: SmtpInbox) -> Server:
+    return _servers(
+        **LIMITS, smtp_url=smtp.url, mail_ip_limit="1000", require_verified_email="true"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,7 @@ async def test_a_link_without_its_token_says_so(
 async def test_the_sign_in_page_links_to_the_forgotten_password_page(
     server: Server, new_context: NewContext
 ) -> None:
-    """"Forgot password?" leads to a labelled form that keeps the sign-in page's design."""
+    """ "Forgot password?" leads to a labelled form that keeps the sign-in page's design."""
     page = await (await new_context()).new_page()
     await page.goto(server.url + "/login")
     await page.get_by_role("link", name="Forgot password?").click()

@@ -181,3 +181,30 @@ async def test_the_link_pages_work_without_javascript(
     await page.get_by_role("button", name="Verify my email address").click()
     await expect(page).to_have_url(server.url + "/verify-email?done=done")
     await expect(page.locator('[data-notice="done"]')).to_be_visible()
+
+
+async def test_an_unverified_address_is_asked_to_verify_and_can_get_a_new_link(
+    verifying_server: Server, smtp: SmtpInbox, new_context: NewContext
+) -> None:
+    """With TOKENWARD_REQUIRE_VERIFIED_EMAIL the sign-in page says to verify first and sends
+    a new link (with and without JavaScript); the link's page verifies, then sign-in works."""
+    server = verifying_server
+    email = server.register(new_email("unverified"))
+    await _link(server, smtp, email, "/verify-email")  # the registration's mail
+    for scripts, count in ((True, 2), (False, 3)):
+        page = await (await new_context(java_script_enabled=scripts)).new_page()
+        await page.goto(server.url + "/login")
+        await page.get_by_label("Email address").fill(email)
+        await page.get_by_label("Password", exact=True).fill(PASSWORD)
+        await page.get_by_role("button", name="Sign in").click()
+        notice = page.locator('[data-notice="email-not-verified"]')
+        await expect(notice).to_be_visible()
+        if scripts:
+            await screenshot(page, "login-email-not-verified")
+        await notice.get_by_role("button", name="Send a new link").click()
+        await expect(page.locator('[data-notice="verification-sent"]')).to_be_visible()
+        link = await _link(server, smtp, email, "/verify-email", count=count)
+    await page.goto(link)
+    await page.get_by_role("button", name="Verify my email address").click()
+    await expect(page.locator('[data-notice="done"]')).to_be_visible()
+    await sign_in(page, server.url, email)

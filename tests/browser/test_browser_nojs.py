@@ -115,3 +115,66 @@ async def test_the_throttle_says_the_real_wait_without_javascript(
     await expect(notice).to_be_visible()
     await expect(notice.locator('[data-field="retry"]')).to_have_text(duration(retry_after))
     assert "a few minutes" not in await notice.inner_text()
+
+
+async def test_the_account_forms_work_without_javascript(
+    server: Server, new_context: NewContext
+) -> None:
+    """Change the password (the same one again is refused, naming why) and ask for an
+    e-mail change (a wrong password is explained, the new address kept), all as posts."""
+    email = server.register(new_email("nojs-account"))
+    context = await new_context(java_script_enabled=False)
+    page = await context.new_page()
+    await page.goto(server.url + "/login")
+    await _submit(page, email, PASSWORD, "Sign in")
+    await expect(page).to_have_url(server.url + "/account")
+    before = await cookie(context, CSRF)
+
+    await page.get_by_label("Current password").fill(PASSWORD)
+    await page.get_by_label("New password").fill(PASSWORD)
+    await page.get_by_role("button", name="Change password").click()
+    same = page.locator('[data-notice="password-validation"]')
+    await expect(same).to_be_visible()
+    await expect(same).to_contain_text("must differ from the current one")
+
+    fresh = "a quiet harbour at dawn"
+    await page.get_by_label("Current password").fill(PASSWORD)
+    await page.get_by_label("New password").fill(fresh)
+    await page.get_by_role("button", name="Change password").click()
+    await expect(page).to_have_url(server.url + "/account?done=password-changed")
+    await expect(page.locator('[data-notice="password-changed"]')).to_be_visible()
+    after = await cookie(context, CSRF)
+    assert before is not None
+    assert after is not None
+    assert after["value"] != before["value"]  # the session got new credentials
+
+    other = new_email("nojs-new")
+    await page.get_by_label("New email address").fill(other)
+    await page.get_by_label("Your password").fill(PASSWORD)  # the old one now
+    await page.get_by_role("button", name="Send confirmation link").click()
+    await expect(page.locator('[data-notice="email-invalid-credentials"]')).to_be_visible()
+    await expect(page.get_by_label("New email address")).to_have_value(other)
+    await page.get_by_label("Your password").fill(fresh)
+    await page.get_by_role("button", name="Send confirmation link").click()
+    await expect(page).to_have_url(server.url + "/account?done=email-change-sent")
+    await expect(page.locator('[data-notice="email-change-sent"]')).to_be_visible()
+
+    # The page's forms carry the new CSRF token: signing out still works.
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page).to_have_url(server.url + "/login?reason=signed-out")
+
+
+async def test_a_forged_sign_out_is_refused(server: Server, new_context: NewContext) -> None:
+    """Without the session's CSRF token the sign-out form post changes nothing."""
+    email = server.register(new_email("nojs-forged"))
+    context = await new_context(java_script_enabled=False)
+    page = await context.new_page()
+    await page.goto(server.url + "/login")
+    await _submit(page, email, PASSWORD, "Sign in")
+    await expect(page).to_have_url(server.url + "/account")
+    await page.locator('input[name="csrf"]').first.evaluate("input => { input.value = 'forged'; }")
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.locator('[data-notice="csrf"]')).to_be_visible()
+    assert await cookie(context, ACCESS) is not None
+    await page.goto(server.url + "/auth/me")
+    assert json.loads(await page.locator("body").inner_text())["email"] == email

@@ -666,6 +666,16 @@ class Pages:
             return self.refused("forgot", answer.problem, values={"email": email})
         return self.respond("forgot", "sent", values={"email": email})
 
+    async def resend_post(self, request: Request) -> Response:
+        """``POST /verify-email/resend`` (JavaScript off): a new verification link for the
+        address of a sign-in refused as not verified."""
+        form = await _read_form(request)
+        email = form.get("email", "")
+        answer = await call_api(request, "POST", "/auth/email/verify/resend", {"email": email})
+        if answer.problem is not None:
+            return self.refused("login", answer.problem, values={"email": email})
+        return self.respond("login", "verification-sent", values={"email": email})
+
     def token_page(self, name: str) -> Route:
         """``GET`` a page opened from a mail's link (``?token=``)."""
 
@@ -754,6 +764,7 @@ def page_routes(
         Route("/reset-password", pages.reset_post, methods=["POST"], name="form-reset"),
         pages.token_page("verify"),
         Route("/verify-email", pages.verify_post, methods=["POST"], name="form-verify"),
+        Route("/verify-email/resend", pages.resend_post, methods=["POST"], name="form-resend"),
         pages.token_page("confirm"),
         Route("/confirm-email", pages.confirm_post, methods=["POST"], name="form-confirm"),
         Route("/static/{name}", static.endpoint, methods=["GET"], name="static"),
