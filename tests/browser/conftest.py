@@ -8,6 +8,8 @@ Fixtures:
   ``TOKENWARD_LEEWAY=0`` (refresh tests).
 * ``strict_server``    -- session: the same with ``TOKENWARD_REFRESH_GRACE=0`` (a replaced
   refresh token is a theft at once: the theft test).
+* ``transparent_server`` -- session: ``TOKENWARD_TRANSPARENT_REFRESH=true`` and no refresh
+  grace (a theft found by a protected route's own refresh).
 * ``browser``          -- session: Debian's Chromium (``/usr/bin/chromium``) via Playwright.
 * ``new_context``      -- factory of browser contexts ("devices"); the test fails at teardown
   if a page threw or the browser reported a Content-Security-Policy violation.
@@ -103,6 +105,11 @@ def short_ttl_server(_servers: Callable[..., Server]) -> Server:
 @pytest.fixture(scope="session")
 def strict_server(_servers: Callable[..., Server]) -> Server:
     return _servers(**LIMITS, refresh_grace="0")
+
+
+@pytest.fixture(scope="session")
+def transparent_server(_servers: Callable[..., Server]) -> Server:
+    return _servers(**LIMITS, refresh_grace="0", transparent_refresh="true")
 
 
 @pytest.fixture(scope="session")
