@@ -17,7 +17,8 @@ Fixtures:
   ``localhost``, serving the HTML a test gives it.
 * ``smtp``             -- session: a real SMTP server (aiosmtpd, the e-mail tests'
   ``mail_support.SmtpInbox``) that keeps every message it accepts.
-* ``mail_server``      -- session: ``tokenward serve`` sending its mail to ``smtp``.
+* ``mail_server``      -- session: ``tokenward serve`` sending its mail to ``smtp``, with
+  its access log on.
 * ``verifying_server`` -- session: the same with ``TOKENWARD_REQUIRE_VERIFIED_EMAIL=true``.
 
 Secure cookies over plain http: Chromium treats ``http://localhost`` as a secure context, so
@@ -123,7 +124,10 @@ def smtp() -> Iterator[SmtpInbox]:
 @pytest.fixture(scope="session")
 def mail_server(_servers: Callable[..., Server], smtp: SmtpInbox) -> Server:
     # Every browser test comes from 127.0.0.1: the per-address mail limit is lifted too.
-    return _servers(**LIMITS, smtp_url=smtp.url, mail_ip_limit="1000")
+    # The access log is on: the journey checks that no link's token reaches the log.
+    return _servers(
+        **LIMITS, smtp_url=smtp.url, mail_ip_limit="1000", access_log="true", log_level="info"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -150,6 +150,12 @@ async def test_register_verify_forget_reset_and_change_the_address(
     await profile_shows(desk, changed)  # the session went on
     await _notice(smtp, email, "The e-mail address of your account was changed")
 
+    # The server's log (its access log is on) saw the link pages, never a link's token.
+    log = server.log.read_text(errors="replace")
+    assert '"path": "/reset-password"' in log or '"path":"/reset-password"' in log
+    for link in (verify_link, reset_link, confirm_link):
+        assert link.rpartition("token=")[2] not in log
+
 
 async def test_the_link_pages_work_without_javascript(
     mail_server: Server, smtp: SmtpInbox, new_context: NewContext
