@@ -41,6 +41,7 @@ async def test_ending_the_other_device_signs_it_out_on_its_next_action(
     await expect(this_device).to_contain_text("Chrome on Linux")
     other = rows.filter(has_text="Safari on iOS")
     await expect(other.get_by_text("This device")).to_be_hidden()
+    await expect(other).to_have_class("session session--phone")  # the phone's icon
     await screenshot(laptop, "sessions")
 
     await other.get_by_role("button", name="End session").click()
