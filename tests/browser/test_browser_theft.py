@@ -45,14 +45,14 @@ async def test_a_stolen_refresh_token_signs_out_thief_and_victim_and_says_why(
         await expect(page).to_have_url(
             server.url + "/login?reason=refresh-reused&next=%2Faccount%2Fsessions"
         )
-        await expect(page.locator('[data-notice="refresh-reused"]')).to_be_visible()
+        await expect(page.locator('[data-notice="theft-alarm"]')).to_be_visible()
         assert await cookie(context, REFRESH) is None
         # The alarm came from the server's one-time cookie, not from the address: it is
         # gone once shown, and the same address alone shows nothing.
         assert {c["name"] for c in await context.cookies()} == set()
         await page.reload()
         await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-        await expect(page.locator('[data-notice="refresh-reused"]')).to_be_hidden()
+        await expect(page.locator('[data-notice="theft-alarm"]')).to_be_hidden()
 
         # The thief's fresh pair went with the session, the access token at once.
         me = await thief.get(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from html.parser import HTMLParser
 from importlib import resources
 
@@ -16,8 +16,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from tokenward.http.app import create_app
+from tokenward.runtime import Tokenward
 from tokenward.web import CONTENT_SECURITY_POLICY, SecurityHeaders
 from tokenward.web.pages import ALARM_COOKIE
+from tw_accounts import ORIGIN
+
+MakeTw = Callable[..., Awaitable[Tokenward]]
+
 
 TEMPLATES = (
     "login",
@@ -143,6 +149,8 @@ def test_only_packaged_static_files_are_served(http: httpx.Client, path: str) ->
         # The theft alarm is the server's to raise (test_the_theft_alarm_needs_the_server's_cookie)
         ("/login?reason=refresh-reused", None),
         ("/login?error=refresh-reused", "error"),
+        ("/login?reason=theft-alarm", None),
+        ("/login?error=theft-alarm", "error"),
         ("/login?done=password-reset", "password-reset"),
         ("/login?reason=whatever", None),
         ("/register?error=validation", "validation"),
@@ -251,7 +259,7 @@ def test_the_theft_alarm_needs_the_servers_cookie(http: httpx.Client) -> None:
     plain = http.get("/login", params={"reason": "refresh-reused"})
     assert _Page(plain.text).shown() == []
     raised = http.get("/login", headers={"Cookie": f"{ALARM_COOKIE}=refresh-reused"})
-    assert _Page(raised.text).shown() == ["refresh-reused"]
+    assert _Page(raised.text).shown() == ["theft-alarm"]
     cleared = raised.headers["set-cookie"]
     assert cleared.startswith(f"{ALARM_COOKIE}=;")
     assert "Max-Age=0" in cleared
@@ -313,3 +321,23 @@ def test_a_refused_plain_form_keeps_the_address_and_names_the_rule(http: httpx.C
     assert page.shown() == ["validation"]
     assert "too common" in r.text
     assert f'value="{html.escape(email, quote=True)}"' in r.text
+
+
+async def test_a_plain_form_sign_in_is_counted_as_the_login_it_is(make_tw: MakeTw) -> None:
+    """The login metrics count a sign-in posted to ``/login`` (JavaScript off) by outcome,
+    as they count ``POST /auth/login`` (a refused one is not mistaken for a theft)."""
+    tw = await make_tw()
+    transport = httpx.ASGITransport(
+        app=create_app(tw, manage_lifespan=False), client=("10.77.0.1", 40000)
+    )
+    email = new_email("counted")
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as client:
+        created = await client.post("/auth/register", json={"email": email, "password": PASSWORD})
+        assert created.status_code == 201, created.text
+        wrong = await client.post("/login", data={"email": email, "password": "x" * 14})
+        assert wrong.status_code == 401
+        right = await client.post("/login", data={"email": email, "password": PASSWORD})
+        assert (right.status_code, right.headers["location"]) == (303, "/account")
+    exposition = (await tw.metrics.render()).decode()
+    assert 'tokenward_logins_total{outcome="failed"} 1.0' in exposition
+    assert 'tokenward_logins_total{outcome="ok"} 1.0' in exposition

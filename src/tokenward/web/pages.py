@@ -95,6 +95,10 @@ _ALARM_COOKIE_PLAIN = "tw_alarm"
 #: Long enough to reach the sign-in page after the refresh that found the theft.
 _ALARM_MAX_AGE = 600
 _ALARM_VALUE = "refresh-reused"
+#: The login page's notice for it. Not named after the problem slug: the access log's
+#: login metrics read "refresh-reused" in a 401 body as a theft, and a refused plain
+#: sign-in answers 401 with this page.
+_ALARM_NOTICE = "theft-alarm"
 
 PATHS = {
     "login": "/login",
@@ -422,10 +426,10 @@ class Pages:
     def notice_for(self, page: str, request: Request) -> str | None:
         """The notice of ``page`` the query asks for; ``error`` for an unknown error slug.
 
-        ``refresh-reused`` (the theft alarm) is never taken from the query: only
+        ``theft-alarm`` (for ``refresh-reused``) is never taken from the query: only
         :meth:`alarm_raised` shows it.
         """
-        notices = self.templates[page].notices - {_ALARM_VALUE}
+        notices = self.templates[page].notices - {_ALARM_NOTICE}
         query = request.query_params
         error = query.get("error")
         if error is not None:
@@ -558,7 +562,7 @@ class Pages:
         wanted = request.query_params.get("next", "")
         values = {"next": wanted if safe_next(wanted) == wanted else ""}
         if self.alarm_raised(request):
-            response = self.respond("login", _ALARM_VALUE, values=values)
+            response = self.respond("login", _ALARM_NOTICE, values=values)
             response.headers.append(
                 "set-cookie", alarm_cookie(secure=self.secure, clear=True).header()
             )
