@@ -180,10 +180,6 @@ class Answer:
     problem: Problem | None = None
     route: object = None
 
-    def json(self) -> Any:
-        """The JSON body (``None`` when there is none)."""
-        return orjson.loads(self.body) if self.body else None
-
 
 #: Response headers an API call's answer hands on to the browser with the page's answer.
 _FORWARDED = frozenset({"set-cookie", "clear-site-data"})
