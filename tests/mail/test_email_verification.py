@@ -162,8 +162,11 @@ async def test_bad_tokens_are_one_400_and_bad_bodies_422(client: httpx.AsyncClie
     r = await client.post("/auth/email/verify/resend", json={"email": "not an address"})
     assert r.status_code == 422
     assert r.json()["rule"] == "email"
-    r = await client.post("/auth/email/verify/resend", json={})
-    assert r.status_code == 401  # no session and no address
+    for empty in ({}, {"email": None}):
+        r = await client.post("/auth/email/verify/resend", json=empty)
+        assert r.status_code == 401  # no session and no address
+    r = await client.post("/auth/email/verify/resend", json={"email": "x" * 1025})
+    assert r.status_code == 422
 
 
 async def test_a_foreign_origin_cannot_post_a_token(client: httpx.AsyncClient) -> None:
