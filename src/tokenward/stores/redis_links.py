@@ -8,8 +8,9 @@ script single-slot on Redis Cluster):
 =============================  ======  ===================================================
 key                            type    content and TTL
 =============================  ======  ===================================================
-``tw:{lk:<kind>}:t:<digest>``  hash    the link's payload (``uid``, the address it went
-                                       to, ...); TTL the link's lifetime
+``tw:{lk:<kind>}:t:<digest>``  hash    the link's payload (``uid``, a digest of the
+                                       address, ...: never an address in the clear);
+                                       TTL the link's lifetime
 ``tw:{lk:<kind>}:u:<uid>``     string  the digest of the user's newest link of this kind;
                                        same TTL
 ``tw:verified:{<uid>}``        string  ``1``: the user's address is verified (read when a
