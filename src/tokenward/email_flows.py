@@ -28,6 +28,7 @@ token or a link. Framework-free: times come from the caller.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import re
@@ -36,6 +37,9 @@ from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tokenward.errors import (
     Conflict,
@@ -90,6 +94,34 @@ def new_link_token() -> tuple[str, str]:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _address(email: str) -> str:
+    """What a link's payload keeps of an address: a digest of its key. No Redis key or value
+    holds an address (a dump must not list the users'), yet a link can still tell whether
+    the account's address is the one it was sent to."""
+    return hashlib.sha256(f"tokenward:link-address:{email_key(email)}".encode()).hexdigest()
+
+
+def _seal_key(token: str) -> bytes:
+    return hashlib.sha256(f"tokenward:link-seal:{token}".encode()).digest()
+
+
+def _seal(token: str, value: str) -> str:
+    """``value`` encrypted (AES-GCM) under a key only the link's token gives: the new
+    address of an e-mail change is stored, but only whoever holds the link can read it."""
+    nonce = secrets.token_bytes(12)
+    sealed = AESGCM(_seal_key(token)).encrypt(nonce, value.encode(), b"tokenward:link")
+    return base64.urlsafe_b64encode(nonce + sealed).decode()
+
+
+def _unseal(token: str, sealed: str) -> str:
+    raw = base64.urlsafe_b64decode(sealed.encode())
+    try:
+        plain = AESGCM(_seal_key(token)).decrypt(raw[:12], raw[12:], b"tokenward:link")
+    except InvalidTag:
+        raise LinkTokenInvalid("the link is invalid or has expired") from None
+    return plain.decode()
 
 
 def _presented(token: str) -> str:
@@ -257,7 +289,7 @@ class EmailFlows:
 
     async def send_verification(self, user: User) -> None:
         """Issue a verification link (superseding the previous one) and mail it."""
-        token = await self._issue(VERIFY, user, {"email": user.email}, VERIFY_TTL)
+        token = await self._issue(VERIFY, user, {"email": _address(user.email)}, VERIFY_TTL)
         self._send("verify_email", user.email, {
             "email": user.email, "link": self.link("/verify-email", token),
             "hours": str(VERIFY_TTL // 3600),
@@ -300,7 +332,7 @@ class EmailFlows:
         digest = _presented(token)
         payload = await self.links.peek(VERIFY, digest)
         user = await self._user_of(payload)
-        if payload is None or user is None or user.email != payload.get("email"):
+        if payload is None or user is None or _address(user.email) != payload.get("email"):
             raise LinkTokenInvalid("the link is invalid or has expired")
         # Idempotent writes first, the token last: a back end failing half-way leaves the
         # link usable for a retry, and nothing else changes twice.
@@ -358,7 +390,7 @@ class EmailFlows:
 
     async def reset_link(self, user: User) -> str:
         """A reset link for ``user``, not mailed (``tokenward users reset-link``)."""
-        payload = {"email": user.email, "epoch": str(user.credential_epoch)}
+        payload = {"email": _address(user.email), "epoch": str(user.credential_epoch)}
         token = await self._issue(RESET, user, payload, RESET_TTL)
         return self.link("/reset-password", token)
 
@@ -387,7 +419,7 @@ class EmailFlows:
             payload is None
             or user is None
             or user.disabled
-            or email_key(user.email) != email_key(payload.get("email", ""))
+            or _address(user.email) != payload.get("email")
             or str(user.credential_epoch) != payload.get("epoch")
         ):
             raise LinkTokenInvalid("the link is invalid or has expired")
@@ -443,8 +475,9 @@ class EmailFlows:
         await self._limit(address=user.email, ip=ip, now=now)
         if await self.store.by_email(address) is not None:
             raise Conflict("an account with this email already exists")
-        payload = {"email": user.email, "new_email": address}
-        token = await self._issue(CHANGE, user, payload, CHANGE_TTL)
+        token, digest = new_link_token()
+        payload = {"email": _address(user.email), "new_email": _seal(token, address)}
+        await self.links.issue(CHANGE, user.id, digest, payload, ttl=CHANGE_TTL)
         self._send("confirm_email_change", address, {
             "email": address, "link": self.link("/confirm-email", token),
             "hours": str(CHANGE_TTL // 3600),
@@ -463,9 +496,15 @@ class EmailFlows:
         digest = _presented(token)
         payload = await self.links.peek(CHANGE, digest)
         user = await self._user_of(payload)
-        if payload is None or user is None or user.disabled or user.email != payload["email"]:
+        if (
+            payload is None
+            or user is None
+            or user.disabled
+            or _address(user.email) != payload.get("email")
+            or "new_email" not in payload
+        ):
             raise LinkTokenInvalid("the link is invalid or has expired")
-        new = payload["new_email"]
+        new = _unseal(token, payload["new_email"])
         if not await self.store.set_email(user.id, new, expected_email=user.email, now=now):
             raise LinkTokenInvalid("the link is invalid or has expired")
         await self.links.mark_verified(user.id, ttl=self.verified_ttl)

@@ -123,3 +123,26 @@ async def test_confirm_bad_tokens(client: httpx.AsyncClient) -> None:
         assert r.status_code == 400
         assert r.json()["type"] == INVALID
     assert (await client.post("/auth/email/change/confirm", json={})).status_code == 422
+
+
+async def test_no_redis_value_holds_either_address(
+    client: httpx.AsyncClient, smtp: SmtpInbox, redis: object
+) -> None:
+    """The pending change is stored, but not the addresses in the clear (a Redis dump must
+    not list users' addresses): the new one is sealed under the link's token."""
+    import redis.asyncio as aioredis
+
+    assert isinstance(redis, aioredis.Redis)
+    old, auth = await _signed_in(client)
+    new = new_email()
+    r = await client.post(
+        "/auth/email/change", json={"new_email": new, "password": PASSWORD}, headers=auth
+    )
+    assert r.status_code == 202
+    await smtp.wait_for(new)
+    async for key in redis.scan_iter(match="tw:{lk:*", count=1000):
+        value = (
+            await redis.hgetall(key) if await redis.type(key) == "hash" else await redis.get(key)
+        )
+        assert old not in str(value)
+        assert new not in str(value)

@@ -234,3 +234,35 @@ async def test_without_smtp_mail_goes_to_the_outbox_and_the_cli_reads_it(
     assert entry.to == email
     _, token = link_of(tw.outbox.show(entry.id))
     assert token not in caplog.text
+
+
+async def test_a_deployment_overrides_templates_file_by_file(
+    mail_tw: MakeMailTw, smtp: SmtpInbox, tmp_path: Path
+) -> None:
+    """A ``.subject`` in TOKENWARD_MAIL_TEMPLATES_DIR replaces the built-in one; the bodies
+    not overridden stay built-in; values are HTML-escaped in the HTML body."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "verify_email.subject").write_text("Welcome to Example, $email\n")
+    (templates / "verify_email.html").write_text("<p>Hi <b>$email</b>: <a href='$link'>go</a></p>")
+    tw = await mail_tw(mail_templates_dir=str(templates))
+    async with isolated_client(tw) as client:
+        email = "o'brien+" + new_email()
+        await _register(client, email)
+    [mail] = await smtp.wait_for(email)
+    assert mail["Subject"] == f"Welcome to Example, {email}"
+    assert "please confirm that" in text_of(mail)
+    link_of(mail)
+    from mail_support import html_of
+
+    assert "o&#x27;brien" in html_of(mail)
+
+
+def test_a_missing_templates_directory_is_a_configuration_error(tmp_path: Path) -> None:
+    from tokenward.errors import ConfigError
+    from tokenward.mail import Templates
+
+    with pytest.raises(ConfigError, match="TOKENWARD_MAIL_TEMPLATES_DIR"):
+        Templates(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="no mail template"):
+        Templates().render("nope", "a@example.com", {})

@@ -36,7 +36,7 @@ def _claims(token: str) -> dict[str, object]:
 
 
 async def test_registration_mails_a_link_that_verifies_once(
-    client: httpx.AsyncClient, smtp: SmtpInbox, tw: Tokenward
+    client: httpx.AsyncClient, smtp: SmtpInbox, tw: Tokenward, redis: aioredis.Redis
 ) -> None:
     """The whole journey: the mail (text and HTML, From set) carries a link to
     /verify-email; its token verifies the address once; /auth/me and the access tokens
@@ -61,7 +61,11 @@ async def test_registration_mails_a_link_that_verifies_once(
     assert again.status_code == 400
     assert again.json()["type"] == INVALID
 
-    assert (await client.get("/auth/me", headers=auth)).json()["email_verified"] is True
+    me = (await client.get("/auth/me", headers=auth)).json()
+    assert me["email_verified"] is True
+    # What refreshes read for the claim expires, as every key does: with the longest session.
+    marker_ttl = await redis.ttl(f"tw:verified:{{{me['id']}}}")
+    assert tw.settings.session_max_ttl - 60 < marker_ttl <= tw.settings.session_max_ttl
     r = await client.post(
         "/auth/refresh", json={"refresh_token": before["refresh_token"]}, headers=BEARER
     )
@@ -162,8 +166,11 @@ async def test_bad_tokens_are_one_400_and_bad_bodies_422(client: httpx.AsyncClie
     r = await client.post("/auth/email/verify/resend", json={"email": "not an address"})
     assert r.status_code == 422
     assert r.json()["rule"] == "email"
-    r = await client.post("/auth/email/verify/resend", json={})
-    assert r.status_code == 401  # no session and no address
+    for empty in ({}, {"email": None}):
+        r = await client.post("/auth/email/verify/resend", json=empty)
+        assert r.status_code == 401  # no session and no address
+    r = await client.post("/auth/email/verify/resend", json={"email": "x" * 1025})
+    assert r.status_code == 422
 
 
 async def test_a_foreign_origin_cannot_post_a_token(client: httpx.AsyncClient) -> None:

@@ -132,7 +132,7 @@ class EmailRequest(_Model):
 class ResendRequest(_Model):
     """`POST /auth/email/verify/resend`: `{}` when signed in, else `{email}`."""
 
-    email: str | SkipJsonSchema[None] = Field(default=None, max_length=1024)
+    email: Annotated[str, Field(max_length=1024)] | SkipJsonSchema[None] = None
 
 
 class PasswordReset(_Model):

@@ -8,11 +8,12 @@ script single-slot on Redis Cluster):
 =============================  ======  ===================================================
 key                            type    content and TTL
 =============================  ======  ===================================================
-``tw:{lk:<kind>}:t:<digest>``  hash    the link's payload (``uid``, the address it went
-                                       to, ...); TTL the link's lifetime
+``tw:{lk:<kind>}:t:<digest>``  hash    the link's payload (``uid``, a digest of the
+                                       address, ...: never an address in the clear);
+                                       TTL the link's lifetime
 ``tw:{lk:<kind>}:u:<uid>``     string  the digest of the user's newest link of this kind;
                                        same TTL
-``tw:ev:{<uid>}``              string  ``1``: the user's address is verified (read when a
+``tw:verified:{<uid>}``        string  ``1``: the user's address is verified (read when a
                                        refresh issues an access token); TTL the longest
                                        session lifetime, renewed by every login
 =============================  ======  ===================================================
@@ -72,7 +73,7 @@ def _keys(kind: str) -> tuple[str, str]:
 
 
 def _verified_key(uid: str) -> str:
-    return f"tw:ev:{{{uid}}}"
+    return f"tw:verified:{{{uid}}}"
 
 
 class RedisLinkStore:
