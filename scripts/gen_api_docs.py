@@ -174,6 +174,10 @@ def _claims() -> list[str]:
     rows += [f"| `{claim}` | {CLAIMS[claim]} |" for claim in _REQUIRED_CLAIMS]
     rows += [
         "",
+        "Tokens issued by the server also carry `email_verified` (a boolean: the user's "
+        "address was confirmed, [email.md](email.md)); verifiers do not require it, and "
+        "service tokens (`POST /auth/token`) do not carry it.",
+        "",
         "Refresh tokens are opaque strings, not JWTs: they rotate on every use "
         "([sessions.md](sessions.md#rotation-and-the-grace-window)).",
         "",

@@ -18,7 +18,7 @@ from tokenward.cli import EXIT_OK, UsageError
 from tokenward.errors import TokenwardError
 from tokenward.settings import Settings
 
-__all__ = ["ASYNC_COMMANDS", "check_data_dir", "keys_command", "whereabouts"]
+__all__ = ["ASYNC_COMMANDS", "check_data_dir", "keys_command", "mail_command", "whereabouts"]
 
 
 def _time(epoch: int | None) -> str | None:
@@ -64,6 +64,7 @@ def _user_json(user: Any) -> dict[str, Any]:
         "email": user.email,
         "created_at": _time(user.created_at),
         "disabled": user.disabled,
+        "email_verified": user.email_verified,
     }
 
 
@@ -101,6 +102,20 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
                 {"user": _user_json(user) | {"disabled": True}, "sessions_ended": ended},
                 f"disabled user {user.id} <{user.email}>; ended {len(ended)} session(s)",
             )
+        elif args.action == "verify":
+            user = await admin.find_user(tw, args.user)
+            await tw.email_flows.mark_verified(user, now=tw.clock.now())
+            _emit(
+                args,
+                {"user": _user_json(user) | {"email_verified": True}},
+                f"verified the address of user {user.id} <{user.email}>",
+            )
+        elif args.action == "reset-link":
+            user = await admin.find_user(tw, args.user)
+            if user.disabled:
+                raise TokenwardError(f"user {user.id} is disabled: enable it first")
+            link = await tw.email_flows.reset_link(user)
+            _emit(args, {"user": _user_json(user), "link": link, "expires_in": 1800}, link)
         else:
             user = await admin.enable_user(tw, args.user)
             _emit(
@@ -206,6 +221,38 @@ def keys_command(args: argparse.Namespace, settings: Settings) -> int:
         for d in data
     ]  # fmt: skip
     _emit(args, {"file": str(path), "keys": data}, _table(rows))
+    return EXIT_OK
+
+
+def mail_command(args: argparse.Namespace, settings: Settings) -> int:
+    """``tokenward mail list|show``: the development outbox of the data directory."""
+    from email.message import EmailMessage
+
+    from tokenward.mail import Outbox
+
+    outbox = Outbox(settings.data_dir / "outbox")
+    if args.action == "list":
+        entries = outbox.list()
+        data = [{"id": e.id, "at": _time(e.at), "to": e.to, "subject": e.subject} for e in entries]
+        rows = [["ID", "AT", "TO", "SUBJECT"]] + [
+            [d["id"], d["at"], d["to"], d["subject"]] for d in data
+        ]
+        note = "" if settings.smtp_url is None else "\n(TOKENWARD_SMTP_URL is set: mail goes there)"
+        _emit(args, data, _table(rows) + note)
+        return EXIT_OK
+    message = outbox.show(args.id)
+
+    def part(kind: str) -> str:
+        body = message.get_body(preferencelist=(kind,))
+        return body.get_content() if isinstance(body, EmailMessage) else ""
+
+    headers = {name: str(message[name] or "") for name in ("From", "To", "Subject", "Date")}
+    text = part("plain")
+    _emit(
+        args,
+        {"headers": headers, "text": text, "html": part("html")},
+        "\n".join(f"{k}: {v}" for k, v in headers.items() if v) + "\n\n" + text,
+    )
     return EXIT_OK
 
 

@@ -12,6 +12,10 @@ Administration, from the same settings (``TOKENWARD_*``, ``.env``)::
     tokenward users list [--limit N] [--offset N]
     tokenward users disable|enable USER   USER: an email or an id; disable ends all sessions
     tokenward users collisions            accounts whose email folds onto an older one's
+    tokenward users verify USER           mark the user's e-mail address verified
+    tokenward users reset-link USER       print a password reset link (for support staff)
+    tokenward mail list                   the development outbox (no TOKENWARD_SMTP_URL)
+    tokenward mail show ID|last           one mail of the outbox, as sent
     tokenward sessions list --user USER
     tokenward sessions revoke --user USER [--session ID]
     tokenward db upgrade
@@ -139,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
     for action, text in (
         ("disable", "refuse the user's logins and end all their sessions now"),
         ("enable", "allow a disabled user to log in again"),
+        ("verify", "mark the user's e-mail address verified"),
+        (
+            "reset-link",
+            "print a password reset link for the user (valid 30 minutes, once; "
+            "supersedes the user's earlier links)",
+        ),
     ):
         users.add_parser(action, parents=[out], help=text).add_argument(
             "user", help="email address or user id"
@@ -152,6 +162,14 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (s_list, s_revoke):
         sub.add_argument("--user", required=True, help="email address or user id")
     s_revoke.add_argument("--session", help="end only this session (default: all)")
+
+    mail = commands.add_parser(
+        "mail", help="read the development outbox (mail when TOKENWARD_SMTP_URL is unset)"
+    ).add_subparsers(dest="action", required=True)
+    mail.add_parser("list", parents=[out], help="the mails of the outbox, oldest first")
+    mail.add_parser("show", parents=[out], help="one mail of the outbox").add_argument(
+        "id", help="a mail id of `tokenward mail list`, or `last`"
+    )
 
     db = commands.add_parser("db", help="manage the user database").add_subparsers(
         dest="action", required=True
@@ -209,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         if args.command == "keys":
             return admin_commands.keys_command(args, settings)
+        if args.command == "mail":
+            return admin_commands.mail_command(args, settings)
         return asyncio.run(admin_commands.ASYNC_COMMANDS[args.command](args, settings))
     except CannotListen as exc:
         print(f"tokenward: {exc}", file=sys.stderr)

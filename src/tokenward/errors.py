@@ -14,6 +14,7 @@ exception and never returns ``None`` or ``False`` for a failure.
     │   └── InvalidCredentials    invalid-credentials
     ├── CsrfError (403)           csrf
     ├── Forbidden (403)           forbidden
+    │   └── EmailNotVerified      email-not-verified, carries where to resend
     ├── WrongPassword (403)       invalid-credentials
     ├── RateLimited (429)         rate-limited, carries retry_after
     │   └── RefreshLimited        rate-limited (one session's rotations)
@@ -24,6 +25,7 @@ exception and never returns ``None`` or ``False`` for a failure.
     ├── Conflict (409)            conflict
     ├── NotFound (404)            not-found
     ├── BadRequest (400)          bad-request
+    │   └── LinkTokenInvalid      token-invalid (an e-mailed link's token)
     ├── PayloadTooLarge (413)     payload-too-large
     ├── UnsupportedMediaType (415) unsupported-media-type
     └── ConfigError               start-up only, names the variable
@@ -41,9 +43,11 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "CsrfError",
+    "EmailNotVerified",
     "Forbidden",
     "InvalidCredentials",
     "KeysStale",
+    "LinkTokenInvalid",
     "NotFound",
     "PayloadTooLarge",
     "PolicyError",
@@ -140,6 +144,21 @@ class Forbidden(TokenwardError):
     title = "Forbidden"
 
 
+class EmailNotVerified(Forbidden):
+    """Login refused until the address is verified (``TOKENWARD_REQUIRE_VERIFIED_EMAIL``).
+
+    Raised only after the password was checked, so it reveals nothing to whoever does not
+    know it. ``extra`` adds ``resend``: where to ask for a new verification link.
+    """
+
+    slug = "email-not-verified"
+    title = "E-mail address not verified"
+
+    def __init__(self, detail: str | None = None, *, resend: str) -> None:
+        self.extra = {"resend": resend}
+        super().__init__(detail)
+
+
 class WrongPassword(TokenwardError):
     """The ``current_password`` of a signed-in user was wrong.
 
@@ -225,6 +244,14 @@ class NotFound(TokenwardError):
 
 class BadRequest(TokenwardError):
     """The request is malformed in a way no more specific problem covers."""
+
+
+class LinkTokenInvalid(BadRequest):
+    """The token of an e-mailed link is unknown, expired, used or superseded: one answer
+    for all four, so it tells nothing about which."""
+
+    slug = "token-invalid"
+    title = "Invalid or expired link"
 
 
 class PayloadTooLarge(TokenwardError):

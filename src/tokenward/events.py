@@ -73,12 +73,21 @@ class EventKind(enum.StrEnum):
     REFRESH_REUSED = "refresh.reused"
     REFRESH_REPLAYED = "refresh.grace-replay"
     PASSWORD_CHANGED = "password.changed"
+    PASSWORD_RESET = "password.reset"
     SESSIONS_ENDED = "sessions.ended"
+    EMAIL_VERIFIED = "email.verified"
+    EMAIL_CHANGED = "email.changed"
 
 
 #: Kinds always security-critical (see :attr:`SecurityEvent.critical`).
 CRITICAL_KINDS = frozenset(
-    {EventKind.NEW_DEVICE, EventKind.REFRESH_REUSED, EventKind.PASSWORD_CHANGED}
+    {
+        EventKind.NEW_DEVICE,
+        EventKind.REFRESH_REUSED,
+        EventKind.PASSWORD_CHANGED,
+        EventKind.PASSWORD_RESET,
+        EventKind.EMAIL_CHANGED,
+    }
 )
 #: ``sessions.ended`` reasons that are security-critical: an operator disabled the account,
 #: theft was detected, the password was changed. Logouts, revocations from the owner's own
@@ -358,6 +367,21 @@ class SecurityEvents:
         self.record(
             SecurityEvent(EventKind.PASSWORD_CHANGED, now, uid, sid, *client, detail=detail)
         )
+
+    def password_reset(self, uid: str, *, ended: int, client: Client, now: int) -> None:
+        """The password of ``uid`` was reset with an e-mailed link; ``ended`` sessions ended."""
+        detail = {"sessions_ended": ended}
+        self.record(SecurityEvent(EventKind.PASSWORD_RESET, now, uid, None, *client,
+                                  detail=detail))  # fmt: skip
+
+    def email_verified(self, uid: str, *, client: Client, now: int) -> None:
+        """The owner of ``uid`` proved they receive mail at the account's address."""
+        self.record(SecurityEvent(EventKind.EMAIL_VERIFIED, now, uid, None, *client))
+
+    def email_changed(self, uid: str, *, client: Client, now: int) -> None:
+        """The address of ``uid`` was changed (confirmed from the new address). The
+        addresses themselves are not recorded: no event carries one."""
+        self.record(SecurityEvent(EventKind.EMAIL_CHANGED, now, uid, None, *client))
 
     def sessions_ended(
         self, uid: str, sids: Sequence[str], reason: str, *, client: Client, now: int

@@ -19,14 +19,17 @@ from tokenward.audiences import ServiceTokens
 from tokenward.clientinfo import TrustedProxies
 from tokenward.clock import Clock, SystemClock
 from tokenward.cookies import CookieTransport
+from tokenward.email_flows import EmailFlows, MailLimits, Notices, NoticeSink
 from tokenward.errors import ConfigError, Unavailable
 from tokenward.events import SecurityEvents
 from tokenward.keyring import KeyRing
 from tokenward.keys import KeySet
+from tokenward.mail import Mailer, MailSender, Outbox, Templates, default_sender
 from tokenward.metrics import Metrics, SessionCounter
 from tokenward.password_policy import PasswordPolicy
 from tokenward.passwords import Argon2Params, PasswordHasher
 from tokenward.private_paths import SQLITE_SIDE_FILES, private_dir, private_file
+from tokenward.ratelimit import Limit
 from tokenward.revocation import SessionCache
 from tokenward.sessions import SessionPolicy, Sessions
 from tokenward.settings import Settings
@@ -34,6 +37,7 @@ from tokenward.stores.embedded_redis import EmbeddedRedis
 from tokenward.stores.redis_client import Durability, RedisClient, connect_redis, probe_redis
 from tokenward.stores.redis_events import RedisEventLog
 from tokenward.stores.redis_feed import RevocationFeed
+from tokenward.stores.redis_links import RedisLinkStore
 from tokenward.stores.redis_ratelimit import RedisRateLimiter
 from tokenward.stores.redis_sessions import RedisSessionStore
 from tokenward.stores.sql_users import SqlUserStore, create_engine, upgrade
@@ -149,6 +153,16 @@ class Tokenward:
             or Argon2Params(s.argon2_memory_kib, s.argon2_time_cost, s.argon2_parallelism)
         )
         self.password_policy = PasswordPolicy(min_length=s.password_min_length)
+        self.templates = Templates(s.mail_templates_dir)
+        #: the development outbox (mail goes there unless TOKENWARD_SMTP_URL is set)
+        self.outbox = Outbox(s.data_dir / "outbox")
+        sender: MailSender = self.outbox
+        if s.smtp_url is not None:
+            from tokenward.mail_smtp import SmtpConfig, SmtpSender
+
+            sender = SmtpSender(SmtpConfig.from_url(s.smtp_url, timeout=s.smtp_timeout))
+        from_address = default_sender(s.mail_from, s.effective_issuer)
+        self.mailer = Mailer(sender, from_address, self.clock.now)
         #: one set of metrics per Tokenward, however many apps are built on it
         self.metrics = Metrics(sessions=SessionCounter(lambda: self.redis))
         self._started = False
@@ -211,8 +225,9 @@ class Tokenward:
         self.event_log = RedisEventLog(
             self.redis, ttl=s.events_ttl, per_user=s.events_per_user, global_max=s.events_global_max
         )
+        notices = NoticeSink(self.event_log)
         self.events = SecurityEvents(
-            self.event_log, self.event_log, self.user_store, observer=self.metrics.security_event
+            notices, self.event_log, self.user_store, observer=self.metrics.security_event
         )
         self.throttle = Throttle(
             RedisRateLimiter(self.redis),
@@ -220,6 +235,32 @@ class Tokenward:
             on_lock=self.events.throttled,
             on_refuse=self.metrics.rate_limit_refused,
         )
+        self.links = RedisLinkStore(self.redis)
+        self.email_flows = EmailFlows(
+            users=self.users,
+            store=self.user_store,
+            links=self.links,
+            mailer=self.mailer,
+            templates=self.templates,
+            throttle=self.throttle,
+            sessions=self.sessions,
+            events=self.events,
+            base_url=s.effective_issuer,
+            limits=MailLimits(
+                Limit("mail-address", s.mail_address_limit, s.mail_window),
+                Limit("mail-ip", s.mail_ip_limit, s.mail_window),
+            ),
+            notices=Notices(
+                new_device=s.notify_new_device,
+                password_changed=s.notify_password_changed,
+                email_changed=s.notify_email_changed,
+                refresh_reused=s.notify_refresh_reused,
+            ),
+            verified_ttl=s.session_max_ttl,
+        )
+        notices.flows = self.email_flows
+        self.sessions.email_verified_of = self.links.is_verified
+        self.mailer.start()
         self.feed = RevocationFeed(self.redis, self.cache, on_change=self.metrics.revocation_feed)
         await self.feed.start(wait=s.backend_timeout)
         self._key_watch = asyncio.create_task(self._watch_keys(), name="tokenward-key-watch")
@@ -237,6 +278,9 @@ class Tokenward:
             self._key_watch = None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.events.drain(), self.settings.backend_timeout)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.email_flows.drain(), self.settings.backend_timeout)
+        await self.mailer.stop(wait=self.settings.backend_timeout)
         await self.feed.stop()
         with contextlib.suppress(Exception):
             await self.redis.aclose()

@@ -17,7 +17,7 @@ import hashlib
 import ipaddress
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -110,6 +110,8 @@ class UserRef:
     id: str
     email: str
     created_at: int
+    #: goes into the access tokens' ``email_verified`` claim
+    email_verified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +395,9 @@ class Sessions:
         self.tokens = tokens
         self.cache = cache
         self.policy = policy
+        #: whether a user's address is verified, for the claim of tokens a refresh or a
+        #: re-key issues (a login has the user at hand); unset: no claim on those
+        self.email_verified_of: Callable[[str], Awaitable[bool]] | None = None
 
     async def open(self, user: UserRef, *, ip: str, user_agent: str, now: int) -> Issued:
         """Start a session for an authenticated user; may end their least recently used one."""
@@ -426,7 +431,10 @@ class Sessions:
             index_ttl=self.policy.max_ttl,
         )
         self.cache.forget(evicted)
-        return self._issued(state, sid, refresh, ttl, now, csrf, evicted, email=user.email)
+        return self._issued(
+            state, sid, refresh, ttl, now, csrf, evicted, email=user.email,
+            email_verified=user.email_verified,
+        )  # fmt: skip
 
     async def refresh(
         self,
@@ -483,7 +491,10 @@ class Sessions:
                 for step in result.salts:
                     successor = successor.successor(step)
             self.cache.forget([presented.sid])
-            issued = self._issued(result.state, presented.sid, successor, result.ttl, now, None)
+            issued = self._issued(
+                result.state, presented.sid, successor, result.ttl, now, None,
+                email_verified=await self._email_verified(presented.uid),
+            )  # fmt: skip
             if result.report:
                 issued = replace(issued, report_replay=True)
             return issued
@@ -596,7 +607,10 @@ class Sessions:
         self.cache.forget([sid])
         if result.outcome is not RotateOutcome.ROTATED or result.state is None:
             raise SessionEnded("the session has ended")
-        return self._issued(result.state, sid, refresh, result.ttl, now, csrf)
+        return self._issued(
+            result.state, sid, refresh, result.ttl, now, csrf,
+            email_verified=await self._email_verified(uid),
+        )  # fmt: skip
 
     def _issued(
         self,
@@ -608,8 +622,11 @@ class Sessions:
         csrf: str | None,
         evicted: Sequence[str] = (),
         email: str | None = None,
+        email_verified: bool | None = None,
     ) -> Issued:
-        access, claims = self.tokens.issue(sub=state.uid, sid=sid, now=now)
+        access, claims = self.tokens.issue(
+            sub=state.uid, sid=sid, now=now, email_verified=email_verified
+        )
         return Issued(
             uid=state.uid,
             user_created_at=state.user_created_at,
@@ -623,6 +640,9 @@ class Sessions:
             evicted=tuple(evicted),
             email=email,
         )
+
+    async def _email_verified(self, uid: str) -> bool | None:
+        return None if self.email_verified_of is None else await self.email_verified_of(uid)
 
     async def authenticate(self, access_token: str, *, now: int) -> Principal:
         """Verify an access token and that its session is still live.

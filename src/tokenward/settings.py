@@ -394,6 +394,67 @@ class Settings(BaseSettings):
         "limit up to the hard one, else lowers the cap with a warning.",
     )
 
+    # E-mail (tokenward.mail, tokenward.email_flows; docs/email.md).
+    smtp_url: str | None = Field(
+        default=None,
+        description="Mail server: `smtp://[user:pass@]host[:587]` (STARTTLS, required unless "
+        "`?starttls=off` on a loopback host) or `smtps://[user:pass@]host[:465]` (implicit "
+        "TLS). Unset: mail is written to the outbox in the data directory (`tokenward mail "
+        "list`), for development.",
+    )
+    mail_from: str | None = Field(
+        default=None,
+        description="The `From` of every mail, e.g. `Example <no-reply@example.com>`. Unset: "
+        "`no-reply@` the issuer's host.",
+    )
+    smtp_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds to connect to the mail server and for each SMTP command; a mail "
+        "not sent is retried a few times, off the request path.",
+    )
+    mail_templates_dir: Path | None = Field(
+        default=None,
+        description="A directory whose `<name>.subject`, `<name>.txt` and `<name>.html` files "
+        "replace the built-in mail templates of that name (docs/email.md lists them).",
+    )
+    require_verified_email: bool = Field(
+        default=False,
+        description="`true`: a login with an address not yet verified is refused (403 "
+        "`email-not-verified`, with where to ask for a new link).",
+    )
+    mail_address_limit: int = Field(
+        default=5,
+        gt=0,
+        description="Mails asked for one address (verification resends, forgotten passwords, "
+        "e-mail changes) in `TOKENWARD_MAIL_WINDOW`; more get 429, whether or not the account "
+        "exists.",
+    )
+    mail_ip_limit: int = Field(
+        default=30,
+        gt=0,
+        description="Mails asked for from one client address (any account) in "
+        "`TOKENWARD_MAIL_WINDOW`.",
+    )
+    mail_window: int = Field(default=3600, gt=0, description="Window of the mail limits, seconds.")
+    notify_new_device: bool = Field(
+        default=True, description="Mail the owner when their account signs in from a new device."
+    )
+    notify_password_changed: bool = Field(
+        default=True, description="Mail the owner when their password is changed or reset."
+    )
+    notify_email_changed: bool = Field(
+        default=True,
+        description="Mail the old address when the account's address changes, with a link to "
+        "report it (reset the password).",
+    )
+    notify_refresh_reused: bool = Field(
+        default=True,
+        description="Mail the owner when a session was ended because its refresh token was "
+        "used twice (stolen).",
+    )
+
     _split = field_validator("allowed_origins", "trusted_proxies", "audiences", mode="before")(
         _split_csv
     )
@@ -437,6 +498,16 @@ class Settings(BaseSettings):
         from tokenward.stores.redis_client import parse_redis_url
 
         parse_redis_url(value)  # hosts, ports, path and options: one line saying what is wrong
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _check_smtp_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from tokenward.mail_smtp import SmtpConfig
+
+        SmtpConfig.from_url(value, timeout=1.0)  # one line saying what is wrong
         return value
 
     @field_validator("redis_wait")

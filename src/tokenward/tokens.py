@@ -310,8 +310,11 @@ class AccessTokens(AccessTokenVerifier):
         )
         self.ttl = ttl
 
-    def issue(self, *, sub: str, sid: str, now: int) -> tuple[str, AccessClaims]:
-        """Sign a new access token for session ``sid`` of user ``sub``."""
+    def issue(
+        self, *, sub: str, sid: str, now: int, email_verified: bool | None = None
+    ) -> tuple[str, AccessClaims]:
+        """Sign a new access token for session ``sid`` of user ``sub`` (with the
+        ``email_verified`` claim when given)."""
         key = self.keys.signing_key
         claims = AccessClaims(
             sub=sub,
@@ -331,6 +334,8 @@ class AccessTokens(AccessTokenVerifier):
             "exp": claims.exp,
             "jti": claims.jti,
         }
+        if email_verified is not None:
+            payload["email_verified"] = email_verified
         token = jwt.encode(
             payload,
             key.private_key,

@@ -54,6 +54,8 @@ class User:
     disabled: bool = False
     #: moved forward by every change that must end what the old credentials opened
     credential_epoch: int = 0
+    #: the owner proved they receive mail at ``email`` (a verification or change link)
+    email_verified: bool = False
 
     def __repr__(self) -> str:
         return f"User(id={self.id!r}, email={self.email!r}, disabled={self.disabled!r})"
@@ -100,6 +102,16 @@ class UserStore(Protocol):
 
     async def list(self, *, limit: int = 100, offset: int = 0) -> list[User]:
         """Users ordered by creation time."""
+        ...
+
+    async def set_email_verified(self, user_id: str, email: str, *, now: int) -> bool:
+        """Mark ``email`` verified if it still is the user's address; whether it was."""
+        ...
+
+    async def set_email(self, user_id: str, email: str, *, expected_email: str, now: int) -> bool:
+        """Replace the address (verified: the change was confirmed from it) if it still is
+        ``expected_email``; whether it was replaced. Raises ``Conflict`` when the new
+        address's key is taken."""
         ...
 
 
@@ -223,6 +235,39 @@ class Users:
                     user, password_hash=new_hash, credential_epoch=user.credential_epoch + 1
                 )
         raise Conflict("the password changed while it was being replaced; try again")
+
+    async def reset_password(self, user: User, new: str, *, now: int) -> User:
+        """Set a new password without the current one (a reset link proved the mailbox).
+
+        A compare-and-swap on the hash ``user`` was read with, moving the credential epoch:
+        a change or another reset that landed since wins, and this one is refused.
+
+        Raises:
+            PolicyError: ``new`` breaks the policy (nothing changed).
+            Forbidden: the account is gone, disabled, or changed its password meanwhile.
+        """
+        if user.disabled:
+            raise Forbidden("account not available")
+        new_hash = await self.hasher.hash(self.policy.check(new, email=user.email))
+        if not await self.store.set_password_hash(
+            user.id, new_hash, expected_hash=user.password_hash, bump_epoch=True, now=now
+        ):
+            raise Forbidden("the password changed meanwhile; request a new link")
+        return replace(user, password_hash=new_hash, credential_epoch=user.credential_epoch + 1)
+
+    async def check_password(self, user_id: str, password: str) -> User:
+        """The user, after checking ``password`` (re-authentication before a sensitive change).
+
+        Raises:
+            InvalidCredentials: wrong password, or the account is gone or disabled.
+            PolicyError: the password is longer than the policy allows (no hashing done).
+        """
+        password = self._bounded(password)
+        user = await self.store.by_id(user_id)
+        ok = await self.hasher.verify(user.password_hash if user else None, password)
+        if user is None or not ok or user.disabled:
+            raise InvalidCredentials("invalid email or password")
+        return user
 
     def _bounded(self, password: str) -> str:
         # The length rule of PasswordPolicy.check, so any password that could register can

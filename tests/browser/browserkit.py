@@ -124,8 +124,8 @@ def start_server(redis_url: str, workdir: Path, **overrides: str) -> Server:
             TOKENWARD_DATA_DIR=str(workdir / f"data-{port}"),
             TOKENWARD_ISSUER=f"http://localhost:{port}",
             TOKENWARD_LOG_LEVEL="warning",
-            **{f"TOKENWARD_{k.upper()}": v for k, v in overrides.items()},
         )
+        env.update({f"TOKENWARD_{k.upper()}": v for k, v in overrides.items()})
         log = workdir / f"server-{port}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(

@@ -8,11 +8,18 @@ Fixtures:
   ``TOKENWARD_LEEWAY=0`` (refresh tests).
 * ``strict_server``    -- session: the same with ``TOKENWARD_REFRESH_GRACE=0`` (a replaced
   refresh token is a theft at once: the theft test).
+* ``transparent_server`` -- session: ``TOKENWARD_TRANSPARENT_REFRESH=true`` and no refresh
+  grace (a theft found by a protected route's own refresh).
 * ``browser``          -- session: Debian's Chromium (``/usr/bin/chromium``) via Playwright.
 * ``new_context``      -- factory of browser contexts ("devices"); the test fails at teardown
   if a page threw or the browser reported a Content-Security-Policy violation.
 * ``foreign_site``     -- session: ``http://127.0.0.1:<port>``, another site than
   ``localhost``, serving the HTML a test gives it.
+* ``smtp``             -- session: a real SMTP server (aiosmtpd, the e-mail tests'
+  ``mail_support.SmtpInbox``) that keeps every message it accepts.
+* ``mail_server``      -- session: ``tokenward serve`` sending its mail to ``smtp``, with
+  its access log on.
+* ``verifying_server`` -- session: the same with ``TOKENWARD_REQUIRE_VERIFIED_EMAIL=true``.
 
 Secure cookies over plain http: Chromium treats ``http://localhost`` as a secure context, so
 ``Secure`` and the ``__Host-`` / ``__Secure-`` prefixes work there as on HTTPS
@@ -24,9 +31,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +51,10 @@ from browserkit import (
     stop_server,
     watchdog,
 )
+
+# The e-mail tests' SMTP server, shared rather than copied (test folders are not packages).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mail"))
+from mail_support import SmtpInbox
 from playwright.async_api import (
     Browser,
     BrowserContext,
@@ -93,6 +106,35 @@ def short_ttl_server(_servers: Callable[..., Server]) -> Server:
 @pytest.fixture(scope="session")
 def strict_server(_servers: Callable[..., Server]) -> Server:
     return _servers(**LIMITS, refresh_grace="0")
+
+
+@pytest.fixture(scope="session")
+def transparent_server(_servers: Callable[..., Server]) -> Server:
+    return _servers(**LIMITS, refresh_grace="0", transparent_refresh="true")
+
+
+@pytest.fixture(scope="session")
+def smtp() -> Iterator[SmtpInbox]:
+    inbox = SmtpInbox()
+    inbox.start()
+    yield inbox
+    inbox.stop()
+
+
+@pytest.fixture(scope="session")
+def mail_server(_servers: Callable[..., Server], smtp: SmtpInbox) -> Server:
+    # Every browser test comes from 127.0.0.1: the per-address mail limit is lifted too.
+    # The access log is on: the journey checks that no link's token reaches the log.
+    return _servers(
+        **LIMITS, smtp_url=smtp.url, mail_ip_limit="1000", access_log="true", log_level="info"
+    )
+
+
+@pytest.fixture(scope="session")
+def verifying_server(_servers: Callable[..., Server], smtp: SmtpInbox) -> Server:
+    return _servers(
+        **LIMITS, smtp_url=smtp.url, mail_ip_limit="1000", require_verified_email="true"
+    )
 
 
 @pytest.fixture(scope="session")

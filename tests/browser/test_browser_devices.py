@@ -41,11 +41,14 @@ async def test_ending_the_other_device_signs_it_out_on_its_next_action(
     await expect(this_device).to_contain_text("Chrome on Linux")
     other = rows.filter(has_text="Safari on iOS")
     await expect(other.get_by_text("This device")).to_be_hidden()
+    await expect(other).to_have_class("session session--phone")  # the phone's icon
     await screenshot(laptop, "sessions")
 
     await other.get_by_role("button", name="End session").click()
     await expect(laptop.locator('[data-notice="ended-one"]')).to_be_visible()
     await expect(rows).to_have_count(1)
+    # The button left with its session; focus went to the list, not to the top of the page.
+    await expect(laptop.get_by_role("heading", name="Active sessions")).to_be_focused()
 
     # The phone's access token is still within its lifetime: refused all the same.
     await phone.get_by_role("link", name="Sessions", exact=True).click()
@@ -61,6 +64,11 @@ async def test_ending_the_other_device_signs_it_out_on_its_next_action(
     await expect(rows).to_have_count(1)
     ended = laptop.locator('[data-list="ended"] > li')
     await expect(ended.first).to_contain_text("Ended from another device")
+    # It names the device and address that had signed in, with the phone's icon.
+    await expect(ended.first).to_contain_text("Safari on iOS")
+    await expect(ended.first).to_contain_text("127.0.0.1")
+    await expect(ended.first).to_have_class("session session--phone")
+    await screenshot(laptop, "sessions-ended")
 
 
 async def test_sign_out_everywhere_else_keeps_only_this_device(
@@ -96,7 +104,7 @@ async def test_changing_the_password_signs_out_the_other_device(
     await current.fill("this is not my password")
     await new.fill("a brand new passphrase for me")
     await laptop.get_by_role("button", name="Change password").click()
-    await expect(laptop.locator('[data-notice="invalid-credentials"]')).to_be_visible()
+    await expect(laptop.locator('[data-notice="password-invalid-credentials"]')).to_be_visible()
     await expect(laptop).to_have_url(server.url + "/account")
 
     await current.fill("violet tractor 42 umbrella")

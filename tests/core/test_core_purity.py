@@ -33,6 +33,8 @@ CORE_MODULES = [
     "events",
     "ratelimit",
     "throttle",
+    "mail",
+    "email_flows",
 ]
 
 FORBIDDEN_PACKAGES = {

@@ -64,7 +64,8 @@ async def test_register_answers_201_with_id_email_created_at(
     assert r.status_code == 201
     assert r.headers["content-type"] == "application/json"
     body = r.json()
-    assert set(body) == {"id", "email", "created_at"}
+    assert set(body) == {"id", "email", "created_at", "email_verified"}
+    assert body["email_verified"] is False
     assert body["email"] == "new.user@example.com"
     assert RFC3339.match(body["created_at"])
     assert body["created_at"] == _at(tw.clock.now())

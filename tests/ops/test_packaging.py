@@ -37,6 +37,10 @@ REQUIRED_DATA = [
     "tokenward/migrations/env.py",
     "tokenward/migrations/script.py.mako",
     "tokenward/migrations/versions/0001_users.py",
+    "tokenward/migrations/versions/0003_email_verified.py",
+    "tokenward/mail_templates/verify_email.txt",
+    "tokenward/mail_templates/reset_password.html",
+    "tokenward/mail_templates/notice_email_changed.subject",
 ]
 
 

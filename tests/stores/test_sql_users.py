@@ -214,3 +214,50 @@ async def test_list_orders_by_creation(store: SqlUserStore) -> None:
     await store.add(a)
     listed = [u.id for u in await store.list(limit=100_000) if u.id in (a.id, b.id)]
     assert listed == [a.id, b.id]
+
+
+async def test_email_verified_is_set_only_for_the_current_address(store: SqlUserStore) -> None:
+    user = _user()
+    await store.add(user)
+    assert (await store.by_id(user.id)).email_verified is False  # type: ignore[union-attr]
+    assert not await store.set_email_verified(user.id, _email(), now=NOW)
+    assert (await store.by_id(user.id)).email_verified is False  # type: ignore[union-attr]
+    assert await store.set_email_verified(user.id, user.email, now=NOW)
+    assert (await store.by_id(user.id)).email_verified is True  # type: ignore[union-attr]
+
+
+async def test_set_email_is_a_compare_and_swap_and_refuses_a_taken_key(
+    store: SqlUserStore,
+) -> None:
+    user, other = _user(), _user()
+    await store.add(user)
+    await store.add(other)
+    new = _email()
+    assert not await store.set_email(user.id, new, expected_email=_email(), now=NOW)
+    with pytest.raises(Conflict):
+        await store.set_email(user.id, other.email.upper(), expected_email=user.email, now=NOW)
+    assert await store.set_email(user.id, new, expected_email=user.email, now=NOW)
+    moved = await store.by_email(new.upper())
+    assert moved is not None
+    assert (moved.id, moved.email, moved.email_verified) == (user.id, new, True)
+    assert await store.by_email(user.email) is None
+
+
+async def test_two_resets_from_one_hash_exactly_one_applies(
+    store: SqlUserStore, users: Users
+) -> None:
+    """``Users.reset_password`` is a compare-and-swap on the hash it was given the user
+    with: of two concurrent resets, one wins, the other is refused."""
+    from tokenward.errors import Forbidden
+
+    user = await users.register(_email(), PASSWORD, now=NOW)
+    results = await asyncio.gather(
+        users.reset_password(user, "first new 42 passphrase", now=NOW),
+        users.reset_password(user, "second new 42 passphrase", now=NOW),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in results) == ["Forbidden", "User"]
+    assert any(isinstance(r, Forbidden) for r in results)
+    stored = await store.by_id(user.id)
+    assert stored is not None
+    assert stored.credential_epoch == user.credential_epoch + 1

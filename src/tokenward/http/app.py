@@ -31,6 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tokenward.errors import TokenInvalid, TokenwardError
+from tokenward.http.email_routes import EmailRoutes
 from tokenward.http.metrics_listener import MetricsListener
 from tokenward.http.observability import ObservabilityMiddleware
 from tokenward.http.openapi import openapi_document
@@ -39,7 +40,7 @@ from tokenward.http.routes import AuthRoutes
 from tokenward.keyring import JWKS_MAX_AGE
 from tokenward.metrics import CONTENT_TYPE
 from tokenward.runtime import Tokenward
-from tokenward.web import SecurityHeaders, page_routes
+from tokenward.web import SecurityHeaders, not_found_page, page_routes, wants_html
 
 __all__ = ["create_app", "readiness"]
 
@@ -56,6 +57,8 @@ _HTTP_SLUGS = {
 
 async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # noqa: S101 - registered for this class only
+    if exc.status_code == 404 and request.method == "GET" and wants_html(request):
+        return not_found_page()  # a browser's navigation: a page, not a JSON problem
     slug = _HTTP_SLUGS.get(exc.status_code, "bad-request")
     title = slug.replace("-", " ").capitalize()
     return problem_response(exc.status_code, slug, title, str(exc.detail), dict(exc.headers or {}))
@@ -102,6 +105,7 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         manage_lifespan: run :meth:`Tokenward.start` and :meth:`Tokenward.stop` with the app.
     """
     auth = AuthRoutes(tw)
+    email = EmailRoutes(tw)
     # Rendered once per key set: a rotation picked up by tw.reload_keys() swaps tw.keys.
     jwks_cache = (tw.keys, orjson.dumps(tw.keys.jwks()))
     openapi_body = orjson.dumps(openapi_document(tw))
@@ -174,6 +178,12 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         Route("/auth/sessions/{sid}", auth.end_session, methods=["DELETE"]),
         Route("/auth/password", auth.change_password, methods=["POST"]),
         Route("/auth/token", auth.service_token, methods=["POST"]),
+        Route("/auth/email/verify", email.verify, methods=["POST"]),
+        Route("/auth/email/verify/resend", email.resend, methods=["POST"]),
+        Route("/auth/password/forgot", email.forgot, methods=["POST"]),
+        Route("/auth/password/reset", email.reset, methods=["POST"]),
+        Route("/auth/email/change", email.change, methods=["POST"]),
+        Route("/auth/email/change/confirm", email.confirm_change, methods=["POST"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -74,7 +74,24 @@ _RESPONSE_HEADERS: dict[int, dict[str, Any]] = {
 _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "/auth/refresh": [{"refreshCookie": []}, {}],
     "/auth/logout": [{"bearer": []}, {"cookie": []}, {"refreshCookie": []}, {}],
+    # The e-mailed link is the proof: no session needed.
+    "/auth/email/verify": [{}],
+    "/auth/email/verify/resend": [{"bearer": []}, {"cookie": []}, {}],
+    "/auth/password/forgot": [{}],
+    "/auth/password/reset": [{}],
+    "/auth/email/change/confirm": [{}],
 }
+#: Paths whose body is required (the others accept an empty one).
+_BODY_REQUIRED = (
+    "/auth/login",
+    "/auth/register",
+    "/auth/password",
+    "/auth/email/verify",
+    "/auth/password/forgot",
+    "/auth/password/reset",
+    "/auth/email/change",
+    "/auth/email/change/confirm",
+)
 #: A body's shape: a model (:mod:`tokenward.http.schemas`), a list of one, a plain schema.
 Shape = type[BaseModel] | tuple[Literal["array"], type[BaseModel]] | dict[str, Any] | None
 
@@ -183,6 +200,63 @@ _ENDPOINTS: list[tuple[str, str, str, Shape, int, Shape, list[int]]] = [
         [*_AUTHED, 413, 415, 422],
     ),
     (
+        "post",
+        "/auth/email/verify",
+        "Confirm the account's e-mail address with the token of the mailed link",
+        schemas.LinkToken,
+        200,
+        schemas.VerifiedOut,
+        [400, 403, 413, 415, 422, 503],
+    ),
+    (
+        "post",
+        "/auth/email/verify/resend",
+        "Mail a new verification link: to the signed-in user, or to `{email}` (202 whether "
+        "or not an account has it)",
+        schemas.ResendRequest,
+        202,
+        schemas.Accepted,
+        [400, 401, 403, 413, 415, 422, 429, 503],
+    ),
+    (
+        "post",
+        "/auth/password/forgot",
+        "Mail a password reset link; 202 and the same body whether or not an account has "
+        "the address",
+        schemas.EmailRequest,
+        202,
+        schemas.Accepted,
+        [400, 403, 413, 415, 422, 429, 503],
+    ),
+    (
+        "post",
+        "/auth/password/reset",
+        "Set a new password with the token of the mailed link; ends every session",
+        schemas.PasswordReset,
+        204,
+        None,
+        [400, 403, 413, 415, 422, 503],
+    ),
+    (
+        "post",
+        "/auth/email/change",
+        "Change the address: checks the password, mails a confirmation link to the new one",
+        schemas.EmailChange,
+        202,
+        schemas.Accepted,
+        [*_AUTHED, 409, 413, 415, 422, 429],
+    ),
+    (
+        "post",
+        "/auth/email/change/confirm",
+        "Confirm an address change with the token of the link mailed to the new address; "
+        "the old address gets a notice",
+        schemas.LinkToken,
+        200,
+        schemas.EmailOut,
+        [400, 403, 409, 413, 415, 422, 503],
+    ),
+    (
         "get",
         "/.well-known/jwks.json",
         "Public keys that verify access tokens",
@@ -279,7 +353,7 @@ def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
             if path in ("/auth/login", "/auth/register"):
                 content["application/x-www-form-urlencoded"] = {"schema": _FORM_CREDENTIALS}
             op["requestBody"] = {
-                "required": path in ("/auth/login", "/auth/register", "/auth/password"),
+                "required": path in _BODY_REQUIRED,
                 "content": content,
             }
         if path.startswith("/auth/") and path not in ("/auth/register", "/auth/login"):

@@ -15,7 +15,8 @@ import orjson
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from tokenward.errors import AuthError, RateLimited, TokenwardError, Unavailable
+from tokenward.errors import AuthError, RateLimited, RefreshReused, TokenwardError, Unavailable
+from tokenward.web.pages import alarm_cookie
 
 __all__ = ["PROBLEM_PREFIX", "is_bearer_transport", "problem_response", "render_error"]
 
@@ -68,6 +69,7 @@ def render_error(exc: TokenwardError, *, bearer: bool = False) -> Response:
         headers["Retry-After"] = "1"
     if isinstance(exc, AuthError) and bearer:
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    extra.update(getattr(exc, "extra", None) or {})
     rule = getattr(exc, "rule", None)
     if rule is not None:
         extra["rule"] = rule
@@ -78,7 +80,14 @@ async def handle_tokenward_error(request: Request, exc: Exception) -> Response:
     """Starlette exception handler for :class:`TokenwardError`."""
     assert isinstance(exc, TokenwardError)  # noqa: S101 - registered for this class only
     bearer = "authorization" in request.headers or is_bearer_transport(request)
-    return render_error(exc, bearer=bearer)
+    response = render_error(exc, bearer=bearer)
+    if isinstance(exc, RefreshReused) and not bearer:
+        # A protected route's own refresh (transparent refresh) found a replaced refresh
+        # cookie: the browser's sign-in page may raise the theft alarm.
+        tw = getattr(request.app.state, "tokenward", None)
+        secure = bool(tw.settings.cookie_secure) if tw is not None else True
+        response.headers.append("set-cookie", alarm_cookie(secure=secure).header())
+    return response
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

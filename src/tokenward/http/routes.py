@@ -7,6 +7,7 @@ bearer), call :mod:`tokenward.http.auth` and the core, and render what comes bac
 from __future__ import annotations
 
 import contextlib
+import hmac
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from tokenward.errors import (
     AuthError,
     CsrfError,
+    EmailNotVerified,
     Forbidden,
     InvalidCredentials,
     NotFound,
@@ -57,6 +59,7 @@ from tokenward.refresh import RefreshToken
 from tokenward.runtime import Tokenward
 from tokenward.sessions import EndReason, Issued, Principal, UserRef
 from tokenward.users import still_current
+from tokenward.web import alarm_cookie
 
 __all__ = ["AuthRoutes", "rfc3339", "signed_in_user"]
 
@@ -127,9 +130,14 @@ class AuthRoutes:
             response.headers.append("set-cookie", spec.header())
         return response
 
-    def _clear_cookies(self, response: Response) -> Response:
+    def _clear_cookies(self, response: Response, *, alarm: bool = False) -> Response:
         for spec in self.tw.cookies.clear():
             response.headers.append("set-cookie", spec.header())
+        if alarm:
+            # Ended for refresh reuse: the sign-in page shows its theft alarm only then.
+            response.headers.append(
+                "set-cookie", alarm_cookie(secure=self.tw.cookies.secure).header()
+            )
         return response
 
     async def register(self, request: Request) -> Response:
@@ -148,15 +156,20 @@ class AuthRoutes:
                     await ticket.refund()  # refused before any hashing: cheap, reveals nothing
                     raise
             self.tw.events.registered(user.id, client=client, now=now)
+            self.tw.email_flows.registered(user)
         except TokenwardError as exc:
             if body.form:
                 return _form_redirect(PAGE_REGISTER, exc)
             raise
         if body.form:
             return RedirectResponse(f"{PAGE_LOGIN}?registered=1", status_code=303, headers=NO_STORE)
-        return json_response(
-            {"id": user.id, "email": user.email, "created_at": rfc3339(user.created_at)}, status=201
-        )
+        created = {
+            "id": user.id,
+            "email": user.email,
+            "created_at": rfc3339(user.created_at),
+            "email_verified": user.email_verified,
+        }
+        return json_response(created, status=201)
 
     async def login(self, request: Request) -> Response:
         """``POST /auth/login``: 200 with the session (and tokens in bearer mode)."""
@@ -178,9 +191,14 @@ class AuthRoutes:
                     self.tw.events.login_failed(email, client=(ip, agent), now=now)
                     raise
                 await ticket.succeeded(now=now)
-            issued = await self.tw.sessions.open(
-                UserRef(user.id, user.email, user.created_at), ip=ip, user_agent=agent, now=now
-            )
+            if self.tw.settings.require_verified_email and not user.email_verified:
+                # Only after the password was right: it tells nothing to whoever guesses.
+                raise EmailNotVerified(
+                    "verify your e-mail address first", resend="/auth/email/verify/resend"
+                )
+            await self.tw.email_flows.remember_verified(user)
+            ref = UserRef(user.id, user.email, user.created_at, user.email_verified)
+            issued = await self.tw.sessions.open(ref, ip=ip, user_agent=agent, now=now)
             if issued.evicted:
                 self._ended(request, user.id, list(issued.evicted), EndReason.EVICTED, now)
             if not await user_still_enabled(self.tw, issued, epoch=user.credential_epoch, now=now):
@@ -235,7 +253,7 @@ class AuthRoutes:
         except AuthError as exc:
             if len(cookies) > 1:  # one was tossed in: clearing ours would log the user out
                 raise
-            return self._clear_cookies(render_error(exc))
+            return self._clear_cookies(render_error(exc), alarm=isinstance(exc, RefreshReused))
         return self._with_cookies(
             json_response(self._session_body(issued, bearer=False)), issued, csrf
         )
@@ -281,7 +299,7 @@ class AuthRoutes:
         try:
             uid, sid = await self._cookie_session(request, now)
         except RefreshReused as exc:  # theft: the session is over, and so are its cookies
-            return self._clear_cookies(render_error(exc))
+            return self._clear_cookies(render_error(exc), alarm=True)
         await self._log_out(request, uid, sid, now)
         return self._clear_cookies(
             Response(status_code=204, headers={**NO_STORE, **CLEAR_SITE_DATA})
@@ -395,7 +413,12 @@ class AuthRoutes:
         """
         auth = await self._current(request)
         user = await signed_in_user(self.tw, auth.principal)
-        body = {"id": user.id, "email": user.email, "created_at": rfc3339(user.created_at)}
+        body = {
+            "id": user.id,
+            "email": user.email,
+            "created_at": rfc3339(user.created_at),
+            "email_verified": user.email_verified,
+        }
         return apply_pending_cookies(request, json_response(body))
 
     async def sessions(self, request: Request) -> Response:
@@ -447,6 +470,9 @@ class AuthRoutes:
         body = await read_body(request)
         change = body.parse(PasswordChange)
         current, new = change.current_password, change.new_password
+        if hmac.compare_digest(current.encode(), new.encode()):
+            # Said before anything is checked: the caller typed both, so it tells nothing.
+            raise PolicyError("unchanged", "the new password must differ from the current one")
         now = self.tw.clock.now()
         p = auth.principal
         user = await signed_in_user(self.tw, p)
@@ -520,7 +546,7 @@ async def signed_in_user(tw: Tokenward, principal: Principal) -> UserRef:
     user = await tw.user_store.by_id(principal.uid)
     if user is None or user.disabled:
         raise SessionEnded("the session has ended")
-    return UserRef(user.id, user.email, user.created_at)
+    return UserRef(user.id, user.email, user.created_at, user.email_verified)
 
 
 async def user_still_enabled(tw: Tokenward, issued: Issued, *, epoch: int, now: int) -> bool:

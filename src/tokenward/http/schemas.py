@@ -20,19 +20,27 @@ from pydantic.json_schema import SkipJsonSchema
 from tokenward.events import EventKind
 
 __all__ = [
+    "Accepted",
     "Credentials",
+    "EmailChange",
+    "EmailOut",
+    "EmailRequest",
     "EndedRow",
     "EventRow",
     "Jwks",
+    "LinkToken",
     "LogoutAllRequest",
     "PasswordChange",
+    "PasswordReset",
     "Problem",
     "RefreshRequest",
+    "ResendRequest",
     "ServiceToken",
     "SessionBody",
     "SessionRow",
     "TokenRequest",
     "UserOut",
+    "VerifiedOut",
 ]
 
 #: Password fields carry no length rule here: the body limit (413) bounds them, and the
@@ -103,6 +111,44 @@ class TokenRequest(_Model):
     audience: str = Field(max_length=128)
 
 
+#: A link token is 43 characters; anything else is a wrong token (400 `token-invalid`), not
+#: a malformed body, up to this bound.
+LinkTokenField = Annotated[str, Field(max_length=512, description="the token of the link")]
+
+
+class LinkToken(_Model):
+    """`POST /auth/email/verify` and `POST /auth/email/change/confirm`: the `token` of the
+    e-mailed link."""
+
+    token: LinkTokenField
+
+
+class EmailRequest(_Model):
+    """`POST /auth/password/forgot`."""
+
+    email: str = Field(max_length=1024)
+
+
+class ResendRequest(_Model):
+    """`POST /auth/email/verify/resend`: `{}` when signed in, else `{email}`."""
+
+    email: Annotated[str, Field(max_length=1024)] | SkipJsonSchema[None] = None
+
+
+class PasswordReset(_Model):
+    """`POST /auth/password/reset`: the link's token and the new password."""
+
+    token: LinkTokenField
+    new_password: Password
+
+
+class EmailChange(_Model):
+    """`POST /auth/email/change`: the new address and the current password."""
+
+    new_email: str = Field(max_length=1024)
+    password: str
+
+
 # ----------------------------------------------------------------------------- responses
 
 
@@ -112,6 +158,27 @@ class UserOut(_Model):
     id: str
     email: str
     created_at: Time
+    email_verified: bool
+
+
+class Accepted(_Model):
+    """A 202: the request was taken; any mail goes out in the background. The same body
+    whether or not an account has the address."""
+
+    status: Literal["accepted"]
+
+
+class VerifiedOut(_Model):
+    """`POST /auth/email/verify`."""
+
+    email: str
+    email_verified: bool
+
+
+class EmailOut(_Model):
+    """`POST /auth/email/change/confirm`: the account's new address."""
+
+    email: str
 
 
 class SessionUser(_Model):
@@ -182,7 +249,8 @@ class ServiceToken(_Model):
 class Problem(_Model):
     """Every error answer (`application/problem+json`, RFC 9457): `type` is
     `urn:tokenward:problem:<slug>`; `rule` on `validation`; `retry_after` on
-    `rate-limited` (also the `Retry-After` header)."""
+    `rate-limited` (also the `Retry-After` header); `resend` on `email-not-verified` (where
+    to ask for a new verification link)."""
 
     type: str
     title: str
@@ -190,6 +258,7 @@ class Problem(_Model):
     detail: str
     rule: str | SkipJsonSchema[None] = None
     retry_after: int | SkipJsonSchema[None] = None
+    resend: str | SkipJsonSchema[None] = None
 
 
 class Jwks(_Model):

@@ -54,6 +54,7 @@ users_table = Table(
     Column("credential_epoch", BigInteger, nullable=False, default=0),
     #: case folding can triple a character (at most 254 in the email): room for 3 x 254
     Column("email_key", String(762), nullable=True),
+    Column("email_verified", Boolean, nullable=False, default=False),
     Index("ix_tokenward_users_email", "email", unique=True),
     Index("ix_tokenward_users_email_key", "email_key", unique=True),
 )
@@ -104,6 +105,7 @@ def _user(row: Any) -> User:
         created_at=int(row.created_at),
         disabled=bool(row.disabled),
         credential_epoch=int(row.credential_epoch),
+        email_verified=bool(row.email_verified),
     )
 
 
@@ -127,6 +129,7 @@ class SqlUserStore:
                         disabled=user.disabled,
                         credential_epoch=user.credential_epoch,
                         email_key=email_key(user.email),
+                        email_verified=user.email_verified,
                     )
                 )
         except IntegrityError:
@@ -172,6 +175,25 @@ class SqlUserStore:
         """See :meth:`tokenward.users.UserStore.bump_credential_epoch`."""
         values = {"credential_epoch": users_table.c.credential_epoch + 1, "updated_at": now}
         return await self._update(user_id, values)
+
+    async def set_email_verified(self, user_id: str, email: str, *, now: int) -> bool:
+        """See :meth:`tokenward.users.UserStore.set_email_verified`."""
+        values = {"email_verified": True, "updated_at": now}
+        return await self._update(user_id, values, users_table.c.email == email)
+
+    async def set_email(self, user_id: str, email: str, *, expected_email: str, now: int) -> bool:
+        """See :meth:`tokenward.users.UserStore.set_email` (one conditional ``UPDATE``; the
+        unique index on ``email_key`` refuses a taken address)."""
+        values = {
+            "email": email,
+            "email_key": email_key(email),
+            "email_verified": True,
+            "updated_at": now,
+        }
+        try:
+            return await self._update(user_id, values, users_table.c.email == expected_email)
+        except IntegrityError:
+            raise Conflict("an account with this email already exists") from None
 
     async def _update(self, user_id: str, values: dict[str, Any], *conditions: Any) -> bool:
         query = update(users_table).where(users_table.c.id == user_id, *conditions)

@@ -1,5 +1,6 @@
-// The profile page: who is signed in (GET /auth/me, a protected call), how many devices,
-// and the change-password form.
+// The profile page: who is signed in (GET /auth/me, a protected call), whether the address
+// is verified, how many devices, and the change-password and change-email forms. Without
+// JavaScript the two forms post to /account/password and /account/email instead.
 import {
   formatDate, showNotice, showProblem, wireLogout, withBusy,
 } from "./ui.js";
@@ -21,6 +22,12 @@ async function load() {
     bind("email", me.email);
     bind("created_at", formatDate(me.created_at));
     bind("id", me.id);
+    if (typeof me.email_verified === "boolean") {
+      bind("email_verified", me.email_verified ? "Yes" : "Not yet");
+      resend.hidden = me.email_verified;
+    } else {
+      bind("email_verified", "—");
+    }
     for (const input of document.querySelectorAll('[data-bind-value="email"]')) input.value = me.email;
     const others = sessions.length - 1;
     bind("session-summary", others === 0
@@ -31,6 +38,17 @@ async function load() {
     showProblem(problem);
   }
 }
+
+const resend = document.querySelector('[data-action="resend-verification"]');
+resend.addEventListener("click", () => withBusy(resend, async () => {
+  try {
+    await api("POST", "/auth/email/verify/resend", {});
+  } catch (problem) {
+    showProblem(problem);
+    return;
+  }
+  showNotice("verification-sent");
+}));
 
 const passwordForm = document.querySelector('[data-form="password"]');
 const passwordNotices = document.querySelector('[data-notices="password"]');
@@ -51,6 +69,32 @@ passwordForm.addEventListener("submit", (event) => {
     passwordForm.reset();
     showNotice("password-changed");
     load();
+  });
+});
+
+const emailForm = document.querySelector('[data-form="email"]');
+const emailNotices = document.querySelector('[data-notices="email"]');
+emailForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const { new_email: newEmail, password } = emailForm.elements;
+  withBusy(emailForm.querySelector('[type="submit"]'), async () => {
+    newEmail.removeAttribute("aria-invalid");
+    try {
+      await api("POST", "/auth/email/change", {
+        new_email: newEmail.value,
+        password: password.value,
+      });
+    } catch (problem) {
+      showProblem(problem, emailNotices);
+      const field = problem.slug === "invalid-credentials" ? password : newEmail;
+      if (field === newEmail) newEmail.setAttribute("aria-invalid", "true");
+      field.focus();
+      return;
+    }
+    const sent = showNotice("email-change-sent", { "new-email": newEmail.value });
+    emailForm.reset();
+    sent.setAttribute("tabindex", "-1");
+    sent.focus();
   });
 });
 

@@ -1,7 +1,9 @@
 // The sign-in page. Without JavaScript the form posts to /auth/login and the server
 // answers 303 to /account or back here with ?error=<slug>; with it, the same form is sent
 // as JSON so a failure is explained without a reload and the typed email is kept.
-import { passwordToggles, safeNext, showProblem, withBusy } from "./ui.js";
+import {
+  passwordToggles, postJSON, safeNext, showNotice, showProblem, withBusy,
+} from "./ui.js";
 
 const REMEMBERED_EMAIL = "tokenward:registered-email";
 
@@ -34,5 +36,21 @@ form.addEventListener("submit", (event) => {
       return;
     }
     location.assign(safeNext(new URLSearchParams(location.search).get("next")));
+  });
+});
+
+// An address not verified yet (TOKENWARD_REQUIRE_VERIFIED_EMAIL): ask for a new link for
+// the address typed. The answer is the same whether or not it needed one.
+const resend = document.querySelector('[data-form="resend"]');
+resend.addEventListener("submit", (event) => {
+  event.preventDefault();
+  withBusy(resend.querySelector('[type="submit"]'), async () => {
+    try {
+      await postJSON("/auth/email/verify/resend", { email: email.value });
+    } catch (problem) {
+      showProblem(problem);
+      return;
+    }
+    showNotice("verification-sent");
   });
 });

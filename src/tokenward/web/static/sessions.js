@@ -1,6 +1,7 @@
 // The sessions page: every live session of the user (GET /auth/sessions), ending one
 // (DELETE /auth/sessions/{id}), ending all the others (POST /auth/logout-all), and the
-// recently ended ones with the reason (a theft detection shows up there).
+// recently ended ones with the reason (a theft detection shows up there) and the device and
+// address that had signed in (from the sign-in events, GET /auth/events).
 import {
   describeDevice, formatDate, formatRelative, showNotice, showProblem,
   wireLogout, withBusy,
@@ -49,13 +50,32 @@ function sessionItem(session) {
   return item;
 }
 
-function endedItem(ended) {
+function endedItem(ended, signIn) {
   const item = template.content.firstElementChild.cloneNode(true);
   const slot = (name) => item.querySelector(`[data-slot="${name}"]`);
-  slot("device").textContent = ENDED_REASONS[ended.reason] || "Ended";
+  const device = signIn ? describeDevice(signIn.user_agent) : null;
+  item.classList.toggle("session--phone", Boolean(device && device.phone));
+  slot("device").textContent = device ? device.name : "Unknown device";
   slot("current").remove();
-  slot("meta").textContent = `${formatRelative(ended.ended_at)} · ${formatDate(ended.ended_at)}`;
+  const where = signIn && signIn.ip ? `${signIn.ip} · ` : "";
+  const reason = ENDED_REASONS[ended.reason] || "Ended";
+  slot("meta").textContent = `${where}${reason} ${formatRelative(ended.ended_at)} · ${formatDate(ended.ended_at)}`;
   return item;
+}
+
+/** Each session's sign-in event: the device and address it was opened from. */
+async function signIns() {
+  const bySession = new Map();
+  try {
+    for (const event of await api("GET", "/auth/events")) {
+      if (event.kind === "login.succeeded" && event.session_id && !bySession.has(event.session_id)) {
+        bySession.set(event.session_id, event);
+      }
+    }
+  } catch (_) {
+    // without the events the list still says when and why
+  }
+  return bySession;
 }
 
 async function loadEnded() {
@@ -65,8 +85,11 @@ async function loadEnded() {
   } catch (_) {
     return; // a nicety: the active list is what matters
   }
+  const shown = ended.slice(0, 5);
+  const opened = shown.length ? await signIns() : new Map();
   const section = document.querySelector("[data-ended]");
-  document.querySelector('[data-list="ended"]').replaceChildren(...ended.slice(0, 5).map(endedItem));
+  document.querySelector('[data-list="ended"]')
+    .replaceChildren(...shown.map((row) => endedItem(row, opened.get(row.id))));
   section.hidden = ended.length === 0;
 }
 
@@ -89,6 +112,10 @@ async function load() {
 }
 
 async function endOne(button, id) {
+  // The button leaves the page with its session: focus goes to the next session's button
+  // (or the list's heading), not to the top of the page.
+  const buttons = [...activeList.querySelectorAll(".session__action button")];
+  const position = buttons.indexOf(button);
   await withBusy(button, async () => {
     try {
       await api("DELETE", `/auth/sessions/${encodeURIComponent(id)}`);
@@ -98,6 +125,9 @@ async function endOne(button, id) {
     }
   });
   await load();
+  const remaining = [...activeList.querySelectorAll(".session__action button")];
+  const next = remaining[Math.min(position, remaining.length - 1)];
+  (next || document.getElementById("active-title")).focus();
 }
 
 endOthers.addEventListener("click", async () => {

@@ -145,6 +145,9 @@
     // which lives as long as the refresh cookie, says a session may still be there.
     const worthRefreshing = problem.slug === "token-expired"
       || (problem.slug === "unauthenticated" && hadSession);
+    // A wrong password typed to confirm a change (the e-mail change answers 401) is the
+    // caller's to explain; the session is fine.
+    if (problem.slug === "invalid-credentials") return response;
     if (!worthRefreshing) return loginRequired(problem, hadSession);
     if (sentAt === generation) {
       try {

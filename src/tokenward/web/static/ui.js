@@ -7,14 +7,16 @@ export function clearNotices() {
 }
 
 /**
- * Reveal the notice `slug`: in `scope` when it has one, else in the page's main notices,
- * else the generic "error" notice. `fields` fill its [data-field] slots (as text).
+ * Reveal the notice `slug`: in `scope` when it has one (written "<scope name>-<slug>",
+ * the server reveals the same notice after a plain form post), else in the page's main
+ * notices, else the generic "error" notice. `fields` fill its [data-field] slots (as text).
  */
 export function showNotice(slug, fields = {}, scope = null) {
   clearNotices();
   const page = document.querySelector("[data-notices]");
   const pick = (root, name) => root && root.querySelector(`[data-notice="${name}"]`);
-  const notice = pick(scope, slug) || pick(page, slug) || pick(page, "error");
+  const own = scope ? `${scope.dataset.notices}-${slug}` : slug;
+  const notice = pick(scope, own) || pick(page, slug) || pick(page, "error");
   for (const [name, value] of Object.entries(fields)) {
     const slot = notice.querySelector(`[data-field="${name}"]`);
     if (slot && value) slot.textContent = value;
@@ -65,18 +67,47 @@ export function passwordToggles() {
   }
 }
 
-/** The sign-out button of the account pages. */
+/**
+ * The sign-out form of the account pages. Without scripts it posts to /account/sign-out
+ * with the CSRF token the server wrote into it; with them, the call uses the current
+ * cookie (a password change in this tab gave the session a new one).
+ */
 export function wireLogout() {
-  const button = document.querySelector('[data-action="logout"]');
-  button.addEventListener("click", () => withBusy(button, async () => {
-    try {
-      await window.Tokenward.logout();
-    } catch (problem) {
-      showProblem(problem);
-      return;
-    }
-    location.assign("/login?reason=signed-out");
-  }));
+  const form = document.querySelector('[data-form="sign-out"]');
+  const button = form.querySelector('[type="submit"]');
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    withBusy(button, async () => {
+      try {
+        await window.Tokenward.logout();
+      } catch (problem) {
+        showProblem(problem);
+        return;
+      }
+      location.assign("/login?reason=signed-out");
+    });
+  });
+}
+
+/**
+ * POST a JSON body from a page whose address held a token: the request carries no
+ * Referer beyond this origin's bare path (the token is already gone from the address bar).
+ * Resolves with the parsed body (null for 204); rejects with a Tokenward.Problem.
+ */
+export async function postJSON(path, body) {
+  const response = await window.Tokenward.fetch(path, {
+    method: "POST",
+    headers: { Accept: "application/json", "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+    // The page is served with Referrer-Policy: no-referrer, under which a POST says
+    // "Origin: null" and the API's Origin check refuses it; this request may name its
+    // origin (the address holds no token any more).
+    referrerPolicy: "same-origin",
+  });
+  if (!response.ok) throw await window.Tokenward.Problem.from(response);
+  if (response.status === 204) return null;
+  const type = response.headers.get("Content-Type") || "";
+  return type.includes("json") ? response.json() : null;
 }
 
 /** A local path to go to after signing in: `next` when it is one of ours, else /account. */
