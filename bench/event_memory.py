@@ -27,16 +27,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from benchkit import private_redis
 
 from tokenward.events import EventKind, SecurityEvent, device_digest
 from tokenward.stores.redis_events import RedisEventLog
@@ -51,12 +47,6 @@ PHONE = (
 )
 NOW = int(time.time())  # the server's time, as in service (a skewed clock costs bytes)
 DAY = 86_400
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def usual_history(uid: str, n: int) -> list[tuple[SecurityEvent, str | None]]:
@@ -101,8 +91,8 @@ async def keys_of(r: aioredis.Redis, uid: str) -> dict[str, int]:
     return out
 
 
-async def run(users: int, port: int) -> dict[str, Any]:
-    r = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+async def run(users: int, url: str) -> dict[str, Any]:
+    r = aioredis.Redis.from_url(url, decode_responses=True)
     log = RedisEventLog(r)  # the service's default caps
     await write_user(log, "u-usual-0", 0)
     one = await keys_of(r, "u-usual-0")
@@ -158,29 +148,8 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", tmp],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        print("redis-server did not start", file=sys.stderr)
-                        return 1
-                    time.sleep(0.05)
-            result = asyncio.run(run(args.users, port))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    with private_redis() as url:
+        result = asyncio.run(run(args.users, url))
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,0 +1,224 @@
+"""What each operation costs Redis, and what a user and a session occupy (capacity figures).
+
+Run by hand (never in CI)::
+
+    .venv/bin/python bench/capacity.py [--users 2000] [--refreshes 5] [--json out.json]
+
+It starts a private ``redis-server`` (127.0.0.1, no persistence) and runs the real HTTP
+application in process (httpx's ASGI transport; SQLite in a temporary directory; cheap
+password hashing, since hashing costs the *server*, not Redis). Every user has their own
+client address (so no address limit interferes) and a desktop browser's user agent.
+
+Phases, each followed by waiting for the background event writes, with Redis's
+``INFO commandstats`` and ``INFO cpu`` read before and after:
+
+* register ``--users`` users; log each in once (bearer transport);
+* refresh every session ``--refreshes`` times (rotation);
+* ``GET /auth/me`` 5 times per session, with the default session cache (a cache hit costs
+  Redis nothing) and then with a service whose cache keeps nothing (``lookup``: one session
+  read per request, what a non-sticky deployment with a cold cache pays);
+* log every session out.
+
+Reported per operation: Redis commands (calls, scripts counted once, the commands they run
+inside as well), Redis CPU microseconds (``used_cpu_user + used_cpu_sys``), and the
+``used_memory`` delta per user and per session after the logins and after the refreshes,
+with ``MEMORY USAGE`` of one user's keys by kind. Server CPU per request is measured by the
+load benchmarks (``bench/perf.py``), not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from benchkit import private_redis
+
+from tokenward.http.app import create_app
+from tokenward.passwords import CHEAP_FOR_TESTS
+from tokenward.revocation import SessionCache
+from tokenward.runtime import Tokenward
+from tokenward.settings import load_settings
+
+BROWSER = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36"
+)
+PASSWORD = "violet tractor 42 umbrella"
+BEARER = {"X-Auth-Transport": "bearer", "User-Agent": BROWSER}
+CONCURRENCY = 4
+
+
+class Snapshot:
+    """Redis's command counters and CPU at one moment."""
+
+    def __init__(self, stats: dict[str, Any], cpu: dict[str, Any]) -> None:
+        self.calls = {k: int(v["calls"]) for k, v in stats.items()}
+        self.cpu = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+    @classmethod
+    async def take(cls, r: aioredis.Redis) -> Snapshot:
+        return cls(await r.info("commandstats"), await r.info("cpu"))
+
+
+def delta(before: Snapshot, after: Snapshot, n: int) -> dict[str, Any]:
+    calls = {
+        k.removeprefix("cmdstat_"): after.calls[k] - before.calls.get(k, 0) for k in after.calls
+    }
+    calls = {k: v for k, v in calls.items() if v > 0 and k not in ("info",)}
+    return {
+        "ops": n,
+        "redis_commands_per_op": round(sum(calls.values()) / n, 2),
+        "scripts_per_op": round((calls.get("evalsha", 0) + calls.get("eval", 0)) / n, 2),
+        "redis_cpu_us_per_op": round((after.cpu - before.cpu) / n * 1e6, 1),
+        "commands": {k: round(v / n, 2) for k, v in sorted(calls.items())},
+    }
+
+
+def client_for(app: Any, n: int) -> httpx.AsyncClient:
+    ip = f"10.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}"
+    transport = httpx.ASGITransport(app=app, client=(ip, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://tokenward.bench")
+
+
+async def each(n: int, work: Callable[[int], Awaitable[None]]) -> None:
+    sem = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await work(i)
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+
+
+class Lookup(Tokenward):
+    """The service with a session cache that keeps nothing: every request reads Redis."""
+
+    async def start(self) -> None:
+        await super().start()
+        self.cache = SessionCache(max_entries=0)
+        self.sessions.cache = self.cache
+
+
+async def run(users: int, refreshes: int, redis_url: str, data: Path) -> dict[str, Any]:
+    env = {
+        "TOKENWARD_REDIS_URL": redis_url,
+        "TOKENWARD_DATA_DIR": str(data),
+        "TOKENWARD_ISSUER": "http://tokenward.bench",
+        "TOKENWARD_LOG_LEVEL": "warning",
+    }
+    settings = load_settings(env, env_file=Path("/nonexistent/.env"))
+    tw = Tokenward(settings, argon2=CHEAP_FOR_TESTS)
+    await tw.start()
+    app = create_app(tw, manage_lifespan=False)
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    out: dict[str, Any] = {"users": users, "refreshes_per_session": refreshes}
+    tokens: dict[int, dict[str, str]] = {}
+    try:
+        emails = [f"cap{n}@example.com" for n in range(users)]
+
+        async def register(i: int) -> None:
+            async with client_for(app, i) as c:
+                body = {"email": emails[i], "password": PASSWORD}
+                res = await c.post("/auth/register", json=body, headers=BEARER)
+                assert res.status_code == 201, res.text
+
+        async def login(i: int) -> None:
+            async with client_for(app, i) as c:
+                body = {"email": emails[i], "password": PASSWORD}
+                res = await c.post("/auth/login", json=body, headers=BEARER)
+                assert res.status_code == 200, res.text
+                tokens[i] = res.json()
+
+        async def refresh(i: int) -> None:
+            async with client_for(app, i) as c:
+                for _ in range(refreshes):
+                    body = {"refresh_token": tokens[i]["refresh_token"]}
+                    res = await c.post("/auth/refresh", json=body, headers=BEARER)
+                    assert res.status_code == 200, res.text
+                    tokens[i] = {**tokens[i], **res.json()}
+
+        def me(target: Any) -> Callable[[int], Awaitable[None]]:
+            async def work(i: int) -> None:
+                async with client_for(target, i) as c:
+                    auth = {"Authorization": f"Bearer {tokens[i]['access_token']}", **BEARER}
+                    for _ in range(5):
+                        res = await c.get("/auth/me", headers=auth)
+                        assert res.status_code == 200, res.text
+
+            return work
+
+        async def logout(i: int) -> None:
+            async with client_for(app, i) as c:
+                auth = {"Authorization": f"Bearer {tokens[i]['access_token']}", **BEARER}
+                res = await c.post("/auth/logout", headers=auth)
+                assert res.status_code == 204, res.text
+
+        async def phase(name: str, n: int, work: Callable[[int], Awaitable[None]]) -> None:
+            await tw.events.drain()
+            before = await Snapshot.take(r)
+            started = time.perf_counter()
+            await each(users, work)
+            await tw.events.drain()
+            out[name] = delta(before, await Snapshot.take(r), n)
+            out[name]["seconds"] = round(time.perf_counter() - started, 1)
+            print(f"{name}: {out[name]['redis_commands_per_op']} commands/op", file=sys.stderr)
+
+        mem0 = int((await r.info("memory"))["used_memory"])
+        await phase("register", users, register)
+        mem1 = int((await r.info("memory"))["used_memory"])
+        await phase("login", users, login)
+        mem2 = int((await r.info("memory"))["used_memory"])
+        await phase("refresh", users * refreshes, refresh)
+        mem3 = int((await r.info("memory"))["used_memory"])
+        await phase("me_cached", users * 5, me(app))
+        lookup = Lookup(settings, argon2=CHEAP_FOR_TESTS)
+        await lookup.start()
+        try:
+            await phase("me_lookup", users * 5, me(create_app(lookup, manage_lifespan=False)))
+        finally:
+            await lookup.stop()
+
+        uid = str(tokens[0]["user"]["id"])  # type: ignore[index]
+        kinds: dict[str, int] = {}
+        async for key in r.scan_iter(match=f"*{uid}*", count=1000):
+            kind = key.split("}", 1)[1]
+            kind = "session hash" if kind.startswith(":s:") else kind
+            kinds[kind] = kinds.get(kind, 0) + int(await r.memory_usage(key, samples=0) or 0)
+        await phase("logout", users, logout)
+        out["memory"] = {
+            "register_bytes_per_user": round((mem1 - mem0) / users, 1),
+            "login_bytes_per_session": round((mem2 - mem1) / users, 1),
+            "after_refreshes_bytes_per_session": round((mem3 - mem1) / users, 1),
+            "one_user_keys_after_refreshes": kinds,
+        }
+    finally:
+        await r.aclose()
+        await tw.stop()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--refreshes", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    with private_redis() as url, tempfile.TemporaryDirectory() as data:
+        result = asyncio.run(run(args.users, args.refreshes, url, Path(data)))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
