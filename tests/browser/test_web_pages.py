@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 from collections.abc import Awaitable, Callable, Iterator
 from html.parser import HTMLParser
-from importlib import resources
 
 import httpx
 import pytest
@@ -19,7 +18,7 @@ from starlette.routing import Route
 from tokenward.http.app import create_app
 from tokenward.runtime import Tokenward
 from tokenward.web import CONTENT_SECURITY_POLICY, SecurityHeaders
-from tokenward.web.pages import ALARM_COOKIE
+from tokenward.web.pages import ALARM_COOKIE, document
 from tw_accounts import ORIGIN
 
 MakeTw = Callable[..., Awaitable[Tokenward]]
@@ -106,7 +105,7 @@ def test_the_policy_allows_no_inline_code_and_no_framing() -> None:
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_pages_hold_no_inline_code_and_only_local_references(http: httpx.Client, name: str) -> None:
     """Every script has a src, nothing is styled inline, every local file exists."""
-    page = _Page(resources.files("tokenward.web").joinpath(f"templates/{name}.html").read_text())
+    page = _Page(document(name))
     assert page.scripts or name == "not-found"
     assert all(script.get("src") for script in page.scripts)
     assert page.inline_script_text == ""

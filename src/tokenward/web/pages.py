@@ -39,6 +39,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -365,12 +366,55 @@ class _Template:
     notices: frozenset[str]
 
 
+_PAGE = re.compile(r"\A\{\{page ((?:\w+=\"[^\"]*\" ?)+)\}\}\n")
+_ATTRIBUTE = re.compile(r'(\w+)="([^"]*)"')
+#: What a page leaves out of its ``{{page ...}}`` line, by kind.
+_PAGE_DEFAULTS = {
+    "auth": {"skip": "Skip to the form", "main": "auth"},
+    "app": {"skip": "Skip to content", "main": "content"},
+}
+
+
+def _compose(name: str, text: str, folder: Traversable) -> str:
+    """A page's whole document: its first line ``{{page title="..." script="..."}}`` (and
+    ``kind="app" current="account"`` for the signed-in pages) names what goes into the
+    shared frame (``_layout.html`` and the kind's ``_header-<kind>.html``), the rest of the
+    file is the content of its ``<main>``."""
+    found = _PAGE.match(text)
+    if found is None:
+        raise RuntimeError(f'{name}.html: the first line must be {{{{page title="..."}}}}')
+    given = dict(_ATTRIBUTE.findall(found.group(1)))
+    kind = given.get("kind", "auth")
+    values = {**_PAGE_DEFAULTS[kind], **given, "kind": kind, "content": text[found.end() :]}
+    script = values.pop("script", "")
+    values["scripts"] = (
+        '<script src="/static/tokenward.js" defer></script>\n'
+        f'<script src="/static/{script}.js" type="module"></script>\n'
+        if script
+        else ""
+    )
+    header = folder.joinpath(f"_header-{kind}.html").read_text(encoding="utf-8")
+    for page in ("account", "sessions"):
+        current = ' aria-current="page"' if values.get("current") == page else ""
+        header = header.replace(f"{{{{current-{page}}}}}", current)
+    values["header"] = header
+    html = folder.joinpath("_layout.html").read_text(encoding="utf-8")
+    # The content goes in last, so nothing it holds is taken for a slot of the frame.
+    for slot in ("title", "scripts", "kind", "skip", "header", "main", "content"):
+        html = html.replace(f"{{{{{slot}}}}}", values[slot])
+    return html
+
+
+def document(name: str) -> str:
+    """The page ``name``'s whole HTML (frame and content), before per-request values."""
+    folder = resources.files(_PACKAGE).joinpath("templates")
+    return _compose(name, folder.joinpath(f"{name}.html").read_text(encoding="utf-8"), folder)
+
+
 def _load_templates(password_min_length: int) -> dict[str, _Template]:
     templates: dict[str, _Template] = {}
-    folder = resources.files(_PACKAGE).joinpath("templates")
     for name in (*PATHS, "not-found"):
-        text = folder.joinpath(f"{name}.html").read_text(encoding="utf-8")
-        text = text.replace("{{min_length}}", str(password_min_length))
+        text = document(name).replace("{{min_length}}", str(password_min_length))
         notices = _NOTICE.findall(text)
         if len(notices) != len(_ANY_NOTICE.findall(text)):
             raise RuntimeError(f'{name}.html: write notices as data-notice="<slug>" hidden')
