@@ -464,6 +464,8 @@ class Sessions:
             RefreshLimited: too many rotations of this session (a :class:`RateLimited`).
         """
         presented = RefreshToken.parse(token)
+        # Read before the rotation: a failure here is a 503 with nothing changed.
+        verified = await self._email_verified(presented.uid)
         salt = new_salt()
         candidate = presented.successor(salt)
         result = await self.store.rotate(
@@ -493,7 +495,7 @@ class Sessions:
             self.cache.forget([presented.sid])
             issued = self._issued(
                 result.state, presented.sid, successor, result.ttl, now, None,
-                email_verified=await self._email_verified(presented.uid),
+                email_verified=verified,
             )  # fmt: skip
             if result.report:
                 issued = replace(issued, report_replay=True)
@@ -601,6 +603,7 @@ class Sessions:
         """
         refresh = RefreshToken.new(uid, sid)
         csrf = new_csrf_token()
+        verified = await self._email_verified(uid)  # before the change: see refresh()
         result = await self.store.rekey(
             uid, sid, refresh_digest=refresh.digest, csrf_digest=csrf_digest(csrf), now=now
         )
@@ -609,7 +612,7 @@ class Sessions:
             raise SessionEnded("the session has ended")
         return self._issued(
             result.state, sid, refresh, result.ttl, now, csrf,
-            email_verified=await self._email_verified(uid),
+            email_verified=verified,
         )  # fmt: skip
 
     def _issued(

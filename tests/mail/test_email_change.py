@@ -146,3 +146,30 @@ async def test_no_redis_value_holds_either_address(
         )
         assert old not in str(value)
         assert new not in str(value)
+
+
+async def test_cookie_clients_need_the_csrf_header(
+    client: httpx.AsyncClient, smtp: SmtpInbox
+) -> None:
+    """A cookie session's change follows the rules of every protected route: without the
+    double-submit header 403 ``csrf`` and no mail; with it 202."""
+    email = new_email()
+    r = await client.post("/auth/register", json={"email": email, "password": PASSWORD})
+    assert r.status_code == 201
+    r = await client.post("/auth/login", json={"email": email, "password": PASSWORD})
+    assert r.status_code == 200
+    new = new_email()
+    body = {"new_email": new, "password": PASSWORD}
+    refused = await client.post("/auth/email/change", json=body)
+    assert refused.status_code == 403
+    assert refused.json()["type"] == "urn:tokenward:problem:csrf"
+    token = client.cookies.get("__Host-csrf_token")
+    assert token
+    headers = {"X-CSRF-Token": token, "Origin": "https://tokenward.test"}
+    assert (await client.post("/auth/email/change", json=body, headers=headers)).status_code == 202
+    await smtp.wait_for(new)
+    resend = await client.post("/auth/email/verify/resend", json={})
+    assert resend.status_code == 403
+    assert (
+        await client.post("/auth/email/verify/resend", json={}, headers=headers)
+    ).status_code == 202

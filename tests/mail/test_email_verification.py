@@ -207,3 +207,22 @@ async def test_verification_is_off_by_default(client: httpx.AsyncClient) -> None
     email = new_email()
     await _register(client, email)
     await _login(client, email)
+
+
+async def test_a_no_script_login_form_is_sent_back_with_the_problem(
+    mail_tw: MakeMailTw,
+) -> None:
+    """The sign-in form (no JavaScript) of an unverified account with verification required
+    is redirected to the sign-in page naming the problem, and gets no cookies."""
+    tw = await mail_tw(require_verified_email="true")
+    async with isolated_client(tw) as client:
+        email = new_email()
+        await _register(client, email)
+        r = await client.post(
+            "/auth/login",
+            data={"email": email, "password": PASSWORD},
+            headers={"Origin": "https://tokenward.test"},
+        )
+        assert r.status_code == 303
+        assert r.headers["location"] == "/login?error=email-not-verified"
+        assert not r.headers.get_list("set-cookie")
