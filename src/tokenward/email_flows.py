@@ -79,16 +79,22 @@ MAX_PENDING = 10_000
 #: account's first device is new.
 NEW_ACCOUNT_QUIET = 3600
 
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+#: ``<user id>.<43 random base64url characters>``: the user id names the one key (in the
+#: user's own hash slot) that holds the link's digest.
+_TOKEN = re.compile(r"([A-Za-z0-9_-]{1,64})\.[A-Za-z0-9_-]{43}")
 
 VERIFY, RESET, CHANGE = "verify", "reset", "change"
 
 Client = tuple[str, str]
 
 
-def new_link_token() -> tuple[str, str]:
-    """A fresh link token and the digest that is stored (never the token)."""
-    token = secrets.token_urlsafe(32)
+def new_link_token(uid: str) -> tuple[str, str]:
+    """A fresh link token for user ``uid`` and the digest that is stored (never the token).
+
+    The token starts with the user id, so that its link lives in the user's own hash slot
+    (no slot of a Cluster holds every user's links) and is found without an index.
+    """
+    token = f"{uid}.{secrets.token_urlsafe(32)}"
     return token, _digest(token)
 
 
@@ -124,12 +130,13 @@ def _unseal(token: str, sealed: str) -> str:
     return plain.decode()
 
 
-def _presented(token: str) -> str:
-    """The digest of a presented token; anything not shaped like one of ours is refused
-    before any store is asked."""
-    if not _TOKEN.fullmatch(token):
+def _presented(token: str) -> tuple[str, str]:
+    """The user id and digest of a presented token; anything not shaped like one of ours is
+    refused before any store is asked."""
+    shaped = _TOKEN.fullmatch(token)
+    if shaped is None:
         raise LinkTokenInvalid("the link is invalid or has expired")
-    return _digest(token)
+    return shaped.group(1), _digest(token)
 
 
 class LinkStore(Protocol):
@@ -146,8 +153,8 @@ class LinkStore(Protocol):
         """Store a link; ``payload`` comes back (with ``uid``) from :meth:`peek`."""
         ...
 
-    async def peek(self, kind: str, digest: str) -> dict[str, str] | None:
-        """The payload of a valid link, without using it up."""
+    async def peek(self, kind: str, uid: str, digest: str) -> dict[str, str] | None:
+        """The payload of user ``uid``'s valid link, without using it up."""
         ...
 
     async def consume(self, kind: str, uid: str, digest: str) -> dict[str, str] | None:
@@ -281,7 +288,7 @@ class EmailFlows:
         self.mailer.submit(self.templates.render(template, to, values))
 
     async def _issue(self, kind: str, user: User, payload: Mapping[str, str], ttl: int) -> str:
-        token, digest = new_link_token()
+        token, digest = new_link_token(user.id)
         await self.links.issue(kind, user.id, digest, payload, ttl=ttl)
         return token
 
@@ -329,8 +336,8 @@ class EmailFlows:
                 address is no longer the one the link was sent to.
             Unavailable: a back end did not answer (the link still works afterwards).
         """
-        digest = _presented(token)
-        payload = await self.links.peek(VERIFY, digest)
+        uid, digest = _presented(token)
+        payload = await self.links.peek(VERIFY, uid, digest)
         user = await self._user_of(payload)
         if payload is None or user is None or _address(user.email) != payload.get("email"):
             raise LinkTokenInvalid("the link is invalid or has expired")
@@ -412,8 +419,8 @@ class EmailFlows:
             PolicyError: the new password breaks the policy (the link still works).
             Unavailable: a back end did not answer.
         """
-        digest = _presented(token)
-        payload = await self.links.peek(RESET, digest)
+        uid, digest = _presented(token)
+        payload = await self.links.peek(RESET, uid, digest)
         user = await self._user_of(payload)
         if (
             payload is None
@@ -475,7 +482,7 @@ class EmailFlows:
         await self._limit(address=user.email, ip=ip, now=now)
         if await self.store.by_email(address) is not None:
             raise Conflict("an account with this email already exists")
-        token, digest = new_link_token()
+        token, digest = new_link_token(user.id)
         payload = {"email": _address(user.email), "new_email": _seal(token, address)}
         await self.links.issue(CHANGE, user.id, digest, payload, ttl=CHANGE_TTL)
         self._send("confirm_email_change", address, {
@@ -493,8 +500,8 @@ class EmailFlows:
             Conflict: another account took the new address meanwhile.
             Unavailable: a back end did not answer.
         """
-        digest = _presented(token)
-        payload = await self.links.peek(CHANGE, digest)
+        uid, digest = _presented(token)
+        payload = await self.links.peek(CHANGE, uid, digest)
         user = await self._user_of(payload)
         if (
             payload is None

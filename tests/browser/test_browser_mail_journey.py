@@ -30,7 +30,7 @@ NEW_PASSWORD = "copper lantern 77 meadow"
 
 def _links(server: Server, smtp: SmtpInbox, address: str, page: str) -> list[str]:
     """Every link to ``page`` in the text of the mails to ``address``, oldest first."""
-    pattern = re.escape(server.url + page) + r"\?token=[A-Za-z0-9_-]{20,}"
+    pattern = re.escape(server.url + page) + r"\?token=[A-Za-z0-9_.-]{20,}"
     return [link for m in smtp.to(address) for link in re.findall(pattern, text_of(m))]
 
 

@@ -30,7 +30,11 @@ MakeMailTw = Callable[..., Awaitable[Tokenward]]
 #: Mail limits no test trips unless it is about them.
 MAIL_LIMITS: dict[str, int] = {"mail_address_limit": 1_000_000, "mail_ip_limit": 1_000_000}
 BEARER = {"X-Auth-Transport": "bearer"}
-_LINK = re.compile(r"https://tokenward\.test(/[a-z-]+)\?token=([A-Za-z0-9_-]{43})")
+#: Shaped like a link token (a user id, a dot, 43 characters), but no link's.
+UNKNOWN = "0123456789abcdef0123456789abcdef." + "C" * 43
+_LINK = re.compile(
+    r"https://tokenward\.test(/[a-z-]+)\?token=([A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{43})"
+)
 #: Seconds a mail may take to arrive (it is sent in the background).
 ARRIVAL = 10.0
 

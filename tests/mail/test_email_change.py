@@ -4,7 +4,7 @@ with a way to report it; sessions unaffected."""
 from __future__ import annotations
 
 import httpx
-from mail_support import BEARER, SmtpInbox, link_of, settled, text_of
+from mail_support import BEARER, UNKNOWN, SmtpInbox, link_of, settled, text_of
 
 from tokenward.runtime import Tokenward
 from tw_accounts import PASSWORD, new_email
@@ -118,7 +118,7 @@ async def test_an_address_taken_meanwhile_is_409_at_confirmation(
 
 
 async def test_confirm_bad_tokens(client: httpx.AsyncClient) -> None:
-    for token in ("", "D" * 43, "short"):
+    for token in ("", "D" * 43, "short", UNKNOWN):
         r = await client.post("/auth/email/change/confirm", json={"token": token})
         assert r.status_code == 400
         assert r.json()["type"] == INVALID

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ops_support import OPS_PASSWORD, MakeOpsTw, RunCli, ops_client, ops_env, register_and_login
 
-_TOKEN = re.compile(r"\?token=([A-Za-z0-9_-]{43})")
+_TOKEN = re.compile(r"\?token=([A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{43})")
 
 
 async def test_mail_list_and_show_read_the_outbox(

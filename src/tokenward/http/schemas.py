@@ -111,8 +111,8 @@ class TokenRequest(_Model):
     audience: str = Field(max_length=128)
 
 
-#: A link token is 43 characters; anything else is a wrong token (400 `token-invalid`), not
-#: a malformed body, up to this bound.
+#: A link token is `<user id>.<43 characters>`; anything else is a wrong token (400
+#: `token-invalid`), not a malformed body, up to this bound.
 LinkTokenField = Annotated[str, Field(max_length=512, description="the token of the link")]
 
 

@@ -1,30 +1,31 @@
 """The Redis :class:`~tokenward.email_flows.LinkStore`: the tokens of e-mailed links.
 
-Only the SHA-256 digest of a token is stored, never the token. Per kind of link
-(``verify``, ``reset``, ``change``) there are two keys per user, in one hash slot per kind
-(``{lk:<kind>}``: these links are rare, so one slot per kind costs nothing and makes every
-script single-slot on Redis Cluster):
+Only the SHA-256 digest of a token is stored, never the token. A user has at most one link
+of each kind (``verify``, ``reset``, ``change``), in one key in the user's own hash slot (a
+token starts with its user's id, see :func:`tokenward.email_flows.new_link_token`): no slot
+of a Redis Cluster holds every user's links, and every operation is one key.
 
 =============================  ======  ===================================================
 key                            type    content and TTL
 =============================  ======  ===================================================
-``tw:{lk:<kind>}:t:<digest>``  hash    the link's payload (``uid``, a digest of the
-                                       address, ...: never an address in the clear);
+``tw:{lk:<uid>}:<kind>``       hash    ``d``: the digest of the user's newest link of this
+                                       kind; ``uid`` and the link's payload (a digest of
+                                       the address, ...: never an address in the clear);
                                        TTL the link's lifetime
-``tw:{lk:<kind>}:u:<uid>``     string  the digest of the user's newest link of this kind;
-                                       same TTL
 ``tw:verified:{<uid>}``        string  ``1``: the user's address is verified (read when a
                                        refresh issues an access token); TTL the longest
                                        session lifetime, renewed by every login
 =============================  ======  ===================================================
 
-A link is valid only while it is the user's newest of its kind (issuing one supersedes the
-previous), and :meth:`RedisLinkStore.consume` takes it in one script: of two concurrent
-uses, exactly one gets the payload.
+Issuing a link replaces the user's previous one of its kind (so it stops working), and
+:meth:`RedisLinkStore.consume` takes it in one script: of two concurrent uses, exactly one
+gets the payload. A wrong digest leaves the user's link in place: guessing cannot cancel
+the link in someone's mailbox.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -35,26 +36,20 @@ from tokenward.stores.redis_client import RedisClient
 
 __all__ = ["RedisLinkStore"]
 
-# KEYS: user key, new token key, previous token key (or the new one again)
-# ARGV: digest, ttl, then field, value pairs
+# KEYS: the user's link of this kind. ARGV: digest, ttl, then field, value pairs.
 _ISSUE = """
-if KEYS[3] ~= KEYS[2] then redis.call('DEL', KEYS[3]) end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'd', ARGV[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS: token key, user key   ARGV: digest
-# Returns the payload as a flat list, or nothing when the token is not the user's newest.
+# KEYS: the user's link of this kind. ARGV: digest. Returns the payload as a flat list
+# (without the digest), or nothing when the digest is not the user's newest link's.
 _CONSUME = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return {}
-end
+if redis.call('HGET', KEYS[1], 'd') ~= ARGV[1] then return {} end
 local fields = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1])
 return fields
 """
 
@@ -67,9 +62,12 @@ async def _backend() -> AsyncIterator[None]:
         raise Unavailable("link store unreachable") from exc
 
 
-def _keys(kind: str) -> tuple[str, str]:
-    tag = f"tw:{{lk:{kind}}}"
-    return f"{tag}:t:", f"{tag}:u:"
+def _key(kind: str, uid: str) -> str:
+    return f"tw:{{lk:{uid}}}:{kind}"
+
+
+def _payload(fields: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in fields.items() if k != "d"}
 
 
 def _verified_key(uid: str) -> str:
@@ -88,36 +86,28 @@ class RedisLinkStore:
         self, kind: str, uid: str, digest: str, payload: Mapping[str, str], *, ttl: int
     ) -> None:
         """See :meth:`tokenward.email_flows.LinkStore.issue`."""
-        tokens, users = _keys(kind)
-        user_key = users + uid
+        args: list[str | int] = [digest, ttl]
+        for name, value in {**payload, "uid": uid}.items():
+            args += [name, value]
         async with _backend():
-            previous = str(await self.redis.get(user_key) or "")
-            old_key = tokens + (previous if previous and previous != digest else digest)
-            args: list[str | int] = [digest, ttl]
-            for name, value in {**payload, "uid": uid}.items():
-                args += [name, value]
-            await self._issue(keys=[user_key, tokens + digest, old_key], args=args)
+            await self._issue(keys=[_key(kind, uid)], args=args)
 
-    async def peek(self, kind: str, digest: str) -> dict[str, str] | None:
+    async def peek(self, kind: str, uid: str, digest: str) -> dict[str, str] | None:
         """See :meth:`tokenward.email_flows.LinkStore.peek`."""
-        tokens, users = _keys(kind)
         async with _backend():
-            raw = await self.redis.hgetall(tokens + digest)
-            fields = {str(k): str(v) for k, v in raw.items()}
-            if "uid" not in fields:
-                return None
-            if await self.redis.get(users + fields["uid"]) != digest:
-                return None
-        return fields
+            raw = await self.redis.hgetall(_key(kind, uid))
+        fields = {str(k): str(v) for k, v in raw.items()}
+        if not hmac.compare_digest(fields.get("d", ""), digest) or "uid" not in fields:
+            return None
+        return _payload(fields)
 
     async def consume(self, kind: str, uid: str, digest: str) -> dict[str, str] | None:
         """See :meth:`tokenward.email_flows.LinkStore.consume`."""
-        tokens, users = _keys(kind)
         async with _backend():
-            flat = await self._consume(keys=[tokens + digest, users + uid], args=[digest])
+            flat = await self._consume(keys=[_key(kind, uid)], args=[digest])
         if not flat:
             return None
-        return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+        return _payload({str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)})
 
     async def mark_verified(self, uid: str, *, ttl: int) -> None:
         """See :meth:`tokenward.email_flows.LinkStore.mark_verified`."""
