@@ -31,6 +31,9 @@ What uvicorn (0.54, the httptools protocol) offers, read in its source:
   hold descriptors either;
 * **head size**: more than :data:`MAX_HEAD` bytes of request line and headers get 431.
 
+It also writes a response's head and its body in one ``write`` (one system call and one
+TCP segment where uvicorn makes two, see :class:`_HeadWithBody`).
+
 The listening socket is bound by :func:`bind_listener` in the supervising process before
 any start-up work, so a port in use is one error line, not a log stream after the embedded
 Redis and the migrations have run.
@@ -174,6 +177,53 @@ _OVER_CAPACITY = _problem(
 _admitted: weakref.WeakKeyDictionary[ServerState, int] = weakref.WeakKeyDictionary()
 
 
+class _HeadWithBody:
+    """The transport a request's cycle writes to: holds the response head until the body's
+    first write and sends both in one ``write``.
+
+    uvicorn writes the head when the app sends ``http.response.start`` and the body when
+    it sends ``http.response.body``: two system calls and two segments for the usual small
+    response. Only the head is held: the first write once the response has started (an
+    earlier one is a ``100 Continue``, which the client waits for), and never for ``HEAD``
+    (whose response has no body write to follow). Every other response's body message
+    writes, even an empty one, so nothing stays held; a streamed body still goes out chunk
+    by chunk; and closing (by the cycle or by the deadlines) sends a held head first.
+    """
+
+    __slots__ = ("cycle", "held", "transport", "waiting")
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
+        self.transport = transport
+        self.cycle = cycle
+        self.held: bytes | None = None
+        self.waiting = cycle.scope["method"] != "HEAD"  # for the head
+
+    def write(self, data: bytes) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.transport.write(held + data)
+        elif self.waiting and self.cycle.response_started:
+            self.waiting = False
+            self.held = data
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            if not self.transport.is_closing():
+                self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with idle, head and body deadlines, a head size limit
     and a connection cap. One timer runs at a time; the keep-alive one stays uvicorn's."""
@@ -186,6 +236,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.limits = limits
         # Admission is by connection, so uvicorn's own per-request check is not used.
         self.limit_concurrency = None
+        self._running: Any = None  # the cycle whose app runs (pipelined ones wait)
         self._deadline: asyncio.TimerHandle | None = None
         self._in_body = False
         self._head_bytes = 0
@@ -254,6 +305,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if not self._refused:
             super().on_body(body)
 
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if cycle.transport is self.transport:
+            cycle.transport = _HeadWithBody(self.transport, cycle)
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
     def on_message_complete(self) -> None:
         if self._refused:
             return
@@ -298,6 +355,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._close()
 
+    def _flush_head(self) -> None:
+        cycle = self._running
+        if cycle is not None and isinstance(cycle.transport, _HeadWithBody):
+            cycle.transport.flush()
+
     def _refuse(self, response: bytes) -> None:
         self._refused = True
         self._cancel_deadline()
@@ -308,6 +370,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _close(self) -> None:
         self._deadline = None
         self._refused = True
+        self._flush_head()  # a head already sent, as uvicorn would have, before closing
         if not self.transport.is_closing():
             self.transport.close()
 
