@@ -51,6 +51,10 @@ they need no Prometheus; a service that has it registers a :class:`VerifierColle
 Alert on any increase of ``tokenward_verifier_stale_refusals_total``: that service refuses
 every token until it reaches the issuer's JWKS again.
 
+**Per request**, counting costs a dictionary lookup and a few additions: the HTTP request
+counter and latency histogram are plain numbers of the process (:class:`_RequestStats`),
+rendered only on scrape, not prometheus_client objects, which take a lock per increment.
+
 **Several worker processes** (``tokenward serve --workers N``) use prometheus_client's
 multiprocess mode: ``serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory, every
 worker writes its counters there and any worker's ``/metrics`` adds them up, so a scrape
