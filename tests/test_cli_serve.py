@@ -292,3 +292,144 @@ def test_a_port_in_use_is_one_line_and_exit_code_4(tmp_path: Path) -> None:
             assert err == f"tokenward: cannot listen on {where}: address already in use\n"
             assert out == ""
             assert not (cwd / ".tokenward").exists(), "nothing is started or written"
+
+
+# ------------------------------------------------------------------------------- granian
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _granian(
+    redis_url: str, tmp: Path, args: list[str], log: Path, **settings: str
+) -> subprocess.Popen[bytes]:
+    """``tokenward serve --server granian ARGS`` on a shared Redis; PYTHONPATH is kept so
+    that the code under test is the one served."""
+    env = _env(TOKENWARD_REDIS_URL=redis_url, TOKENWARD_DATA_DIR=str(tmp / "data"), **settings)
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    argv = [sys.executable, "-m", "tokenward.cli", "serve", "--server", "granian", *args]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            argv, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def _healthz_count(text: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "tokenward_http_requests_total" and s.labels.get("route") == "/healthz":
+                return s.value
+    return 0.0
+
+
+def test_granian_serves_counts_closes_slow_heads_and_dies_with_serve(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """``serve --server granian --workers 2``: the API as with uvicorn (sessions, security
+    headers, request ids), metrics of both workers on the metrics port, a connection that
+    never finishes its head closed by the header timeout, SIGTERM exits 0, and after a
+    SIGKILL of ``serve`` both workers exit and free the ports (the lifeline)."""
+    port, metrics_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    args = ["--port", str(port), "--workers", "2", "--metrics-port", str(metrics_port)]
+    procs: list[subprocess.Popen[bytes]] = []
+    workers: list[int] = []
+
+    def start(log: Path) -> subprocess.Popen[bytes]:
+        proc = _granian(redis_url, tmp_path, args, log, TOKENWARD_HEADER_TIMEOUT="1")
+        procs.append(proc)
+
+        def both_workers_up() -> bool:
+            assert proc.poll() is None, log.read_text(errors="replace")
+            return log.read_text(errors="replace").count("metrics listener on") >= 2
+
+        wait_until(both_workers_up, within=START_DEADLINE, what="two workers", step=0.1)
+        return proc
+
+    try:
+        first = start(logs[0])
+        workers = [p for p in _children(first.pid) if _pid_alive(p)]
+        with httpx.Client(base_url=base, timeout=10) as c:
+            email = f"granian-{free_port()}@x.test"
+            creds = {"email": email, "password": PASSWORD}
+            assert c.post("/auth/register", json=creds).status_code == 201
+            bearer = {"X-Auth-Transport": "bearer"}
+            login = c.post("/auth/login", json=creds, headers=bearer)
+            assert login.status_code == 200, login.text
+            auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            me = c.get("/auth/me", headers=auth)
+            assert me.status_code == 200
+            assert me.json()["email"] == email
+            assert me.headers["x-frame-options"] == "DENY"
+            assert me.headers["x-request-id"]
+        for _ in range(20):  # a new connection each: the kernel spreads them over workers
+            assert httpx.get(base + "/healthz", timeout=10).status_code == 200
+        counts = {
+            _healthz_count(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text)
+            for _ in range(6)
+        }
+        assert counts == {20.0}, "any worker's scrape counts both workers' requests"
+
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never the blank line
+            assert slow.recv(1024) == b"", "closed by the header timeout"
+
+        os.kill(first.pid, signal.SIGTERM)
+        assert first.wait(STOP_DEADLINE) == 0
+
+        second = start(logs[1])
+        workers = [p for p in _children(second.pid) if _pid_alive(p)]
+        assert len(workers) >= 2
+        os.kill(second.pid, signal.SIGKILL)
+        second.wait(10)
+        wait_until(
+            lambda: not any(_pid_alive(pid) for pid in workers),
+            within=STOP_DEADLINE,
+            what=f"the workers {workers} exit with serve",
+            step=0.05,
+        )
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))  # free again
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for pid in workers:
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    log = "".join(p.read_text(errors="replace") for p in logs if p.exists())
+    assert "Traceback" not in log
+    assert login.json()["access_token"] not in log
+
+
+def test_granian_port_in_use_is_exit_code_4(redis_url: str, tmp_path: Path) -> None:
+    """With granian too, a port in use is one line and exit code 4, nothing started."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+        log = tmp_path / "serve.log"
+        proc = _granian(redis_url, tmp_path, ["--port", str(busy)], log)
+        assert proc.wait(120) == 4
+    assert (
+        log.read_text() == f"tokenward: cannot listen on 127.0.0.1:{busy}: address already in use\n"
+    )
+    assert not (tmp_path / "data").exists(), "nothing is started or written"

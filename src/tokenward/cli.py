@@ -1,7 +1,8 @@
 """The ``tokenward`` command.
 
-``tokenward serve [--host 127.0.0.1] [--port 8000] [--workers N] [--metrics-port N]`` runs
-the HTTP server (``/metrics`` only on the metrics port, loopback by default).
+``tokenward serve [--host 127.0.0.1] [--port 8000] [--workers N] [--metrics-port N]
+[--server uvicorn|granian]`` runs the HTTP server (``/metrics`` only on the metrics port,
+loopback by default).
 With no configuration it starts an embedded Redis and an SQLite database in the data
 directory and generates signing keys there. The supervising process does the one-time work
 (embedded Redis, keys, migrations) before any worker starts, so workers never race on it.
@@ -107,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="serve /metrics on this port of --metrics-host, not on the public port "
         "(default TOKENWARD_METRICS_PORT; unset: no metrics listener)",
+    )
+    serve.add_argument(
+        "--server",
+        choices=("uvicorn", "granian"),
+        help="the HTTP server (default TOKENWARD_SERVER, uvicorn); granian costs less CPU "
+        "per request but enforces fewer connection limits (docs/deployment.md)",
     )
     serve.add_argument(
         "--metrics-host",
@@ -215,7 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command == "serve":
             return serve_command.serve(
-                args.host, args.port, args.workers, args.metrics_port, args.metrics_host
+                args.host,
+                args.port,
+                args.workers,
+                args.metrics_port,
+                args.metrics_host,
+                server=args.server,
             )
         env = dict(os.environ)
         if args.data_dir:

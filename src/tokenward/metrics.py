@@ -56,6 +56,10 @@ they need no Prometheus; a service that has it registers a :class:`VerifierColle
 Alert on any increase of ``tokenward_verifier_stale_refusals_total``: that service refuses
 every token until it reaches the issuer's JWKS again.
 
+**Per request**, counting costs a dictionary lookup and a few additions: the HTTP request
+counter and latency histogram are plain numbers of the process (:class:`_RequestStats`),
+rendered only on scrape, not prometheus_client objects, which take a lock per increment.
+
 **Several worker processes** (``tokenward serve --workers N``) use prometheus_client's
 multiprocess mode: ``serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory, every
 worker writes its counters there and any worker's ``/metrics`` adds them up, so a scrape
@@ -66,9 +70,12 @@ only exported with one worker: the multiprocess mode cannot merge them.)
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -76,13 +83,19 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from tokenward.blocking_verifier import Verifier
@@ -273,6 +286,136 @@ class _BuildInfo(Collector):
         yield info
 
 
+_REQUESTS = "tokenward_http_requests"
+_REQUESTS_HELP = "HTTP requests by method, route template and status."
+_LATENCY = "tokenward_http_request_duration_seconds"
+_LATENCY_HELP = "Time from request to the end of the response, by method and route template."
+_BOUNDS = (*_LATENCY_BUCKETS, math.inf)
+_LE = tuple(floatToGoString(bound) for bound in _BOUNDS)  # type: ignore[no-untyped-call]
+
+
+class _Latency:
+    """One ``(method, route)`` histogram: a count per bucket (not cumulative) and a sum."""
+
+    __slots__ = ("bucket_keys", "buckets", "sum", "sum_key")
+
+    def __init__(self, method: str, route: str) -> None:
+        self.buckets = [0.0] * len(_BOUNDS)
+        self.sum = 0.0
+        labels = ["method", "route", "le"]
+        self.bucket_keys = [
+            mmap_key(_LATENCY, _LATENCY + "_bucket", labels, [method, route, le], _LATENCY_HELP)
+            for le in _LE
+        ]
+        self.sum_key = mmap_key(
+            _LATENCY, _LATENCY + "_sum", ["method", "route"], [method, route], _LATENCY_HELP
+        )
+
+
+class _Count:
+    """One ``(method, route, status)`` counter, and its route's histogram."""
+
+    __slots__ = ("key", "latency", "value")
+
+    def __init__(self, method: str, route: str, status: int, latency: _Latency) -> None:
+        self.value = 0.0
+        self.latency = latency
+        self.key = mmap_key(
+            _REQUESTS,
+            _REQUESTS + "_total",
+            ["method", "route", "status"],
+            [method, route, str(status)],
+            _REQUESTS_HELP,
+        )
+
+
+class _RequestStats:
+    """Request counts and latency histograms of this process, as plain numbers.
+
+    Counting a request is a dictionary lookup, a bucket search and three additions: no
+    lock (requests are counted on the event loop's thread, and a scrape reads the numbers
+    on that same thread) and no label formatting, where prometheus_client's counter and
+    histogram take a lock per increment (three per request) and, in multiprocess mode,
+    the process id too. The key (method, route template, status) is bounded: methods are
+    mapped to 8 names, routes to the app's templates, statuses to 100-599.
+
+    In multiprocess mode every addition is also written to this process's files in
+    ``PROMETHEUS_MULTIPROC_DIR``, in prometheus_client's own format (``counter_...`` and
+    ``histogram_...`` files of its :class:`MmapedDict`), so any process's scrape adds this
+    one's numbers up at once. The files are opened at the first request: a process that
+    forks must not have counted before it forks (servers fork or spawn workers before
+    they serve).
+    """
+
+    def __init__(self, *, multiprocess: bool) -> None:
+        self.multiprocess = multiprocess
+        self.counts: dict[tuple[str, str, int], _Count] = {}
+        self.latency: dict[tuple[str, str], _Latency] = {}
+        self._files: tuple[MmapedDict, MmapedDict] | None = None
+
+    def _open_files(self) -> tuple[MmapedDict, MmapedDict]:
+        directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        pid = os.getpid()
+        # "<type>_<name>.db": the collector reads the type from the part before "_".
+        counter = MmapedDict(f"{directory}/counter_tokenward-http-{pid}.db")  # type: ignore[no-untyped-call]
+        histogram = MmapedDict(f"{directory}/histogram_tokenward-http-{pid}.db")  # type: ignore[no-untyped-call]
+        self._files = (counter, histogram)
+        return self._files
+
+    def _count(self, method: str, route: str, status: int) -> _Count:
+        latency = self.latency.get((method, route))
+        if latency is None:
+            latency = self.latency[(method, route)] = _Latency(method, route)
+        count = self.counts[(method, route, status)] = _Count(method, route, status, latency)
+        if self.multiprocess:
+            # A file left by an earlier process with this pid: go on from its numbers.
+            counter, histogram = self._files or self._open_files()
+            count.value = counter.read_value(count.key)[0]  # type: ignore[no-untyped-call]
+            latency.sum = histogram.read_value(latency.sum_key)[0]  # type: ignore[no-untyped-call]
+            latency.buckets = [
+                histogram.read_value(key)[0]  # type: ignore[no-untyped-call]
+                for key in latency.bucket_keys
+            ]
+        return count
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        count = self.counts.get((method, route, status))
+        if count is None:
+            count = self._count(method, route, status)
+        count.value += 1
+        latency = count.latency
+        i = bisect_left(_BOUNDS, seconds)  # the first bucket whose bound is >= seconds
+        latency.buckets[i] += 1
+        latency.sum += seconds
+        if self._files is not None:
+            counter, histogram = self._files
+            counter.write_value(count.key, count.value, 0.0)  # type: ignore[no-untyped-call]
+            histogram.write_value(latency.bucket_keys[i], latency.buckets[i], 0.0)  # type: ignore[no-untyped-call]
+            histogram.write_value(latency.sum_key, latency.sum, 0.0)  # type: ignore[no-untyped-call]
+
+
+class _RequestsCollector(Collector):
+    """Exports :class:`_RequestStats` (one process; multiprocess mode reads the files)."""
+
+    def __init__(self, stats: _RequestStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            _REQUESTS, _REQUESTS_HELP, labels=["method", "route", "status"]
+        )
+        for (method, route, status), count in list(self.stats.counts.items()):
+            requests.add_metric([method, route, str(status)], count.value)
+        yield requests
+        latency = HistogramMetricFamily(_LATENCY, _LATENCY_HELP, labels=["method", "route"])
+        for (method, route), histogram in list(self.stats.latency.items()):
+            cumulative = list(accumulate(histogram.buckets))
+            latency.add_metric(
+                [method, route], list(zip(_LE, cumulative, strict=True)), histogram.sum
+            )
+        yield latency
+
+
 class Metrics:
     """The metrics of one HTTP app (one per process).
 
@@ -297,19 +440,11 @@ class Metrics:
         else:
             own = self.registry
             ProcessCollector(registry=self.registry)
-        self.requests = Counter(
-            "tokenward_http_requests",
-            "HTTP requests by method, route template and status.",
-            ["method", "route", "status"],
-            registry=own,
-        )
-        self.latency = Histogram(
-            "tokenward_http_request_duration_seconds",
-            "Time from request to the end of the response, by method and route template.",
-            ["method", "route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=own,
-        )
+        # Requests and latency are counted by _RequestStats (plain numbers, no lock: the
+        # hot path) and exported from there; see its docstring.
+        self._stats = _RequestStats(multiprocess=self.multiprocess)
+        if not self.multiprocess:
+            self.registry.register(_RequestsCollector(self._stats))
         self.logins = Counter(
             "tokenward_logins",
             "Login attempts by outcome: ok, failed (wrong email or password), throttled, "
@@ -354,21 +489,10 @@ class Metrics:
         if sessions is not None:
             self.registry.register(_SessionsCollector(sessions))
         self.registry.register(_BuildInfo(__version__))
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Count one request and its latency (label children are cached: the hot path)."""
-        key = (method, route, status)
-        children = self._children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(method, route, str(status)),
-                self.latency.labels(method, route),
-            )
-            if len(self._children) < 10_000:  # bounded even if methods are odd
-                self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        """Count one request and its latency (a few additions: the hot path)."""
+        self._stats.observe(method, route, status, seconds)
 
     def login(self, outcome: str) -> None:
         """Count a login attempt."""

@@ -1,4 +1,5 @@
-"""The ``tokenward serve`` command: one-time start-up work, then uvicorn with N workers.
+"""The ``tokenward serve`` command: one-time start-up work, then uvicorn (or granian) with N
+workers.
 
 The supervising process does the one-time work (embedded Redis, keys, migrations) before any
 worker starts, so workers never race on it; each worker builds its app from the environment
@@ -70,9 +71,10 @@ def worker_app() -> object:
 
 
 def log_config(level: str) -> dict[str, Any]:
-    """``logging.config`` for the server: JSON lines on stderr for Tokenward and uvicorn.
+    """``logging.config`` for the server: JSON lines on stderr for Tokenward and the server
+    (uvicorn or granian).
 
-    Given to uvicorn too, which applies it in every worker process it spawns.
+    Given to the server too, which applies it in every worker process it spawns.
     """
     handler = {"handlers": ["json"], "level": level.upper(), "propagate": False}
     return {
@@ -86,7 +88,12 @@ def log_config(level: str) -> dict[str, Any]:
                 "stream": "ext://sys.stderr",
             }
         },
-        "loggers": {"tokenward": handler, "uvicorn": handler},
+        "loggers": {
+            "tokenward": handler,
+            "uvicorn": handler,
+            "_granian": handler,
+            "granian.access": handler,
+        },
     }
 
 
@@ -105,8 +112,12 @@ def serve(
     workers: int,
     metrics_port: int | None = None,
     metrics_host: str | None = None,
+    server: str | None = None,
 ) -> int:
     """Run the server until interrupted; returns the exit status.
+
+    ``server`` is ``uvicorn`` or ``granian`` (``TOKENWARD_SERVER`` when not given); see
+    :mod:`tokenward.http.server` for what each enforces.
 
     ``/metrics`` is served on ``metrics_host:metrics_port`` (the settings' when not given)
     by every worker (:mod:`tokenward.http.metrics_listener`). The public port is bound and
@@ -121,6 +132,9 @@ def serve(
     if workers < 1:
         raise ConfigError(f"--workers: must be at least 1 (got {workers})")
     settings = load_settings().resolved(host=host, port=port)
+    server = server or settings.server
+    if server not in http_server.SERVERS:
+        raise ConfigError(f"--server: must be one of {', '.join(http_server.SERVERS)}")
     metrics_port = metrics_port if metrics_port is not None else settings.metrics_port
     metrics_host = metrics_host or settings.metrics_host
     if metrics_port is not None:
@@ -141,6 +155,9 @@ def serve(
         listener = http_server.bind_listener(host, port)
     except OSError as exc:
         raise CannotListen(host, port, exc) from None
+    if server == "granian":
+        # Granian binds the port in each worker (SO_REUSEPORT): the check must let go.
+        listener.close()
     logging.config.dictConfig(log_config(settings.log_level))
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -167,7 +184,7 @@ def serve(
             # per run (stale files would add a previous run's counts). See docs/deployment.md.
             metrics_dir = tempfile.mkdtemp(prefix="tokenward-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        if workers > 1:
+        if workers > 1 or server == "granian":  # granian always runs worker processes
             os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
         limits = http_server.ConnectionLimits(
             idle_timeout=settings.idle_timeout,
@@ -175,6 +192,17 @@ def serve(
             body_timeout=settings.body_timeout,
             max_connections=http_server.fit_open_files(settings.max_connections),
         )
+        if server == "granian":
+            http_server.run_granian(
+                "tokenward.serve_command:worker_app",
+                host=host,
+                port=port,
+                workers=workers,
+                limits=limits,
+                log_level=settings.log_level,
+                log_config=log_config(settings.log_level),
+            )
+            return EXIT_OK
         config = http_server.ServerConfig(
             "tokenward.serve_command:worker_app",
             limits=limits,

@@ -394,6 +394,14 @@ class Settings(BaseSettings):
         "limit up to the hard one, else lowers the cap with a warning.",
     )
 
+    server: Literal["uvicorn", "granian"] = Field(
+        default="uvicorn",
+        description="The HTTP server of `tokenward serve` (`--server`): `uvicorn` enforces "
+        "every connection limit above; `granian` costs less CPU per request but enforces "
+        "only the header timeout (at most 60 s, also closing idle connections) and the head "
+        "size, not the body timeout nor the connection cap (see docs/deployment.md).",
+    )
+
     # E-mail (tokenward.mail, tokenward.email_flows; docs/email.md).
     smtp_url: str | None = Field(
         default=None,

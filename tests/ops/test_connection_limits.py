@@ -323,3 +323,63 @@ def test_keep_alive_pauses_longer_than_the_head_timeout_are_not_cut(server: Serv
             last = time.monotonic()
         assert sock.recv(1) == b"", "closed after the idle timeout, without a word"
         assert IDLE - 0.1 <= time.monotonic() - last <= IDLE + SLACK
+
+
+def _read_responses(sock: socket.socket, count: int) -> list[bytes]:
+    """``count`` responses, each with a Content-Length, in the order they arrive."""
+    data, out = b"", []
+    while len(out) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end].lower()
+            length = int(head.split(b"\r\ncontent-length: ")[1].split(b"\r\n")[0])
+            end = head_end + 4 + length
+            if len(data) >= end:
+                out.append(data[:end])
+                data = data[end:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(out)} of {count} responses"
+        data += chunk
+    assert data == b"", "nothing more than the responses"
+    return out
+
+
+def test_head_continue_and_pipelined_requests_are_answered_whole(server: Server) -> None:
+    """The server writes a response's head and body in one piece: a HEAD answer (head
+    only) still goes out, ``Expect: 100-continue`` still gets its interim answer before the
+    body is sent, and pipelined requests get their answers whole and in order."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=IDLE + SLACK) as sock:
+        sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            assert chunk, "the HEAD answer arrived"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert head.endswith(b"\r\n\r\n"), "a head, no body"
+
+    body = b'{"email": "x@example.com", "password": "y"}'
+    with socket.create_connection(("127.0.0.1", server.port), timeout=IDLE + SLACK) as sock:
+        sock.sendall(
+            b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
+        interim = sock.recv(4096)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n"), interim[:60]
+        sock.sendall(body)
+        answer = b""
+        while not answer.endswith(b"}"):
+            chunk = sock.recv(4096)
+            assert chunk, "the final answer arrived"
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 4"), answer[:60]  # refused: no such user/origin
+
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: r%d\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=IDLE + SLACK) as sock:
+        sock.sendall(b"".join(request % i for i in range(5)))
+        answers = _read_responses(sock, 5)
+    for i, answer in enumerate(answers):
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert f"\r\nx-request-id: r{i}\r\n".encode() in answer
+        assert answer.endswith(b'{"status":"ok"}')

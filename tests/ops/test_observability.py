@@ -5,9 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,10 +24,17 @@ from ops_support import (
     register_and_login,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
+from tokenward.http.observability import ObservabilityMiddleware
 from tokenward.logs import JsonFormatter
 from tokenward.metrics import SessionCounter
 from tokenward.runtime import Tokenward
+from tokenward.web.headers import security_headers
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -316,3 +327,81 @@ async def test_client_address_in_access_log_honours_trusted_proxies(
             await client.get("/healthz", headers={"X-Forwarded-For": "203.0.113.7"})
     ips = [x["event"]["ip"] for x in _lines(log_lines) if x["logger"] == "tokenward.access"]
     assert ips == ["203.0.113.7", "127.0.0.1"]
+
+
+# ----------------------------------------------------------- the hot path's own counting
+
+_BUCKETS_SCRIPT = """
+import asyncio
+from tokenward.metrics import Metrics
+m = Metrics()
+for seconds in (0.0005, 0.0005001, 0.001, 0.3, 7.0):
+    m.observe_request("GET", "/auth/me", 200, seconds)
+m.observe_request("GET", "/auth/me", 401, 0.002)
+print(asyncio.run(m.render()).decode())
+"""
+
+
+@pytest.mark.parametrize("multiprocess", [False, True], ids=["one-process", "multiprocess"])
+def test_latency_histogram_buckets_count_and_sum(tmp_path: Path, multiprocess: bool) -> None:
+    """Requests counted without prometheus_client's per-increment lock come out as its
+    histogram would: ``le`` inclusive, cumulative buckets, ``+Inf`` = count, the sum; in
+    one process and in multiprocess mode (written to the directory, read back from it)."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    if multiprocess:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", _BUCKETS_SCRIPT],
+        env=env,
+        check=True,
+        timeout=60,
+        capture_output=True,
+    ).stdout.decode()
+    samples = _samples(out)
+    me = {"method": "GET", "route": "/auth/me"}
+    bucket = "tokenward_http_request_duration_seconds_bucket"
+    expected = {"0.0005": 1, "0.001": 3, "0.0025": 4, "0.25": 4, "0.5": 5, "2.5": 5, "+Inf": 6}
+    for le, count in expected.items():
+        assert _value(samples, bucket, **me, le=le) == count, le
+    assert _value(samples, "tokenward_http_request_duration_seconds_count", **me) == 6
+    total = _value(samples, "tokenward_http_request_duration_seconds_sum", **me)
+    assert total == pytest.approx(0.0005 + 0.0005001 + 0.001 + 0.3 + 7.0 + 0.002)
+    assert _value(samples, "tokenward_http_requests_total", **me, status="200") == 5
+    assert _value(samples, "tokenward_http_requests_total", **me, status="401") == 1
+    if multiprocess:
+        assert list(tmp_path.glob("histogram_*.db")), "written to the directory"
+
+
+def _app_with_own_header() -> Starlette:
+    async def own(request: Request) -> Response:
+        return Response(b"x", headers={"X-Frame-Options": "SAMEORIGIN"})
+
+    return Starlette(
+        routes=[Route("/own", own)],
+        middleware=[
+            Middleware(ObservabilityMiddleware, metrics=None, headers=security_headers(hsts=True))
+        ],
+    )
+
+
+async def test_observability_adds_security_headers_but_keeps_the_apps_own() -> None:
+    """The one middleware create_app uses adds every security header the app did not set,
+    keeps the one it did (whatever its case), once, and adds the request id."""
+    transport = httpx.ASGITransport(app=_app_with_own_header())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.get("/own")
+    assert r.headers.get_list("x-frame-options") == ["SAMEORIGIN"]
+    for name, value in security_headers(hsts=True):
+        if name != b"x-frame-options":
+            assert r.headers.get_list(name.decode()) == [value.decode()]
+    assert re.fullmatch(r"[0-9a-f]{16}", r.headers["x-request-id"])
+
+
+async def test_generated_request_ids_do_not_repeat_across_batches() -> None:
+    """Ids are cut from batches of random bytes: more requests than a batch holds still
+    get distinct, well-formed ids."""
+    transport = httpx.ASGITransport(app=_app_with_own_header())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        ids = [(await client.get("/own")).headers["x-request-id"] for _ in range(600)]
+    assert len(set(ids)) == 600
+    assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids)

@@ -40,7 +40,8 @@ from tokenward.http.routes import AuthRoutes
 from tokenward.keyring import JWKS_MAX_AGE
 from tokenward.metrics import CONTENT_TYPE
 from tokenward.runtime import Tokenward
-from tokenward.web import SecurityHeaders, not_found_page, page_routes, wants_html
+from tokenward.web import not_found_page, page_routes, wants_html
+from tokenward.web.headers import security_headers
 
 __all__ = ["create_app", "readiness"]
 
@@ -120,8 +121,11 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
             headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE}"},
         )
 
+    # One response for every call: a Response is not changed by being sent.
+    healthy = Response(b'{"status":"ok"}', media_type="application/json")
+
     async def healthz(request: Request) -> Response:
-        return Response(b'{"status":"ok"}', media_type="application/json")
+        return healthy
 
     async def readyz(request: Request) -> Response:
         ready, components = await readiness(tw)
@@ -165,13 +169,16 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
     if tw.settings.metrics_port is not None:
         listener = MetricsListener(metrics, tw.settings.metrics_host, tw.settings.metrics_port)
 
+    # The router tries routes in order (a regex match each): the hot ones first. Every
+    # path here is distinct, so the order changes no match.
     routes = [
+        Route("/auth/me", auth.me, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/auth/refresh", auth.refresh, methods=["POST"]),
         Route("/auth/register", auth.register, methods=["POST"]),
         Route("/auth/login", auth.login, methods=["POST"]),
-        Route("/auth/refresh", auth.refresh, methods=["POST"]),
         Route("/auth/logout", auth.logout, methods=["POST"]),
         Route("/auth/logout-all", auth.logout_all, methods=["POST"]),
-        Route("/auth/me", auth.me, methods=["GET"]),
         Route("/auth/sessions", auth.sessions, methods=["GET"]),
         Route("/auth/sessions/ended", auth.ended_sessions, methods=["GET"]),
         Route("/auth/events", auth.security_events, methods=["GET"]),
@@ -185,7 +192,6 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         Route("/auth/email/change", email.change, methods=["POST"]),
         Route("/auth/email/change/confirm", email.confirm_change, methods=["POST"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *([Route("/metrics", metrics_endpoint, methods=["GET"])] if scrape_token else []),
@@ -212,13 +218,16 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            # One layer for request ids, metrics, the access log and the security headers
+            # (what SecurityHeaders adds, without its layer): each layer is a coroutine
+            # and a send wrapper per request.
             Middleware(
                 ObservabilityMiddleware,
                 metrics=metrics,
                 log_requests=tw.settings.access_log,
                 proxies=tw.proxies,
+                headers=security_headers(hsts=tw.settings.cookie_secure),
             ),
-            Middleware(SecurityHeaders, hsts=tw.settings.cookie_secure),
         ],
         exception_handlers={
             TokenwardError: handle_tokenward_error,

@@ -1,4 +1,5 @@
-"""The HTTP server of ``tokenward serve``: uvicorn, plus the connection limits it lacks.
+"""The HTTP servers of ``tokenward serve``: uvicorn (the default, plus the connection limits
+it lacks) or granian (``--server granian``, faster, fewer limits).
 
 What uvicorn (0.54, the httptools protocol) offers, read in its source:
 
@@ -30,9 +31,34 @@ What uvicorn (0.54, the httptools protocol) offers, read in its source:
   hold descriptors either;
 * **head size**: more than :data:`MAX_HEAD` bytes of request line and headers get 431.
 
+It also writes a response's head and its body in one ``write`` (one system call and one
+TCP segment where uvicorn makes two, see :class:`_HeadWithBody`).
+
 The listening socket is bound by :func:`bind_listener` in the supervising process before
 any start-up work, so a port in use is one error line, not a log stream after the embedded
 Redis and the migrations have run.
+
+**granian** (:func:`run_granian`, ``tokenward serve --server granian``): its HTTP/1 server
+(hyper, in Rust) parses, writes and keeps connections without Python, which costs less
+CPU per request than uvicorn's httptools protocol; but its settings cover fewer of the
+limits above:
+
+* **head** (``TOKENWARD_HEADER_TIMEOUT``): hyper's header read timeout, at most 60 s
+  (longer settings are capped); past it the connection is closed without a 408;
+* **idle**: the same header read timeout closes a connection that sends nothing, before
+  its first request and between requests; ``TOKENWARD_IDLE_TIMEOUT`` is not used;
+* **head size**: hyper's read buffer is bounded (:data:`MAX_HEAD`, 32 KiB); a larger head
+  gets 431 or a closed connection;
+* **body** (``TOKENWARD_BODY_TIMEOUT``): **not enforced**: a body trickled slowly is read
+  for as long as the client likes (bodies are at most 16 KiB, read by the app);
+* **cap** (``TOKENWARD_MAX_CONNECTIONS``): **not enforced** as a connection cap; it bounds
+  the requests in flight per worker (granian's backpressure: more wait, none is refused),
+  so idle connections each hold a descriptor until the idle timeout closes them.
+
+Workers, the lifeline (workers die with ``serve``), the port check (exit code 4), the
+metrics listener and multiprocess metrics, and ``SIGTERM`` work as with uvicorn. Run
+granian behind a proxy that buffers request bodies and caps connections (nginx does both
+by default), or keep uvicorn.
 """
 
 from __future__ import annotations
@@ -55,14 +81,17 @@ from tokenward.http.problems import PROBLEM_PREFIX
 
 __all__ = [
     "FD_RESERVE",
+    "GRANIAN_MAX_HEADER_TIMEOUT",
     "MAX_HEAD",
     "REFUSAL_GRACE",
+    "SERVERS",
     "ConnectionLimits",
     "LimitedHttpToolsProtocol",
     "ServerConfig",
     "bind_listener",
     "fit_open_files",
     "run",
+    "run_granian",
 ]
 
 log = logging.getLogger("tokenward.http")
@@ -72,6 +101,10 @@ log = logging.getLogger("tokenward.http")
 MAX_HEAD = 32 * 1024
 #: Seconds a connection refused by the cap has to send its head (and get its 503).
 REFUSAL_GRACE = 1.0
+#: The ASGI servers ``tokenward serve --server`` can run; the first is the default.
+SERVERS = ("uvicorn", "granian")
+#: Seconds: the longest header read timeout granian accepts.
+GRANIAN_MAX_HEADER_TIMEOUT = 60.0
 #: Descriptors a worker needs besides its client connections and one back-end connection
 #: per request in flight: listening sockets, the database pool, log and key files.
 FD_RESERVE = 64
@@ -144,6 +177,53 @@ _OVER_CAPACITY = _problem(
 _admitted: weakref.WeakKeyDictionary[ServerState, int] = weakref.WeakKeyDictionary()
 
 
+class _HeadWithBody:
+    """The transport a request's cycle writes to: holds the response head until the body's
+    first write and sends both in one ``write``.
+
+    uvicorn writes the head when the app sends ``http.response.start`` and the body when
+    it sends ``http.response.body``: two system calls and two segments for the usual small
+    response. Only the head is held: the first write once the response has started (an
+    earlier one is a ``100 Continue``, which the client waits for), and never for ``HEAD``
+    (whose response has no body write to follow). Every other response's body message
+    writes, even an empty one, so nothing stays held; a streamed body still goes out chunk
+    by chunk; and closing (by the cycle or by the deadlines) sends a held head first.
+    """
+
+    __slots__ = ("cycle", "held", "transport", "waiting")
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
+        self.transport = transport
+        self.cycle = cycle
+        self.held: bytes | None = None
+        self.waiting = cycle.scope["method"] != "HEAD"  # for the head
+
+    def write(self, data: bytes) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.transport.write(held + data)
+        elif self.waiting and self.cycle.response_started:
+            self.waiting = False
+            self.held = data
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            if not self.transport.is_closing():
+                self.transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with idle, head and body deadlines, a head size limit
     and a connection cap. One timer runs at a time; the keep-alive one stays uvicorn's."""
@@ -156,6 +236,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.limits = limits
         # Admission is by connection, so uvicorn's own per-request check is not used.
         self.limit_concurrency = None
+        self._running: Any = None  # the cycle whose app runs (pipelined ones wait)
         self._deadline: asyncio.TimerHandle | None = None
         self._in_body = False
         self._head_bytes = 0
@@ -224,6 +305,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if not self._refused:
             super().on_body(body)
 
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if cycle.transport is self.transport:
+            cycle.transport = _HeadWithBody(self.transport, cycle)
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
     def on_message_complete(self) -> None:
         if self._refused:
             return
@@ -268,6 +355,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._close()
 
+    def _flush_head(self) -> None:
+        cycle = self._running
+        if cycle is not None and isinstance(cycle.transport, _HeadWithBody):
+            cycle.transport.flush()
+
     def _refuse(self, response: bytes) -> None:
         self._refused = True
         self._cancel_deadline()
@@ -278,6 +370,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _close(self) -> None:
         self._deadline = None
         self._refused = True
+        self._flush_head()  # a head already sent, as uvicorn would have, before closing
         if not self.transport.is_closing():
             self.transport.close()
 
@@ -343,3 +436,57 @@ def run(config: ServerConfig, sock: socket.socket) -> None:
             supervisor(config, sockets=[sock]).run()
     else:
         Server(config).run(sockets=[sock])
+
+
+def run_granian(
+    target: str,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    limits: ConnectionLimits,
+    log_level: str,
+    log_config: dict[str, Any],
+) -> None:
+    """Serve the app factory ``target`` (``module:function``) with granian until stopped.
+
+    Granian binds the port itself, in every worker (``SO_REUSEPORT``): the caller checks
+    that it is free first. The main process supervises ``workers`` worker processes (at
+    least one, even for ``workers=1``) and returns once they have stopped on ``SIGTERM``
+    or ``SIGINT``. See the module docstring for which :class:`ConnectionLimits` apply.
+    """
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
+    from granian.log import LogLevels
+
+    header_timeout = min(limits.header_timeout, GRANIAN_MAX_HEADER_TIMEOUT)
+    if header_timeout < limits.header_timeout:
+        log.warning(
+            "TOKENWARD_HEADER_TIMEOUT=%g: granian waits at most %g s for a request head",
+            limits.header_timeout,
+            header_timeout,
+        )
+    log.info("listening on http://%s:%d (%d granian worker(s))", host, port, workers)
+    server = Granian(
+        target,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        factory=True,
+        workers=workers,
+        loop=Loops.auto,
+        http=HTTPModes.http1,
+        websockets=False,
+        backpressure=limits.max_connections,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, int(header_timeout * 1000)),
+            keep_alive=True,
+            max_buffer_size=MAX_HEAD,
+        ),
+        log_enabled=True,
+        log_level=LogLevels(log_level),
+        log_dictconfig=log_config,
+        log_access=False,
+    )
+    server.serve()
