@@ -105,6 +105,7 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
         elif args.action == "verify":
             user = await admin.find_user(tw, args.user)
             await tw.email_flows.mark_verified(user, now=tw.clock.now())
+            await tw.profile_changed(user.id)  # the running servers show it at once
             _emit(
                 args,
                 {"user": _user_json(user) | {"email_verified": True}},

@@ -43,7 +43,7 @@ from tokenward.stores.redis_sessions import RedisSessionStore
 from tokenward.stores.sql_users import SqlUserStore, create_engine, upgrade
 from tokenward.throttle import Limits, Throttle
 from tokenward.tokens import AccessTokens
-from tokenward.users import Users
+from tokenward.users import Profiles, Users
 
 __all__ = ["Tokenward", "default_database_url", "load_keys"]
 
@@ -222,6 +222,7 @@ class Tokenward:
         self.user_store = SqlUserStore(self.engine)
         self.sessions = Sessions(self.session_store, self.tokens, self.cache, self.policy)
         self.users = Users(self.user_store, self.hasher, self.password_policy)
+        self.profiles = Profiles(self.user_store)
         self.event_log = RedisEventLog(
             self.redis, ttl=s.events_ttl, per_user=s.events_per_user, global_max=s.events_global_max
         )
@@ -261,10 +262,23 @@ class Tokenward:
         notices.flows = self.email_flows
         self.sessions.email_verified_of = self.links.is_verified
         self.mailer.start()
-        self.feed = RevocationFeed(self.redis, self.cache, on_change=self.metrics.revocation_feed)
+        self.feed = RevocationFeed(
+            self.redis,
+            self.cache,
+            on_change=self.metrics.revocation_feed,
+            on_user=self.profiles.forget,
+        )
         await self.feed.start(wait=s.backend_timeout)
         self._key_watch = asyncio.create_task(self._watch_keys(), name="tokenward-key-watch")
         self._started = True
+
+    async def profile_changed(self, uid: str) -> None:
+        """User ``uid``'s address or its verification changed: this process's profile cache
+        drops it at once, every other process's when the announcement reaches its feed (a
+        lost announcement costs at most the cache's few seconds)."""
+        self.profiles.forget(uid)
+        with contextlib.suppress(Unavailable):
+            await self.session_store.announce_user(uid)
 
     async def stop(self) -> None:
         """Close everything :meth:`start` opened."""

@@ -27,14 +27,24 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from tokenward.clock import monotonic
 from tokenward.errors import Conflict, Forbidden, InvalidCredentials, PolicyError, WrongPassword
 from tokenward.password_policy import PasswordPolicy
 from tokenward.passwords import PasswordHasher
 
-__all__ = ["User", "UserStore", "Users", "email_key", "normalize_email", "still_current"]
+__all__ = [
+    "Profiles",
+    "User",
+    "UserStore",
+    "Users",
+    "email_key",
+    "normalize_email",
+    "still_current",
+]
 
 MAX_EMAIL_LENGTH = 254
 #: A password change retries its compare-and-swap this often when the stored hash moved
@@ -282,3 +292,46 @@ class Users:
         if len(normalized) > self.policy.max_length:
             raise too_long
         return normalized
+
+
+class Profiles:
+    """What a signed-in request shows of its user (``GET /auth/me``), read through a small
+    per-process cache: the user store is a database round trip, the profile route's whole
+    cost otherwise.
+
+    Only the display path reads through it. Whether a session may go on never depends on
+    it: disabling a user or changing their credentials ends their sessions (refused at
+    once through the session store), and logins and password changes read the store. So a
+    stale entry can only show an address (or its verification) up to ``ttl`` seconds old
+    in another process; the process that made the change calls :meth:`forget`.
+
+    Args:
+        store: where users are.
+        ttl: seconds an entry is trusted.
+        max_entries: entries kept (the least recently used goes first).
+    """
+
+    def __init__(self, store: UserStore, *, ttl: float = 5.0, max_entries: int = 10_000) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, User | None]] = OrderedDict()
+
+    async def by_id(self, user_id: str) -> User | None:
+        """The user (``None``: there is none), from the cache while it is fresh."""
+        entry = self._entries.get(user_id)
+        now = monotonic()
+        if entry is not None and entry[0] > now:
+            self._entries.move_to_end(user_id)
+            return entry[1]
+        user = await self.store.by_id(user_id)
+        if self.max_entries > 0:
+            self._entries[user_id] = (now + self.ttl, user)
+            self._entries.move_to_end(user_id)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return user
+
+    def forget(self, user_id: str) -> None:
+        """Drop the user's entry: the next read goes to the store."""
+        self._entries.pop(user_id, None)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from ops_support import OPS_PASSWORD, MakeOpsTw, RunCli, ops_client, ops_env, register_and_login
 
+from waiting import await_until
+
 _TOKEN = re.compile(r"\?token=([A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{43})")
 
 
@@ -56,7 +58,13 @@ async def test_users_verify_marks_the_address_verified(
         )
         assert done.code == 0, done.err
         assert json.loads(done.out)["user"]["email_verified"] is True
-        assert (await client.get("/auth/me", headers=auth)).json()["email_verified"] is True
+
+        async def shown() -> bool:
+            return bool((await client.get("/auth/me", headers=auth)).json()["email_verified"])
+
+        # The running server had the profile cached (5 s): the command's announcement on
+        # the revocation feed makes it show the change well before that.
+        await await_until(shown, within=2.5, what="/auth/me shows the verified address")
     missing = await run_cli(
         "users", "verify", "nobody@example.com", env=ops_env(redis_url, data_dir)
     )

@@ -48,6 +48,7 @@ class EmailRoutes:
         token = body.parse(LinkToken).token
         now = self.tw.clock.now()
         user = await self.tw.email_flows.verify(token, client=client_of(self.tw, request), now=now)
+        await self.tw.profile_changed(user.id)
         return json_response({"email": user.email, "email_verified": True})
 
     async def resend(self, request: Request) -> Response:
@@ -82,7 +83,10 @@ class EmailRoutes:
         now = self.tw.clock.now()
         client = client_of(self.tw, request)
         # The ended sessions are in the ``password.reset`` event the flow records.
-        await self.tw.email_flows.reset(reset.token, reset.new_password, client=client, now=now)
+        user, _ = await self.tw.email_flows.reset(
+            reset.token, reset.new_password, client=client, now=now
+        )
+        await self.tw.profile_changed(user.id)  # a reset verifies the address too
         return Response(status_code=204, headers=NO_STORE)
 
     async def change(self, request: Request) -> Response:
@@ -109,4 +113,5 @@ class EmailRoutes:
         user = await self.tw.email_flows.confirm_change(
             token, client=client_of(self.tw, request), now=now
         )
+        await self.tw.profile_changed(user.id)
         return json_response({"email": user.email})

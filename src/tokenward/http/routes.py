@@ -534,16 +534,17 @@ class AuthRoutes:
 
 
 async def signed_in_user(tw: Tokenward, principal: Principal) -> UserRef:
-    """The user of an authenticated session, read from the user store by id.
+    """The user of an authenticated session, read by id through the per-process profile
+    cache (:class:`~tokenward.users.Profiles`).
 
     Sessions keep no e-mail address (a Redis dump must not list the users'), so whatever
-    shows it pays one primary-key read here.
+    shows it reads the user store, at most once every few seconds per user and process.
 
     Raises:
         SessionEnded: the user no longer exists or is disabled (its sessions are ending).
         Unavailable: the user database did not answer (503).
     """
-    user = await tw.user_store.by_id(principal.uid)
+    user = await tw.profiles.by_id(principal.uid)
     if user is None or user.disabled:
         raise SessionEnded("the session has ended")
     return UserRef(user.id, user.email, user.created_at, user.email_verified)

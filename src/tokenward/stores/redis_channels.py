@@ -28,7 +28,11 @@ import functools
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-__all__ = ["channel_for_user", "is_cluster", "slot_channels"]
+__all__ = ["USER_PREFIX", "channel_for_user", "is_cluster", "slot_channels"]
+
+#: Besides session ids, a channel carries ``~user <uid>``: that user's profile changed (a
+#: session id never starts with ``~``).
+USER_PREFIX = "~user "
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 

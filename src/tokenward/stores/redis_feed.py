@@ -58,7 +58,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from tokenward.revocation import SessionCache
-from tokenward.stores.redis_channels import is_cluster, slot_channels
+from tokenward.stores.redis_channels import USER_PREFIX, is_cluster, slot_channels
 from tokenward.stores.redis_client import RedisClient
 from tokenward.stores.redis_sessions import ENDED_CHANNEL
 
@@ -104,6 +104,10 @@ class RevocationFeed:
         retry_delay: seconds to wait before resubscribing after a failure.
         on_change: called with ``True`` when the feed comes up and ``False`` when it goes
             down after being up (a drop; not on :meth:`stop`): the metrics.
+        on_user: called with a user id announced as changed (:data:`USER_PREFIX`: its
+            address or its verification; :meth:`RedisSessionStore.announce_user
+            <tokenward.stores.redis_sessions.RedisSessionStore.announce_user>`): the
+            profile cache.
     """
 
     def __init__(
@@ -116,9 +120,11 @@ class RevocationFeed:
         lease: float | None = None,
         retry_delay: float = 0.5,
         on_change: Callable[[bool], None] | None = None,
+        on_user: Callable[[str], None] | None = None,
     ) -> None:
         self.redis = redis
         self.cache = cache
+        self.on_user = on_user
         self.channel = channel
         self.ping_interval = ping_interval
         self.lease = 2 * ping_interval if lease is None else lease
@@ -360,6 +366,9 @@ class RevocationFeed:
                         if answered is not None:
                             link.proven = answered
                             self.cache.renew(min(x.proven for x in links) + self.lease)
+                elif data.startswith(USER_PREFIX):
+                    if self.on_user is not None:
+                        self.on_user(data[len(USER_PREFIX) :])
                 elif link.ready:
                     self.cache.forget([data])
 

@@ -61,7 +61,7 @@ from tokenward.sessions import (
     SessionRecord,
     SessionState,
 )
-from tokenward.stores.redis_channels import channel_for_user, is_cluster
+from tokenward.stores.redis_channels import USER_PREFIX, channel_for_user, is_cluster
 from tokenward.stores.redis_client import Durability, NotDurable, RedisClient
 
 __all__ = ["ENDED_CHANNEL", "ENDED_TTL", "RedisSessionStore"]
@@ -577,6 +577,19 @@ class RedisSessionStore:
         self._end_all = redis.register_script(_END_ALL)
         self._uncount = redis.register_script(_UNCOUNT)
         self._list = redis.register_script(_LIST)
+
+    async def announce_user(self, uid: str) -> None:
+        """Tell every process that user ``uid``'s profile changed (their profile caches
+        drop it), on the channel of the user's slot, as endings are announced.
+
+        Raises:
+            Unavailable: Redis did not answer.
+        """
+        command = "SPUBLISH" if self._sharded else "PUBLISH"
+        try:
+            await self.redis.execute_command(command, self._channel(uid), USER_PREFIX + uid)  # type: ignore[no-untyped-call]
+        except (RedisError, OSError) as exc:
+            raise Unavailable("session store unreachable") from exc
 
     def _channel(self, uid: str) -> str:
         # On a Cluster the script may only publish in its own slot: the user's shard channel.
