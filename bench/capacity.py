@@ -24,6 +24,12 @@ inside as well), Redis CPU microseconds (``used_cpu_user + used_cpu_sys``), and 
 ``used_memory`` delta per user and per session after the logins and after the refreshes,
 with ``MEMORY USAGE`` of one user's keys by kind. Server CPU per request is measured by the
 load benchmarks (``bench/perf.py``), not here.
+
+``--project`` turns a result file and the server's CPU per request into the capacity guide's
+table (docs/capacity.md) for 1 M, 10 M and 100 M active sessions, under the workload
+assumptions of :data:`WORKLOAD`::
+
+    .venv/bin/python bench/capacity.py --project out.json --server-cpu refresh=250,me=60,login=35000
 """
 
 from __future__ import annotations
@@ -55,6 +61,19 @@ BROWSER = (
 PASSWORD = "violet tractor 42 umbrella"
 BEARER = {"X-Auth-Transport": "bearer", "User-Agent": BROWSER}
 CONCURRENCY = 4
+
+#: The workload the projection assumes, per active session (see docs/capacity.md).
+WORKLOAD = {
+    "sessions_per_user": 2.0,
+    "refresh_every_s": 600.0,  # TOKENWARD_ACCESS_TTL's default: every session refreshes
+    "requests_per_s": 0.1,  # an authenticated request every 10 s
+    "cache_miss": 1 / 6,  # a 60 s cache entry serves 6 requests, the first one reads Redis
+    "logins_per_hour": 0.01,  # 1 % of the active sessions sign in during the peak hour
+}
+#: What one shard and one instance may carry: headroom for forks, replication, peaks.
+SHARD_MEMORY = 16e9
+SHARD_CPU = 0.5
+INSTANCE_CORES = 2 * 0.7
 
 
 class Snapshot:
@@ -97,6 +116,42 @@ async def each(n: int, work: Callable[[int], Awaitable[None]]) -> None:
             await work(i)
 
     await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def kind_of(key: str) -> str:
+    """``session`` (one per session), ``user`` (one set per user: the session index, user
+    agents, ended sessions, events, markers), ``shared`` (the operators' log) or
+    ``transient`` (rate-limit windows and other short-lived keys)."""
+    if ":s:" in key and key.startswith("tw:{u:"):
+        return "session"
+    if key.startswith(("tw:{u:", "tw:{ev:", "tw:verified")):
+        return "user"
+    if key.startswith("tw:{events:"):
+        return "shared"
+    return "transient"
+
+
+async def memory_by_kind(r: aioredis.Redis) -> dict[str, dict[str, int]]:
+    """``MEMORY USAGE`` of every key, added up by :func:`kind_of` (and by key suffix)."""
+    out: dict[str, dict[str, int]] = {}
+    keys = [key async for key in r.scan_iter(count=1000)]
+    for start in range(0, len(keys), 500):
+        batch = keys[start : start + 500]
+        async with r.pipeline(transaction=False) as pipe:
+            for key in batch:
+                pipe.memory_usage(key, samples=0)
+            sizes = await pipe.execute()
+        for key, size in zip(batch, sizes, strict=True):
+            kind = kind_of(key)
+            entry = out.setdefault(kind, {"keys": 0, "bytes": 0})
+            entry["keys"] += 1
+            entry["bytes"] += int(size or 0)
+            tail = key.rsplit("}", 1)[-1] if "}" in key else key.removeprefix("tw:")
+            suffix = tail.strip(":").split(":")[0] or key.split("{", 1)[-1].split(":")[0]
+            detail = out.setdefault(f"{kind} {suffix}", {"keys": 0, "bytes": 0})
+            detail["keys"] += 1
+            detail["bytes"] += int(size or 0)
+    return out
 
 
 class Lookup(Tokenward):
@@ -187,18 +242,15 @@ async def run(users: int, refreshes: int, redis_url: str, data: Path) -> dict[st
         finally:
             await lookup.stop()
 
-        uid = str(tokens[0]["user"]["id"])  # type: ignore[index]
-        kinds: dict[str, int] = {}
-        async for key in r.scan_iter(match=f"*{uid}*", count=1000):
-            kind = key.split("}", 1)[1]
-            kind = "session hash" if kind.startswith(":s:") else kind
-            kinds[kind] = kinds.get(kind, 0) + int(await r.memory_usage(key, samples=0) or 0)
+        by_kind = await memory_by_kind(r)
         await phase("logout", users, logout)
         out["memory"] = {
             "register_bytes_per_user": round((mem1 - mem0) / users, 1),
             "login_bytes_per_session": round((mem2 - mem1) / users, 1),
             "after_refreshes_bytes_per_session": round((mem3 - mem1) / users, 1),
-            "one_user_keys_after_refreshes": kinds,
+            "by_kind_after_refreshes": by_kind,
+            "session_bytes": round(by_kind["session"]["bytes"] / users, 1),
+            "user_bytes": round(by_kind["user"]["bytes"] / users, 1),
         }
     finally:
         await r.aclose()
@@ -206,12 +258,60 @@ async def run(users: int, refreshes: int, redis_url: str, data: Path) -> dict[st
     return out
 
 
+def project(measured: dict[str, Any], server_cpu_us: dict[str, float]) -> str:
+    """The capacity table (Markdown) for 1 M, 10 M and 100 M active sessions."""
+    w = WORKLOAD
+    mem = measured["memory"]
+    per_session = mem["session_bytes"]
+    per_user = mem["user_bytes"]
+    rows = [
+        "| active sessions | Redis memory | refreshes/s | requests/s | logins/s | Redis CPU "
+        "(cores) | shards | server CPU (cores) | instances (2 cores) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for sessions in (1e6, 1e7, 1e8):
+        refresh = sessions / w["refresh_every_s"]
+        requests = sessions * w["requests_per_s"]
+        logins = sessions * w["logins_per_hour"] / 3600
+        memory = sessions * per_session + sessions / w["sessions_per_user"] * per_user
+        redis_cpu = (
+            refresh * measured["refresh"]["redis_cpu_us_per_op"]
+            + requests * w["cache_miss"] * measured["me_lookup"]["redis_cpu_us_per_op"]
+            + logins
+            * (measured["login"]["redis_cpu_us_per_op"] + measured["logout"]["redis_cpu_us_per_op"])
+        ) / 1e6
+        shards = max(1, -(-memory // SHARD_MEMORY), -(-redis_cpu // SHARD_CPU))
+        server = (
+            refresh * server_cpu_us["refresh"]
+            + requests * server_cpu_us["me"]
+            + logins * server_cpu_us["login"]
+        ) / 1e6
+        instances = max(1, -(-server // INSTANCE_CORES))
+        rows.append(
+            f"| {sessions / 1e6:,.0f} M | {memory / 1e9:,.1f} GB | {refresh:,.0f} "
+            f"| {requests:,.0f} | {logins:,.1f} | {redis_cpu:,.2f} | {shards:,.0f} "
+            f"| {server:,.1f} | {instances:,.0f} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--project", type=Path, help="print the capacity table of this result")
+    parser.add_argument(
+        "--server-cpu",
+        default="",
+        help="with --project: server CPU µs per refresh, authenticated request and login "
+        "(refresh=N,me=N,login=N), from bench/perf.py",
+    )
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--refreshes", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.project:
+        cpu = {k: float(v) for k, v in (part.split("=") for part in args.server_cpu.split(","))}
+        print(project(json.loads(args.project.read_text()), cpu))
+        return 0
     with private_redis() as url, tempfile.TemporaryDirectory() as data:
         result = asyncio.run(run(args.users, args.refreshes, url, Path(data)))
     print(json.dumps(result, indent=2))
