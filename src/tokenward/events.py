@@ -74,11 +74,27 @@ class EventKind(enum.StrEnum):
     REFRESH_REPLAYED = "refresh.grace-replay"
     PASSWORD_CHANGED = "password.changed"
     SESSIONS_ENDED = "sessions.ended"
+    MFA_ENABLED = "mfa.enabled"
+    MFA_REMOVED = "mfa.removed"
+    MFA_RESET = "mfa.reset"
+    MFA_FAILED = "mfa.failed"
+    RECOVERY_CODE_USED = "mfa.recovery-code-used"
+    RECOVERY_CODES_REGENERATED = "mfa.recovery-codes-regenerated"
+    REAUTHENTICATED = "login.reauthenticated"
 
 
 #: Kinds always security-critical (see :attr:`SecurityEvent.critical`).
 CRITICAL_KINDS = frozenset(
-    {EventKind.NEW_DEVICE, EventKind.REFRESH_REUSED, EventKind.PASSWORD_CHANGED}
+    {
+        EventKind.NEW_DEVICE,
+        EventKind.REFRESH_REUSED,
+        EventKind.PASSWORD_CHANGED,
+        EventKind.MFA_ENABLED,
+        EventKind.MFA_REMOVED,
+        EventKind.MFA_RESET,
+        EventKind.RECOVERY_CODE_USED,
+        EventKind.RECOVERY_CODES_REGENERATED,
+    }
 )
 #: ``sessions.ended`` reasons that are security-critical: an operator disabled the account,
 #: theft was detected, the password was changed. Logouts, revocations from the owner's own
@@ -358,6 +374,19 @@ class SecurityEvents:
         self.record(
             SecurityEvent(EventKind.PASSWORD_CHANGED, now, uid, sid, *client, detail=detail)
         )
+
+    def mfa(
+        self,
+        kind: EventKind,
+        uid: str,
+        sid: str | None,
+        *,
+        client: Client,
+        now: int,
+        detail: Mapping[str, str | int] | None = None,
+    ) -> None:
+        """A second-factor event (``mfa.*``, ``login.reauthenticated``) of ``uid``."""
+        self.record(SecurityEvent(kind, now, uid, sid, *client, detail=dict(detail or {})))
 
     def sessions_ended(
         self, uid: str, sids: Sequence[str], reason: str, *, client: Client, now: int

@@ -33,6 +33,8 @@ CORE_MODULES = [
     "events",
     "ratelimit",
     "throttle",
+    "authn",
+    "mfa",
 ]
 
 FORBIDDEN_PACKAGES = {

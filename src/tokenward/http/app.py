@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from tokenward.errors import TokenInvalid, TokenwardError
 from tokenward.http.metrics_listener import MetricsListener
+from tokenward.http.mfa_routes import mfa_routes
 from tokenward.http.observability import ObservabilityMiddleware
 from tokenward.http.openapi import openapi_document
 from tokenward.http.problems import handle_tokenward_error, handle_unexpected, problem_response
@@ -174,6 +175,7 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         Route("/auth/sessions/{sid}", auth.end_session, methods=["DELETE"]),
         Route("/auth/password", auth.change_password, methods=["POST"]),
         Route("/auth/token", auth.service_token, methods=["POST"]),
+        *mfa_routes(tw, auth),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -45,6 +45,7 @@ from tokenward.http.auth import (
     rotate_recorded,
 )
 from tokenward.http.body import read_body
+from tokenward.http.mfa_login import begin_mfa_login, require_recent_for_credentials
 from tokenward.http.problems import is_bearer_transport, render_error
 from tokenward.http.schemas import (
     Credentials,
@@ -178,6 +179,12 @@ class AuthRoutes:
                     self.tw.events.login_failed(email, client=(ip, agent), now=now)
                     raise
                 await ticket.succeeded(now=now)
+            # A user with a second factor gets a challenge, and no session, here.
+            second = await begin_mfa_login(
+                self.tw, request, user, bearer=bearer, form=body.form, now=now
+            )
+            if second is not None:
+                return second
             issued = await self.tw.sessions.open(
                 UserRef(user.id, user.email, user.created_at), ip=ip, user_agent=agent, now=now
             )
@@ -449,6 +456,7 @@ class AuthRoutes:
         current, new = change.current_password, change.new_password
         now = self.tw.clock.now()
         p = auth.principal
+        await require_recent_for_credentials(self.tw, p)
         user = await signed_in_user(self.tw, p)
         # Guessing the current password from a stolen session meets the login limits.
         async with self.tw.throttle.login(user.email, self._client(request)[0], now=now) as t:
