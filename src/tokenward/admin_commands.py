@@ -101,6 +101,14 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
                 {"user": _user_json(user) | {"disabled": True}, "sessions_ended": ended},
                 f"disabled user {user.id} <{user.email}>; ended {len(ended)} session(s)",
             )
+        elif args.action == "reset-mfa":
+            user, removed, ended = await admin.reset_mfa(tw, args.user)
+            _emit(
+                args,
+                {"user": _user_json(user), "factors_removed": removed, "sessions_ended": ended},
+                f"reset second factors of user {user.id} <{user.email}>: removed {removed} "
+                f"factor(s), ended {len(ended)} session(s)",
+            )
         else:
             user = await admin.enable_user(tw, args.user)
             _emit(

@@ -139,6 +139,10 @@ def _parser() -> argparse.ArgumentParser:
     for action, text in (
         ("disable", "refuse the user's logins and end all their sessions now"),
         ("enable", "allow a disabled user to log in again"),
+        (
+            "reset-mfa",
+            "remove the user's second factors and recovery codes and end all their sessions",
+        ),
     ):
         users.add_parser(action, parents=[out], help=text).add_argument(
             "user", help="email address or user id"

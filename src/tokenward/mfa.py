@@ -26,7 +26,8 @@ and a *binding*: a digest of the client's user agent and address prefix and, in 
 mode, of a cookie set with the challenge. Redeeming takes the record out of the store
 atomically (one redeemer wins), checks the code and, on a wrong code, puts it back with one
 more attempt counted (at most :data:`MAX_CODE_ATTEMPTS`). Code attempts go through the login
-throttle of the account, exactly like password guesses.
+throttle (the same limits and lock-outs as password guesses), under a record of their own
+per user, which a right password does not clear.
 """
 
 from __future__ import annotations
@@ -354,6 +355,16 @@ def _challenge_digest(token: str) -> str:
     return hashlib.sha256(f"tokenward:mfa-challenge:{token}".encode()).hexdigest()[:32]
 
 
+def _code_account(uid: str) -> str:
+    """The throttle's name for a user's code guesses.
+
+    Not the e-mail address: a right password clears the (account, address) record of the
+    password throttle, and must not clear the count of wrong codes with it. The same
+    limits and lock-outs apply, on a record of their own.
+    """
+    return f"second-factor:{uid}"
+
+
 def check_step_up(
     claims: AccessClaims, *, mfa: bool = False, max_age: int | None = None, now: int
 ) -> None:
@@ -619,7 +630,7 @@ class Mfa:
         try:
             if record.mode == "enroll" and record.pending is None:
                 raise BadRequest("fetch the secret first: POST /auth/login/mfa/enroll")
-            async with self.throttle.login(record.email, ip, now=now) as ticket:
+            async with self.throttle.login(_code_account(record.uid), ip, now=now) as ticket:
                 if record.mode == "enroll":
                     assert record.pending is not None  # noqa: S101 - checked above
                     secret = self.box.open(
@@ -711,7 +722,7 @@ class Mfa:
             raise NotFound("no enrolment is pending: POST /auth/mfa/totp/enroll first")
         factor = pending[0]
         code = code.strip()
-        async with self.throttle.login(email, ip, now=now) as ticket:
+        async with self.throttle.login(_code_account(uid), ip, now=now) as ticket:
             try:
                 if not _looks_like_totp(code):
                     raise _Wrong("wrong code")
@@ -734,7 +745,7 @@ class Mfa:
         """
         if not await self.has_factor(uid):
             raise NotFound("no second factor is enrolled")
-        async with self.throttle.login(email, ip, now=now) as ticket:
+        async with self.throttle.login(_code_account(uid), ip, now=now) as ticket:
             try:
                 method = await self._check_code(uid, code.strip(), now)
             except _Wrong as exc:

@@ -217,8 +217,9 @@ class MfaRoutes:
 
     async def reauthenticate(self, request: Request) -> Response:
         """``POST /auth/reauthenticate {password?, code?}``: the session's ``auth_time``
-        becomes now and its ``amr`` the methods given (``mfa`` when both); it is re-keyed
-        (204 with new cookies; bearer: 200 with the new tokens)."""
+        becomes now and the methods given join its ``amr`` (``mfa`` once a password and a
+        code are in); it is re-keyed (204 with new cookies; bearer: 200 with the new
+        tokens)."""
         auth = await self.auth._current(request)
         req = (await read_body(request)).parse(ReauthRequest)
         if not req.password and not req.code:
@@ -242,7 +243,10 @@ class MfaRoutes:
                 raise NotFound("second factors are off (TOKENWARD_MFA=off)")
             await self.tw.mfa.verify(p.uid, user.email, req.code, ip=client[0], now=now)
             methods.append(AMR_OTP)
-        level = AuthLevel(combined_amr(methods), now)
+        # A step-up adds to what the session proved at login: a password session that
+        # gives a code now is a multi-factor session from now on.
+        earlier = await self.tw.sessions.level(p.uid, p.sid, p.state)
+        level = AuthLevel(combined_amr((*earlier.amr, *methods)), now)
         issued = await self.tw.sessions.step_up(p.uid, p.sid, level, now=now)
         detail = {"amr": " ".join(level.amr)}
         kind = EventKind.REAUTHENTICATED

@@ -276,7 +276,7 @@ _ENDPOINTS: list[tuple[str, str, str, Shape, int, Shape, list[int]]] = [
         "post",
         "/auth/reauthenticate",
         "Authenticate again (password, code, or both): the session's `auth_time` is now and "
-        "its `amr` the methods given; the session is re-keyed",
+        "the methods given join its `amr`; the session is re-keyed",
         schemas.ReauthRequest,
         204,
         None,
