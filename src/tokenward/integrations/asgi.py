@@ -164,8 +164,8 @@ class TokenwardMiddleware:
         require_recent_auth: path prefixes (or a predicate) that are protected *and* need
             an authentication in the last ``max_auth_age`` seconds: 403
             ``reauthentication-required`` otherwise.
-        max_auth_age: for ``require_recent_auth`` (and, when given, ``require_mfa``);
-            default ``TOKENWARD_REAUTH_MAX_AGE``.
+        max_auth_age: seconds, for ``require_recent_auth``; default
+            ``TOKENWARD_REAUTH_MAX_AGE``. A path in both lists needs both.
 
     WebSocket connections to protected paths are authenticated at the handshake and
     closed with code 1008 when that fails (cookies of a transparent refresh cannot be set
@@ -208,7 +208,6 @@ class TokenwardMiddleware:
             if callable(require_recent_auth)
             else _prefix_predicate(require_recent_auth)
         )
-        self._mfa_age = max_auth_age
         self._recent_age = max_auth_age or tw.settings.reauth_max_age
         self._routes: ASGIApp | None = None
         if serve_routes:
@@ -239,7 +238,7 @@ class TokenwardMiddleware:
                 auth = await authenticate_once(self.tw, request, self.audience)
                 claims, now = auth.principal.claims, self.tw.clock.now()
                 if needs_mfa:
-                    check_step_up(claims, mfa=True, max_age=self._mfa_age, now=now)
+                    check_step_up(claims, mfa=True, now=now)
                 if needs_recent:
                     check_step_up(claims, max_age=self._recent_age, now=now)
             except TokenwardError as exc:
