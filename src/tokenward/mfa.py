@@ -42,8 +42,6 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 from urllib.parse import quote
 
-import pyotp
-
 from tokenward.authn import AMR_MFA, AMR_OTP, AMR_PWD, AuthLevel, combined_amr
 from tokenward.errors import (
     BadRequest,
@@ -103,6 +101,8 @@ MAX_CODE_ATTEMPTS = 5
 
 def new_totp_secret() -> str:
     """160 random bits in base32 (RFC 4226's recommended length), as apps take it."""
+    import pyotp  # imported where used: the CLI and the verifier never load it
+
     return pyotp.random_base32(32)
 
 
@@ -111,6 +111,8 @@ def totp_code(secret: str, step: int) -> str:
 
     Time steps, not times, go in: pyotp never reads the clock here.
     """
+    import pyotp
+
     return pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_PERIOD).generate_otp(step)
 
 
