@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ import pytest
 from http_support import GENEROUS_LIMITS, PASSWORD, Accounts, MakeTw, isolated_client
 from sqlalchemy import select
 
+from private_redis import private_redis
 from tokenward.clock import FrozenClock
 from tokenward.events import EventKind
 from tokenward.http.app import create_app
@@ -26,6 +28,7 @@ from tokenward.runtime import Tokenward
 from tokenward.secretbox import KEY_FILE, SecretBox
 from tokenward.stores.sql_mfa import factors_table, recovery_table
 from tw_accounts import BEARER
+from waiting import await_until
 
 PROBLEM = "urn:tokenward:problem:"
 
@@ -522,3 +525,37 @@ async def test_app_without_mfa_routes_is_the_same_app(tw: Tokenward) -> None:
     """The default policy (optional) serves the MFA routes."""
     paths = {getattr(r, "path", "") for r in create_app(tw, manage_lifespan=False).routes}
     assert {"/auth/login/mfa", "/auth/mfa/totp/enroll", "/auth/reauthenticate"} <= paths
+
+
+# ---------------------------------------------------------------------------- outages
+
+
+async def test_redis_down_at_the_second_step_is_503_and_changes_nothing(
+    make_tw: MakeTw, tmp_path: Path
+) -> None:
+    """With Redis gone the second step answers 503 (no cookie, no session); once Redis is
+    back the same challenge and code open the session: nothing was half-used."""
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    with private_redis(workdir, durable=True) as server:
+        clock = FrozenClock(int(time.time()))
+        tw = await make_tw(
+            clock=clock, redis_url=server.url, backend_timeout=0.5, **GENEROUS_LIMITS
+        )
+        async with isolated_client(tw) as client:
+            mfa = Mfa(tw, clock, client)
+            email, secret, _ = await mfa.enrolled()
+            challenge = (await mfa.challenge(email, bearer=False))["challenge"]
+            server.kill()
+            r = await asyncio.wait_for(mfa.second(challenge, mfa.code(secret), bearer=False), 10)
+            assert r.status_code == 503
+            assert _type(r) == "unavailable"
+            assert not r.headers.get_list("set-cookie")
+            server.start()
+
+            async def back() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await await_until(back, within=10, what="Redis answers again")
+            r = await mfa.second(challenge, mfa.code(secret), bearer=False)
+            assert r.status_code == 200, r.text
