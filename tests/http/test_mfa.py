@@ -271,6 +271,11 @@ async def test_a_replayed_code_is_refused_within_its_window(mfa: Mfa) -> None:
     assert (await mfa.second(challenge, code)).status_code == 401
     # The challenge survived the wrong attempts: the next step's code works.
     assert (await mfa.second(challenge, mfa.code(secret))).status_code == 200
+    # The owner learns that someone got past the password.
+    uid = (await mfa.tw.user_store.by_email(email)).id  # type: ignore[union-attr]
+    await mfa.tw.events.drain()
+    events = await mfa.tw.event_log.for_user(uid, now=mfa.clock.now())
+    assert [e.kind for e in events].count(EventKind.MFA_FAILED) == 2
 
 
 async def test_an_expired_challenge_is_refused(mfa: Mfa) -> None:
