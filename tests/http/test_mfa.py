@@ -526,6 +526,37 @@ async def test_a_form_login_is_sent_to_the_code_page(mfa: Mfa) -> None:
     assert names == ["__Secure-mfa_challenge"]
 
 
+async def test_the_code_page_can_post_a_form(mfa: Mfa) -> None:
+    """The second step as an HTML form: 303 to the account with the cookies; a wrong code
+    back to the code page with the challenge; a spent challenge to the login page."""
+    email, secret, _ = await mfa.enrolled()
+    first = await mfa.client.post(
+        "/auth/login", data={"email": email, "password": PASSWORD}, follow_redirects=False
+    )
+    challenge = first.headers["location"].split("#challenge=", 1)[1]
+    wrong = "111111" if mfa.code(secret) != "111111" else "222222"
+    r = await mfa.client.post(
+        "/auth/login/mfa", data={"challenge": challenge, "code": wrong}, follow_redirects=False
+    )
+    assert r.status_code == 303
+    assert r.headers["location"] == f"/login/mfa?error=invalid-code#challenge={challenge}"
+    r = await mfa.client.post(
+        "/auth/login/mfa",
+        data={"challenge": challenge, "code": mfa.code(secret)},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    assert r.headers["location"] == "/account"
+    names = {c.split("=", 1)[0] for c in r.headers.get_list("set-cookie")}
+    assert {"__Host-access_token", "__Secure-refresh_token", "__Host-csrf_token"} <= names
+    r = await mfa.client.post(
+        "/auth/login/mfa",
+        data={"challenge": challenge, "code": mfa.code(secret)},
+        follow_redirects=False,
+    )
+    assert r.headers["location"] == "/login?error=mfa-challenge-invalid"
+
+
 async def test_app_without_mfa_routes_is_the_same_app(tw: Tokenward) -> None:
     """The default policy (optional) serves the MFA routes."""
     paths = {getattr(r, "path", "") for r in create_app(tw, manage_lifespan=False).routes}

@@ -18,17 +18,20 @@ Registered only when ``TOKENWARD_MFA`` is not ``off`` (``/auth/reauthenticate`` 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from tokenward.authn import AMR_OTP, AMR_PWD, AuthLevel, combined_amr
 from tokenward.errors import (
     InvalidCode,
     InvalidCredentials,
+    MfaChallengeInvalid,
     NotFound,
     PolicyError,
+    TokenwardError,
     WrongPassword,
 )
 from tokenward.events import EventKind
@@ -40,10 +43,12 @@ from tokenward.http.auth import (
     client_of,
 )
 from tokenward.http.body import read_body
-from tokenward.http.mfa_login import binding_of, clear_challenge_cookie
+from tokenward.http.mfa_login import PAGE_MFA, binding_of, clear_challenge_cookie
 from tokenward.http.problems import is_bearer_transport
 from tokenward.http.routes import (
     NO_STORE,
+    PAGE_AFTER_LOGIN,
+    PAGE_LOGIN,
     AuthRoutes,
     json_response,
     rfc3339,
@@ -78,12 +83,36 @@ class MfaRoutes:
         )
 
     async def login_mfa(self, request: Request) -> Response:
-        """``POST /auth/login/mfa``: 200 with the session, as ``POST /auth/login``."""
-        body = await read_body(request)
+        """``POST /auth/login/mfa``: 200 with the session, as ``POST /auth/login``.
+
+        An HTML form post (the code page) is answered 303 like a form login: to
+        ``/account`` with the cookies, or back to the code page (``?error=<slug>``, the
+        challenge in the fragment) after a wrong code, or to ``/login?error=<slug>`` when the
+        challenge is gone.
+        """
+        body = await read_body(request, allow_form=True)
+        if not body.form:
+            return await self._login_mfa(request, body.parse(MfaLogin))
+        challenge = ""
+        try:
+            req = body.parse(MfaLogin)
+            challenge = req.challenge
+            response = await self._login_mfa(request, req)
+        except TokenwardError as exc:
+            if isinstance(exc, MfaChallengeInvalid) or not challenge:
+                page = f"{PAGE_LOGIN}?error={quote(exc.slug)}"
+            else:
+                page = f"{PAGE_MFA}?error={quote(exc.slug)}#challenge={quote(challenge)}"
+            return RedirectResponse(page, status_code=303, headers=NO_STORE)
+        redirect = RedirectResponse(PAGE_AFTER_LOGIN, status_code=303, headers=NO_STORE)
+        for value in response.headers.getlist("set-cookie"):
+            redirect.headers.append("set-cookie", value)
+        return redirect
+
+    async def _login_mfa(self, request: Request, req: MfaLogin) -> Response:
         bearer = is_bearer_transport(request)
         if not bearer:
             check_request_origin(self.tw, request)
-        req = body.parse(MfaLogin)
         now = self.tw.clock.now()
         ip, agent = client_of(self.tw, request)
         try:

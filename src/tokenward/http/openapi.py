@@ -45,6 +45,12 @@ _STR = {"type": "string"}
 #: An HTML form post is answered 303 whatever it holds (errors go in the redirect's query),
 #: so its schema promises nothing about the fields; the JSON body is checked as Credentials.
 _FORM_CREDENTIALS = {"type": "object", "properties": {"email": _STR, "password": _STR}}
+#: The routes that also take an HTML form post (answered 303), with the form's fields.
+_FORMS = {
+    "/auth/login": _FORM_CREDENTIALS,
+    "/auth/register": _FORM_CREDENTIALS,
+    "/auth/login/mfa": {"type": "object", "properties": {"challenge": _STR, "code": _STR}},
+}
 #: Where the models' schemas live in the document.
 _REF = "#/components/schemas/{model}"
 _RESPONSE_HEADERS: dict[int, dict[str, Any]] = {
@@ -363,7 +369,7 @@ def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
             challenge = components.ref(schemas.MfaChallengeBody)
             ok["content"]["application/json"]["schema"] = {"oneOf": [schema, challenge]}
         responses[str(status)] = ok
-        if path in ("/auth/login", "/auth/register"):
+        if path in _FORMS:
             responses["303"] = {"description": "HTML form post: go to the next page"}
         if path in ("/auth/password", "/auth/logout-all", "/auth/reauthenticate"):
             # The kept session is re-keyed; bearer clients get its new tokens in a body.
@@ -383,8 +389,8 @@ def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
         op: dict[str, Any] = {"summary": summary, "responses": responses}
         if request is not None:
             content: dict[str, Any] = {"application/json": {"schema": request}}
-            if path in ("/auth/login", "/auth/register"):
-                content["application/x-www-form-urlencoded"] = {"schema": _FORM_CREDENTIALS}
+            if path in _FORMS:
+                content["application/x-www-form-urlencoded"] = {"schema": _FORMS[path]}
             op["requestBody"] = {
                 "required": path in _BODY_REQUIRED,
                 "content": content,
