@@ -63,7 +63,7 @@ CLAIMS = {
 def _endpoints() -> list[str]:
     # The /metrics row is served only with a scrape token; the stand-in says one is set.
     stand_in = SimpleNamespace(
-        cookies=CookieTransport(), settings=SimpleNamespace(metrics_token="set")
+        cookies=CookieTransport(), settings=SimpleNamespace(metrics_token="set", mfa="optional")
     )
     document = openapi_document(stand_in)  # type: ignore[arg-type]
     rows = [
@@ -157,6 +157,15 @@ def _cookies() -> list[str]:
     return rows
 
 
+#: Claims Tokenward always issues but verifiers do not require (tokens of older versions
+#: lack them: no ``amr`` reads as ``[]``, no ``auth_time`` as unknown).
+STEP_UP_CLAIMS = {
+    "amr": 'how the session authenticated (RFC 8176): `["pwd"]`, or `["pwd", "otp", "mfa"]` '
+    "after a second factor (docs/mfa.md)",
+    "auth_time": "when the user last authenticated (the login or `POST /auth/reauthenticate`)",
+}
+
+
 def _claims() -> list[str]:
     missing = [c for c in _REQUIRED_CLAIMS if c not in CLAIMS]
     if missing or set(CLAIMS) != set(_REQUIRED_CLAIMS):
@@ -166,17 +175,22 @@ def _claims() -> list[str]:
         "",
         f'A JWS (RFC 9068) with the header `{{alg, kid, typ: "{ACCESS_TOKEN_TYP}"}}`: `alg` '
         "`EdDSA` (Ed25519, the default) or `ES256`, pinned per key; `kid` is the key's RFC 7638 "
-        "thumbprint, published at `/.well-known/jwks.json`. Every claim is required:",
+        "thumbprint, published at `/.well-known/jwks.json`. Every claim but the last two is "
+        "required:",
         "",
         "| claim | meaning |",
         "|---|---|",
     ]
     rows += [f"| `{claim}` | {CLAIMS[claim]} |" for claim in _REQUIRED_CLAIMS]
+    rows += [f"| `{claim}` | {text} |" for claim, text in STEP_UP_CLAIMS.items()]
     rows += [
         "",
         "Tokens issued by the server also carry `email_verified` (a boolean: the user's "
         "address was confirmed, [email.md](email.md)); verifiers do not require it, and "
         "service tokens (`POST /auth/token`) do not carry it.",
+        "`amr` and `auth_time` are always issued but not required of a token (older versions "
+        "did not issue them); routes that need a second factor or a recent authentication "
+        "check them ([mfa.md](mfa.md)).",
         "",
         "Refresh tokens are opaque strings, not JWTs: they rotate on every use "
         "([sessions.md](sessions.md#rotation-and-the-grace-window)).",

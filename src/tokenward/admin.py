@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokenward.errors import NotFound, PolicyError, Unavailable
-from tokenward.events import Client
+from tokenward.events import Client, EventKind
 from tokenward.runtime import Tokenward, database_whereabouts, default_database_url
 from tokenward.sessions import EndReason, SessionRecord
 from tokenward.settings import Settings
@@ -40,6 +40,7 @@ __all__ = [
     "find_user",
     "list_sessions",
     "list_users",
+    "reset_mfa",
     "revoke_sessions",
     "running_embedded_redis",
 ]
@@ -276,6 +277,39 @@ async def revoke_sessions(tw: Tokenward, ref: str, sid: str | None = None) -> li
             ) from exc
     tw.events.sessions_ended(user.id, ended, EndReason.REVOKED.value, client=ADMIN_CLIENT, now=now)
     return ended
+
+
+async def reset_mfa(tw: Tokenward, ref: str) -> tuple[User, int, list[str]]:
+    """Remove a user's second factors and recovery codes and end all their sessions (a
+    lost phone, or a factor an intruder enrolled); returns the user, the number of factors
+    removed and the session ids ended.
+
+    The credential epoch moves first, so a login between password and code (or one that
+    opens its session while this runs) is refused by its re-check, as for a revoke. The
+    user's next login is password-only (``optional``) or enrols a new factor
+    (``required``). Recorded as ``mfa.reset`` and ``sessions.ended`` (reason ``revoked``),
+    client :data:`ADMIN_CLIENT`.
+
+    Raises:
+        NotFound: no such user.
+        Unavailable: a back end failed; the message says what was done.
+    """
+    user = await find_user(tw, ref)
+    now = tw.clock.now()
+    await tw.user_store.bump_credential_epoch(user.id, now=now)
+    removed = await tw.mfa.remove_all(user.id)
+    try:
+        ended = await tw.sessions.end_all(user.id, keep=None, reason=EndReason.REVOKED, now=now)
+    except Unavailable as exc:
+        tw.events.mfa(EventKind.MFA_RESET, user.id, None, client=ADMIN_CLIENT, now=now)
+        raise Unavailable(
+            f"{exc.detail}: removed {removed} factor(s) of {user.id} but ended no session; "
+            "run the command again when the session store is back"
+        ) from exc
+    detail = {"factors": removed, "sessions_ended": len(ended)}
+    tw.events.mfa(EventKind.MFA_RESET, user.id, None, client=ADMIN_CLIENT, now=now, detail=detail)
+    tw.events.sessions_ended(user.id, ended, EndReason.REVOKED.value, client=ADMIN_CLIENT, now=now)
+    return user, removed, ended
 
 
 @dataclass(frozen=True, slots=True)

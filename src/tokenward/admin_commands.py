@@ -117,6 +117,14 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
                 raise TokenwardError(f"user {user.id} is disabled: enable it first")
             link = await tw.email_flows.reset_link(user)
             _emit(args, {"user": _user_json(user), "link": link, "expires_in": 1800}, link)
+        elif args.action == "reset-mfa":
+            user, removed, ended = await admin.reset_mfa(tw, args.user)
+            _emit(
+                args,
+                {"user": _user_json(user), "factors_removed": removed, "sessions_ended": ended},
+                f"reset second factors of user {user.id} <{user.email}>: removed {removed} "
+                f"factor(s), ended {len(ended)} session(s)",
+            )
         else:
             user = await admin.enable_user(tw, args.user)
             _emit(

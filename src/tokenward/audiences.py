@@ -66,7 +66,13 @@ class ServiceTokens:
             leeway=self.tokens.leeway,
             cache_size=0,
         )
-        return issuer.issue(sub=presented.sub, sid=presented.sid, now=now)
+        return issuer.issue(
+            sub=presented.sub,
+            sid=presented.sid,
+            now=now,
+            amr=presented.amr,
+            auth_time=presented.auth_time,
+        )
 
     def verifier(self, audience: str) -> AccessTokenVerifier:
         """The verifier of tokens for ``audience``, on the keys in force now.

@@ -156,6 +156,10 @@ def _parser() -> argparse.ArgumentParser:
             "print a password reset link for the user (valid 30 minutes, once; "
             "supersedes the user's earlier links)",
         ),
+        (
+            "reset-mfa",
+            "remove the user's second factors and recovery codes and end all their sessions",
+        ),
     ):
         users.add_parser(action, parents=[out], help=text).add_argument(
             "user", help="email address or user id"

@@ -11,11 +11,16 @@ exception and never returns ``None`` or ``False`` for a failure.
     │   ├── TokenInvalid          unauthenticated
     │   ├── SessionEnded          unauthenticated
     │   ├── RefreshReused         refresh-reused
-    │   └── InvalidCredentials    invalid-credentials
+    │   ├── InvalidCredentials    invalid-credentials
+    │   ├── MfaChallengeInvalid   mfa-challenge-invalid
+    │   └── InvalidCode           invalid-code
     ├── CsrfError (403)           csrf
     ├── Forbidden (403)           forbidden
-    │   └── EmailNotVerified      email-not-verified, carries where to resend
+    │   ├── EmailNotVerified      email-not-verified, carries where to resend
+    │   ├── MfaRequired           mfa-required
+    │   └── ReauthenticationRequired reauthentication-required
     ├── WrongPassword (403)       invalid-credentials
+    ├── WrongCode (403)           invalid-code
     ├── RateLimited (429)         rate-limited, carries retry_after
     │   └── RefreshLimited        rate-limited (one session's rotations)
     ├── Unavailable (503)         unavailable
@@ -45,13 +50,17 @@ __all__ = [
     "CsrfError",
     "EmailNotVerified",
     "Forbidden",
+    "InvalidCode",
     "InvalidCredentials",
     "KeysStale",
     "LinkTokenInvalid",
+    "MfaChallengeInvalid",
+    "MfaRequired",
     "NotFound",
     "PayloadTooLarge",
     "PolicyError",
     "RateLimited",
+    "ReauthenticationRequired",
     "RefreshLimited",
     "RefreshReused",
     "SessionEnded",
@@ -60,6 +69,7 @@ __all__ = [
     "TokenwardError",
     "Unavailable",
     "UnsupportedMediaType",
+    "WrongCode",
     "WrongPassword",
 ]
 
@@ -128,6 +138,27 @@ class InvalidCredentials(AuthError):
     title = "Invalid email or password"
 
 
+class MfaChallengeInvalid(AuthError):
+    """The MFA challenge of a two-step login is unknown, used, expired, exhausted or was
+    started by another client: log in again (``POST /auth/login``)."""
+
+    slug = "mfa-challenge-invalid"
+    title = "MFA challenge invalid or expired"
+
+
+class InvalidCode(AuthError):
+    """A wrong second-factor code at login (``POST /auth/login/mfa``); the challenge stays
+    usable for a few more attempts."""
+
+    slug = "invalid-code"
+    title = "Invalid code"
+
+    def __init__(self, detail: str | None = None, *, uid: str | None = None) -> None:
+        #: whose password was right (for the ``mfa.failed`` event; never shown)
+        self.uid = uid
+        super().__init__(detail)
+
+
 class CsrfError(TokenwardError):
     """A cookie-authenticated unsafe request failed the CSRF or Origin check."""
 
@@ -157,6 +188,21 @@ class EmailNotVerified(Forbidden):
     def __init__(self, detail: str | None = None, *, resend: str) -> None:
         self.extra = {"resend": resend}
         super().__init__(detail)
+class MfaRequired(Forbidden):
+    """The route needs a session that signed in with a second factor (``amr`` holds
+    ``mfa``): the client should enrol a factor or re-authenticate with one
+    (``POST /auth/reauthenticate``)."""
+
+    slug = "mfa-required"
+    title = "Second factor required"
+
+
+class ReauthenticationRequired(Forbidden):
+    """The route needs a recent authentication (``auth_time`` too old): the client should
+    ask for the password or a code again (``POST /auth/reauthenticate``)."""
+
+    slug = "reauthentication-required"
+    title = "Recent authentication required"
 
 
 class WrongPassword(TokenwardError):
@@ -168,6 +214,17 @@ class WrongPassword(TokenwardError):
     slug = "invalid-credentials"
     status = 403
     title = "Current password is wrong"
+
+
+class WrongCode(TokenwardError):
+    """A wrong second-factor code from a signed-in user (enrolment, re-authentication).
+
+    403, not 401: the session itself is fine.
+    """
+
+    slug = "invalid-code"
+    status = 403
+    title = "Invalid code"
 
 
 class RateLimited(TokenwardError):

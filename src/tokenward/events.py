@@ -77,6 +77,13 @@ class EventKind(enum.StrEnum):
     SESSIONS_ENDED = "sessions.ended"
     EMAIL_VERIFIED = "email.verified"
     EMAIL_CHANGED = "email.changed"
+    MFA_ENABLED = "mfa.enabled"
+    MFA_REMOVED = "mfa.removed"
+    MFA_RESET = "mfa.reset"
+    MFA_FAILED = "mfa.failed"
+    RECOVERY_CODE_USED = "mfa.recovery-code-used"
+    RECOVERY_CODES_REGENERATED = "mfa.recovery-codes-regenerated"
+    REAUTHENTICATED = "login.reauthenticated"
 
 
 #: Kinds always security-critical (see :attr:`SecurityEvent.critical`).
@@ -87,6 +94,11 @@ CRITICAL_KINDS = frozenset(
         EventKind.PASSWORD_CHANGED,
         EventKind.PASSWORD_RESET,
         EventKind.EMAIL_CHANGED,
+        EventKind.MFA_ENABLED,
+        EventKind.MFA_REMOVED,
+        EventKind.MFA_RESET,
+        EventKind.RECOVERY_CODE_USED,
+        EventKind.RECOVERY_CODES_REGENERATED,
     }
 )
 #: ``sessions.ended`` reasons that are security-critical: an operator disabled the account,
@@ -382,6 +394,18 @@ class SecurityEvents:
         """The address of ``uid`` was changed (confirmed from the new address). The
         addresses themselves are not recorded: no event carries one."""
         self.record(SecurityEvent(EventKind.EMAIL_CHANGED, now, uid, None, *client))
+    def mfa(
+        self,
+        kind: EventKind,
+        uid: str,
+        sid: str | None,
+        *,
+        client: Client,
+        now: int,
+        detail: Mapping[str, str | int] | None = None,
+    ) -> None:
+        """A second-factor event (``mfa.*``, ``login.reauthenticated``) of ``uid``."""
+        self.record(SecurityEvent(kind, now, uid, sid, *client, detail=dict(detail or {})))
 
     def sessions_ended(
         self, uid: str, sids: Sequence[str], reason: str, *, client: Client, now: int

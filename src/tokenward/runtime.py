@@ -26,11 +26,13 @@ from tokenward.keyring import KeyRing
 from tokenward.keys import KeySet
 from tokenward.mail import Mailer, MailSender, Outbox, Templates, default_sender
 from tokenward.metrics import Metrics, SessionCounter
+from tokenward.mfa import Mfa
 from tokenward.password_policy import PasswordPolicy
 from tokenward.passwords import Argon2Params, PasswordHasher
 from tokenward.private_paths import SQLITE_SIDE_FILES, private_dir, private_file
 from tokenward.ratelimit import Limit
 from tokenward.revocation import SessionCache
+from tokenward.secretbox import SecretBox
 from tokenward.sessions import SessionPolicy, Sessions
 from tokenward.settings import Settings
 from tokenward.stores.embedded_redis import EmbeddedRedis
@@ -38,8 +40,10 @@ from tokenward.stores.redis_client import Durability, RedisClient, connect_redis
 from tokenward.stores.redis_events import RedisEventLog
 from tokenward.stores.redis_feed import RevocationFeed
 from tokenward.stores.redis_links import RedisLinkStore
+from tokenward.stores.redis_mfa import RedisMfaStore
 from tokenward.stores.redis_ratelimit import RedisRateLimiter
 from tokenward.stores.redis_sessions import RedisSessionStore
+from tokenward.stores.sql_mfa import SqlFactorStore
 from tokenward.stores.sql_users import SqlUserStore, create_engine, upgrade
 from tokenward.throttle import Limits, Throttle
 from tokenward.tokens import AccessTokens
@@ -220,7 +224,12 @@ class Tokenward:
                 raise Unavailable(f"{exc.detail}: {database_whereabouts(s)}") from exc
         self.session_store = RedisSessionStore(self.redis, durability=durability)
         self.user_store = SqlUserStore(self.engine)
-        self.sessions = Sessions(self.session_store, self.tokens, self.cache, self.policy)
+        self.mfa_state = RedisMfaStore(self.redis)
+        # With MFA off every session is a password session: refreshes read no auth level.
+        levels = None if s.mfa == "off" else self.mfa_state
+        self.sessions = Sessions(
+            self.session_store, self.tokens, self.cache, self.policy, levels=levels
+        )
         self.users = Users(self.user_store, self.hasher, self.password_policy)
         self.profiles = Profiles(self.user_store)
         self.event_log = RedisEventLog(
@@ -262,6 +271,16 @@ class Tokenward:
         notices.flows = self.email_flows
         self.sessions.email_verified_of = self.links.is_verified
         self.mailer.start()
+        keys_text = s.mfa_keys.get_secret_value() if s.mfa_keys is not None else None
+        self.mfa = Mfa(
+            SqlFactorStore(self.engine),
+            self.mfa_state,
+            SecretBox.from_config(keys_text, s.data_dir),
+            self.throttle,
+            policy=s.mfa,
+            challenge_ttl=s.mfa_challenge_ttl,
+            issuer_name=s.mfa_issuer_name,
+        )
         self.feed = RevocationFeed(
             self.redis,
             self.cache,

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from tokenward.authn import AuthLevel, AuthLevelStore, password_level
 from tokenward.csrf import csrf_digest, new_csrf_token
 from tokenward.errors import (
     CsrfError,
@@ -390,6 +391,7 @@ class Sessions:
         tokens: AccessTokens,
         cache: SessionCache,
         policy: SessionPolicy,
+        levels: AuthLevelStore | None = None,
     ) -> None:
         self.store = store
         self.tokens = tokens
@@ -398,10 +400,27 @@ class Sessions:
         #: whether a user's address is verified, for the claim of tokens a refresh or a
         #: re-key issues (a login has the user at hand); unset: no claim on those
         self.email_verified_of: Callable[[str], Awaitable[bool]] | None = None
+        #: where the ``amr``/``auth_time`` of second-factor and stepped-up sessions live;
+        #: ``None`` (MFA off): every session is a password session
+        self.levels = levels
 
-    async def open(self, user: UserRef, *, ip: str, user_agent: str, now: int) -> Issued:
-        """Start a session for an authenticated user; may end their least recently used one."""
+    async def open(
+        self,
+        user: UserRef,
+        *,
+        ip: str,
+        user_agent: str,
+        now: int,
+        level: AuthLevel | None = None,
+    ) -> Issued:
+        """Start a session for an authenticated user; may end their least recently used one.
+
+        ``level``: how the user authenticated, when not by a password alone (stored before
+        the session exists, so no refresh can ever issue a token without it).
+        """
         sid = new_session_id()
+        if level is not None and self.levels is not None:
+            await self.levels.put_level(user.id, sid, level, ttl=self.policy.max_ttl)
         refresh = RefreshToken.new(user.id, sid)
         csrf = new_csrf_token()
         ttl = min(self.policy.idle_ttl, self.policy.max_ttl)
@@ -433,7 +452,7 @@ class Sessions:
         self.cache.forget(evicted)
         return self._issued(
             state, sid, refresh, ttl, now, csrf, evicted, email=user.email,
-            email_verified=user.email_verified,
+            email_verified=user.email_verified, level=level,
         )  # fmt: skip
 
     async def refresh(
@@ -493,9 +512,10 @@ class Sessions:
                 for step in result.salts:
                     successor = successor.successor(step)
             self.cache.forget([presented.sid])
+            level = await self.level(presented.uid, presented.sid, result.state)
             issued = self._issued(
                 result.state, presented.sid, successor, result.ttl, now, None,
-                email_verified=verified,
+                email_verified=verified, level=level,
             )  # fmt: skip
             if result.report:
                 issued = replace(issued, report_replay=True)
@@ -590,7 +610,26 @@ class Sessions:
             raise TokenInvalid("refresh token not recognised")
         raise SessionEnded("the session has ended")
 
-    async def rekey(self, uid: str, sid: str, *, now: int) -> Issued:
+    async def level(self, uid: str, sid: str, state: SessionState) -> AuthLevel:
+        """How session ``sid`` authenticated (stored, or a password at its creation)."""
+        stored = None if self.levels is None else await self.levels.get_level(uid, sid)
+        return stored or password_level(state.created_at)
+
+    async def step_up(self, uid: str, sid: str, level: AuthLevel, *, now: int) -> Issued:
+        """Record that session ``sid`` re-authenticated (``level``) and re-key it: the new
+        access token carries the new ``amr``/``auth_time``, and tokens issued before the
+        step-up cannot be refreshed into ones that do.
+
+        Raises:
+            SessionEnded: the session is gone.
+        """
+        if self.levels is not None:
+            await self.levels.put_level(uid, sid, level, ttl=self.policy.max_ttl)
+        return await self.rekey(uid, sid, now=now, level=level)
+
+    async def rekey(
+        self, uid: str, sid: str, *, now: int, level: AuthLevel | None = None
+    ) -> Issued:
         """New credentials for a live session: refresh token, CSRF token and access token.
 
         After a password change or a logout of every other session, the session the user
@@ -610,9 +649,11 @@ class Sessions:
         self.cache.forget([sid])
         if result.outcome is not RotateOutcome.ROTATED or result.state is None:
             raise SessionEnded("the session has ended")
+        if level is None:
+            level = await self.level(uid, sid, result.state)
         return self._issued(
             result.state, sid, refresh, result.ttl, now, csrf,
-            email_verified=verified,
+            email_verified=verified, level=level,
         )  # fmt: skip
 
     def _issued(
@@ -626,9 +667,16 @@ class Sessions:
         evicted: Sequence[str] = (),
         email: str | None = None,
         email_verified: bool | None = None,
+        level: AuthLevel | None = None,
     ) -> Issued:
+        level = level or password_level(state.created_at)
         access, claims = self.tokens.issue(
-            sub=state.uid, sid=sid, now=now, email_verified=email_verified
+            sub=state.uid,
+            sid=sid,
+            now=now,
+            email_verified=email_verified,
+            amr=level.amr,
+            auth_time=level.auth_time,
         )
         return Issued(
             uid=state.uid,

@@ -292,6 +292,37 @@ class Settings(BaseSettings):
         gt=0,
         description="Sessions per user; a new login past it ends the least recently used one.",
     )
+    mfa: Literal["off", "optional", "required"] = Field(
+        default="optional",
+        description="Second factors (docs/mfa.md). `off`: none, logins are password-only; "
+        "`optional`: users may enrol TOTP, and those who did give a code after their "
+        "password; `required`: users without a factor enrol one during their next login.",
+    )
+    mfa_keys: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated keys (32 random bytes each, unpadded base64url) that "
+        "encrypt TOTP secrets at rest; the first encrypts, every one decrypts (rotation). "
+        "Unset: `mfa.key` in the data directory, generated on first use.",
+    )
+    mfa_challenge_ttl: int = Field(
+        default=300,
+        gt=0,
+        le=3600,
+        description="Seconds a login's MFA challenge (between password and code) lives.",
+    )
+    mfa_issuer_name: str = Field(
+        default="Tokenward",
+        min_length=1,
+        max_length=64,
+        description="The name authenticator apps show beside the account.",
+    )
+    reauth_max_age: int = Field(
+        default=300,
+        gt=0,
+        description="Seconds an authentication counts as recent: enrolling or removing a "
+        "factor, new recovery codes and (for users with a factor) a password change need "
+        "one; `POST /auth/reauthenticate` renews it.",
+    )
     transparent_refresh: bool = Field(
         default=False,
         description="`true`: protected routes refresh an expired (or dropped) access cookie "

@@ -1,6 +1,7 @@
 """Access tokens: RFC 9068 JWTs, issued and verified with pinned algorithms.
 
-Header ``{alg, kid, typ: "at+jwt"}``; claims ``iss aud sub sid iat exp jti``. Verification
+Header ``{alg, kid, typ: "at+jwt"}``; claims ``iss aud sub sid iat exp jti``, and
+``amr`` and ``auth_time`` (RFC 8176, OIDC; :mod:`tokenward.authn`). Verification
 refuses, before any signature work: a ``typ`` other than ``at+jwt``, embedded key material
 (``jwk``, ``jku``, ``x5u``, ``x5c``), ``crit``, an unknown ``kid``, and an ``alg`` other than
 the one pinned to that key (so ``none`` and HMAC-with-a-public-key never reach a verifier).
@@ -105,6 +106,10 @@ class AccessClaims:
     jti: str
     iss: str
     aud: str
+    #: RFC 8176 authentication methods (``pwd``, ``otp``, ``mfa``); ``()`` when absent
+    amr: tuple[str, ...] = ()
+    #: when the user last authenticated (login or re-authentication); ``None`` when absent
+    auth_time: int | None = None
 
 
 class VerificationKey(Protocol):
@@ -263,6 +268,12 @@ class AccessTokenVerifier:
             check_lifetime(
                 payload["iat"], payload["exp"], max_lifetime=self.max_lifetime, leeway=self.leeway
             )
+        amr = payload.get("amr", [])
+        auth_time = payload.get("auth_time")
+        if not isinstance(amr, list) or any(not isinstance(m, str) for m in amr):
+            raise TokenInvalid("malformed claims")
+        if auth_time is not None and type(auth_time) is not int:
+            raise TokenInvalid("malformed claims")
         return AccessClaims(
             sub=payload["sub"],
             sid=payload["sid"],
@@ -271,6 +282,8 @@ class AccessTokenVerifier:
             jti=payload["jti"],
             iss=payload["iss"],
             aud=payload["aud"],
+            amr=tuple(amr),
+            auth_time=auth_time,
         )
 
 
@@ -311,10 +324,18 @@ class AccessTokens(AccessTokenVerifier):
         self.ttl = ttl
 
     def issue(
-        self, *, sub: str, sid: str, now: int, email_verified: bool | None = None
+        self,
+        *,
+        sub: str,
+        sid: str,
+        now: int,
+        email_verified: bool | None = None,
+        amr: tuple[str, ...] = (),
+        auth_time: int | None = None,
     ) -> tuple[str, AccessClaims]:
-        """Sign a new access token for session ``sid`` of user ``sub`` (with the
-        ``email_verified`` claim when given)."""
+        """Sign a new access token for session ``sid`` of user ``sub``, with the
+        ``email_verified`` claim and the session's ``amr`` and ``auth_time``
+        (:mod:`tokenward.authn`) when given."""
         key = self.keys.signing_key
         claims = AccessClaims(
             sub=sub,
@@ -324,8 +345,10 @@ class AccessTokens(AccessTokenVerifier):
             jti=secrets.token_urlsafe(16),
             iss=self.issuer,
             aud=self.audience,
+            amr=amr,
+            auth_time=auth_time,
         )
-        payload = {
+        payload: dict[str, Any] = {
             "iss": claims.iss,
             "aud": claims.aud,
             "sub": claims.sub,
@@ -336,6 +359,10 @@ class AccessTokens(AccessTokenVerifier):
         }
         if email_verified is not None:
             payload["email_verified"] = email_verified
+        if amr:
+            payload["amr"] = list(amr)
+        if auth_time is not None:
+            payload["auth_time"] = auth_time
         token = jwt.encode(
             payload,
             key.private_key,

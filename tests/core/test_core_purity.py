@@ -35,6 +35,8 @@ CORE_MODULES = [
     "throttle",
     "mail",
     "email_flows",
+    "authn",
+    "mfa",
 ]
 
 FORBIDDEN_PACKAGES = {

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from tokenward.errors import TokenInvalid, TokenwardError
 from tokenward.http.email_routes import EmailRoutes
 from tokenward.http.metrics_listener import MetricsListener
+from tokenward.http.mfa_routes import mfa_routes
 from tokenward.http.observability import ObservabilityMiddleware
 from tokenward.http.openapi import openapi_document
 from tokenward.http.problems import handle_tokenward_error, handle_unexpected, problem_response
@@ -191,6 +192,7 @@ def create_app(tw: Tokenward, *, manage_lifespan: bool = True) -> Starlette:
         Route("/auth/password/reset", email.reset, methods=["POST"]),
         Route("/auth/email/change", email.change, methods=["POST"]),
         Route("/auth/email/change/confirm", email.confirm_change, methods=["POST"]),
+        *mfa_routes(tw, auth),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

@@ -45,6 +45,12 @@ _STR = {"type": "string"}
 #: An HTML form post is answered 303 whatever it holds (errors go in the redirect's query),
 #: so its schema promises nothing about the fields; the JSON body is checked as Credentials.
 _FORM_CREDENTIALS = {"type": "object", "properties": {"email": _STR, "password": _STR}}
+#: The routes that also take an HTML form post (answered 303), with the form's fields.
+_FORMS = {
+    "/auth/login": _FORM_CREDENTIALS,
+    "/auth/register": _FORM_CREDENTIALS,
+    "/auth/login/mfa": {"type": "object", "properties": {"challenge": _STR, "code": _STR}},
+}
 #: Where the models' schemas live in the document.
 _REF = "#/components/schemas/{model}"
 _RESPONSE_HEADERS: dict[int, dict[str, Any]] = {
@@ -81,6 +87,20 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "/auth/password/reset": [{}],
     "/auth/email/change/confirm": [{}],
 }
+#: Second-factor routes: not served with TOKENWARD_MFA=off.
+_MFA_PATHS = frozenset(
+    {
+        "/auth/login/mfa",
+        "/auth/login/mfa/enroll",
+        "/auth/mfa",
+        "/auth/mfa/totp/enroll",
+        "/auth/mfa/totp/confirm",
+        "/auth/mfa/totp",
+        "/auth/mfa/recovery-codes",
+    }
+)
+#: Routes called without a session.
+_NO_SESSION = ("/auth/register", "/auth/login", "/auth/login/mfa", "/auth/login/mfa/enroll")
 #: Paths whose body is required (the others accept an empty one).
 _BODY_REQUIRED = (
     "/auth/login",
@@ -91,6 +111,10 @@ _BODY_REQUIRED = (
     "/auth/password/reset",
     "/auth/email/change",
     "/auth/email/change/confirm",
+    "/auth/login/mfa",
+    "/auth/login/mfa/enroll",
+    "/auth/mfa/totp/confirm",
+    "/auth/reauthenticate",
 )
 #: A body's shape: a model (:mod:`tokenward.http.schemas`), a list of one, a plain schema.
 Shape = type[BaseModel] | tuple[Literal["array"], type[BaseModel]] | dict[str, Any] | None
@@ -257,6 +281,83 @@ _ENDPOINTS: list[tuple[str, str, str, Shape, int, Shape, list[int]]] = [
         [400, 403, 409, 413, 415, 422, 503],
     ),
     (
+        "post",
+        "/auth/login/mfa",
+        "Second step of a login (after a `mfa_required` answer): the challenge and a TOTP or "
+        "recovery code open the session",
+        schemas.MfaLogin,
+        200,
+        schemas.MfaSessionBody,
+        [400, 401, 403, 409, 413, 415, 422, 429, 503],
+    ),
+    (
+        "post",
+        "/auth/login/mfa/enroll",
+        "TOKENWARD_MFA=required, no factor yet (`enrollment_required`): a TOTP secret for "
+        "the login's challenge; its first code then goes to POST /auth/login/mfa",
+        schemas.MfaEnrollChallenge,
+        200,
+        schemas.TotpEnrolment,
+        [400, 401, 413, 415, 422, 503],
+    ),
+    (
+        "get",
+        "/auth/mfa",
+        "The user's second factors and recovery codes left",
+        None,
+        200,
+        schemas.MfaStatus,
+        _AUTHED,
+    ),
+    (
+        "post",
+        "/auth/mfa/totp/enroll",
+        "A new TOTP secret (text, otpauth URI, SVG QR code), pending until confirmed; needs "
+        "a recent authentication",
+        None,
+        201,
+        schemas.TotpEnrolment,
+        [*_AUTHED, 409, 413, 415, 422],
+    ),
+    (
+        "post",
+        "/auth/mfa/totp/confirm",
+        "Activate the pending TOTP factor with its first code; answers the ten recovery "
+        "codes, once",
+        schemas.MfaCode,
+        200,
+        schemas.RecoveryCodes,
+        [*_AUTHED, 404, 413, 415, 422, 429],
+    ),
+    (
+        "delete",
+        "/auth/mfa/totp",
+        "Remove the TOTP factor and the recovery codes; needs a recent second factor",
+        None,
+        204,
+        None,
+        [*_AUTHED, 404],
+    ),
+    (
+        "post",
+        "/auth/mfa/recovery-codes",
+        "Ten new recovery codes (the old ones stop working); needs a recent second factor",
+        None,
+        200,
+        schemas.RecoveryCodes,
+        [*_AUTHED, 404, 413, 415, 422],
+    ),
+    (
+        "post",
+        "/auth/reauthenticate",
+        "Authenticate again (password, code, or both): the session's `auth_time` is now and "
+        "the methods given join its `amr`; the session is re-keyed",
+        schemas.ReauthRequest,
+        204,
+        None,
+        [*_AUTHED, 404, 413, 415, 422, 429],
+    ),
+    (
         "get",
         "/.well-known/jwks.json",
         "Public keys that verify access tokens",
@@ -323,16 +424,23 @@ def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
         request, schema = components.shape(request_shape), components.shape(success)
         if path == "/metrics" and (tw is None or tw.settings.metrics_token is None):
             continue  # the public app serves /metrics only to a scrape token
+        if path in _MFA_PATHS and tw is not None and tw.settings.mfa == "off":
+            continue  # TOKENWARD_MFA=off: not served
         responses: dict[str, Any] = {}
         ok: dict[str, Any] = {"description": "Success"}
         if schema is not None:
             ok["content"] = {"application/json": {"schema": schema}}
         if status == 200 and path == "/auth/login":
-            ok["description"] = "Logged in (HTML form posts get 303 instead)"
+            ok["description"] = (
+                "Logged in; or, for a user who must give a second factor, `mfa_required` "
+                "with a challenge and no session (HTML form posts get 303 instead)"
+            )
+            challenge = components.ref(schemas.MfaChallengeBody)
+            ok["content"]["application/json"]["schema"] = {"oneOf": [schema, challenge]}
         responses[str(status)] = ok
-        if path in ("/auth/login", "/auth/register"):
+        if path in _FORMS:
             responses["303"] = {"description": "HTML form post: go to the next page"}
-        if path in ("/auth/password", "/auth/logout-all"):
+        if path in ("/auth/password", "/auth/logout-all", "/auth/reauthenticate"):
             # The kept session is re-keyed; bearer clients get its new tokens in a body.
             responses["200"] = {
                 "description": "Bearer transport: the session kept, with its new tokens "
@@ -350,13 +458,13 @@ def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
         op: dict[str, Any] = {"summary": summary, "responses": responses}
         if request is not None:
             content: dict[str, Any] = {"application/json": {"schema": request}}
-            if path in ("/auth/login", "/auth/register"):
-                content["application/x-www-form-urlencoded"] = {"schema": _FORM_CREDENTIALS}
+            if path in _FORMS:
+                content["application/x-www-form-urlencoded"] = {"schema": _FORMS[path]}
             op["requestBody"] = {
                 "required": path in _BODY_REQUIRED,
                 "content": content,
             }
-        if path.startswith("/auth/") and path not in ("/auth/register", "/auth/login"):
+        if path.startswith("/auth/") and path not in _NO_SESSION:
             op["security"] = _SECURITY.get(path, [{"bearer": []}, {"cookie": []}])
         if "{sid}" in path:
             op["parameters"] = [{"name": "sid", "in": "path", "required": True, "schema": _STR}]

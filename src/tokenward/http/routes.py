@@ -47,6 +47,7 @@ from tokenward.http.auth import (
     rotate_recorded,
 )
 from tokenward.http.body import read_body
+from tokenward.http.mfa_login import begin_mfa_login, require_recent_for_credentials
 from tokenward.http.problems import is_bearer_transport, render_error
 from tokenward.http.schemas import (
     Credentials,
@@ -197,6 +198,12 @@ class AuthRoutes:
                     "verify your e-mail address first", resend="/auth/email/verify/resend"
                 )
             await self.tw.email_flows.remember_verified(user)
+            # A user with a second factor gets a challenge, and no session, here.
+            second = await begin_mfa_login(
+                self.tw, request, user, bearer=bearer, form=body.form, now=now
+            )
+            if second is not None:
+                return second
             ref = UserRef(user.id, user.email, user.created_at, user.email_verified)
             issued = await self.tw.sessions.open(ref, ip=ip, user_agent=agent, now=now)
             if issued.evicted:
@@ -475,6 +482,7 @@ class AuthRoutes:
             raise PolicyError("unchanged", "the new password must differ from the current one")
         now = self.tw.clock.now()
         p = auth.principal
+        await require_recent_for_credentials(self.tw, p)
         user = await signed_in_user(self.tw, p)
         # Guessing the current password from a stolen session meets the login limits.
         async with self.tw.throttle.login(user.email, self._client(request)[0], now=now) as t:

@@ -30,15 +30,24 @@ __all__ = [
     "Jwks",
     "LinkToken",
     "LogoutAllRequest",
+    "MfaChallengeBody",
+    "MfaCode",
+    "MfaEnrollChallenge",
+    "MfaLogin",
+    "MfaSessionBody",
+    "MfaStatus",
     "PasswordChange",
     "PasswordReset",
     "Problem",
+    "ReauthRequest",
+    "RecoveryCodes",
     "RefreshRequest",
     "ResendRequest",
     "ServiceToken",
     "SessionBody",
     "SessionRow",
     "TokenRequest",
+    "TotpEnrolment",
     "UserOut",
     "VerifiedOut",
 ]
@@ -147,6 +156,31 @@ class EmailChange(_Model):
 
     new_email: str = Field(max_length=1024)
     password: str
+class MfaLogin(_Model):
+    """`POST /auth/login/mfa`: the login's challenge and a TOTP code (6 digits) or a
+    recovery code (`xxxx-xxxx-xxxx-xxxx`)."""
+
+    challenge: str = Field(max_length=128)
+    code: str = Field(max_length=64)
+
+
+class MfaEnrollChallenge(_Model):
+    """`POST /auth/login/mfa/enroll` (`TOKENWARD_MFA=required`, no factor yet)."""
+
+    challenge: str = Field(max_length=128)
+
+
+class MfaCode(_Model):
+    """`POST /auth/mfa/totp/confirm`: the first code of the app just enrolled."""
+
+    code: str = Field(max_length=64)
+
+
+class ReauthRequest(_Model):
+    """`POST /auth/reauthenticate`: the password, a second-factor code, or both."""
+
+    password: str | SkipJsonSchema[None] = None
+    code: str | SkipJsonSchema[None] = Field(default=None, max_length=64)
 
 
 # ----------------------------------------------------------------------------- responses
@@ -203,6 +237,57 @@ class SessionBody(_Model):
     token_type: Literal["Bearer"] | SkipJsonSchema[None] = None
     expires_in: int | SkipJsonSchema[None] = None
     refresh_expires_in: int | SkipJsonSchema[None] = None
+
+
+class MfaChallengeBody(_Model):
+    """`POST /auth/login` of a user who must give a second factor: no session yet. Send
+    the challenge and a code to `POST /auth/login/mfa` (with `enrollment_required`, first
+    get a secret from `POST /auth/login/mfa/enroll`)."""
+
+    mfa_required: Literal[True]
+    challenge: str
+    factors: list[str]
+    expires_in: int
+    enrollment_required: bool
+
+
+class MfaSessionBody(SessionBody):
+    """`POST /auth/login/mfa`: the session, as a login's; `recovery_codes` (shown once)
+    when a factor was enrolled during this login, `recovery_codes_left` always."""
+
+    recovery_codes: list[str] | SkipJsonSchema[None] = None
+    recovery_codes_left: int | SkipJsonSchema[None] = None
+
+
+class TotpEnrolment(_Model):
+    """A new TOTP secret: as text, as an `otpauth://` URI, and as a QR code (SVG, rendered
+    by the server)."""
+
+    secret: str
+    otpauth_uri: str
+    qr_svg: str
+
+
+class RecoveryCodes(_Model):
+    """Ten single-use recovery codes, shown this once."""
+
+    recovery_codes: list[str]
+
+
+class MfaFactorRow(_Model):
+    id: str
+    kind: str
+    label: str
+    created_at: Time
+    last_used_at: Time | None
+
+
+class MfaStatus(_Model):
+    """`GET /auth/mfa`: the policy, the user's factors (no secrets) and codes left."""
+
+    policy: Literal["off", "optional", "required"]
+    factors: list[MfaFactorRow]
+    recovery_codes_left: int
 
 
 class SessionRow(_Model):

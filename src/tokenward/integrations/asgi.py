@@ -29,6 +29,7 @@ from tokenward.cookies import CookieSpec
 from tokenward.errors import ConfigError, TokenInvalid, TokenwardError
 from tokenward.http.auth import RequestAuth, authenticate, bearer_token, check_request_origin
 from tokenward.http.problems import handle_tokenward_error
+from tokenward.mfa import check_step_up
 from tokenward.runtime import Tokenward
 from tokenward.sessions import Principal
 
@@ -158,6 +159,13 @@ class TokenwardMiddleware:
         audience: this app's service name, one of ``TOKENWARD_AUDIENCES``: protected paths
             then accept only bearer tokens minted for it (``POST /auth/token``), and refuse
             Tokenward's own (cookies included). Default: ``TOKENWARD_AUDIENCE``.
+        require_mfa: path prefixes (or a predicate) that are protected *and* need a session
+            that used a second factor: 403 ``mfa-required`` otherwise (docs/mfa.md).
+        require_recent_auth: path prefixes (or a predicate) that are protected *and* need
+            an authentication in the last ``max_auth_age`` seconds: 403
+            ``reauthentication-required`` otherwise.
+        max_auth_age: seconds, for ``require_recent_auth``; default
+            ``TOKENWARD_REAUTH_MAX_AGE``. A path in both lists needs both.
 
     WebSocket connections to protected paths are authenticated at the handshake and
     closed with code 1008 when that fails (cookies of a transparent refresh cannot be set
@@ -177,15 +185,30 @@ class TokenwardMiddleware:
         protect: Sequence[str] | ProtectPredicate = (),
         serve_routes: bool = False,
         audience: str | None = None,
+        require_mfa: Sequence[str] | ProtectPredicate = (),
+        require_recent_auth: Sequence[str] | ProtectPredicate = (),
+        max_auth_age: int | None = None,
     ) -> None:
-        if isinstance(protect, str):
-            raise TypeError("protect: pass a list of path prefixes, not one string")
+        for name, value in (
+            ("protect", protect),
+            ("require_mfa", require_mfa),
+            ("require_recent_auth", require_recent_auth),
+        ):
+            if isinstance(value, str):
+                raise TypeError(f"{name}: pass a list of path prefixes, not one string")
         if audience is not None and not tw.service_tokens.allows(audience):
             raise ConfigError(f"audience: {audience!r} is not in TOKENWARD_AUDIENCES")
         self.app = app
         self.tw = tw
         self.audience = audience
         self._protected = protect if callable(protect) else _prefix_predicate(protect)
+        self._mfa = require_mfa if callable(require_mfa) else _prefix_predicate(require_mfa)
+        self._recent = (
+            require_recent_auth
+            if callable(require_recent_auth)
+            else _prefix_predicate(require_recent_auth)
+        )
+        self._recent_age = max_auth_age or tw.settings.reauth_max_age
         self._routes: ASGIApp | None = None
         if serve_routes:
             from tokenward.http.app import create_app
@@ -204,14 +227,20 @@ class TokenwardMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        if self._protected(scope):
+        needs_mfa, needs_recent = self._mfa(scope), self._recent(scope)
+        if needs_mfa or needs_recent or self._protected(scope):
             # Created first, so the request view (a copy for WebSockets) shares this dict.
             scope.setdefault("state", {})
             request = _http_view(scope)
             try:
                 if scope["type"] == "websocket" and "authorization" not in request.headers:
                     check_request_origin(self.tw, request)
-                await authenticate_once(self.tw, request, self.audience)
+                auth = await authenticate_once(self.tw, request, self.audience)
+                claims, now = auth.principal.claims, self.tw.clock.now()
+                if needs_mfa:
+                    check_step_up(claims, mfa=True, now=now)
+                if needs_recent:
+                    check_step_up(claims, max_age=self._recent_age, now=now)
             except TokenwardError as exc:
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})

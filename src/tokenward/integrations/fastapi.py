@@ -33,6 +33,15 @@ refresh) and errors are rendered by the server's problem mapping.
 Authorization beyond "who is this" is the app's: :meth:`TokenwardFastAPI.require_scope`
 asks the ``scopes_for`` callback the app supplies (access tokens carry no scopes).
 
+Step-up: :meth:`TokenwardFastAPI.require_mfa` lets a route through only for a session
+that signed in (or re-authenticated) with a second factor, 403 ``mfa-required`` otherwise;
+:meth:`TokenwardFastAPI.require_recent_auth` only for one that authenticated in the last
+``max_age`` seconds, 403 ``reauthentication-required`` otherwise (docs/mfa.md)::
+
+    @app.post("/billing")
+    async def billing(session: Annotated[Principal, Depends(auth.require_mfa(max_age=600))]):
+        ...
+
 An app that is one of the deployment's *other* services passes its name,
 ``TokenwardFastAPI(tw, audience="notes")`` (one of ``TOKENWARD_AUDIENCES``): its
 dependencies then accept only bearer tokens minted for ``notes`` (``POST /auth/token``),
@@ -57,6 +66,7 @@ from tokenward.integrations.asgi import (
     authenticate_once,
     presents_credentials,
 )
+from tokenward.mfa import check_step_up
 from tokenward.runtime import Tokenward
 from tokenward.sessions import Principal, UserRef
 
@@ -154,6 +164,40 @@ class TokenwardFastAPI:
         if not presents_credentials(self.tw, request):
             return None
         return await self.current_user(request)
+
+    def require_mfa(
+        self, *, max_age: int | None = None
+    ) -> Callable[[Request], Awaitable[Principal]]:
+        """Dependency factory: the session, if it used a second factor (``amr`` holds
+        ``mfa``) and, with ``max_age``, authenticated at most that many seconds ago.
+
+        Raises:
+            MfaRequired: (403 ``mfa-required``) no second factor in this session.
+            ReauthenticationRequired: (403 ``reauthentication-required``) too long ago.
+        """
+        return self._step_up(mfa=True, max_age=max_age)
+
+    def require_recent_auth(
+        self, max_age: int | None = None
+    ) -> Callable[[Request], Awaitable[Principal]]:
+        """Dependency factory: the session, if it authenticated (logged in, or
+        ``POST /auth/reauthenticate``) at most ``max_age`` seconds ago
+        (default ``TOKENWARD_REAUTH_MAX_AGE``).
+
+        Raises:
+            ReauthenticationRequired: (403 ``reauthentication-required``) too long ago.
+        """
+        return self._step_up(mfa=False, max_age=max_age or self.tw.settings.reauth_max_age)
+
+    def _step_up(
+        self, *, mfa: bool, max_age: int | None
+    ) -> Callable[[Request], Awaitable[Principal]]:
+        async def stepped_up_session(request: Request) -> Principal:
+            principal = await self.current_session(request)
+            check_step_up(principal.claims, mfa=mfa, max_age=max_age, now=self.tw.clock.now())
+            return principal
+
+        return stepped_up_session
 
     def require_scope(self, *scopes: str) -> Callable[[Request], Awaitable[Principal]]:
         """Dependency factory: the session, if ``scopes_for`` grants every one of ``scopes``.

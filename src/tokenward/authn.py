@@ -1,0 +1,86 @@
+"""How a session was authenticated: RFC 8176 ``amr`` values and the ``auth_time``.
+
+Every access token carries both claims. A session opened by a password alone has
+``amr = ["pwd"]`` and ``auth_time`` = its creation time, which the session state already
+holds, so nothing is stored for it. A session opened with a second factor, or one that
+re-authenticated since (a "step-up"), has an :class:`AuthLevel` stored beside it
+(:class:`AuthLevelStore`), which every refresh reads to put the same claims in the new
+access token. Framework-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "AMR_MFA",
+    "AMR_OTP",
+    "AMR_PWD",
+    "SECOND_FACTORS",
+    "AuthLevel",
+    "AuthLevelStore",
+    "combined_amr",
+    "password_level",
+]
+
+#: RFC 8176 section 2: password, one-time password, multiple factors.
+AMR_PWD = "pwd"
+AMR_OTP = "otp"
+AMR_MFA = "mfa"
+#: Methods that count as a factor other than the password (``hwk``/``swk`` join for passkeys).
+SECOND_FACTORS = frozenset({AMR_OTP, "hwk", "swk"})
+#: The order the values are listed in, whatever order they were added in.
+_ORDER = {AMR_PWD: 0, AMR_OTP: 1, "hwk": 2, "swk": 3, AMR_MFA: 9}
+
+
+def combined_amr(methods: Iterable[str]) -> tuple[str, ...]:
+    """The ``amr`` of a session that used ``methods``: sorted, without duplicates, with
+    ``mfa`` added when a password and a second factor (or two factors) were both used."""
+    found = {m for m in methods if m != AMR_MFA}
+    if len(found) >= 2 and found & SECOND_FACTORS:
+        found.add(AMR_MFA)
+    return tuple(sorted(found, key=lambda m: (_ORDER.get(m, 5), m)))
+
+
+@dataclass(frozen=True, slots=True)
+class AuthLevel:
+    """The ``amr`` and ``auth_time`` claims of a session's access tokens."""
+
+    amr: tuple[str, ...]
+    auth_time: int
+
+    @property
+    def multi_factor(self) -> bool:
+        """Whether a second factor was used (``mfa`` in ``amr``)."""
+        return AMR_MFA in self.amr
+
+    def encode(self) -> str:
+        """``pwd,otp,mfa|1800000000`` (what the store keeps)."""
+        return f"{','.join(self.amr)}|{self.auth_time}"
+
+    @classmethod
+    def decode(cls, text: str) -> AuthLevel | None:
+        """The level :meth:`encode` wrote, or ``None`` for anything else."""
+        methods, sep, when = text.partition("|")
+        if not sep or not when.isdigit() or not methods:
+            return None
+        return cls(tuple(methods.split(",")), int(when))
+
+
+def password_level(created_at: int) -> AuthLevel:
+    """The level of a session opened by a password alone, at ``created_at``."""
+    return AuthLevel((AMR_PWD,), created_at)
+
+
+class AuthLevelStore(Protocol):
+    """Where the :class:`AuthLevel` of sessions that need one is kept (with a TTL)."""
+
+    async def get_level(self, uid: str, sid: str) -> AuthLevel | None:
+        """The stored level, or ``None`` (a password-only session)."""
+        ...
+
+    async def put_level(self, uid: str, sid: str, level: AuthLevel, *, ttl: int) -> None:
+        """Store the level of a session for ``ttl`` seconds (its absolute lifetime)."""
+        ...

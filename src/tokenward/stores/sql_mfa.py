@@ -1,0 +1,227 @@
+"""The SQL :class:`~tokenward.mfa.FactorStore`: second factors and recovery codes.
+
+Two tables (migration 0004), on the same engine as the users:
+
+* ``tokenward_mfa_factors``: one row per factor. ``kind`` is ``totp`` today; passkeys will
+  be rows of kind ``webauthn`` with their ``credential_id`` and ``sign_count`` (columns
+  already here, unused by TOTP). ``secret`` is the sealed TOTP secret
+  (:class:`~tokenward.secretbox.SecretBox`), never the plain one. ``confirmed_at`` is
+  ``NULL`` while an enrolment waits for its first code.
+* ``tokenward_mfa_recovery_codes``: ``(user_id, digest)``, ``used_at`` once used.
+
+Any database failure is :class:`~tokenward.errors.Unavailable` (503); each verb is one
+transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    LargeBinary,
+    String,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tokenward.errors import Unavailable
+from tokenward.mfa import Factor
+from tokenward.stores.sql_users import metadata
+
+__all__ = ["SqlFactorStore", "factors_table", "recovery_table"]
+
+factors_table = Table(
+    "tokenward_mfa_factors",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("label", String(64), nullable=False),
+    Column("secret", LargeBinary, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("confirmed_at", BigInteger, nullable=True),
+    Column("last_used_at", BigInteger, nullable=True),
+    #: passkeys (WebAuthn): the credential id and the authenticator's signature counter
+    Column("credential_id", String(255), nullable=True),
+    Column("sign_count", BigInteger, nullable=False, default=0),
+    Index("ix_tokenward_mfa_factors_user", "user_id"),
+    Index("ix_tokenward_mfa_factors_credential", "credential_id", unique=True),
+)
+
+recovery_table = Table(
+    "tokenward_mfa_recovery_codes",
+    metadata,
+    Column("user_id", String(32), primary_key=True),
+    Column("digest", String(64), primary_key=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("used_at", BigInteger, nullable=True),
+)
+
+
+@asynccontextmanager
+async def _backend() -> AsyncIterator[None]:
+    try:
+        yield
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise Unavailable("user database unreachable") from exc
+
+
+def _factor(row: Any) -> Factor:
+    return Factor(
+        id=row.id,
+        uid=row.user_id,
+        kind=row.kind,
+        label=row.label,
+        secret=bytes(row.secret),
+        created_at=int(row.created_at),
+        confirmed_at=None if row.confirmed_at is None else int(row.confirmed_at),
+        last_used_at=None if row.last_used_at is None else int(row.last_used_at),
+    )
+
+
+def _factor_values(factor: Factor) -> dict[str, Any]:
+    return {
+        "id": factor.id,
+        "user_id": factor.uid,
+        "kind": factor.kind,
+        "label": factor.label,
+        "secret": factor.secret,
+        "created_at": factor.created_at,
+        "confirmed_at": factor.confirmed_at,
+        "last_used_at": factor.last_used_at,
+        "sign_count": 0,
+    }
+
+
+class SqlFactorStore:
+    """Factors and recovery codes in two tables."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def factors(self, uid: str) -> list[Factor]:
+        """See :meth:`tokenward.mfa.FactorStore.factors`."""
+        query = (
+            select(factors_table)
+            .where(factors_table.c.user_id == uid)
+            .order_by(factors_table.c.created_at, factors_table.c.id)
+        )
+        async with _backend(), self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_factor(r) for r in rows]
+
+    async def put_pending(self, factor: Factor) -> None:
+        """See :meth:`tokenward.mfa.FactorStore.put_pending`."""
+        async with _backend(), self.engine.begin() as conn:
+            await conn.execute(
+                delete(factors_table).where(
+                    factors_table.c.user_id == factor.uid,
+                    factors_table.c.kind == factor.kind,
+                    factors_table.c.confirmed_at.is_(None),
+                )
+            )
+            await conn.execute(insert(factors_table).values(**_factor_values(factor)))
+
+    async def confirm(self, uid: str, factor_id: str, *, codes: Sequence[str], now: int) -> bool:
+        """See :meth:`tokenward.mfa.FactorStore.confirm`.
+
+        ``UPDATE ... WHERE confirmed_at IS NULL``: of two concurrent confirmations one
+        applies; the other's transaction changes nothing.
+        """
+        async with _backend(), self.engine.begin() as conn:
+            result = await conn.execute(
+                update(factors_table)
+                .where(
+                    factors_table.c.id == factor_id,
+                    factors_table.c.user_id == uid,
+                    factors_table.c.confirmed_at.is_(None),
+                )
+                .values(confirmed_at=now, last_used_at=now)
+            )
+            if not result.rowcount:
+                return False
+            await self._replace_codes(conn, uid, codes, now)
+        return True
+
+    async def add_confirmed(self, factor: Factor, *, codes: Sequence[str], now: int) -> bool:
+        """See :meth:`tokenward.mfa.FactorStore.add_confirmed`."""
+        async with _backend(), self.engine.begin() as conn:
+            existing = await conn.execute(
+                select(func.count())
+                .select_from(factors_table)
+                .where(
+                    factors_table.c.user_id == factor.uid,
+                    factors_table.c.kind == factor.kind,
+                    factors_table.c.confirmed_at.is_not(None),
+                )
+            )
+            if existing.scalar_one():
+                return False
+            await conn.execute(insert(factors_table).values(**_factor_values(factor)))
+            await self._replace_codes(conn, factor.uid, codes, now)
+        return True
+
+    @staticmethod
+    async def _replace_codes(conn: Any, uid: str, codes: Sequence[str], now: int) -> None:
+        await conn.execute(delete(recovery_table).where(recovery_table.c.user_id == uid))
+        if codes:
+            await conn.execute(
+                insert(recovery_table),
+                [{"user_id": uid, "digest": d, "created_at": now, "used_at": None} for d in codes],
+            )
+
+    async def touch(self, factor_id: str, *, now: int) -> None:
+        """See :meth:`tokenward.mfa.FactorStore.touch`."""
+        async with _backend(), self.engine.begin() as conn:
+            await conn.execute(
+                update(factors_table)
+                .where(factors_table.c.id == factor_id)
+                .values(last_used_at=now)
+            )
+
+    async def use_recovery(self, uid: str, digest: str, *, now: int) -> bool:
+        """See :meth:`tokenward.mfa.FactorStore.use_recovery` (one conditional UPDATE)."""
+        async with _backend(), self.engine.begin() as conn:
+            result = await conn.execute(
+                update(recovery_table)
+                .where(
+                    recovery_table.c.user_id == uid,
+                    recovery_table.c.digest == digest,
+                    recovery_table.c.used_at.is_(None),
+                )
+                .values(used_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def replace_recovery(self, uid: str, codes: Sequence[str], *, now: int) -> None:
+        """See :meth:`tokenward.mfa.FactorStore.replace_recovery`."""
+        async with _backend(), self.engine.begin() as conn:
+            await self._replace_codes(conn, uid, codes, now)
+
+    async def recovery_left(self, uid: str) -> int:
+        """See :meth:`tokenward.mfa.FactorStore.recovery_left`."""
+        query = (
+            select(func.count())
+            .select_from(recovery_table)
+            .where(recovery_table.c.user_id == uid, recovery_table.c.used_at.is_(None))
+        )
+        async with _backend(), self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def remove_all(self, uid: str) -> int:
+        """See :meth:`tokenward.mfa.FactorStore.remove_all`."""
+        async with _backend(), self.engine.begin() as conn:
+            result = await conn.execute(delete(factors_table).where(factors_table.c.user_id == uid))
+            await conn.execute(delete(recovery_table).where(recovery_table.c.user_id == uid))
+        return int(result.rowcount)
