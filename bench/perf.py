@@ -45,7 +45,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,11 +79,12 @@ def wait_http(url: str, timeout: float = 60) -> None:
     while True:
         try:
             urllib.request.urlopen(url, timeout=1).read()
-            return
         except OSError:
             if time.monotonic() > deadline:
                 raise SystemExit(f"{url} did not answer within {timeout} s") from None
             time.sleep(0.2)
+        else:
+            return
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:
@@ -240,7 +240,7 @@ def postgres() -> Iterator[str]:
 
     bindir = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1].parent
     run_as: list[str] = []
-    workdir = Path(tempfile.mkdtemp(prefix="tokenward-perf-pg-", dir="/tmp"))  # noqa: S108
+    workdir = Path(tempfile.mkdtemp(prefix="tokenward-perf-pg-", dir="/tmp"))
     if os.geteuid() == 0:
         owner = pwd.getpwnam("postgres")
         os.chown(workdir, owner.pw_uid, owner.pw_gid)
@@ -366,6 +366,69 @@ def round_trips(redis: Redis, base: str, kind: str, users: dict[str, list[str]])
     }
 
 
+def profile_refresh(pid: int, url: str, script: Path, args: argparse.Namespace) -> None:
+    """py-spy on the server's processes during refresh load: a flame graph and a text top."""
+    spy = shutil.which("py-spy") or str(VENV_BIN / "py-spy")
+    out = ROOT / "bench" / "profiles"
+    out.mkdir(exist_ok=True)
+    for fmt, path in (("flamegraph", out / f"{args.label}-refresh.svg"),
+                      ("raw", out / f"{args.label}-refresh.raw")):  # fmt: skip
+        argv = [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--nonblocking",
+            "--rate",
+            "250",
+            "--duration",
+            str(args.duration),
+            "--format",
+            fmt,
+            "--output",
+            str(path),
+        ]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        run_wrk(url, args.duration, args.connections, script)
+        proc.wait(timeout=args.duration + 60)
+    raw = out / f"{args.label}-refresh.raw"
+    if raw.exists():
+        (out / f"{args.label}-refresh.txt").write_text(summarize(raw.read_text()))
+        raw.unlink()
+
+
+def summarize(collapsed: str, top: int = 45) -> str:
+    """Hottest functions (inclusive and self share of samples) from py-spy's collapsed stacks."""
+    total = 0
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = [re.sub(r" \((.*?)/([^/]+:\d+)\)", r" (\2)", f) for f in stack.split(";")]
+        frames = [re.sub(r":\d+\)$", ")", f) for f in frames]
+        if frames and frames[0].startswith("process "):
+            frames = frames[1:]
+        if not frames:
+            continue
+        total += n
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    lines = [f"{total} samples (all server processes; idle event-loop waits included)", "",
+             "inclusive %  self %  function"]  # fmt: skip
+    for f, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{100 * n / total:10.1f}  {100 * own.get(f, 0) / total:6.1f}  {f}")
+    lines += ["", "self % (top)"]
+    for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{100 * n / total:6.1f}  {f}")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------- main
 
 
@@ -381,6 +444,11 @@ def main() -> int:
     parser.add_argument("--server", choices=("uvicorn", "granian"), default=None)
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="tokenward source tree")
     parser.add_argument("--label", default="run")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="after the runs, two more refresh runs under py-spy: bench/profiles/<label>-refresh"
+        ".svg (flame graph) and -refresh.txt (hottest functions, from the collapsed stacks)",
+    )  # fmt: skip
     parser.add_argument("--sqlite", action="store_true", help="users in SQLite, not PostgreSQL")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     args = parser.parse_args()
@@ -393,8 +461,10 @@ def main() -> int:
         "src": str(args.src),
         "git": subprocess.run(
             ["git", "-C", str(args.src), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=False,
-        ).stdout.strip(),  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip(),
         "args": {k: str(v) for k, v in vars(args).items()},
         "cores": os.cpu_count(),
         "runs": {},
@@ -450,7 +520,7 @@ def main() -> int:
                 if serve_supports("--server", env):
                     argv += ["--server", args.server]
                 else:
-                    print(f"note: this tokenward serve has no --server; using its default")
+                    print("note: this tokenward serve has no --server; using its default")
                     results["args"]["server"] = "default (no --server option)"
             serve_proc = subprocess.Popen(
                 argv, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -528,6 +598,8 @@ def main() -> int:
                           + (f"  {run.get('server_cpu_us', 0):7.0f} us CPU"
                              f"  non-2xx {run.get('non_2xx', 0)}" if name != "argon2" else ""),
                           flush=True)  # fmt: skip
+            if args.profile and "refresh" in args.scenarios:
+                profile_refresh(serve_proc.pid, urls["refresh"], scripts["refresh"], args)
             for kind in ("me-bearer", "refresh", "login"):
                 if kind in args.scenarios:
                     results["round_trips"][kind] = round_trips(redis, base, kind, users)

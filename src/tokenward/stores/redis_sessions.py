@@ -84,6 +84,16 @@ GRACE_CHAIN_MAX = 8
 #: base64url characters) and when (10 digits).
 _GRACE_ENTRY = 96
 
+#: Every field a well-formed record is checked on, in the order the Lua ``fields_ok`` reads
+#: them (``f[1]`` ... ``f[18]``).
+_WELL_FORMED_FIELDS = ", ".join(
+    f"'{name}'"
+    for name in (
+        "uid", "csrf", "cur", "uca", "created", "last", "abs", "exp", "rot", "rlw", "rln",
+        "gn", "gev", "prev", "salt", "gch", "ip", "ua",
+    )
+)  # fmt: skip
+
 # Shared Lua: end one session (by sid) inside a script. KEYS[idx], KEYS[ended] are passed in.
 _LUA_END = (
     """
@@ -142,10 +152,9 @@ end
 -- Whether an existing key is a well-formed session of user 'uid': every field a script
 -- reads is there and every number is a number. One definition for every script, so a
 -- record is corrupt for all of them or for none.
-local function well_formed(key, uid)
-  local f = redis.pcall('HMGET', key, 'uid', 'csrf', 'cur', 'uca', 'created', 'last', 'abs',
-    'exp', 'rot', 'rlw', 'rln', 'gn', 'gev', 'prev', 'salt', 'gch', 'ip', 'ua')
-  if f.err or f[1] ~= uid or not f[2] or not f[3] or not f[17] or not f[18] then
+-- The fields in the order fields_ok expects them (a script may read more after them).
+local function fields_ok(f, uid)
+  if f[1] ~= uid or not f[2] or not f[3] or not f[17] or not f[18] then
     return false
   end
   for i = 4, 8 do
@@ -154,6 +163,23 @@ local function well_formed(key, uid)
   if not numbers(f, 9, 10, 11, 12, 13) then return false end
   if f[14] and not (f[9] and f[15]) then return false end
   return chain_ok(f[16])
+end
+local function well_formed(key, uid)
+  local f = redis.pcall('HMGET', key, $WF)
+  if f.err then return false end
+  return fields_ok(f, uid)
+end
+-- The record in fields_ok's order plus the fields named, read once: the fields, or nil
+-- when there is no record, or false when it is corrupt.
+local function load(key, uid, ...)
+  local f = redis.pcall('HMGET', key, $WF, ...)
+  if f.err then return false end
+  if not f[1] then
+    if redis.call('EXISTS', key) == 1 then return false end
+    return nil
+  end
+  if not fields_ok(f, uid) then return false end
+  return f
 end
 -- How a presented digest other than the current one relates to the session: 'prev' or
 -- 'chain' (with its position in the grace chain) when inside its grace window, 'reused'
@@ -178,6 +204,7 @@ local function replaced(presented, prev, rot, gch, old, now, grace)
   return 'unknown', 0
 end
 """.replace("$KEEP", str(ENDED_KEEP - 1))
+    .replace("$WF", _WELL_FORMED_FIELDS)
     .replace("$TTL", str(ENDED_TTL))
     .replace("$ENTRY", str(_GRACE_ENTRY))
     .replace("$CHARS", str(ANCESTOR_CHARS))
@@ -227,36 +254,34 @@ local now, grace, idle = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local limit, window, channel = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
 local uid, fp, replays, every = ARGV[12], ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
 local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #sid)
-local f = read(KEYS[1], 'cur', 'prev', 'rot', 'salt', 'abs', 'csrf', 'rlw', 'rln', 'old',
-  'uid', 'uca', 'created', 'exp', 'gch', 'rlx', 'fp', 'gn', 'gev')
-if not f or (f[1] and not well_formed(KEYS[1], uid)) then
-  return corrupt(KEYS[1], KEYS[2], sid, channel)
-end
-if not f[1] then return {'missing'} end
-local exp = tonumber(f[13])
+-- One read of every field (fields_ok's 18, then old, rlx, fp, email), checked as it is.
+local f = load(KEYS[1], uid, 'old', 'rlx', 'fp', 'email')
+if f == false then return corrupt(KEYS[1], KEYS[2], sid, channel) end
+if not f then return {'missing'} end
+local exp = tonumber(f[8])
 if exp <= now then return {'missing'} end
-if csrf ~= '' and csrf ~= f[6] then return {'csrf'} end
-local state = {f[10], f[11], f[6], f[12]}
-if presented == f[1] then
-  local ttl = math.min(idle, tonumber(f[5]) - now)
+if csrf ~= '' and csrf ~= f[2] then return {'csrf'} end
+local state = {f[1], f[4], f[2], f[5]}
+if presented == f[3] then
+  local ttl = math.min(idle, tonumber(f[7]) - now)
   if ttl <= 0 then return {'missing'} end
-  local rlw, rln = tonumber(f[7]) or 0, tonumber(f[8]) or 0
+  local rlw, rln = tonumber(f[10]) or 0, tonumber(f[11]) or 0
   if now - rlw >= window then rlw, rln = now, 0 end
   if rln >= limit then
     -- 'rlx' remembers the window whose first refusal was reported (one event per burst)
-    local first = f[15] ~= tostring(rlw)
+    local first = f[20] ~= tostring(rlw)
     if first then redis.call('HSET', KEYS[1], 'rlx', rlw) end
     return {'limited', tostring(rlw + window - now), first and '1' or '0'}
   end
-  local old = f[9] or ''
-  if f[2] then old = string.sub(string.sub(f[2], 1, $CHARS) .. old, 1, $CHARS * $KEPT) end
+  local old = f[19] or ''
+  if f[14] then old = string.sub(string.sub(f[14], 1, $CHARS) .. old, 1, $CHARS * $KEPT) end
   -- The grace chain: the token leaving 'prev' keeps its grace (with the salt that replaced
   -- it) if it was replaced less than the grace ago, and so do the entries after it that are
   -- still inside theirs. Newest first, so the first one too old ends the chain.
   local gch = ''
-  if f[2] and grace > 0 and now - tonumber(f[3]) <= grace then
-    gch = f[2] .. f[4] .. string.format('%010d', tonumber(f[3]))
-    local rest = f[14] or ''
+  if f[14] and grace > 0 and now - tonumber(f[9]) <= grace then
+    gch = f[14] .. f[15] .. string.format('%010d', tonumber(f[9]))
+    local rest = f[16] or ''
     for i = 1, #rest - $ENTRY + 1, $ENTRY do
       if #gch >= $ENTRY * $CHAIN then break end
       if now - tonumber(string.sub(rest, i + 86, i + 95)) > grace then break end
@@ -264,14 +289,15 @@ if presented == f[1] then
     end
   end
   -- 'email': written by 0.1, personal data no script reads
+  if f[22] or (f[16] and gch == '') then redis.call('HDEL', KEYS[1], 'gch', 'email') end
   if gch == '' then
-    redis.call('HDEL', KEYS[1], 'gch', 'email')
+    redis.call('HSET', KEYS[1], 'cur', successor, 'prev', presented, 'salt', salt, 'rot', now,
+      'last', now, 'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'old', old, 'fp', fp, 'gn', 0)
   else
-    redis.call('HDEL', KEYS[1], 'email')
-    redis.call('HSET', KEYS[1], 'gch', gch)
+    redis.call('HSET', KEYS[1], 'cur', successor, 'prev', presented, 'salt', salt, 'rot', now,
+      'last', now, 'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'old', old, 'fp', fp, 'gn', 0,
+      'gch', gch)
   end
-  redis.call('HSET', KEYS[1], 'cur', successor, 'prev', presented, 'salt', salt, 'rot', now,
-    'last', now, 'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'old', old, 'fp', fp, 'gn', 0)
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[2], now, sid)
   -- The index may have expired (its TTL is counted in whole seconds from the latest login,
@@ -279,14 +305,14 @@ if presented == f[1] then
   if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
   return {'rotated', tostring(ttl), '0', state}
 end
-local kind, at = replaced(presented, f[2], f[3], f[14], f[9], now, grace)
+local kind, at = replaced(presented, f[14], f[9], f[16], f[19], now, grace)
 if kind == 'prev' or kind == 'chain' then
   -- A grace replay hands out the current token: only to the client that rotated (a tab of
   -- the same browser, a retry), and only a few times per rotation. Anything else means a
   -- second holder of the session's tokens, which is theft.
-  local gn = tonumber(f[17]) or 0
+  local gn = tonumber(f[12]) or 0
   local why = nil
-  if f[16] and f[16] ~= '' and fp ~= '' and f[16] ~= fp then
+  if f[21] and f[21] ~= '' and fp ~= '' and f[21] ~= fp then
     why = 'client'
   elseif gn >= replays then
     why = 'replays'
@@ -295,15 +321,18 @@ if kind == 'prev' or kind == 'chain' then
     end_session(prefix, KEYS[2], KEYS[3], sid, 'refresh-reused', now, channel)
     return {'reused', why}
   end
-  local report = now - (tonumber(f[18]) or 0) >= every
-  redis.call('HSET', KEYS[1], 'gn', gn + 1)
-  if report then redis.call('HSET', KEYS[1], 'gev', now) end
+  local report = now - (tonumber(f[13]) or 0) >= every
+  if report then
+    redis.call('HSET', KEYS[1], 'gn', gn + 1, 'gev', now)
+  else
+    redis.call('HSET', KEYS[1], 'gn', gn + 1)
+  end
   local out = {'grace', tostring(exp - now), report and '1' or '0', state}
   if kind == 'chain' then
     -- Through the salts from the presented token to the current one.
-    for j = at, 1, -$ENTRY do table.insert(out, string.sub(f[14], j + 64, j + 85)) end
+    for j = at, 1, -$ENTRY do table.insert(out, string.sub(f[16], j + 64, j + 85)) end
   end
-  table.insert(out, f[4])
+  table.insert(out, f[15])
   return out
 end
 if kind == 'reused' then
@@ -321,13 +350,11 @@ _GET = (
     _LUA_END
     + """
 local now, uid, sid, channel = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local f = read(KEYS[1], 'uid', 'uca', 'csrf', 'created', 'exp')
-if not f or (f[1] and not well_formed(KEYS[1], uid)) then
-  return corrupt(KEYS[1], KEYS[2], sid, channel)
-end
-if not f[1] then return false end
-if tonumber(f[5]) <= now then return false end
-return f
+local f = load(KEYS[1], uid)
+if f == false then return corrupt(KEYS[1], KEYS[2], sid, channel) end
+if not f then return false end
+if tonumber(f[8]) <= now then return false end
+return {f[1], f[4], f[2], f[5], f[8]}
 """
 )
 
