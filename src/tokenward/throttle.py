@@ -232,11 +232,11 @@ class LoginTicket:
         if self.done:
             return
         self.done = True
-        await self.limiter.reset([self.pair_key])
-        others = [k for k in self._keys() if k != self.pair_key]
-        await self.limiter.release(others, event=self.event)
-        await self.limiter.remember(
-            self.known_key, self.address, now=now, ttl=KNOWN_ADDRESS_TTL, keep=KNOWN_ADDRESSES_KEPT
+        await self.limiter.settle(
+            reset=[self.pair_key],
+            release=[k for k in self._keys() if k != self.pair_key],
+            event=self.event,
+            remember=(self.known_key, self.address, now, KNOWN_ADDRESS_TTL, KNOWN_ADDRESSES_KEPT),
         )
 
 
