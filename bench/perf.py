@@ -616,7 +616,9 @@ def main() -> int:
                 profile_refresh(serve_proc.pid, urls["refresh"], scripts["refresh"], args)
             for kind in ("me-bearer", "refresh", "login"):
                 if kind in args.scenarios:
-                    results["round_trips"][kind] = round_trips(redis, base, kind, users, serve_proc.pid)
+                    results["round_trips"][kind] = round_trips(
+                        redis, base, kind, users, serve_proc.pid
+                    )
         finally:
             stop(hello_proc)
             stop(serve_proc)
