@@ -482,3 +482,18 @@ async def test_user_agents_are_stored_once_per_user(
     assert 0 < await redis.ttl(agents) <= 7200  # the index's TTL: the absolute limit
     listed = await sessions.list(user.id, current=None, now=NOW + 3)
     assert [info.record.user_agent for info in listed] == ["Agent/B"]
+
+
+async def test_a_long_user_agent_is_stored_in_pieces_and_listed_whole(
+    sessions: Sessions, redis: aioredis.Redis
+) -> None:
+    """An agent of up to 256 characters is kept in pieces of 64, so the table stays a
+    compact listpack, and the listing puts it back together."""
+    user = _user()
+    agent = "".join(chr(ord("a") + i % 26) for i in range(300))
+    await sessions.open(user, ip="192.0.2.1", user_agent=agent, now=NOW)
+    table = f"tw:{{u:{user.id}}}:ua"
+    assert await redis.hlen(table) == 4
+    assert await redis.object("encoding", table) == "listpack"
+    listed = await sessions.list(user.id, current=None, now=NOW + 1)
+    assert [info.record.user_agent for info in listed] == [agent[:256]]

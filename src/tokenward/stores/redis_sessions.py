@@ -233,9 +233,9 @@ local function ancestors(head, chain, old)
   return {string.sub(chain, 1, 64), string.sub(chain, 65, 128), string.sub(chain, 129, 192)}
 end
 local ANCESTOR_FIELDS = {'anc', 'anc2', 'anc3'}
--- Writes the ancestors (HSET the parts there are, HDEL the others that 'had' shows).
-local function store_ancestors(key, parts, had)
-  local set, gone = {}, {}
+-- Adds the ancestor fields to write to 'set' and those to delete ('had' shows what the
+-- record holds) to 'gone', for the script's one HSET and one HDEL.
+local function store_ancestors(parts, had, set, gone)
   for i, name in ipairs(ANCESTOR_FIELDS) do
     if parts[i] ~= '' then
       table.insert(set, name)
@@ -244,8 +244,6 @@ local function store_ancestors(key, parts, had)
       table.insert(gone, name)
     end
   end
-  if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
-  if #set > 0 then redis.call('HSET', key, unpack(set)) end
 end
 """.replace("$KEEP", str(ENDED_KEEP - 1))
     .replace("$WF", _WELL_FORMED_FIELDS)
@@ -279,17 +277,23 @@ for _, s in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
     agents[r[2]] = true
   end
 end
--- The user's agents, each stored once, under the digest its sessions hold ('uk'): kept as
--- long as the index (past every session's absolute limit), pruned of agents no live
+-- The user's agents, each stored once, under the digest its sessions hold ('uk'), in
+-- pieces of at most 64 characters ('<uk>', '<uk>.1' ...: the table stays a listpack): kept
+-- as long as the index (past every session's absolute limit), pruned of agents no live
 -- session names. Anything but a hash there is replaced.
 if uk ~= '' then
-  local r = redis.pcall('HSET', KEYS[4], uk, agent)
+  local pieces = {uk, string.sub(agent, 1, 64)}
+  for i = 1, math.floor((#agent - 1) / 64) do
+    table.insert(pieces, uk .. '.' .. i)
+    table.insert(pieces, string.sub(agent, 64 * i + 1, 64 * i + 64))
+  end
+  local r = redis.pcall('HSET', KEYS[4], unpack(pieces))
   if type(r) == 'table' and r.err then
     redis.call('DEL', KEYS[4])
-    redis.call('HSET', KEYS[4], uk, agent)
+    redis.call('HSET', KEYS[4], unpack(pieces))
   end
   for _, name in ipairs(redis.call('HKEYS', KEYS[4])) do
-    if not agents[name] then redis.call('HDEL', KEYS[4], name) end
+    if not agents[string.sub(name, 1, 16)] then redis.call('HDEL', KEYS[4], name) end
   end
   if redis.call('TTL', KEYS[4]) < ittl then redis.call('EXPIRE', KEYS[4], ittl) end
 end
@@ -357,12 +361,12 @@ if presented == f[3] then
   if f[23] then table.insert(gone, 'email') end
   if f[20] then table.insert(gone, 'old') end
   if f[16] and gch == '' then table.insert(gone, 'gch') end
-  if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
   local set = {'cur', successor, 'prev', presented, 'salt', salt, 'rot', now, 'last', now,
     'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'fp', fp, 'gn', 0}
   if gch ~= '' then table.insert(set, 'gch'); table.insert(set, gch) end
+  store_ancestors(parts, {f[24], f[25], f[26]}, set, gone)
+  if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
   redis.call('HSET', KEYS[1], unpack(set))
-  store_ancestors(KEYS[1], parts, {f[24], f[25], f[26]})
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[2], now, sid)
   -- The index may have expired (its TTL is counted in whole seconds from the latest login,
@@ -474,9 +478,11 @@ local exp = tonumber(f[4])
 if exp <= now then return {'missing'} end
 local parts = ancestors(f[2], (f[9] or '') .. (f[10] or '') .. (f[11] or ''), f[3])
 parts = ancestors(f[1], table.concat(parts), nil)
-redis.call('HDEL', KEYS[1], 'prev', 'salt', 'gch', 'gn', 'fp', 'email', 'old')
-redis.call('HSET', KEYS[1], 'cur', cur, 'csrf', csrf, 'rot', 0)
-store_ancestors(KEYS[1], parts, {f[9], f[10], f[11]})
+local set, gone = {'cur', cur, 'csrf', csrf, 'rot', 0}, {'prev', 'salt', 'gch', 'gn', 'fp',
+  'email', 'old'}
+store_ancestors(parts, {f[9], f[10], f[11]}, set, gone)
+redis.call('HDEL', KEYS[1], unpack(gone))
+redis.call('HSET', KEYS[1], unpack(set))
 announce(channel, sid)
 return {'rekeyed', tostring(exp - now), '0', {f[5], f[6], csrf, f[8]}}
 """
@@ -550,8 +556,14 @@ for _, s in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, -1)) do
     -- 'ua': the agent itself, in a record written by 0.1
     local agent = f[5]
     if not agent then
-      agent = redis.pcall('HGET', agents, f[7])
-      if type(agent) ~= 'string' then agent = '' end
+      local pieces = redis.pcall('HMGET', agents, f[7], f[7] .. '.1', f[7] .. '.2', f[7] .. '.3')
+      agent = ''
+      if not pieces.err then
+        for _, piece in ipairs(pieces) do
+          if not piece then break end
+          agent = agent .. piece
+        end
+      end
     end
     table.insert(out, {s, f[1], f[2], f[3], f[4], agent, f[6]})
   end
