@@ -29,6 +29,7 @@ wall clock: the core still takes ``now`` as an argument for everything it decide
 
 from __future__ import annotations
 
+import os
 import secrets
 import statistics
 from collections import deque
@@ -64,6 +65,13 @@ OWASP_2025 = Argon2Params(memory_kib=19_456, time_cost=2, parallelism=1)
 CHEAP_FOR_TESTS = Argon2Params(memory_kib=64, time_cost=1, parallelism=1)
 
 
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class PasswordHasher:
     """Hashes and verifies passwords in worker threads, at most ``concurrency`` at once.
 
@@ -72,7 +80,9 @@ class PasswordHasher:
 
     Args:
         params: the current cost parameters (new hashes; older ones need a rehash).
-        concurrency: at most this many argon2 computations at once.
+        concurrency: at most this many argon2 computations at once; by default one per
+            core this process may run on (more threads than cores only thrash the caches
+            each 19 MiB computation needs, and slow every login down).
         timer: monotonic seconds, for the padding of old-cost verifications (see above).
     """
 
@@ -80,7 +90,7 @@ class PasswordHasher:
         self,
         params: Argon2Params = OWASP_2025,
         *,
-        concurrency: int = 4,
+        concurrency: int | None = None,
         timer: Callable[[], float] = anyio.current_time,
     ) -> None:
         self.params = params
@@ -90,7 +100,7 @@ class PasswordHasher:
             parallelism=params.parallelism,
             type=Type.ID,
         )
-        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._limiter = anyio.CapacityLimiter(concurrency or _cores())
         self._dummy = self._hasher.hash(secrets.token_urlsafe(24))
         self._timer = timer
         #: seconds taken by the latest verifications at the current parameters

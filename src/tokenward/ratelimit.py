@@ -177,6 +177,19 @@ class RateLimiter(Protocol):
         """Add ``member`` to the set ``key`` (kept ``ttl`` seconds, newest ``keep`` only)."""
         ...
 
+    async def settle(
+        self,
+        *,
+        reset: Sequence[str],
+        release: Sequence[str],
+        event: str,
+        remember: tuple[str, str, int, int, int] | None = None,
+    ) -> None:
+        """:meth:`reset` ``reset``, :meth:`release` ``event`` under ``release`` and, given
+        ``(key, member, now, ttl, keep)``, :meth:`remember` it: the end of a successful
+        login, in one round trip where the back end allows (not atomic as a whole)."""
+        ...
+
     async def remembers(self, key: str, member: str, *, now: int, ttl: int) -> bool:
         """Whether ``member`` was added to ``key`` within the last ``ttl`` seconds."""
         ...

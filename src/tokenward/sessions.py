@@ -13,6 +13,7 @@ request while staying coherent with it.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -76,6 +77,12 @@ def client_fingerprint(ip: str, user_agent: str) -> str:
     two concurrent requests is not mistaken for a thief. 64 bits of SHA-256: only compared
     for equality, and not a secret (it is stored in the session record).
     """
+    return _fingerprint(ip, user_agent)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fingerprint(ip: str, user_agent: str) -> str:
+    # Cached: a client refreshes again and again, and the address parsing is most of the cost.
     try:
         address = ipaddress.ip_address(ip)
         bits = 24 if address.version == 4 else 64

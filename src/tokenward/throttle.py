@@ -14,16 +14,17 @@ outage must not lock owners out once it is over. :meth:`Throttle.login` and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from tokenward.errors import RateLimited, Unavailable
+from tokenward.errors import RateLimited, TokenwardError, Unavailable
 from tokenward.ratelimit import Decision, Limit, RateLimiter
 from tokenward.users import email_key
 
@@ -46,6 +47,8 @@ __all__ = [
 KNOWN_ADDRESS_TTL = 30 * 86_400
 #: Known addresses kept per account (the most recent ones).
 KNOWN_ADDRESSES_KEPT = 32
+#: Addresses one process remembers as near their refresh limit (see Throttle.refresh).
+_CROWDED_MAX = 10_000
 
 log = logging.getLogger("tokenward.throttle")
 
@@ -83,6 +86,12 @@ def address_bucket(ip: str) -> str:
 
 def address_digest(ip: str) -> str:
     """The digest of :func:`address_bucket`, as used in key names."""
+    return _address_digest(ip)
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_digest(ip: str) -> str:
+    # Cached: every refresh and login of a client names its address again.
     return _digest("address", address_bucket(ip))
 
 
@@ -141,18 +150,36 @@ class Ticket:
 
     Call :meth:`refund` when the attempt turned out not to count (a successful refresh, a
     registration refused by the password policy before any hashing).
+
+    A *deferred* ticket (a refresh from an address with room to spare, see
+    :meth:`Throttle.refresh`) has counted nothing yet: :meth:`refund` costs nothing, and
+    :meth:`failed` counts the attempt once it is known to be refused.
     """
 
     limiter: RateLimiter
     event: str
     keys: tuple[str, ...]
     refunded: bool = False
+    #: counts a deferred attempt as refused (set by the throttle); ``None``: already counted
+    deferred: Callable[[], Awaitable[None]] | None = None
 
     async def refund(self) -> None:
         """Forget this attempt under every key it was counted under."""
         if not self.refunded:
             self.refunded = True
-            await self.limiter.release(self.keys, event=self.event)
+            if self.deferred is None:
+                await self.limiter.release(self.keys, event=self.event)
+
+    async def failed(self) -> None:
+        """The attempt was refused: count a deferred one now (no-op otherwise).
+
+        Raises:
+            RateLimited: counting it found the limit full (the address is throttled).
+        """
+        count, self.deferred = self.deferred, None
+        if count is not None and not self.refunded:
+            self.refunded = True  # counted: nothing left to refund or count
+            await count()
 
 
 class _Refundable(Protocol):
@@ -205,11 +232,11 @@ class LoginTicket:
         if self.done:
             return
         self.done = True
-        await self.limiter.reset([self.pair_key])
-        others = [k for k in self._keys() if k != self.pair_key]
-        await self.limiter.release(others, event=self.event)
-        await self.limiter.remember(
-            self.known_key, self.address, now=now, ttl=KNOWN_ADDRESS_TTL, keep=KNOWN_ADDRESSES_KEPT
+        await self.limiter.settle(
+            reset=[self.pair_key],
+            release=[k for k in self._keys() if k != self.pair_key],
+            event=self.event,
+            remember=(self.known_key, self.address, now, KNOWN_ADDRESS_TTL, KNOWN_ADDRESSES_KEPT),
         )
 
 
@@ -236,6 +263,8 @@ class Throttle:
         self.limits = limits or Limits()
         self.on_lock = on_lock
         self.on_refuse = on_refuse
+        #: refresh throttle keys (per address) this process saw full or locked, until when
+        self._crowded: dict[str, int] = {}
 
     def _note_locks(self, decision: Decision, *, ip: str, now: int, email: str | None) -> None:
         for name in decision.locked:
@@ -342,12 +371,67 @@ class Throttle:
             yield ticket
 
     async def refresh(self, ip: str, *, now: int) -> Ticket:
-        """Count a refresh attempt from ``ip`` as refused; refund it when it succeeds.
+        """A refresh attempt from ``ip``; only a refused one counts against the address.
 
-        Not a context manager like :meth:`login`: a refresh needs Redis alone, so when
-        rotation fails with 503 a refund could not be stored either.
+        A correct refresh never counts, so for an address this process has not seen near
+        its limit the ticket is *deferred*: nothing is stored before the rotation (no Redis
+        round trip on the common path), and :meth:`Ticket.failed` counts a refused one
+        afterwards. An address whose window this process saw full, or locked, is counted
+        up front as before (refunded when it succeeds), so it is refused before anything is
+        tried. Workers learn this separately: on one that has not seen the address crowded
+        a correct refresh may go through while another refuses it, and a refused one is
+        answered 429 as soon as its count finds the limit full.
 
         Raises:
             RateLimited: too many refused refreshes from this address.
         """
-        return await self._per_address("refresh", self.limits.refresh_ip, ip, now)
+        key = f"tw:{{rl:ip:{address_digest(ip)}}}:refresh"
+        limit = self.limits.refresh_ip
+        until = self._crowded.get(key)
+        if until is not None and until <= now:
+            del self._crowded[key]
+            until = None
+        if until is not None:
+            event = secrets.token_hex(8)
+            decision = await self.limiter.acquire([(key, limit)], now=now, event=event)
+            if not decision.allowed:
+                self._crowd(key, now + decision.retry_after)
+                raise self._refuse(decision, ip=ip, now=now, email=None)
+            if decision.remaining <= 0:
+                self._crowd(key, now + limit.window)
+            return Ticket(self.limiter, event, (key,))
+
+        async def count() -> None:
+            event = secrets.token_hex(8)
+            decision = await self.limiter.acquire([(key, limit)], now=now, event=event)
+            if not decision.allowed:
+                self._crowd(key, now + decision.retry_after)
+                raise self._refuse(decision, ip=ip, now=now, email=None)
+            if decision.remaining <= 0:
+                self._crowd(key, now + limit.window)
+
+        return Ticket(self.limiter, "", (key,), deferred=count)
+
+    @asynccontextmanager
+    async def refreshing(self, ip: str, *, now: int) -> AsyncIterator[Ticket]:
+        """:meth:`refresh` for the ``async with`` block that rotates: a refusal
+        (:class:`~tokenward.errors.TokenwardError`) leaving the block is counted against the
+        address (and becomes 429 when that finds the limit full); a success must call
+        :meth:`Ticket.refund`. A 503 is not counted: no token was judged.
+
+        Raises:
+            RateLimited: too many refused refreshes from this address.
+        """
+        ticket = await self.refresh(ip, now=now)
+        try:
+            yield ticket
+        except Unavailable:
+            raise
+        except TokenwardError:
+            await ticket.failed()
+            raise
+
+    def _crowd(self, key: str, until: int) -> None:
+        if len(self._crowded) >= _CROWDED_MAX:
+            self._crowded.clear()  # a flood of addresses: forget, they are counted again
+        self._crowded[key] = until

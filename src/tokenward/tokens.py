@@ -32,16 +32,18 @@ from __future__ import annotations
 import re
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 import jwt
 import orjson
+from jwt.algorithms import get_default_algorithms
 from jwt.api_jws import PyJWS
-from jwt.utils import base64url_decode
+from jwt.utils import base64url_decode, base64url_encode
 
 from tokenward.errors import TokenExpired, TokenInvalid
-from tokenward.keys import KeySet, PublicKey, SigningAlg
+from tokenward.keys import KeySet, PublicKey, SigningAlg, SigningKey
 
 __all__ = [
     "ACCESS_TOKEN_TYP",
@@ -63,6 +65,10 @@ MAX_TOKEN_LENGTH = 4096
 _THUMBPRINT_KID = re.compile(r"[A-Za-z0-9_-]{43}")
 #: A compact JWS as we issue it: three non-empty segments of unpadded base64url.
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+def _b64(data: bytes) -> bytes:
+    return base64url_encode(data)
 
 
 def check_compact_form(token: str) -> None:
@@ -322,6 +328,24 @@ class AccessTokens(AccessTokenVerifier):
             max_lifetime=ttl,
         )
         self.ttl = ttl
+        self._signer: tuple[SigningKey, bytes, Callable[[bytes], bytes]] | None = None
+
+    def _signer_for(self, key: SigningKey) -> tuple[bytes, Callable[[bytes], bytes]]:
+        """The encoded header and the signing function of ``key`` (kept for the last key)."""
+        cached = self._signer
+        if cached is not None and cached[0] is key:
+            return cached[1], cached[2]
+        header = orjson.dumps(
+            {"alg": key.alg, "kid": key.kid, "typ": ACCESS_TOKEN_TYP}, option=orjson.OPT_SORT_KEYS
+        )
+        algorithm = get_default_algorithms()[key.alg]
+        private = key.private_key
+
+        def sign(message: bytes) -> bytes:
+            return algorithm.sign(message, private)
+
+        self._signer = (key, _b64(header), sign)
+        return self._signer[1], sign
 
     def issue(
         self,
@@ -348,7 +372,10 @@ class AccessTokens(AccessTokenVerifier):
             amr=amr,
             auth_time=auth_time,
         )
-        payload: dict[str, Any] = {
+        header, sign = self._signer_for(key)
+        # The payload in PyJWT's form (compact JSON, this key order) without its generic
+        # encoder: one orjson call, the header pre-encoded once per key.
+        body: dict[str, Any] = {
             "iss": claims.iss,
             "aud": claims.aud,
             "sub": claims.sub,
@@ -358,15 +385,12 @@ class AccessTokens(AccessTokenVerifier):
             "jti": claims.jti,
         }
         if email_verified is not None:
-            payload["email_verified"] = email_verified
+            body["email_verified"] = email_verified
         if amr:
-            payload["amr"] = list(amr)
+            body["amr"] = list(amr)
         if auth_time is not None:
-            payload["auth_time"] = auth_time
-        token = jwt.encode(
-            payload,
-            key.private_key,
-            algorithm=key.alg,
-            headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP},
-        )
+            body["auth_time"] = auth_time
+        payload = _b64(orjson.dumps(body))
+        signing_input = header + b"." + payload
+        token = (signing_input + b"." + _b64(sign(signing_input))).decode()
         return token, claims

@@ -115,3 +115,28 @@ async def test_reset_and_known_addresses(redis: aioredis.Redis) -> None:
     assert not await limiter.remembers(f"{key}:known", "other", now=T0, ttl=100)
     for k in await all_keys(redis, f"{key}*"):
         assert await redis.ttl(k) > 0
+
+
+async def test_settle_resets_releases_and_remembers(redis: aioredis.Redis) -> None:
+    """settle (the end of a good login) is reset + release + remember, even when Redis has
+    forgotten the remember script (NOSCRIPT: loaded and run again)."""
+    limiter = RedisRateLimiter(redis)
+    lim = Limit("k", 1, 900)
+    for flush in (False, True):
+        tag = uuid.uuid4().hex
+        pair, account, by_ip = (f"tw:{{rl:{tag}}}:{n}" for n in ("pair", "account", "ip"))
+        checks = [(pair, lim), (account, lim), (by_ip, lim)]
+        assert (await limiter.acquire(checks, now=T0, event="e1")).allowed
+        assert not (await limiter.acquire([(pair, lim)], now=T0, event="e2")).allowed  # locked
+        if flush:
+            await redis.script_flush()
+        known = f"tw:{{rl:{tag}}}:known"
+        await limiter.settle(
+            reset=[pair], release=[account, by_ip], event="e1",
+            remember=(known, "addr", T0, 100, 2),
+        )  # fmt: skip
+        assert await redis.exists(f"{pair}:z", f"{pair}:l") == 0
+        assert await redis.zcard(f"{account}:z") == 0
+        assert await redis.zcard(f"{by_ip}:z") == 0
+        assert await limiter.remembers(known, "addr", now=T0 + 1, ttl=100)
+        assert (await limiter.acquire(checks, now=T0, event="e3")).allowed

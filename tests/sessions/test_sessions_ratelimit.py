@@ -10,6 +10,8 @@ import httpx
 from sessions_support import Accounts, MakeTw, Server, auth, client_for, refresh_bearer
 
 from tokenward.clock import FrozenClock
+from tokenward.runtime import Tokenward
+from tokenward.throttle import address_digest
 
 LIMITED = "urn:tokenward:problem:rate-limited"
 
@@ -89,3 +91,35 @@ async def test_rate_limit_on_a_real_server_with_two_workers(
         burst = await asyncio.gather(*(refresh_bearer(c, successor) for _ in range(20)))
         assert {r.status_code for r in burst} == {429}
         assert all(1 <= int(r.headers["retry-after"]) <= 60 for r in burst)
+
+
+async def test_correct_refreshes_store_nothing_against_the_address(make_tw: MakeTw) -> None:
+    """The refused-refresh limit per address is counted after the fact: good rotations leave
+    no window behind (no Redis round trip for it), refused ones are counted, and once the
+    window is full every attempt from that address, even a good token, gets 429."""
+    tw = await make_tw(refresh_ip_limit=3, refresh_rate_limit=1000)
+    host = "198.51.100.23"
+    window = f"tw:{{rl:ip:{address_digest(host)}}}:refresh:z"
+    async with client_for(tw, host) as client:
+        current = (await Accounts(client).new_bearer())["refresh_token"]
+        refunds = await _calls(tw, "zrem")
+        for _ in range(5):
+            r = await refresh_bearer(client, current)
+            assert r.status_code == 200, r.text
+            current = r.json()["refresh_token"]
+        assert await tw.redis.exists(window) == 0
+        assert await _calls(tw, "zrem") == refunds  # nothing reserved, nothing refunded
+        uid, sid, _ = current.split(".")
+        forged = f"{uid}.{sid}.{'A' * 43}"  # well formed, the session's ids, not its secret
+        for count in (1, 2, 3):
+            assert (await refresh_bearer(client, forged)).status_code == 401
+            assert await tw.redis.zcard(window) == count
+        assert (await refresh_bearer(client, current)).status_code == 429
+        assert (await refresh_bearer(client, forged)).status_code == 429
+    async with client_for(tw, "198.51.100.99") as other:
+        assert (await refresh_bearer(other, current)).status_code == 200
+
+
+async def _calls(tw: Tokenward, command: str) -> int:
+    stats = await tw.redis.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))

@@ -430,3 +430,70 @@ async def test_all_keys_of_a_user_share_one_hash_slot(
     assert {key_slot(k.encode()) for k in await _user_keys(redis, other.id)} == {
         key_slot(f"{{u:{other.id}}}".encode())
     }
+
+
+@pytest.mark.parametrize("upgraded", [False, True])
+async def test_a_record_written_by_0_1_is_read_and_upgraded(
+    sessions: Sessions, redis: aioredis.Redis, upgraded: bool
+) -> None:
+    """0.1 kept the agent itself in ``ua`` and 128-bit ancestor prefixes in ``old``: such a
+    record lists its agent and its ancestors are theft, before and after the rotation that
+    moves them to ``anc`` (64-bit prefixes) and drops ``old``."""
+    user = _user()
+    issued = await _open(sessions, user)
+    key = f"tw:{{u:{user.id}}}:s:{issued.sid}"
+    tokens = [issued.refresh_token]
+    for i in range(1, 4):
+        now = NOW + 60 * i
+        tokens.append((await sessions.refresh(tokens[-1], csrf_token=None, now=now)).refresh_token)
+    digest = [RefreshToken.parse(t).digest for t in tokens]
+    # As 0.1 wrote it: tokens[2] is 'prev', tokens[1] and tokens[0] the older ancestors.
+    assert await redis.hdel(key, "anc", "uk") == 2
+    await redis.hset(key, mapping={"old": digest[1][:32] + digest[0][:32], "ua": "Legacy/0.1"})
+    listed = await sessions.list(user.id, current=None, now=NOW + 200)
+    assert [info.record.user_agent for info in listed] == ["Legacy/0.1"]
+    if upgraded:
+        tokens.append(
+            (await sessions.refresh(tokens[3], csrf_token=None, now=NOW + 240)).refresh_token
+        )
+        stored = await redis.hgetall(key)
+        assert "old" not in stored
+        assert stored["anc"] == digest[2][:16] + digest[1][:16] + digest[0][:16]
+        assert stored["ua"] == "Legacy/0.1"  # kept until the session ends
+    with pytest.raises(RefreshReused):
+        await sessions.refresh(tokens[0], csrf_token=None, now=NOW + 300)
+
+
+async def test_user_agents_are_stored_once_per_user(
+    sessions: Sessions, redis: aioredis.Redis
+) -> None:
+    """Sessions name their agent by a digest; the user's table keeps each agent once, for
+    as long as a live session names it, and no longer than the index."""
+    user = _user()
+    agents = f"tw:{{u:{user.id}}}:ua"
+    first = [
+        await sessions.open(user, ip="192.0.2.1", user_agent="Agent/A", now=NOW) for _ in range(3)
+    ]
+    assert await redis.hvals(agents) == ["Agent/A"]
+    for issued in first:
+        await sessions.end(user.id, issued.sid, EndReason.LOGOUT, now=NOW + 1)
+    await sessions.open(user, ip="192.0.2.1", user_agent="Agent/B", now=NOW + 2)
+    assert await redis.hvals(agents) == ["Agent/B"]
+    assert 0 < await redis.ttl(agents) <= 7200  # the index's TTL: the absolute limit
+    listed = await sessions.list(user.id, current=None, now=NOW + 3)
+    assert [info.record.user_agent for info in listed] == ["Agent/B"]
+
+
+async def test_a_long_user_agent_is_stored_in_pieces_and_listed_whole(
+    sessions: Sessions, redis: aioredis.Redis
+) -> None:
+    """An agent of up to 256 characters is kept in pieces of 64, so the table stays a
+    compact listpack, and the listing puts it back together."""
+    user = _user()
+    agent = "".join(chr(ord("a") + i % 26) for i in range(300))
+    await sessions.open(user, ip="192.0.2.1", user_agent=agent, now=NOW)
+    table = f"tw:{{u:{user.id}}}:ua"
+    assert await redis.hlen(table) == 4
+    assert await redis.object("encoding", table) == "listpack"
+    listed = await sessions.list(user.id, current=None, now=NOW + 1)
+    assert [info.record.user_agent for info in listed] == [agent[:256]]

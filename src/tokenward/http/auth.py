@@ -268,8 +268,8 @@ async def _refresh_in_place(
             raise CsrfError("missing or mismatched X-CSRF-Token")
     # The same throttle and theft record as ``POST /auth/refresh``: a refresh cookie sent to
     # a protected route must not be a way around either.
-    ticket = await tw.throttle.refresh(client_of(tw, request)[0], now=now)
-    issued = await rotate_any(tw, request, ticket, refresh, csrf, now)
+    async with tw.throttle.refreshing(client_of(tw, request)[0], now=now) as ticket:
+        issued = await rotate_any(tw, request, ticket, refresh, csrf, now)
     request.scope.setdefault("state", {})[_PENDING] = tw.cookies.issue(
         access_token=issued.access_token,
         access_max_age=tw.tokens.ttl,

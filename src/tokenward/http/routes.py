@@ -241,26 +241,29 @@ class AuthRoutes:
             token = body.parse(RefreshRequest).refresh_token
             if not token:
                 raise TokenInvalid("no refresh token")
-            ticket = await self.tw.throttle.refresh(self._client(request)[0], now=now)
-            issued = await rotate_recorded(self.tw, request, ticket, token, None, now)
+            async with self.tw.throttle.refreshing(self._client(request)[0], now=now) as ticket:
+                issued = await rotate_recorded(self.tw, request, ticket, token, None, now)
             return json_response(self._session_body(issued, bearer=True))
         await read_body(request, allow_empty=True)
         names = self.tw.cookies.names
         cookies = cookie_candidates(request, names.refresh)
         if not cookies:
             raise TokenInvalid("no refresh token")
-        ticket = await self.tw.throttle.refresh(self._client(request)[0], now=now)
-        self._login_origin_check(request)
-        csrf = csrf_cookie(self.tw, request)
-        header = request.headers.get("x-csrf-token")
-        if not csrf or not csrf_header_matches(header, csrf):
-            raise CsrfError("missing or mismatched X-CSRF-Token")
-        try:
-            issued = await rotate_any(self.tw, request, ticket, cookies, csrf, now)
-        except AuthError as exc:
-            if len(cookies) > 1:  # one was tossed in: clearing ours would log the user out
-                raise
-            return self._clear_cookies(render_error(exc), alarm=isinstance(exc, RefreshReused))
+        async with self.tw.throttle.refreshing(self._client(request)[0], now=now) as ticket:
+            self._login_origin_check(request)
+            csrf = csrf_cookie(self.tw, request)
+            header = request.headers.get("x-csrf-token")
+            if not csrf or not csrf_header_matches(header, csrf):
+                raise CsrfError("missing or mismatched X-CSRF-Token")
+            try:
+                issued = await rotate_any(self.tw, request, ticket, cookies, csrf, now)
+            except AuthError as exc:
+                if len(cookies) > 1:  # one was tossed in: clearing ours would log the user out
+                    raise
+                await ticket.failed()  # counted as refused (429 if that fills the limit)
+                return self._clear_cookies(
+                    render_error(exc), alarm=isinstance(exc, RefreshReused)
+                )
         return self._with_cookies(
             json_response(self._session_body(issued, bearer=False)), issued, csrf
         )

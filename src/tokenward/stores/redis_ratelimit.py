@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from tokenward.errors import Unavailable
 from tokenward.ratelimit import Decision, Limit
@@ -187,6 +187,42 @@ class RedisRateLimiter:
         async with _backend():
             for key in keys:
                 await self.redis.delete(f"{key}:z", f"{key}:l")  # one key's pair: one slot
+
+    async def settle(
+        self,
+        *,
+        reset: Sequence[str],
+        release: Sequence[str],
+        event: str,
+        remember: tuple[str, str, int, int, int] | None = None,
+    ) -> None:
+        """See :meth:`tokenward.ratelimit.RateLimiter.settle`: one pipeline, one round trip
+        (on a Cluster, where the keys live on several nodes, one command after another)."""
+        if isinstance(self.redis, RedisCluster):
+            await self.reset(reset)
+            await self.release(release, event=event)
+            if remember is not None:
+                key, member, now, ttl, keep = remember
+                await self.remember(key, member, now=now, ttl=ttl, keep=keep)
+            return
+        async with _backend():
+            pipe = self.redis.pipeline(transaction=False)
+            async with pipe:
+                for key in reset:
+                    pipe.delete(f"{key}:z", f"{key}:l")
+                for key in release:
+                    pipe.zrem(f"{key}:z", event)
+                if remember is not None:
+                    key, member, now, ttl, keep = remember
+                    # EVALSHA itself: a Script object would make the pipeline send SCRIPT
+                    # EXISTS first, a second round trip every time.
+                    pipe.evalsha(self._remember.sha, 1, key, member, now, ttl, keep)
+                replies = await pipe.execute(raise_on_error=False)
+            if remember is not None and isinstance(replies[-1], NoScriptError):
+                await self._remember(keys=[remember[0]], args=list(remember[1:]))
+            for reply in replies:
+                if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                    raise reply
 
     async def remember(self, key: str, member: str, *, now: int, ttl: int, keep: int) -> None:
         """See :meth:`tokenward.ratelimit.RateLimiter.remember`."""

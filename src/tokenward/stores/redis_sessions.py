@@ -8,21 +8,26 @@ key                                type    TTL
 =================================  ======  ==================================================
 ``tw:{u:<uid>}:s:<sid>``           hash    session: min(idle timeout, absolute limit - now)
 ``tw:{u:<uid>}:idx``               zset    sid -> last use; ``TOKENWARD_SESSION_MAX_TTL``
+``tw:{u:<uid>}:ua``                hash    agent digest -> user agent; as the index
 ``tw:{u:<uid>}:ended``             list    recently ended sessions and why; 30 days
 =================================  ======  ==================================================
 
 Session hash fields: ``uid uca`` (user id and when the user was created; never the e-mail
 address: a record written by 0.1 may still carry an ``email`` field, which nothing reads and
 the next rotation or re-key deletes), ``created last abs exp`` (times: ``exp`` is
-``min(last refresh + idle timeout, abs)``, the moment the key's TTL runs out), ``ip ua``,
-``csrf`` (SHA-256 of the CSRF token), ``cur`` (SHA-256 of the current refresh secret),
-``prev`` and ``rot`` (the just-replaced digest and when), ``salt`` (of the last rotation),
-``old`` (the first 128 bits of older replaced digests, for theft detection), ``gch`` (the
-grace chain: the tokens before ``prev`` replaced less than the grace window ago, each with
-the salt that replaced it and when; usually absent), ``rlw rln`` (refresh rate window),
-``rlx`` (the window whose first refusal was reported), ``fp`` (a digest of the user agent
-and address prefix of the client that made the last rotation), ``gn`` (grace replays since
-that rotation), ``gev`` (when a grace replay was last reported).
+``min(last refresh + idle timeout, abs)``, the moment the key's TTL runs out), ``ip``,
+``uk`` (64 bits of SHA-256 of the user agent, stored once per user in ``:ua``; a record
+written by 0.1 holds the agent itself in ``ua``), ``csrf`` (SHA-256 of the CSRF token),
+``cur`` (SHA-256 of the current refresh secret), ``prev`` and ``rot`` (the just-replaced
+digest and when), ``salt`` (of the last rotation), ``anc anc2 anc3`` (the first 64 bits of
+up to 12 older replaced digests, for theft detection, at most 64 characters a field so the
+hash stays a listpack; 0.1 kept 128-bit prefixes in ``old``, read as ancestors and moved by
+the next rotation or re-key), ``gch`` (the grace chain: the tokens before ``prev`` replaced
+less than the grace window ago, each with the salt that replaced it and when; usually
+absent), ``rlw rln`` (refresh rate window), ``rlx`` (the window whose first refusal was
+reported), ``fp`` (a digest of the user agent and address prefix of the client that made the
+last rotation), ``gn`` (grace replays since that rotation), ``gev`` (when a grace replay was
+last reported).
 No field holds a usable token.
 
 A record that cannot be read as a session (the key holds another type, or a field that
@@ -44,6 +49,8 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
+import hashlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -73,16 +80,30 @@ ENDED_CHANNEL = "tw:ended"
 ENDED_TTL = 30 * 86_400
 ENDED_KEEP = 50
 #: Older replaced refresh digests kept for theft detection (besides ``prev``).
-ANCESTORS_KEPT = 16
-#: Hex characters kept of each ancestor digest: 128 bits, as unguessable as the whole
-#: digest for this purpose, half the memory (the ancestors are most of a session's bytes).
-ANCESTOR_CHARS = 32
+ANCESTORS_KEPT = 12
+#: Hex characters kept of each ancestor digest: 64 bits. An ancestor is only recognised,
+#: never accepted (presenting one ends the session), so a match by chance costs an attacker
+#: about 2**60 tries against the refresh limits to end a session whose ids they know.
+#: 12 x 16 characters fill three fields of 64, the longest value a small hash keeps in its
+#: compact listpack encoding (``hash-max-listpack-value``): one value longer turns the whole
+#: record into a hash table, about twice the memory.
+ANCESTOR_CHARS = 16
 #: Tokens before ``prev`` still inside their grace window that keep the grace (see
 #: ``gch``); past this many rotations within one grace window the oldest become theft.
 GRACE_CHAIN_MAX = 8
 #: One grace-chain entry: the full digest (64 hex), the salt that replaced it (22
 #: base64url characters) and when (10 digits).
 _GRACE_ENTRY = 96
+
+#: Every field a well-formed record is checked on, in the order the Lua ``fields_ok`` reads
+#: them (``f[1]`` ... ``f[18]``).
+_WELL_FORMED_FIELDS = ", ".join(
+    f"'{name}'"
+    for name in (
+        "uid", "csrf", "cur", "uca", "created", "last", "abs", "exp", "rot", "rlw", "rln",
+        "gn", "gev", "prev", "salt", "gch", "ip", "ua", "uk",
+    )
+)  # fmt: skip
 
 # Shared Lua: end one session (by sid) inside a script. KEYS[idx], KEYS[ended] are passed in.
 _LUA_END = (
@@ -142,10 +163,9 @@ end
 -- Whether an existing key is a well-formed session of user 'uid': every field a script
 -- reads is there and every number is a number. One definition for every script, so a
 -- record is corrupt for all of them or for none.
-local function well_formed(key, uid)
-  local f = redis.pcall('HMGET', key, 'uid', 'csrf', 'cur', 'uca', 'created', 'last', 'abs',
-    'exp', 'rot', 'rlw', 'rln', 'gn', 'gev', 'prev', 'salt', 'gch', 'ip', 'ua')
-  if f.err or f[1] ~= uid or not f[2] or not f[3] or not f[17] or not f[18] then
+-- The fields in the order fields_ok expects them (a script may read more after them).
+local function fields_ok(f, uid)
+  if f[1] ~= uid or not f[2] or not f[3] or not f[17] or not (f[18] or f[19]) then
     return false
   end
   for i = 4, 8 do
@@ -155,10 +175,27 @@ local function well_formed(key, uid)
   if f[14] and not (f[9] and f[15]) then return false end
   return chain_ok(f[16])
 end
+local function well_formed(key, uid)
+  local f = redis.pcall('HMGET', key, $WF)
+  if f.err then return false end
+  return fields_ok(f, uid)
+end
+-- The record in fields_ok's order plus the fields named, read once: the fields, or nil
+-- when there is no record, or false when it is corrupt.
+local function load(key, uid, ...)
+  local f = redis.pcall('HMGET', key, $WF, ...)
+  if f.err then return false end
+  if not f[1] then
+    if redis.call('EXISTS', key) == 1 then return false end
+    return nil
+  end
+  if not fields_ok(f, uid) then return false end
+  return f
+end
 -- How a presented digest other than the current one relates to the session: 'prev' or
 -- 'chain' (with its position in the grace chain) when inside its grace window, 'reused'
 -- (a replaced token after its grace), or 'unknown'.
-local function replaced(presented, prev, rot, gch, old, now, grace)
+local function replaced(presented, prev, rot, gch, old, anc, now, grace)
   if presented == prev then
     if grace > 0 and now - tonumber(rot) <= grace then return 'prev', 0 end
     return 'reused', 0
@@ -171,16 +208,49 @@ local function replaced(presented, prev, rot, gch, old, now, grace)
       end
     end
   end
+  local head = string.sub(presented, 1, $CHARS)
+  local at = string.find(anc, head, 1, true)
+  while at do
+    if (at - 1) % $CHARS == 0 then return 'reused', 0 end
+    at = string.find(anc, head, at + 1, true)
+  end
   if old then
-    local at = string.find(old, string.sub(presented, 1, $CHARS), 1, true)
-    if at ~= nil and (at - 1) % $CHARS == 0 then return 'reused', 0 end
+    -- written by 0.1: 32-character prefixes
+    at = string.find(old, string.sub(presented, 1, 32), 1, true)
+    if at ~= nil and (at - 1) % 32 == 0 then return 'reused', 0 end
   end
   return 'unknown', 0
 end
+-- The ancestors once 'head' (a digest, or nil) joins them, newest first, at most $KEPT:
+-- 'anc', 'anc2', 'anc3' (64 characters each at most, see ANCESTOR_CHARS), with 0.1's 'old'
+-- (32-character prefixes) folded in behind them.
+local function ancestors(head, chain, old)
+  if old then
+    for i = 1, #old - 31, 32 do chain = chain .. string.sub(old, i, i + $CHARS - 1) end
+  end
+  if head then chain = string.sub(head, 1, $CHARS) .. chain end
+  chain = string.sub(chain, 1, $CHARS * $KEPT)
+  return {string.sub(chain, 1, 64), string.sub(chain, 65, 128), string.sub(chain, 129, 192)}
+end
+local ANCESTOR_FIELDS = {'anc', 'anc2', 'anc3'}
+-- Adds the ancestor fields to write to 'set' and those to delete ('had' shows what the
+-- record holds) to 'gone', for the script's one HSET and one HDEL.
+local function store_ancestors(parts, had, set, gone)
+  for i, name in ipairs(ANCESTOR_FIELDS) do
+    if parts[i] ~= '' then
+      table.insert(set, name)
+      table.insert(set, parts[i])
+    elseif had[i] then
+      table.insert(gone, name)
+    end
+  end
+end
 """.replace("$KEEP", str(ENDED_KEEP - 1))
+    .replace("$WF", _WELL_FORMED_FIELDS)
     .replace("$TTL", str(ENDED_TTL))
     .replace("$ENTRY", str(_GRACE_ENTRY))
     .replace("$CHARS", str(ANCESTOR_CHARS))
+    .replace("$KEPT", str(ANCESTORS_KEPT))
 )
 
 _CREATE = (
@@ -188,19 +258,44 @@ _CREATE = (
     + """
 local sid, ttl, max, ittl, now, channel = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
   tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local uid, uk, agent = ARGV[7], ARGV[8], ARGV[9]
 local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #sid)
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now, sid)
 -- forget sessions that have expired: they must not count against the limit
+local agents = {[uk] = true}
 for _, s in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local e = redis.pcall('HGET', prefix .. s, 'exp')
-  if type(e) == 'table' or (e and not well_formed(prefix .. s, ARGV[8])) then
+  local r = redis.pcall('HMGET', prefix .. s, 'exp', 'uk')
+  local e = (not r.err) and r[1]
+  if r.err or (e and not well_formed(prefix .. s, uid)) then
     corrupt(prefix .. s, KEYS[2], s, channel)
   elseif not e or tonumber(e) <= tonumber(now) then
     redis.call('DEL', prefix .. s)
     redis.call('ZREM', KEYS[2], s)
+  elseif r[2] then
+    agents[r[2]] = true
   end
+end
+-- The user's agents, each stored once, under the digest its sessions hold ('uk'), in
+-- pieces of at most 64 characters ('<uk>', '<uk>.1' ...: the table stays a listpack): kept
+-- as long as the index (past every session's absolute limit), pruned of agents no live
+-- session names. Anything but a hash there is replaced.
+if uk ~= '' then
+  local pieces = {uk, string.sub(agent, 1, 64)}
+  for i = 1, math.floor((#agent - 1) / 64) do
+    table.insert(pieces, uk .. '.' .. i)
+    table.insert(pieces, string.sub(agent, 64 * i + 1, 64 * i + 64))
+  end
+  local r = redis.pcall('HSET', KEYS[4], unpack(pieces))
+  if type(r) == 'table' and r.err then
+    redis.call('DEL', KEYS[4])
+    redis.call('HSET', KEYS[4], unpack(pieces))
+  end
+  for _, name in ipairs(redis.call('HKEYS', KEYS[4])) do
+    if not agents[string.sub(name, 1, 16)] then redis.call('HDEL', KEYS[4], name) end
+  end
+  if redis.call('TTL', KEYS[4]) < ittl then redis.call('EXPIRE', KEYS[4], ittl) end
 end
 local evicted = {}
 local excess = redis.call('ZCARD', KEYS[2]) - max
@@ -227,51 +322,51 @@ local now, grace, idle = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local limit, window, channel = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
 local uid, fp, replays, every = ARGV[12], ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
 local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #sid)
-local f = read(KEYS[1], 'cur', 'prev', 'rot', 'salt', 'abs', 'csrf', 'rlw', 'rln', 'old',
-  'uid', 'uca', 'created', 'exp', 'gch', 'rlx', 'fp', 'gn', 'gev')
-if not f or (f[1] and not well_formed(KEYS[1], uid)) then
-  return corrupt(KEYS[1], KEYS[2], sid, channel)
-end
-if not f[1] then return {'missing'} end
-local exp = tonumber(f[13])
+-- One read of every field (fields_ok's 19, then old rlx fp email anc anc2 anc3), checked.
+local f = load(KEYS[1], uid, 'old', 'rlx', 'fp', 'email', 'anc', 'anc2', 'anc3')
+if f == false then return corrupt(KEYS[1], KEYS[2], sid, channel) end
+if not f then return {'missing'} end
+local exp = tonumber(f[8])
 if exp <= now then return {'missing'} end
-if csrf ~= '' and csrf ~= f[6] then return {'csrf'} end
-local state = {f[10], f[11], f[6], f[12]}
-if presented == f[1] then
-  local ttl = math.min(idle, tonumber(f[5]) - now)
+if csrf ~= '' and csrf ~= f[2] then return {'csrf'} end
+local state = {f[1], f[4], f[2], f[5]}
+if presented == f[3] then
+  local ttl = math.min(idle, tonumber(f[7]) - now)
   if ttl <= 0 then return {'missing'} end
-  local rlw, rln = tonumber(f[7]) or 0, tonumber(f[8]) or 0
+  local rlw, rln = tonumber(f[10]) or 0, tonumber(f[11]) or 0
   if now - rlw >= window then rlw, rln = now, 0 end
   if rln >= limit then
     -- 'rlx' remembers the window whose first refusal was reported (one event per burst)
-    local first = f[15] ~= tostring(rlw)
+    local first = f[21] ~= tostring(rlw)
     if first then redis.call('HSET', KEYS[1], 'rlx', rlw) end
     return {'limited', tostring(rlw + window - now), first and '1' or '0'}
   end
-  local old = f[9] or ''
-  if f[2] then old = string.sub(string.sub(f[2], 1, $CHARS) .. old, 1, $CHARS * $KEPT) end
+  local parts = ancestors(f[14], (f[24] or '') .. (f[25] or '') .. (f[26] or ''), f[20])
   -- The grace chain: the token leaving 'prev' keeps its grace (with the salt that replaced
   -- it) if it was replaced less than the grace ago, and so do the entries after it that are
   -- still inside theirs. Newest first, so the first one too old ends the chain.
   local gch = ''
-  if f[2] and grace > 0 and now - tonumber(f[3]) <= grace then
-    gch = f[2] .. f[4] .. string.format('%010d', tonumber(f[3]))
-    local rest = f[14] or ''
+  if f[14] and grace > 0 and now - tonumber(f[9]) <= grace then
+    gch = f[14] .. f[15] .. string.format('%010d', tonumber(f[9]))
+    local rest = f[16] or ''
     for i = 1, #rest - $ENTRY + 1, $ENTRY do
       if #gch >= $ENTRY * $CHAIN then break end
       if now - tonumber(string.sub(rest, i + 86, i + 95)) > grace then break end
       gch = gch .. string.sub(rest, i, i + $ENTRY - 1)
     end
   end
-  -- 'email': written by 0.1, personal data no script reads
-  if gch == '' then
-    redis.call('HDEL', KEYS[1], 'gch', 'email')
-  else
-    redis.call('HDEL', KEYS[1], 'email')
-    redis.call('HSET', KEYS[1], 'gch', gch)
-  end
-  redis.call('HSET', KEYS[1], 'cur', successor, 'prev', presented, 'salt', salt, 'rot', now,
-    'last', now, 'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'old', old, 'fp', fp, 'gn', 0)
+  -- 'email' and 'old': written by 0.1 ('email' is personal data no script reads; 'old' is
+  -- now in 'anc')
+  local gone = {}
+  if f[23] then table.insert(gone, 'email') end
+  if f[20] then table.insert(gone, 'old') end
+  if f[16] and gch == '' then table.insert(gone, 'gch') end
+  local set = {'cur', successor, 'prev', presented, 'salt', salt, 'rot', now, 'last', now,
+    'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'fp', fp, 'gn', 0}
+  if gch ~= '' then table.insert(set, 'gch'); table.insert(set, gch) end
+  store_ancestors(parts, {f[24], f[25], f[26]}, set, gone)
+  if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
+  redis.call('HSET', KEYS[1], unpack(set))
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[2], now, sid)
   -- The index may have expired (its TTL is counted in whole seconds from the latest login,
@@ -279,14 +374,15 @@ if presented == f[1] then
   if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
   return {'rotated', tostring(ttl), '0', state}
 end
-local kind, at = replaced(presented, f[2], f[3], f[14], f[9], now, grace)
+local kind, at = replaced(presented, f[14], f[9], f[16], f[20],
+  (f[24] or '') .. (f[25] or '') .. (f[26] or ''), now, grace)
 if kind == 'prev' or kind == 'chain' then
   -- A grace replay hands out the current token: only to the client that rotated (a tab of
   -- the same browser, a retry), and only a few times per rotation. Anything else means a
   -- second holder of the session's tokens, which is theft.
-  local gn = tonumber(f[17]) or 0
+  local gn = tonumber(f[12]) or 0
   local why = nil
-  if f[16] and f[16] ~= '' and fp ~= '' and f[16] ~= fp then
+  if f[22] and f[22] ~= '' and fp ~= '' and f[22] ~= fp then
     why = 'client'
   elseif gn >= replays then
     why = 'replays'
@@ -295,15 +391,18 @@ if kind == 'prev' or kind == 'chain' then
     end_session(prefix, KEYS[2], KEYS[3], sid, 'refresh-reused', now, channel)
     return {'reused', why}
   end
-  local report = now - (tonumber(f[18]) or 0) >= every
-  redis.call('HSET', KEYS[1], 'gn', gn + 1)
-  if report then redis.call('HSET', KEYS[1], 'gev', now) end
+  local report = now - (tonumber(f[13]) or 0) >= every
+  if report then
+    redis.call('HSET', KEYS[1], 'gn', gn + 1, 'gev', now)
+  else
+    redis.call('HSET', KEYS[1], 'gn', gn + 1)
+  end
   local out = {'grace', tostring(exp - now), report and '1' or '0', state}
   if kind == 'chain' then
     -- Through the salts from the presented token to the current one.
-    for j = at, 1, -$ENTRY do table.insert(out, string.sub(f[14], j + 64, j + 85)) end
+    for j = at, 1, -$ENTRY do table.insert(out, string.sub(f[16], j + 64, j + 85)) end
   end
-  table.insert(out, f[4])
+  table.insert(out, f[15])
   return out
 end
 if kind == 'reused' then
@@ -321,13 +420,11 @@ _GET = (
     _LUA_END
     + """
 local now, uid, sid, channel = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local f = read(KEYS[1], 'uid', 'uca', 'csrf', 'created', 'exp')
-if not f or (f[1] and not well_formed(KEYS[1], uid)) then
-  return corrupt(KEYS[1], KEYS[2], sid, channel)
-end
-if not f[1] then return false end
-if tonumber(f[5]) <= now then return false end
-return f
+local f = load(KEYS[1], uid)
+if f == false then return corrupt(KEYS[1], KEYS[2], sid, channel) end
+if not f then return false end
+if tonumber(f[8]) <= now then return false end
+return {f[1], f[4], f[2], f[5], f[8]}
 """
 )
 
@@ -340,7 +437,8 @@ _END_BY_REFRESH = (
 local sid, presented, csrf, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local grace, reason, channel, uid = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
 local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #sid)
-local f = read(KEYS[1], 'cur', 'prev', 'rot', 'csrf', 'exp', 'old', 'gch', 'uid')
+local f = read(KEYS[1], 'cur', 'prev', 'rot', 'csrf', 'exp', 'old', 'gch', 'uid', 'anc', 'anc2',
+  'anc3')
 if not f or (f[1] and not well_formed(KEYS[1], uid)) then
   return corrupt(KEYS[1], KEYS[2], sid, channel)
 end
@@ -348,7 +446,10 @@ if not f[1] then return {'missing'} end
 if tonumber(f[5]) <= now then return {'missing'} end
 if csrf ~= '' and csrf ~= f[4] then return {'csrf'} end
 local kind = 'current'
-if presented ~= f[1] then kind = replaced(presented, f[2], f[3], f[7], f[6], now, grace) end
+if presented ~= f[1] then
+  local anc = (f[9] or '') .. (f[10] or '') .. (f[11] or '')
+  kind = replaced(presented, f[2], f[3], f[7], f[6], anc, now, grace)
+end
 if kind == 'unknown' then return {'unknown'} end
 if kind == 'reused' then
   end_session(prefix, KEYS[2], KEYS[3], sid, 'refresh-reused', now, channel)
@@ -367,18 +468,21 @@ _REKEY = (
         + """
 local sid, uid, cur, csrf, now, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   tonumber(ARGV[5]), ARGV[6]
-local f = read(KEYS[1], 'cur', 'prev', 'old', 'exp', 'uid', 'uca', 'csrf', 'created')
+local f = read(KEYS[1], 'cur', 'prev', 'old', 'exp', 'uid', 'uca', 'csrf', 'created', 'anc',
+  'anc2', 'anc3')
 if not f or (f[1] and not well_formed(KEYS[1], uid)) then
   return corrupt(KEYS[1], KEYS[2], sid, channel)
 end
 if not f[1] then return {'missing'} end
 local exp = tonumber(f[4])
 if exp <= now then return {'missing'} end
-local old = string.sub(f[1], 1, $CHARS)
-if f[2] then old = old .. string.sub(f[2], 1, $CHARS) end
-old = string.sub(old .. (f[3] or ''), 1, $CHARS * $KEPT)
-redis.call('HDEL', KEYS[1], 'prev', 'salt', 'gch', 'gn', 'fp', 'email')
-redis.call('HSET', KEYS[1], 'cur', cur, 'csrf', csrf, 'rot', 0, 'old', old)
+local parts = ancestors(f[2], (f[9] or '') .. (f[10] or '') .. (f[11] or ''), f[3])
+parts = ancestors(f[1], table.concat(parts), nil)
+local set, gone = {'cur', cur, 'csrf', csrf, 'rot', 0}, {'prev', 'salt', 'gch', 'gn', 'fp',
+  'email', 'old'}
+store_ancestors(parts, {f[9], f[10], f[11]}, set, gone)
+redis.call('HDEL', KEYS[1], unpack(gone))
+redis.call('HSET', KEYS[1], unpack(set))
 announce(channel, sid)
 return {'rekeyed', tostring(exp - now), '0', {f[5], f[6], csrf, f[8]}}
 """
@@ -439,16 +543,29 @@ _LIST = (
     _LUA_END
     + """
 local prefix, now, channel, uid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local agents = string.sub(prefix, 1, #prefix - 2) .. 'ua'
 local out, bad = {}, {}
 if index_fix(KEYS[1]) then table.insert(bad, '$REBUILT') end
 for _, s in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, -1)) do
-  local f = read(prefix .. s, 'created', 'last', 'abs', 'ip', 'ua', 'exp')
+  local f = read(prefix .. s, 'created', 'last', 'abs', 'ip', 'ua', 'exp', 'uk')
   if f and f[1] and not well_formed(prefix .. s, uid) then f = nil end
   if not f then
     corrupt(prefix .. s, KEYS[1], s, channel)
     table.insert(bad, s)
   elseif f[1] and tonumber(f[6]) > now then
-    table.insert(out, {s, f[1], f[2], f[3], f[4], f[5], f[6]})
+    -- 'ua': the agent itself, in a record written by 0.1
+    local agent = f[5]
+    if not agent then
+      local pieces = redis.pcall('HMGET', agents, f[7], f[7] .. '.1', f[7] .. '.2', f[7] .. '.3')
+      agent = ''
+      if not pieces.err then
+        for _, piece in ipairs(pieces) do
+          if not piece then break end
+          agent = agent .. piece
+        end
+      end
+    end
+    table.insert(out, {s, f[1], f[2], f[3], f[4], agent, f[6]})
   end
 end
 return {out, bad}
@@ -607,20 +724,20 @@ class RedisSessionStore:
     ) -> list[str]:
         """See :meth:`tokenward.sessions.SessionStore.create`."""
         prefix, idx, ended = _keys(record.uid)
+        agent = _agent_digest(record.user_agent)
         fields: list[str | int] = [
             "uid", record.uid, "uca", state.user_created_at,
             "csrf", state.csrf_digest, "created", record.created_at, "last", record.last_used_at,
-            "abs", record.absolute_expires_at, "ip", record.ip, "ua", record.user_agent,
+            "abs", record.absolute_expires_at, "ip", record.ip, "uk", agent,
             "cur", refresh_digest, "rot", 0, "exp", state.expires_at,
         ]  # fmt: skip
         args: list[str | int] = [
             record.sid, ttl, max_sessions, index_ttl, record.created_at, self._channel(record.uid),
-            *fields,
+            record.uid, agent, record.user_agent, *fields,
         ]  # fmt: skip
+        keys = [prefix + record.sid, idx, ended, idx[:-3] + "ua"]
         async with _backend():
-            evicted = await self.durable.run(
-                self._create, keys=[prefix + record.sid, idx, ended], args=args
-            )
+            evicted = await self.durable.run(self._create, keys=keys, args=args)
         return list(_rebuilt(record.uid, evicted))
 
     async def rotate(
@@ -800,6 +917,15 @@ class RedisSessionStore:
             if sid and reason and at.isdigit():
                 out.append((sid, reason, int(at)))
         return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _agent_digest(user_agent: str) -> str:
+    """Names a user agent in the user's table of agents: 64 bits of SHA-256 (collisions
+    among one user's few agents would only show a session under the other's name)."""
+    if not user_agent:
+        return ""
+    return hashlib.sha256(user_agent.encode()).hexdigest()[:16]
 
 
 def _corrupt(uid: str, sid: str) -> None:
