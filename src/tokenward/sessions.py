@@ -207,6 +207,10 @@ class RotateResult:
     #: for ``REUSED``: ``late`` (after the grace), ``client`` (a grace replay from another
     #: client than the one that rotated) or ``replays`` (too many grace replays)
     why: str = ""
+    #: for ``ROTATED`` and ``GRACE``, read in the same step: whether the user's address is
+    #: verified, and the session's stored second-factor level (``""``: a password session)
+    email_verified: bool = False
+    level: str = ""
 
 
 class SessionStore(Protocol):
@@ -490,8 +494,6 @@ class Sessions:
             RefreshLimited: too many rotations of this session (a :class:`RateLimited`).
         """
         presented = RefreshToken.parse(token)
-        # Read before the rotation: a failure here is a 503 with nothing changed.
-        verified = await self._email_verified(presented.uid)
         salt = new_salt()
         candidate = presented.successor(salt)
         result = await self.store.rotate(
@@ -519,7 +521,11 @@ class Sessions:
                 for step in result.salts:
                     successor = successor.successor(step)
             self.cache.forget([presented.sid])
-            level = await self.level(presented.uid, presented.sid, result.state)
+            # Read by the rotation itself: nothing after the commit can fail it (no 503
+            # for a refresh that happened) and the refresh stays one round trip.
+            verified = result.email_verified if self.email_verified_of is not None else None
+            stored = AuthLevel.decode(result.level) if self.levels and result.level else None
+            level = stored or password_level(result.state.created_at)
             issued = self._issued(
                 result.state, presented.sid, successor, result.ttl, now, None,
                 email_verified=verified, level=level,

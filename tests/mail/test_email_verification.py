@@ -64,7 +64,7 @@ async def test_registration_mails_a_link_that_verifies_once(
     me = (await client.get("/auth/me", headers=auth)).json()
     assert me["email_verified"] is True
     # What refreshes read for the claim expires, as every key does: with the longest session.
-    marker_ttl = await redis.ttl(f"tw:verified:{{{me['id']}}}")
+    marker_ttl = await redis.ttl(f"tw:{{u:{me['id']}}}:verified")
     assert tw.settings.session_max_ttl - 60 < marker_ttl <= tw.settings.session_max_ttl
     r = await client.post(
         "/auth/refresh", json={"refresh_token": before["refresh_token"]}, headers=BEARER

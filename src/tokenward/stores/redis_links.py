@@ -12,9 +12,10 @@ key                            type    content and TTL
                                        kind; ``uid`` and the link's payload (a digest of
                                        the address, ...: never an address in the clear);
                                        TTL the link's lifetime
-``tw:verified:{<uid>}``        string  ``1``: the user's address is verified (read when a
-                                       refresh issues an access token); TTL the longest
-                                       session lifetime, renewed by every login
+``tw:{u:<uid>}:verified``      string  ``1``: the user's address is verified (read by the
+                                       rotation script of a refresh, in the sessions'
+                                       slot); TTL the longest session lifetime, renewed
+                                       by every login
 =============================  ======  ===================================================
 
 Issuing a link replaces the user's previous one of its kind (so it stops working), and
@@ -33,6 +34,7 @@ from redis.exceptions import RedisError
 
 from tokenward.errors import Unavailable
 from tokenward.stores.redis_client import RedisClient
+from tokenward.stores.redis_sessions import verified_key
 
 __all__ = ["RedisLinkStore"]
 
@@ -70,8 +72,7 @@ def _payload(fields: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in fields.items() if k != "d"}
 
 
-def _verified_key(uid: str) -> str:
-    return f"tw:verified:{{{uid}}}"
+_verified_key = verified_key
 
 
 class RedisLinkStore:

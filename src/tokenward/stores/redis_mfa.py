@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from tokenward.authn import AuthLevel
 from tokenward.errors import Unavailable
 from tokenward.stores.redis_client import RedisClient
+from tokenward.stores.redis_sessions import level_key
 
 __all__ = ["RedisMfaStore"]
 
@@ -136,10 +137,10 @@ class RedisMfaStore:
     async def get_level(self, uid: str, sid: str) -> AuthLevel | None:
         """See :meth:`tokenward.authn.AuthLevelStore.get_level`."""
         async with _backend():
-            text = await self.redis.get(f"tw:{{u:{uid}}}:al:{sid}")
+            text = await self.redis.get(level_key(uid, sid))
         return None if text is None else AuthLevel.decode(str(text))
 
     async def put_level(self, uid: str, sid: str, level: AuthLevel, *, ttl: int) -> None:
         """See :meth:`tokenward.authn.AuthLevelStore.put_level`."""
         async with _backend():
-            await self.redis.set(f"tw:{{u:{uid}}}:al:{sid}", level.encode(), ex=ttl)
+            await self.redis.set(level_key(uid, sid), level.encode(), ex=ttl)

@@ -330,6 +330,9 @@ local exp = tonumber(f[8])
 if exp <= now then return {'missing'} end
 if csrf ~= '' and csrf ~= f[2] then return {'csrf'} end
 local state = {f[1], f[4], f[2], f[5]}
+-- What the access token needs besides the record (the user's verified address, the
+-- session's second-factor level): read here, so a refresh stays one round trip.
+for i = 4, #KEYS do table.insert(state, redis.call('GET', KEYS[i]) or '') end
 if presented == f[3] then
   local ttl = math.min(idle, tonumber(f[7]) - now)
   if ttl <= 0 then return {'missing'} end
@@ -648,6 +651,18 @@ def _index_rebuilt(uid: str) -> None:
     log.warning("corrupt session index deleted and rebuilt from the user's sessions (user %s)", uid)
 
 
+def verified_key(uid: str) -> str:
+    """The user's "address verified" marker (:mod:`tokenward.stores.redis_links`), in the
+    user's slot so that a rotation reads it in its own script."""
+    return f"tw:{{u:{uid}}}:verified"
+
+
+def level_key(uid: str, sid: str) -> str:
+    """How session ``sid`` authenticated, when not by a password alone
+    (:mod:`tokenward.stores.redis_mfa`), in the user's slot for the same reason."""
+    return f"tw:{{u:{uid}}}:al:{sid}"
+
+
 def _keys(uid: str) -> tuple[str, str, str]:
     tag = f"tw:{{u:{uid}}}"
     return f"{tag}:s:", f"{tag}:idx", f"{tag}:ended"
@@ -768,7 +783,9 @@ class RedisSessionStore:
         async with _backend():
             try:
                 reply = await self.durable.run(
-                    self._rotate, keys=[prefix + sid, idx, ended], args=args
+                    self._rotate,
+                    keys=[prefix + sid, idx, ended, verified_key(uid), level_key(uid, sid)],
+                    args=args,
                 )
             except NotDurable as exc:
                 if isinstance(exc.reply, list) and exc.reply[:1] == ["grace"]:
@@ -785,12 +802,15 @@ class RedisSessionStore:
             _corrupt(uid, sid)
         if outcome in (RotateOutcome.ROTATED, RotateOutcome.GRACE):
             ttl = int(reply[1])
+            state, verified, level = reply[3][:4], reply[3][4], reply[3][5]
             return RotateResult(
                 outcome,
-                state=_state(reply[3], now + ttl),
+                state=_state(state, now + ttl),
                 ttl=ttl,
                 salts=tuple(str(x) for x in reply[4:]),
                 report=reply[2] == "1",
+                email_verified=verified == "1",
+                level=str(level),
             )
         return RotateResult(outcome)
 
