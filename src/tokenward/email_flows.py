@@ -27,7 +27,6 @@ token or a link. Framework-free: times come from the caller.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import logging
@@ -41,6 +40,7 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tokenward.background import Background
 from tokenward.errors import (
     Conflict,
     Forbidden,
@@ -241,30 +241,16 @@ class EmailFlows:
         self.limits = limits or MailLimits()
         self.notices = notices or Notices()
         self.verified_ttl = verified_ttl
-        self._pending: set[asyncio.Task[None]] = set()
+        self._background = Background("mail job", log, max_pending=MAX_PENDING)
 
     # -- machinery -----------------------------------------------------------------------
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        if len(self._pending) >= MAX_PENDING:
-            work.close()
-            log.warning("mail job dropped: %d jobs pending", len(self._pending))
-            return
-        task = asyncio.get_running_loop().create_task(self._guarded(work))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    @staticmethod
-    async def _guarded(work: Coroutine[Any, Any, None]) -> None:
-        try:
-            await work
-        except Exception as exc:  # a lost mail must never fail a request; logged, no detail
-            log.error("mail job failed (%s)", type(exc).__name__)  # noqa: TRY400
+        self._background.spawn(work)
 
     async def drain(self) -> None:
         """Wait for the jobs pending now (tests; shutdown), then for the mail queue."""
-        while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+        await self._background.settle()
         await self.mailer.idle()
 
     def link(self, page: str, token: str | None = None) -> str:

@@ -27,7 +27,6 @@ the response), and a broken event store never fails a request (the loss is logge
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import hashlib
 import logging
@@ -35,6 +34,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tokenward.background import Background
 from tokenward.errors import TokenInvalid, TokenwardError
 from tokenward.refresh import RefreshToken
 from tokenward.throttle import LockNotice, account_digest, address_bucket
@@ -235,26 +235,14 @@ class SecurityEvents:
         self.device_memory = device_memory
         self.observer = observer
         self.read_wait = read_wait
-        self._pending: set[asyncio.Task[None]] = set()
+        self._background = Background(
+            "security event", log, max_pending=MAX_PENDING, failed="not stored"
+        )
 
     # -- machinery -----------------------------------------------------------------------
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        if len(self._pending) >= MAX_PENDING:
-            work.close()
-            log.warning("security event dropped: %d writes pending", len(self._pending))
-            return
-        task = asyncio.get_running_loop().create_task(self._guarded(work))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    @staticmethod
-    async def _guarded(work: Coroutine[Any, Any, None]) -> None:
-        try:
-            await work
-        except Exception as exc:  # a lost event must never fail the request that caused it
-            # The type only (noqa): a traceback's messages could carry the event's data.
-            log.error("security event not stored (%s)", type(exc).__name__)  # noqa: TRY400
+        self._background.spawn(work)
 
     async def _write(self, event: SecurityEvent) -> None:
         if self.observer is not None:
@@ -275,13 +263,7 @@ class SecurityEvents:
         ``asyncio.timeout`` would); without ``at_most``, cancelling the caller
         (``asyncio.wait_for`` at shutdown) cancels the pending writes.
         """
-        pending = set(self._pending)
-        if not pending:
-            return
-        if at_most is None:
-            await asyncio.gather(*pending, return_exceptions=True)
-        else:
-            await asyncio.wait(pending, timeout=at_most)
+        await self._background.wait(at_most=at_most)
 
     async def for_user(self, uid: str, *, now: int, limit: int = 100) -> list[SecurityEvent]:
         """The user's own recent events, newest first (after the writes pending when called
@@ -394,6 +376,7 @@ class SecurityEvents:
         """The address of ``uid`` was changed (confirmed from the new address). The
         addresses themselves are not recorded: no event carries one."""
         self.record(SecurityEvent(EventKind.EMAIL_CHANGED, now, uid, None, *client))
+
     def mfa(
         self,
         kind: EventKind,

@@ -37,6 +37,7 @@ CORE_MODULES = [
     "email_flows",
     "authn",
     "mfa",
+    "background",
 ]
 
 FORBIDDEN_PACKAGES = {
