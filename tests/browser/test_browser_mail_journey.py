@@ -20,7 +20,7 @@ from browserkit import (
     sign_in,
     sign_up,
 )
-from mail_support import ARRIVAL, SmtpInbox, text_of
+from mail_support import ARRIVAL, SmtpInbox, html_of, text_of
 from playwright.async_api import Page, expect
 
 from waiting import await_until
@@ -149,6 +149,19 @@ async def test_register_verify_forget_reset_and_change_the_address(
     await desk.get_by_role("link", name="Go to your account").click()
     await profile_shows(desk, changed)  # the session went on
     await _notice(smtp, email, "The e-mail address of your account was changed")
+
+    # The mails as a mail client shows them (their HTML part), for the docs' screenshots.
+    reader = await (await new_context()).new_page()
+    for name, address, subject in (
+        ("mail-verify", email, "Confirm your e-mail address"),
+        ("mail-reset", email, "Reset your password"),
+        ("mail-notice-password-reset", email, "Your password was reset"),
+        ("mail-confirm-change", changed, "Confirm your new e-mail address"),
+        ("mail-notice-email-changed", email, "The e-mail address of your account was changed"),
+    ):
+        message = await _notice(smtp, address, subject)
+        await reader.set_content(html_of(message))
+        await screenshot(reader, name)
 
     # The server's log (its access log is on) saw the link pages, never a link's token.
     log = server.log.read_text(errors="replace")
