@@ -206,10 +206,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options whose value is an id that may begin with "-": a session id is random base64url
+#: (1 in 64 starts with "-"), which argparse would take for an option.
+_ID_OPTIONS = ("--session", "--user")
+
+
+def _joined_ids(argv: Sequence[str]) -> list[str]:
+    """``--session -x1`` as ``--session=-x1``, so that an id beginning with "-" works."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in _ID_OPTIONS and arg.startswith("-") and arg != "--":
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tokenward`` console script; returns the exit status."""
     try:
-        args = _parser().parse_args(argv)
+        args = _parser().parse_args(_joined_ids(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:

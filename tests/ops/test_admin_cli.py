@@ -331,3 +331,20 @@ async def test_failed_start_releases_the_embedded_redis(run_cli: RunCli, tmp_pat
     assert running_embedded_redis(data) is None
     with EmbeddedRedis(data) as embedded:
         assert running_embedded_redis(data) == embedded.url
+
+
+async def test_a_session_id_beginning_with_a_dash_is_taken_as_the_id(
+    make_ops_tw: MakeOpsTw, run_cli: RunCli, redis_url: str
+) -> None:
+    """Session ids are random base64url: 1 in 64 begins with "-". ``--session -Abc`` is
+    that id (here no session of the user: exit 1, "no such session"), not a usage error
+    (exit 2, "expected one argument"), which a CI run once met with a real id."""
+    tw = await make_ops_tw()
+    env = ops_env(redis_url, tw.settings.data_dir)
+    async with ops_client(tw) as client:
+        await register_and_login(client, "dash@example.com")
+    result = await run_cli(
+        "sessions", "revoke", "--user", "dash@example.com", "--session", "-Abc", env=env
+    )
+    assert result.code == 1, result.err
+    assert "no such session" in result.err
