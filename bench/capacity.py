@@ -13,7 +13,8 @@ Phases, each followed by waiting for the background event writes, with Redis's
 ``INFO commandstats`` and ``INFO cpu`` read before and after:
 
 * register ``--users`` users; log each in once (bearer transport);
-* refresh every session ``--refreshes`` times (rotation);
+* refresh every session ``--refreshes`` times (rotation), an access-token lifetime apart
+  (the service's clock is a ``FrozenClock`` moved forward: no waiting);
 * ``GET /auth/me`` 5 times per session, with the default session cache (a cache hit costs
   Redis nothing) and then with a service whose cache keeps nothing (``lookup``: one session
   read per request, what a non-sticky deployment with a cold cache pays);
@@ -29,7 +30,8 @@ load benchmarks (``bench/perf.py``), not here.
 table (docs/capacity.md) for 1 M, 10 M and 100 M active sessions, under the workload
 assumptions of :data:`WORKLOAD`::
 
-    .venv/bin/python bench/capacity.py --project out.json --server-cpu refresh=250,me=60,login=35000
+    .venv/bin/python bench/capacity.py --project out.json \\
+        --server-cpu refresh=913,me=601,login=44143,verify=80
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import httpx
 import redis.asyncio as aioredis
 from benchkit import private_redis
 
+from tokenward.clock import FrozenClock
 from tokenward.http.app import create_app
 from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.revocation import SessionCache
@@ -81,6 +84,7 @@ class Snapshot:
 
     def __init__(self, stats: dict[str, Any], cpu: dict[str, Any]) -> None:
         self.calls = {k: int(v["calls"]) for k, v in stats.items()}
+        self.usec = {k: int(v["usec"]) for k, v in stats.items()}
         self.cpu = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
     @classmethod
@@ -98,6 +102,11 @@ def delta(before: Snapshot, after: Snapshot, n: int) -> dict[str, Any]:
         "redis_commands_per_op": round(sum(calls.values()) / n, 2),
         "scripts_per_op": round((calls.get("evalsha", 0) + calls.get("eval", 0)) / n, 2),
         "redis_cpu_us_per_op": round((after.cpu - before.cpu) / n * 1e6, 1),
+        # What Redis itself timed running the scripts (their commands included), without
+        # the network and event-loop work the process CPU above also holds.
+        "script_us_per_op": round(
+            (after.usec.get("cmdstat_evalsha", 0) - before.usec.get("cmdstat_evalsha", 0)) / n, 1
+        ),
         "commands": {k: round(v / n, 2) for k, v in sorted(calls.items())},
     }
 
@@ -120,12 +129,12 @@ async def each(n: int, work: Callable[[int], Awaitable[None]]) -> None:
 
 def kind_of(key: str) -> str:
     """``session`` (one per session), ``user`` (one set per user: the session index, user
-    agents, ended sessions, events, markers), ``shared`` (the operators' log) or
-    ``transient`` (rate-limit windows and other short-lived keys)."""
+    agents, ended sessions, events, markers, known addresses), ``shared`` (the operators'
+    log) or ``transient`` (rate-limit windows, e-mailed links and other short-lived keys)."""
     if ":s:" in key and key.startswith("tw:{u:"):
         return "session"
-    if key.startswith(("tw:{u:", "tw:{ev:", "tw:verified")):
-        return "user"
+    if key.startswith(("tw:{u:", "tw:{ev:")) or key.endswith("}:known"):
+        return "user"  # (the addresses an account signed in from: 30 days, per account)
     if key.startswith("tw:{events:"):
         return "shared"
     return "transient"
@@ -171,7 +180,8 @@ async def run(users: int, refreshes: int, redis_url: str, data: Path) -> dict[st
         "TOKENWARD_LOG_LEVEL": "warning",
     }
     settings = load_settings(env, env_file=Path("/nonexistent/.env"))
-    tw = Tokenward(settings, argon2=CHEAP_FOR_TESTS)
+    clock = FrozenClock(int(time.time()))
+    tw = Tokenward(settings, clock=clock, argon2=CHEAP_FOR_TESTS)
     await tw.start()
     app = create_app(tw, manage_lifespan=False)
     r = aioredis.Redis.from_url(redis_url, decode_responses=True)
@@ -195,11 +205,17 @@ async def run(users: int, refreshes: int, redis_url: str, data: Path) -> dict[st
 
         async def refresh(i: int) -> None:
             async with client_for(app, i) as c:
-                for _ in range(refreshes):
-                    body = {"refresh_token": tokens[i]["refresh_token"]}
-                    res = await c.post("/auth/refresh", json=body, headers=BEARER)
-                    assert res.status_code == 200, res.text
-                    tokens[i] = {**tokens[i], **res.json()}
+                body = {"refresh_token": tokens[i]["refresh_token"]}
+                res = await c.post("/auth/refresh", json=body, headers=BEARER)
+                assert res.status_code == 200, res.text
+                tokens[i] = {**tokens[i], **res.json()}
+
+        async def refreshes_apart(i: int) -> None:
+            """One refresh of every session per access-token lifetime, as in service (back
+            to back they would all sit inside the grace window, which keeps extra state)."""
+            for _ in range(refreshes):
+                clock.advance(settings.access_ttl + 1)
+                await each(users, refresh)
 
         def me(target: Any) -> Callable[[int], Awaitable[None]]:
             async def work(i: int) -> None:
@@ -217,11 +233,13 @@ async def run(users: int, refreshes: int, redis_url: str, data: Path) -> dict[st
                 res = await c.post("/auth/logout", headers=auth)
                 assert res.status_code == 204, res.text
 
-        async def phase(name: str, n: int, work: Callable[[int], Awaitable[None]]) -> None:
+        async def phase(
+            name: str, n: int, work: Callable[[int], Awaitable[None]], times: int | None = None
+        ) -> None:
             await tw.events.drain()
             before = await Snapshot.take(r)
             started = time.perf_counter()
-            await each(users, work)
+            await each(users if times is None else times, work)
             await tw.events.drain()
             out[name] = delta(before, await Snapshot.take(r), n)
             out[name]["seconds"] = round(time.perf_counter() - started, 1)
@@ -232,10 +250,10 @@ async def run(users: int, refreshes: int, redis_url: str, data: Path) -> dict[st
         mem1 = int((await r.info("memory"))["used_memory"])
         await phase("login", users, login)
         mem2 = int((await r.info("memory"))["used_memory"])
-        await phase("refresh", users * refreshes, refresh)
+        await phase("refresh", users * refreshes, refreshes_apart, times=1)
         mem3 = int((await r.info("memory"))["used_memory"])
         await phase("me_cached", users * 5, me(app))
-        lookup = Lookup(settings, argon2=CHEAP_FOR_TESTS)
+        lookup = Lookup(settings, clock=clock, argon2=CHEAP_FOR_TESTS)
         await lookup.start()
         try:
             await phase("me_lookup", users * 5, me(create_app(lookup, manage_lifespan=False)))
@@ -258,39 +276,45 @@ async def run(users: int, refreshes: int, redis_url: str, data: Path) -> dict[st
     return out
 
 
-def project(measured: dict[str, Any], server_cpu_us: dict[str, float]) -> str:
-    """The capacity table (Markdown) for 1 M, 10 M and 100 M active sessions."""
+def project(measured: dict[str, Any], cpu_us: dict[str, float]) -> str:
+    """The capacity table (Markdown) for 1 M, 10 M and 100 M active sessions.
+
+    ``cpu_us``: server CPU per ``refresh``, ``me`` (``GET /auth/me``, assumed once per
+    refresh: a page load), ``login`` (mostly argon2id), all on Tokenward's instances; and
+    ``verify``, what the middleware adds to an application's own authenticated request (in
+    the application's processes, not Tokenward's).
+    """
     w = WORKLOAD
     mem = measured["memory"]
-    per_session = mem["session_bytes"]
-    per_user = mem["user_bytes"]
+    redis_us = {
+        k: measured[k]["redis_cpu_us_per_op"] for k in ("refresh", "me_lookup", "login", "logout")
+    }
     rows = [
-        "| active sessions | Redis memory | refreshes/s | requests/s | logins/s | Redis CPU "
-        "(cores) | shards | server CPU (cores) | instances (2 cores) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| active sessions | Redis memory | refreshes/s | app requests/s | logins/s "
+        "| Redis CPU (cores) | shards | Tokenward CPU (cores) | instances (2 cores) "
+        "| app CPU added (cores) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for sessions in (1e6, 1e7, 1e8):
         refresh = sessions / w["refresh_every_s"]
         requests = sessions * w["requests_per_s"]
         logins = sessions * w["logins_per_hour"] / 3600
-        memory = sessions * per_session + sessions / w["sessions_per_user"] * per_user
+        memory = (
+            sessions * mem["session_bytes"] + sessions / w["sessions_per_user"] * mem["user_bytes"]
+        )
         redis_cpu = (
-            refresh * measured["refresh"]["redis_cpu_us_per_op"]
-            + requests * w["cache_miss"] * measured["me_lookup"]["redis_cpu_us_per_op"]
-            + logins
-            * (measured["login"]["redis_cpu_us_per_op"] + measured["logout"]["redis_cpu_us_per_op"])
+            refresh * redis_us["refresh"]
+            + requests * w["cache_miss"] * redis_us["me_lookup"]
+            + logins * (redis_us["login"] + redis_us["logout"])
         ) / 1e6
         shards = max(1, -(-memory // SHARD_MEMORY), -(-redis_cpu // SHARD_CPU))
-        server = (
-            refresh * server_cpu_us["refresh"]
-            + requests * server_cpu_us["me"]
-            + logins * server_cpu_us["login"]
-        ) / 1e6
+        server = (refresh * (cpu_us["refresh"] + cpu_us["me"]) + logins * cpu_us["login"]) / 1e6
         instances = max(1, -(-server // INSTANCE_CORES))
+        app = requests * cpu_us["verify"] / 1e6
         rows.append(
             f"| {sessions / 1e6:,.0f} M | {memory / 1e9:,.1f} GB | {refresh:,.0f} "
-            f"| {requests:,.0f} | {logins:,.1f} | {redis_cpu:,.2f} | {shards:,.0f} "
-            f"| {server:,.1f} | {instances:,.0f} |"
+            f"| {requests:,.0f} | {logins:,.1f} | {redis_cpu:,.1f} | {shards:,.0f} "
+            f"| {server:,.1f} | {instances:,.0f} | {app:,.0f} |"
         )
     return "\n".join(rows)
 
@@ -301,8 +325,9 @@ def main() -> int:
     parser.add_argument(
         "--server-cpu",
         default="",
-        help="with --project: server CPU µs per refresh, authenticated request and login "
-        "(refresh=N,me=N,login=N), from bench/perf.py",
+        help="with --project: server CPU µs per refresh, GET /auth/me and login "
+        "(bench/perf.py) and what the middleware adds to an application's request "
+        "(bench/request_path.py): refresh=N,me=N,login=N,verify=N",
     )
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--refreshes", type=int, default=5)
