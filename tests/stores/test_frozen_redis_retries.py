@@ -30,13 +30,12 @@ from tokenward.refresh import RefreshToken
 from tokenward.runtime import Tokenward
 from tw_accounts import BEARER, GENEROUS_LIMITS, ORIGIN, Accounts
 from tw_factory import TokenwardFactory
+from waiting import await_until
 
 ROUNDS = 10
 CHAINS = 12
 LOGOUTS_PER_ROUND = 8
 TIMEOUT = 0.25
-#: Longer than the timeout, so requests in flight answer 503 before Redis runs them.
-FROZEN = 0.45
 
 
 @dataclass
@@ -110,6 +109,14 @@ async def test_every_503_changed_nothing_or_its_retry_completes_it(
             async def refresh(token: str) -> httpx.Response:
                 return await c.post("/auth/refresh", json={"refresh_token": token}, headers=BEARER)
 
+            answered = [0]  # requests of the current round that have been answered
+
+            async def counted(call: Awaitable[httpx.Response]) -> httpx.Response:
+                try:
+                    return await call
+                finally:
+                    answered[0] += 1
+
             for _ in range(ROUNDS):
                 leaving = [await accounts.login_bearer(email) for _ in range(LOGOUTS_PER_ROUND)]
                 heads = [{"Authorization": f"Bearer {s['access_token']}"} for s in leaving]
@@ -117,13 +124,17 @@ async def test_every_503_changed_nothing_or_its_retry_completes_it(
                     assert (await c.get("/auth/me", headers=head)).status_code == 200
                 calls = [refresh(t) for t in tokens]
                 calls += [c.post("/auth/logout", headers=h) for h in heads]
-                batch = asyncio.gather(*calls)
-                # A different point in flight each round: from before the first command
-                # reaches Redis to after most have been answered.
-                await asyncio.sleep(rng.uniform(0, 0.06))  # pacing the freeze, not waiting
+                answered[0], total = 0, len(calls)
+                batch = asyncio.gather(*(counted(call) for call in calls))
+                # A different point in flight each round: freeze once a random number of
+                # the requests (none, up to most) have been answered.
+                freeze_after = rng.randrange(0, len(calls) - 2)
+                await await_until(lambda n=freeze_after: answered[0] >= n, within=30)
                 os.kill(pid, signal.SIGSTOP)
                 try:
-                    await asyncio.sleep(FROZEN)  # the freeze itself, not a wait for state
+                    # Frozen until every request still in flight has answered (its command
+                    # timed out: 503), so each 503 is given before Redis could run it.
+                    await await_until(lambda n=total: answered[0] == n, within=30)
                 finally:
                     os.kill(pid, signal.SIGCONT)
                 answers = await batch
@@ -157,7 +168,7 @@ async def test_every_503_changed_nothing_or_its_retry_completes_it(
     finally:
         look.close()
     line = (
-        f"{ROUNDS} freezes of {FROZEN} s (timeout {TIMEOUT} s): refreshes {dict(refreshes.first)}"
+        f"{ROUNDS} freezes (timeout {TIMEOUT} s): refreshes {dict(refreshes.first)}"
         f", {refreshes.committed} of {refreshes.unavailable} 503s had rotated, retries "
         f"{dict(refreshes.retried)}; logouts {dict(logouts.first)}, {logouts.committed} of "
         f"{logouts.unavailable} 503s had ended the session, retries {dict(logouts.retried)}"
