@@ -3,34 +3,12 @@ node running the script, which holds every key of the user's hash slot."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
-
-from tokenward.clock import FrozenClock
-from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
 from tokenward.sessions import EndReason, UserRef
-from tokenward.settings import load_settings
 
 USERS = 8
-
-
-@pytest.fixture
-async def cluster_tw(redis_cluster_url: str, tmp_path: Path) -> AsyncIterator[Tokenward]:
-    env = {
-        "TOKENWARD_REDIS_URL": redis_cluster_url,
-        "TOKENWARD_DATA_DIR": str(tmp_path),
-        "TOKENWARD_ISSUER": "https://tokenward.test",
-    }
-    settings = load_settings(env, env_file=tmp_path / "none.env")
-    tw = Tokenward(settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS)
-    await tw.start()
-    yield tw
-    await tw.stop()
 
 
 async def test_a_corrupt_index_is_rebuilt_on_every_node(cluster_tw: Tokenward) -> None:

@@ -4,8 +4,6 @@ each live in one slot, and a two-step login and its refreshes work there."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -13,24 +11,8 @@ from tokenward.authn import AuthLevel
 from tokenward.clock import FrozenClock
 from tokenward.errors import InvalidCode, MfaChallengeInvalid
 from tokenward.mfa import TOTP_PERIOD, challenge_binding, totp_code
-from tokenward.passwords import CHEAP_FOR_TESTS
 from tokenward.runtime import Tokenward
 from tokenward.sessions import UserRef
-from tokenward.settings import load_settings
-
-
-@pytest.fixture
-async def cluster_tw(redis_cluster_url: str, tmp_path: Path) -> AsyncIterator[Tokenward]:
-    env = {
-        "TOKENWARD_REDIS_URL": redis_cluster_url,
-        "TOKENWARD_DATA_DIR": str(tmp_path),
-        "TOKENWARD_ISSUER": "https://tokenward.test",
-    }
-    settings = load_settings(env, env_file=tmp_path / "none.env")
-    tw = Tokenward(settings, clock=FrozenClock(int(time.time())), argon2=CHEAP_FOR_TESTS)
-    await tw.start()
-    yield tw
-    await tw.stop()
 
 
 async def test_two_step_login_and_refresh_on_cluster(cluster_tw: Tokenward) -> None:

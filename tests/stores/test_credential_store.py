@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tokenward.errors import InvalidCredentials
 from tokenward.password_policy import PasswordPolicy
 from tokenward.passwords import CHEAP_FOR_TESTS, Argon2Params, PasswordHasher
-from tokenward.stores.sql_users import SqlUserStore, create_engine, upgrade
+from tokenward.stores.sql_users import SqlUserStore
 from tokenward.users import User, Users
 
 NOW = 1_800_000_000
@@ -28,18 +26,6 @@ NEW_PASSWORD = "violet tractor umbrella kettle"
 RAISED = Argon2Params(memory_kib=2048, time_cost=1, parallelism=1)
 RACE_ROUNDS = 25
 LOGINS_PER_ROUND = 4
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'users.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    eng = create_engine(url)
-    await upgrade(eng)
-    yield eng
-    await eng.dispose()
 
 
 @pytest.fixture

@@ -5,30 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tokenward.mfa import Factor
 from tokenward.stores.sql_mfa import SqlFactorStore
-from tokenward.stores.sql_users import create_engine, upgrade
 
 NOW = 1_800_000_000
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'users.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    eng = create_engine(url)
-    await upgrade(eng)
-    yield eng
-    await eng.dispose()
 
 
 def _factor(uid: str, **overrides: object) -> Factor:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
@@ -18,23 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tokenward.errors import Conflict, InvalidCredentials, PolicyError
 from tokenward.password_policy import PasswordPolicy
 from tokenward.passwords import CHEAP_FOR_TESTS, Argon2Params, PasswordHasher
-from tokenward.stores.sql_users import SqlUserStore, create_engine, upgrade
+from tokenward.stores.sql_users import SqlUserStore, upgrade
 from tokenward.users import User, Users
 
 NOW = 1_800_000_000
 PASSWORD = "violet tractor 42 umbrella"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'users.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    eng = create_engine(url)
-    await upgrade(eng)
-    yield eng
-    await eng.dispose()
 
 
 @pytest.fixture
