@@ -269,7 +269,7 @@ class Tokenward:
             verified_ttl=s.session_max_ttl,
         )
         notices.flows = self.email_flows
-        self.sessions.email_verified_of = self.links.is_verified
+        self.sessions.email_verified_claim = True
         self.mailer.start()
         keys_text = s.mfa_keys.get_secret_value() if s.mfa_keys is not None else None
         self.mfa = Mfa(

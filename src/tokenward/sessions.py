@@ -18,9 +18,9 @@ import hashlib
 import ipaddress
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 from tokenward.authn import AuthLevel, AuthLevelStore, password_level
 from tokenward.csrf import csrf_digest, new_csrf_token
@@ -393,6 +393,11 @@ class Principal:
         return self.claims.sid
 
 
+class _Carried(TypedDict):
+    email_verified: bool | None
+    level: AuthLevel
+
+
 class Sessions:
     """The session rules, over a store, an access-token issuer and a coherent cache."""
 
@@ -408,9 +413,9 @@ class Sessions:
         self.tokens = tokens
         self.cache = cache
         self.policy = policy
-        #: whether a user's address is verified, for the claim of tokens a refresh or a
-        #: re-key issues (a login has the user at hand); unset: no claim on those
-        self.email_verified_of: Callable[[str], Awaitable[bool]] | None = None
+        #: whether the tokens a refresh or a re-key issues carry ``email_verified`` (the
+        #: store reads the user's marker with the change; a login has the user at hand)
+        self.email_verified_claim = False
         #: where the ``amr``/``auth_time`` of second-factor and stepped-up sessions live;
         #: ``None`` (MFA off): every session is a password session
         self.levels = levels
@@ -523,12 +528,9 @@ class Sessions:
             self.cache.forget([presented.sid])
             # Read by the rotation itself: nothing after the commit can fail it (no 503
             # for a refresh that happened) and the refresh stays one round trip.
-            verified = result.email_verified if self.email_verified_of is not None else None
-            stored = AuthLevel.decode(result.level) if self.levels and result.level else None
-            level = stored or password_level(result.state.created_at)
             issued = self._issued(
                 result.state, presented.sid, successor, result.ttl, now, None,
-                email_verified=verified, level=level,
+                **self._carried(result),
             )  # fmt: skip
             if result.report:
                 issued = replace(issued, report_replay=True)
@@ -655,18 +657,16 @@ class Sessions:
         """
         refresh = RefreshToken.new(uid, sid)
         csrf = new_csrf_token()
-        verified = await self._email_verified(uid)  # before the change: see refresh()
         result = await self.store.rekey(
             uid, sid, refresh_digest=refresh.digest, csrf_digest=csrf_digest(csrf), now=now
         )
         self.cache.forget([sid])
         if result.outcome is not RotateOutcome.ROTATED or result.state is None:
             raise SessionEnded("the session has ended")
-        if level is None:
-            level = await self.level(uid, sid, result.state)
+        carried = self._carried(result)
         return self._issued(
             result.state, sid, refresh, result.ttl, now, csrf,
-            email_verified=verified, level=level,
+            email_verified=carried["email_verified"], level=level or carried["level"],
         )  # fmt: skip
 
     def _issued(
@@ -705,8 +705,15 @@ class Sessions:
             email=email,
         )
 
-    async def _email_verified(self, uid: str) -> bool | None:
-        return None if self.email_verified_of is None else await self.email_verified_of(uid)
+    def _carried(self, result: RotateResult) -> _Carried:
+        """The claims a rotation or re-key read with its change: the ``email_verified``
+        claim (when on) and the session's level (stored, or a password at its creation)."""
+        assert result.state is not None  # noqa: S101 - only asked of a rotated result
+        stored = AuthLevel.decode(result.level) if self.levels and result.level else None
+        return {
+            "email_verified": result.email_verified if self.email_verified_claim else None,
+            "level": stored or password_level(result.state.created_at),
+        }
 
     async def authenticate(self, access_token: str, *, now: int) -> Principal:
         """Verify an access token and that its session is still live.

@@ -487,7 +487,10 @@ store_ancestors(parts, {f[9], f[10], f[11]}, set, gone)
 redis.call('HDEL', KEYS[1], unpack(gone))
 redis.call('HSET', KEYS[1], unpack(set))
 announce(channel, sid)
-return {'rekeyed', tostring(exp - now), '0', {f[5], f[6], csrf, f[8]}}
+local state = {f[5], f[6], csrf, f[8]}
+-- As a rotation does: the user's verified marker and the session's level (KEYS[3], [4]).
+for i = 3, #KEYS do table.insert(state, redis.call('GET', KEYS[i]) or '') end
+return {'rekeyed', tostring(exp - now), '0', state}
 """
     )
     .replace("$KEPT", str(ANCESTORS_KEPT))
@@ -801,17 +804,7 @@ class RedisSessionStore:
         if outcome is RotateOutcome.CORRUPT:
             _corrupt(uid, sid)
         if outcome in (RotateOutcome.ROTATED, RotateOutcome.GRACE):
-            ttl = int(reply[1])
-            state, verified, level = reply[3][:4], reply[3][4], reply[3][5]
-            return RotateResult(
-                outcome,
-                state=_state(state, now + ttl),
-                ttl=ttl,
-                salts=tuple(str(x) for x in reply[4:]),
-                report=reply[2] == "1",
-                email_verified=verified == "1",
-                level=str(level),
-            )
+            return _carried(outcome, reply, now)
         return RotateResult(outcome)
 
     async def get(self, uid: str, sid: str, *, now: int) -> SessionState | None:
@@ -863,15 +856,18 @@ class RedisSessionStore:
         prefix, idx, _ = _keys(uid)
         args: list[str | int] = [sid, uid, refresh_digest, csrf_digest, now, self._channel(uid)]
         async with _backend():
-            reply = await self.durable.run(self._rekey, keys=[prefix + sid, idx], args=args)
+            reply = await self.durable.run(
+                self._rekey,
+                keys=[prefix + sid, idx, verified_key(uid), level_key(uid, sid)],
+                args=args,
+            )
         reply = _rebuilt(uid, reply)
         if reply[0] == "corrupt":
             _corrupt(uid, sid)
             return RotateResult(RotateOutcome.CORRUPT)
         if reply[0] != "rekeyed":
             return RotateResult(RotateOutcome.MISSING)
-        ttl = int(reply[1])
-        return RotateResult(RotateOutcome.ROTATED, state=_state(reply[3], now + ttl), ttl=ttl)
+        return _carried(RotateOutcome.ROTATED, reply, now)
 
     async def end(self, uid: str, sid: str, reason: EndReason, *, now: int) -> bool | None:
         """See :meth:`tokenward.sessions.SessionStore.end`."""
@@ -958,6 +954,22 @@ def _corrupt(uid: str, sid: str) -> None:
 def _wrong_type(exc: Unavailable) -> bool:
     cause = exc.__cause__
     return isinstance(cause, ResponseError) and str(cause).startswith("WRONGTYPE")
+
+
+def _carried(outcome: RotateOutcome, reply: Sequence[Any], now: int) -> RotateResult:
+    """A rotation's or re-key's ``{outcome, ttl, report, state, salts...}`` reply, its state
+    followed by the user's verified marker and the session's level (read in the script)."""
+    ttl = int(reply[1])
+    fields = reply[3]
+    return RotateResult(
+        outcome,
+        state=_state(fields[:4], now + ttl),
+        ttl=ttl,
+        salts=tuple(str(x) for x in reply[4:]),
+        report=reply[2] == "1",
+        email_verified=fields[4] == "1",
+        level=str(fields[5]),
+    )
 
 
 def _state(fields: Sequence[str], expires_at: int) -> SessionState:
