@@ -129,10 +129,10 @@ class MfaRoutes:
                 kind = EventKind.MFA_FAILED
                 self.tw.events.mfa(kind, exc.uid, None, client=(ip, agent), now=now)
             raise
-        # The password step renewed the verified marker of a verified address.
-        verified = await self.tw.links.is_verified(done.uid)
+        # Verified or not as the password step found the user (the session renews the
+        # marker refreshes read).
         issued = await self.tw.sessions.open(
-            UserRef(done.uid, done.email, done.user_created_at, verified),
+            UserRef(done.uid, done.email, done.user_created_at, done.email_verified),
             ip=ip,
             user_agent=agent,
             now=now,
