@@ -682,7 +682,7 @@ class Mfa:
                 await self._restore(token, record)
             raise
         left = await self.factors.recovery_left(record.uid)
-        level = AuthLevel(combined_amr((AMR_PWD, AMR_OTP)), now)
+        level = AuthLevel(combined_amr((AMR_PWD, AMR_OTP)), now, method)
         return Redeemed(
             uid=record.uid,
             email=record.email,

@@ -158,7 +158,7 @@ async def test_enrol_sign_in_with_a_code_and_a_recovery_code_and_step_up(
     await page.goto(f"{server.url}/account/sessions")
     current = page.locator(".session", has=page.locator('[data-slot="current"]'))
     await expect(current.locator('[data-slot="method"]')).to_have_text(
-        "Signed in with password and a one-time code"
+        "Signed in with password and an authenticator code"
     )
     await screenshot(page, "sessions-sign-in-method")
     await _sign_out(page, server.url)
@@ -171,6 +171,12 @@ async def test_enrol_sign_in_with_a_code_and_a_recovery_code_and_step_up(
     await page.get_by_label("Recovery code", exact=True).fill(fresh[0])
     await page.get_by_role("button", name="Verify").click()
     await page.wait_for_url(f"{server.url}/account")
+    await expect(section.locator('[data-bind="mfa-left"]')).to_have_text("9")
+    await page.goto(f"{server.url}/account/sessions")
+    await expect(current.locator('[data-slot="method"]')).to_have_text(
+        "Signed in with password and a recovery code"
+    )
+    await page.goto(f"{server.url}/account")
     await expect(section.locator('[data-bind="mfa-left"]')).to_have_text("9")
 
     # This session used a second factor just now: removing the app needs no prompt.

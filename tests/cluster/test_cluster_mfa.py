@@ -54,5 +54,5 @@ async def test_two_step_login_and_refresh_on_cluster(cluster_tw: Tokenward) -> N
         )
         assert refreshed.access_claims.amr == ("pwd", "otp", "mfa")
         assert await tw.mfa_state.get_level(user.id, issued.sid) == AuthLevel(
-            ("pwd", "otp", "mfa"), done.level.auth_time
+            ("pwd", "otp", "mfa"), done.level.auth_time, "totp"
         )

@@ -57,7 +57,7 @@ async def test_list_shows_each_device_with_its_details(make_tw: MakeTw) -> None:
     first, second = rows
     assert set(first) == {
         "id", "created_at", "last_used_at", "expires_at", "ip", "user_agent", "current",
-        "amr", "auth_time",
+        "amr", "auth_time", "second_factor",
     }  # fmt: skip
     assert first["created_at"] == rfc3339(login_at)
     # A password sign-in: amr pwd, at its login (docs/sessions.md).

@@ -278,7 +278,7 @@ class MfaRoutes:
         # A step-up adds to what the session proved at login: a password session that
         # gives a code now is a multi-factor session from now on.
         earlier = await self.tw.sessions.level(p.uid, p.sid, p.state)
-        level = AuthLevel(combined_amr((*earlier.amr, *methods)), now)
+        level = AuthLevel(combined_amr((*earlier.amr, *methods)), now, used or earlier.factor)
         issued = await self.tw.sessions.step_up(p.uid, p.sid, level, now=now)
         if req.code and used == FACTOR_RECOVERY:
             left = {"left": await self.tw.mfa.factors.recovery_left(p.uid)}

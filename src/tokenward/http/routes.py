@@ -445,6 +445,7 @@ class AuthRoutes:
                 "current": info.current,
                 "amr": list(level.amr),
                 "auth_time": rfc3339(level.auth_time),
+                "second_factor": level.factor or None,
             }
             for info, level in ((info, info.record.auth_level()) for info in rows)
         ]

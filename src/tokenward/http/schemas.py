@@ -306,6 +306,9 @@ class SessionRow(_Model):
         description="how the session authenticated (RFC 8176: `pwd`, `otp`, `mfa`, ...)"
     )
     auth_time: Time = Field(description="its login, or its latest re-authentication")
+    second_factor: str | None = Field(
+        description="the second factor it used last (`totp`, `recovery`), or null"
+    )
 
 
 class EndedRow(_Model):

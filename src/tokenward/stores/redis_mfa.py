@@ -7,9 +7,10 @@ key                                    type    content and TTL
                                                attempts, sealed enrolment secret); TTL the
                                                challenge lifetime + 60 s
 ``tw:{u:<uid>}:mfa:step``              string  last accepted TOTP time step; TTL 120 s
-``tw:{u:<uid>}:al:<sid>``              string  ``amr|auth_time`` of a session opened with a
-                                               second factor or stepped up; TTL the
-                                               session's absolute lifetime
+``tw:{u:<uid>}:al:<sid>``              string  ``amr|auth_time|kind`` of a session opened
+                                               with a second factor or stepped up (kind:
+                                               ``totp``, ``recovery``; absent in older
+                                               values); TTL the session's absolute lifetime
 =====================================  ======  ==============================================
 
 Every script touches one key, so all of it works on Redis Cluster; the user's keys share

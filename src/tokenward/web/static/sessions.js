@@ -27,9 +27,9 @@ const endOthers = document.querySelector('[data-action="end-others"]');
 const template = document.getElementById("session-item");
 
 /**
- * How a session signed in, from its amr (RFC 8176) and auth_time: "Signed in with
- * password", "… password and a one-time code" (an authenticator app's or a recovery code),
- * "… a passkey"; a later re-authentication is said too.
+ * How a session signed in, from its amr (RFC 8176), second_factor and auth_time:
+ * "Signed in with password", "… password and an authenticator code", "… password and a
+ * recovery code", "… a passkey"; a later re-authentication is said too.
  */
 function signInMethod(session) {
   const amr = session.amr || [];
@@ -37,7 +37,9 @@ function signInMethod(session) {
   if (amr.includes("hwk") || amr.includes("swk")) {
     how = amr.includes("pwd") ? "password and a passkey" : "a passkey";
   } else if (amr.includes("otp")) {
-    how = amr.includes("pwd") ? "password and a one-time code" : "a one-time code";
+    const code = session.second_factor === "recovery" ? "a recovery code"
+      : session.second_factor === "totp" ? "an authenticator code" : "a one-time code";
+    how = amr.includes("pwd") ? `password and ${code}` : code;
   } else if (amr.includes("pwd")) {
     how = "password";
   } else {
