@@ -68,6 +68,15 @@ def required_server(_servers: Callable[..., Server]) -> Server:
     return _servers(register_ip_limit="1000", mfa="required")
 
 
+#: TOKENWARD_REAUTH_MAX_AGE of stale_server: a sign-in is "recent" this long.
+RECENT = 2
+
+
+@pytest.fixture(scope="session")
+def stale_server(_servers: Callable[..., Server]) -> Server:
+    return _servers(register_ip_limit="1000", reauth_max_age=str(RECENT))
+
+
 async def _enrol_on_account_page(page: Page) -> tuple[Authenticator, list[str]]:
     """Set up the app from the account page; returns it and the ten recovery codes."""
     section = page.locator("[data-mfa]")
@@ -245,3 +254,53 @@ async def test_sign_in_with_a_code_without_javascript(
     await page.get_by_role("button", name="Verify").click()
     await page.wait_for_url(f"{server.url}/account")
     await expect(page.locator("noscript > p")).to_contain_text("You are signed in.")
+
+
+async def test_a_stale_sign_in_is_asked_for_the_password(
+    stale_server: Server, new_context: NewContext
+) -> None:
+    """Setting up an app needs a recent sign-in: past TOKENWARD_REAUTH_MAX_AGE the API
+    answers 403 reauthentication-required and the page's prompt asks for the password (a
+    wrong one is said and asked again), re-authenticates and carries on."""
+    context = await new_context()
+    page = await context.new_page()
+    email = new_email("stale")
+    await sign_up(page, stale_server.url, email)
+    signed_in = time.time()
+    await sign_in(page, stale_server.url, email)
+    await profile_shows(page, email)
+    await await_until(
+        lambda: time.time() - signed_in > RECENT + 1.5,
+        within=RECENT + 10,
+        what="the sign-in is no longer recent",
+        step=0.2,
+    )
+    section = page.locator("[data-mfa]")
+    await section.get_by_role("button", name="Set up an authenticator app").click()
+    dialog = page.get_by_role("dialog", name="Confirm it\u2019s you")
+    password = dialog.get_by_label("Account password")
+    await expect(password).to_be_focused()
+    await expect(dialog.get_by_label(CODE_LABEL)).to_be_hidden()
+    await password.fill("not the password at all")
+    await dialog.get_by_role("button", name="Confirm").click()
+    await expect(dialog.get_by_role("alert")).to_have_text("That password is not correct.")
+    await password.fill(PASSWORD)
+    await dialog.get_by_role("button", name="Confirm").click()
+    await expect(dialog).to_be_hidden()
+    await expect(section.locator('[data-bind="mfa-qr"] svg')).to_be_visible()
+    reauthenticated = time.time()
+    await expect(section.locator('[data-bind="mfa-secret"]')).not_to_be_empty()
+    # Cancelling the prompt gives up quietly: the call is refused, nothing is shown.
+    await section.get_by_role("button", name="Cancel").click()
+    await await_until(
+        lambda: time.time() - reauthenticated > RECENT + 1.5,
+        within=RECENT + 10,
+        what="the re-authentication is no longer recent",
+        step=0.2,
+    )
+    await section.get_by_role("button", name="Set up an authenticator app").click()
+    await expect(password).to_be_focused()
+    await dialog.get_by_role("button", name="Cancel").click()
+    await expect(dialog).to_be_hidden()
+    await expect(section.get_by_role("button", name="Set up an authenticator app")).to_be_visible()
+    await expect(page.locator("[data-notice]:not([hidden])")).to_have_count(0)
