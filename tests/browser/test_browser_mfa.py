@@ -224,10 +224,8 @@ async def test_enrolment_at_sign_in_under_the_required_policy(
     await profile_shows(page, email)
 
 
-async def test_sign_in_with_a_code_without_javascript(
-    server: Server, new_context: NewContext
-) -> None:
-    email = new_email("mfa-nojs")
+async def _enrolled_by_api(server: Server, email: str) -> Authenticator:
+    """Register ``email`` and set up an app through the API; the app."""
     async with httpx.AsyncClient(base_url=server.url) as client:
         bearer = {"X-Auth-Transport": "bearer"}
         r = await client.post("/auth/register", json={"email": email, "password": PASSWORD})
@@ -241,7 +239,14 @@ async def test_sign_in_with_a_code_without_javascript(
         code = await app.code()
         r = await client.post("/auth/mfa/totp/confirm", json={"code": code}, headers=auth)
         assert r.status_code == 200, r.text
+    return app
 
+
+async def test_sign_in_with_a_code_without_javascript(
+    server: Server, new_context: NewContext
+) -> None:
+    email = new_email("mfa-nojs")
+    app = await _enrolled_by_api(server, email)
     context = await new_context(java_script_enabled=False)
     page = await context.new_page()
     await _password_step(page, server.url, email)
@@ -304,3 +309,31 @@ async def test_a_stale_sign_in_is_asked_for_the_password(
     await expect(dialog).to_be_hidden()
     await expect(section.get_by_role("button", name="Set up an authenticator app")).to_be_visible()
     await expect(page.locator("[data-notice]:not([hidden])")).to_have_count(0)
+
+
+async def test_a_challenge_used_up_by_wrong_codes_sends_back_to_sign_in(
+    stale_server: Server, new_context: NewContext
+) -> None:
+    """Each wrong code is explained and the challenge kept, up to five; then the challenge
+    is gone and the page sends the browser back to /login, which says why."""
+    email = new_email("mfa-gone")
+    app = await _enrolled_by_api(stale_server, email)
+    page = await (await new_context()).new_page()
+    await _password_step(page, stale_server.url, email)
+    code_input = page.get_by_label(CODE_LABEL)
+    for _ in range(4):
+        await code_input.fill(app.wrong())
+        await page.get_by_role("button", name="Verify").click()
+        await expect(page.locator('[data-notice="invalid-code"]')).to_be_visible()
+        await expect(code_input).to_have_value("")
+        await expect(code_input).to_be_focused()
+    await code_input.fill(app.wrong())
+    await page.get_by_role("button", name="Verify").click()
+    await page.wait_for_url(f"{stale_server.url}/login?error=mfa-challenge-invalid")
+    await expect(page.locator('[data-notice="mfa-challenge-invalid"]')).to_be_visible()
+    await screenshot(page, "login-mfa-challenge-gone")
+    # Signing in again works: a new challenge, and the right code.
+    await _password_step(page, stale_server.url, email)
+    await code_input.fill(await app.code())
+    await page.get_by_role("button", name="Verify").click()
+    await page.wait_for_url(f"{stale_server.url}/account")
