@@ -80,6 +80,26 @@ async def test_the_code_page_works_without_javascript(mfa: Mfa) -> None:
     assert (await mfa.client.get("/auth/me")).status_code == 200
 
 
+async def test_a_stale_plain_password_change_says_what_it_needs(mfa: Mfa) -> None:
+    """Without JavaScript there is no prompt: a password change by a user with a factor,
+    long after the sign-in, shows the account page with what to do."""
+    email, secret, _ = await mfa.enrolled()
+    challenge = (await mfa.challenge(email, bearer=False))["challenge"]
+    r = await mfa.second(challenge, mfa.code(secret), bearer=False)
+    assert r.status_code == 200, r.text
+    mfa.clock.advance(mfa.tw.settings.reauth_max_age + 1)
+    r = await mfa.client.post(
+        "/account/password",
+        data={
+            "csrf": mfa.client.cookies["__Host-csrf_token"],
+            "current_password": PASSWORD,
+            "new_password": "plum orchard 31 harbour",
+        },
+    )
+    assert r.status_code == 403
+    assert _revealed(r.text) == {"reauthentication-required"}
+
+
 async def test_the_code_page_without_a_challenge_says_so(mfa: Mfa) -> None:
     page = (await mfa.client.get("/login/mfa")).text
     assert _hidden_challenges(page) == ["", ""]

@@ -38,7 +38,7 @@ function gone(problem) {
   location.assign(`/login?error=${encodeURIComponent(problem.slug)}`);
 }
 
-async function redeem(form, input) {
+async function redeem(input) {
   let answer;
   try {
     answer = await window.Tokenward.api("POST", "/auth/login/mfa", {
@@ -66,7 +66,7 @@ function wire(name, after) {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     withBusy(form.querySelector('[type="submit"]'), async () => {
-      const answer = await redeem(form, input);
+      const answer = await redeem(input);
       if (answer) after(answer);
     });
   });
