@@ -25,6 +25,11 @@ The account pages need a session cookie to be worth showing; without one the bro
 sent to the sign-in page. That is a convenience, not a security check: the data on those
 pages comes from the API, which authenticates every call.
 
+A sign-in that needs a second factor goes on to ``/login/mfa``: a script there reads the
+challenge from the address's fragment; a plain page gets it from the cookie of
+:func:`mfa_page_cookie`, and its forms post straight to ``/auth/login/mfa`` (whose 303s
+lead on), so that the browser sends the challenge's binding cookie (``Path=/auth``) too.
+
 The theft alarm on the sign-in page ("signed out for safety") is shown only when the
 server set :data:`ALARM_COOKIE` while ending a session whose refresh token was reused, never
 because of a query a link can carry.
