@@ -50,6 +50,9 @@ class AuthLevel:
 
     amr: tuple[str, ...]
     auth_time: int
+    #: the second factor last used (``totp``, ``recovery``): ``otp`` in ``amr`` says a
+    #: one-time code, not which kind. Not a claim; the sessions page shows it.
+    factor: str = ""
 
     @property
     def multi_factor(self) -> bool:
@@ -57,16 +60,19 @@ class AuthLevel:
         return AMR_MFA in self.amr
 
     def encode(self) -> str:
-        """``pwd,otp,mfa|1800000000`` (what the store keeps)."""
-        return f"{','.join(self.amr)}|{self.auth_time}"
+        """``pwd,otp,mfa|1800000000`` or ``pwd,otp,mfa|1800000000|recovery`` (what the
+        store keeps)."""
+        text = f"{','.join(self.amr)}|{self.auth_time}"
+        return f"{text}|{self.factor}" if self.factor else text
 
     @classmethod
     def decode(cls, text: str) -> AuthLevel | None:
         """The level :meth:`encode` wrote, or ``None`` for anything else."""
-        methods, sep, when = text.partition("|")
-        if not sep or not when.isdigit() or not methods:
+        methods, sep, rest = text.partition("|")
+        when, _, factor = rest.partition("|")
+        if not sep or not when.isdigit() or not methods or "|" in factor:
             return None
-        return cls(tuple(methods.split(",")), int(when))
+        return cls(tuple(methods.split(",")), int(when), factor)
 
 
 def password_level(created_at: int) -> AuthLevel:

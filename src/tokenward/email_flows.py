@@ -183,6 +183,7 @@ class Notices:
     password_changed: bool = True
     email_changed: bool = True
     refresh_reused: bool = True
+    recovery_code_used: bool = True
 
 
 def _when(epoch: int) -> str:
@@ -519,6 +520,7 @@ class EmailFlows:
             EventKind.PASSWORD_CHANGED: ("notice_password_changed", n.password_changed),
             EventKind.PASSWORD_RESET: ("notice_password_reset", n.password_changed),
             EventKind.REFRESH_REUSED: ("notice_refresh_reused", n.refresh_reused),
+            EventKind.RECOVERY_CODE_USED: ("notice_recovery_code_used", n.recovery_code_used),
         }.get(kind)
         return wanted[0] if wanted is not None and wanted[1] else None
 
@@ -533,6 +535,7 @@ class EmailFlows:
             "email": user.email, "when": _when(event.at), "ip": event.ip or "unknown",
             "device": event.user_agent[:120] or "an unknown device",
             "forgot_link": self.link("/forgot-password"), "account_link": self.link("/account"),
+            "left": str(event.detail.get("left", "")),
         })  # fmt: skip
 
     async def _user_of(self, payload: Mapping[str, str] | None) -> User | None:

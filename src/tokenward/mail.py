@@ -66,6 +66,7 @@ TEMPLATE_NAMES = (
     "notice_password_reset",
     "notice_email_changed",
     "notice_refresh_reused",
+    "notice_recovery_code_used",
 )
 _OUTBOX_ID = re.compile(r"[0-9]{10}-[0-9a-f]{16}")
 

@@ -319,9 +319,11 @@ class MfaStateStore(Protocol):
 
     async def set_pending(
         self, digest: str, *, binding: str, pending: str, now: int
-    ) -> tuple[str, str, str]:
-        """Store the enrolment secret on a live challenge of mode ``enroll``, atomically:
-        ``("ok", uid, email)``, or ``("missing"|"client"|"expired"|"mode", "", "")``."""
+    ) -> tuple[str, str, str, str]:
+        """Store the enrolment secret on a live challenge of mode ``enroll`` unless one is
+        stored already, atomically: ``("ok", uid, email, the secret stored)`` (``pending``,
+        or the one an earlier call stored), or ``("missing"|"client"|"expired"|"mode", "",
+        "", "")``."""
         ...
 
     async def accept_step(self, uid: str, step: int, *, ttl: int) -> bool:
@@ -597,6 +599,9 @@ class Mfa:
     async def enroll_on_challenge(self, token: str, *, binding: str, now: int) -> Enrolment:
         """``required`` mode: a TOTP secret for the user of an enrolment challenge.
 
+        Idempotent: every call on one challenge answers the same secret (two tabs, a
+        reload), so no secret is shown that its code could not confirm.
+
         Raises:
             MfaChallengeInvalid: unknown, expired, another client's, or not an enrolment.
         """
@@ -608,11 +613,16 @@ class Mfa:
         # redemption re-seals it for the user's factor row.
         sealed = self.box.seal(secret.encode(), context=f"tokenward:challenge:{digest}")
         pending = base64.b64encode(sealed).decode()
-        status, _, email = await self.state.set_pending(
+        status, _, email, stored = await self.state.set_pending(
             digest, binding=binding, pending=pending, now=now
         )
         if status != "ok":
             raise MfaChallengeInvalid(_REFUSALS.get(status, _REFUSALS["missing"]))
+        if stored != pending:
+            # Another tab of this client fetched one first: show the same secret, so
+            # whichever tab's QR code was scanned, its code confirms the enrolment.
+            sealed = base64.b64decode(stored)
+            secret = self.box.open(sealed, context=f"tokenward:challenge:{digest}").decode()
         return self._enrolment(secret, email)
 
     async def _take(self, token: str, *, binding: str, now: int) -> ChallengeRecord:
@@ -687,7 +697,7 @@ class Mfa:
                 await self._restore(token, record)
             raise
         left = await self.factors.recovery_left(record.uid)
-        level = AuthLevel(combined_amr((AMR_PWD, AMR_OTP)), now)
+        level = AuthLevel(combined_amr((AMR_PWD, AMR_OTP)), now, method)
         return Redeemed(
             uid=record.uid,
             email=record.email,

@@ -265,6 +265,7 @@ class Tokenward:
                 password_changed=s.notify_password_changed,
                 email_changed=s.notify_email_changed,
                 refresh_reused=s.notify_refresh_reused,
+                recovery_code_used=s.notify_recovery_code_used,
             ),
             verified_ttl=s.session_max_ttl,
         )

@@ -147,6 +147,12 @@ class SessionRecord:
     absolute_expires_at: int
     ip: str
     user_agent: str
+    #: how it authenticated, when not by a password alone (``None``: ``pwd`` at creation)
+    level: AuthLevel | None = None
+
+    def auth_level(self) -> AuthLevel:
+        """The session's ``amr`` and ``auth_time`` (the password level when none is stored)."""
+        return self.level if self.level is not None else password_level(self.created_at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -493,6 +493,11 @@ class Settings(BaseSettings):
         description="Mail the owner when a session was ended because its refresh token was "
         "used twice (stolen).",
     )
+    notify_recovery_code_used: bool = Field(
+        default=True,
+        description="Mail the owner when a recovery code is used to sign in or to confirm "
+        "a change, with the number of codes left.",
+    )
 
     _split = field_validator("allowed_origins", "trusted_proxies", "audiences", mode="before")(
         _split_csv

@@ -54,5 +54,8 @@ async def test_two_step_login_and_refresh_on_cluster(cluster_tw: Tokenward) -> N
         )
         assert refreshed.access_claims.amr == ("pwd", "otp", "mfa")
         assert await tw.mfa_state.get_level(user.id, issued.sid) == AuthLevel(
-            ("pwd", "otp", "mfa"), done.level.auth_time
+            ("pwd", "otp", "mfa"), done.level.auth_time, "totp"
         )
+        # The listing's script reads the level beside each session (same slot).
+        (listed,) = await tw.sessions.list(user.id, current=None, now=clock.now())
+        assert listed.record.level == done.level

@@ -73,6 +73,13 @@ def test_amr_values() -> None:
     assert AuthLevel.decode(level.encode()) == level
     assert level.multi_factor
     assert AuthLevel.decode("garbage") is None
+    # Which second factor, beside the claims (what "otp" does not tell); older values
+    # without it still read.
+    recovered = AuthLevel(("pwd", "otp", "mfa"), 42, "recovery")
+    assert recovered.encode() == "pwd,otp,mfa|42|recovery"
+    assert AuthLevel.decode(recovered.encode()) == recovered
+    assert AuthLevel.decode("pwd,otp,mfa|42") == level
+    assert AuthLevel.decode("pwd|42|totp|extra") is None
     assert password_level(7) == AuthLevel(("pwd",), 7)
 
 

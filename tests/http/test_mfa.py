@@ -522,8 +522,17 @@ async def test_a_form_login_is_sent_to_the_code_page(mfa: Mfa) -> None:
     )
     assert r.status_code == 303
     assert r.headers["location"].startswith("/login/mfa#challenge=")
-    names = [c.split("=", 1)[0] for c in r.headers.get_list("set-cookie")]
-    assert names == ["__Secure-mfa_challenge"]
+    challenge = r.headers["location"].split("#challenge=", 1)[1]
+    cookies = {c.split("=", 1)[0]: c for c in r.headers.get_list("set-cookie")}
+    assert set(cookies) == {"__Secure-mfa_challenge", "__Secure-mfa_login"}
+    # The code page's cookie (for the page without JavaScript): the challenge, for that
+    # page only, never sent cross-site, unreadable by scripts.
+    page = cookies["__Secure-mfa_login"]
+    assert page.startswith(f"__Secure-mfa_login=v.{challenge};")
+    assert "Path=/login/mfa" in page
+    assert "HttpOnly" in page
+    assert "SameSite=Strict" in page
+    assert "Max-Age=300" in page
 
 
 async def test_the_code_page_can_post_a_form(mfa: Mfa) -> None:

@@ -57,8 +57,12 @@ async def test_list_shows_each_device_with_its_details(make_tw: MakeTw) -> None:
     first, second = rows
     assert set(first) == {
         "id", "created_at", "last_used_at", "expires_at", "ip", "user_agent", "current",
+        "amr", "auth_time", "second_factor",
     }  # fmt: skip
     assert first["created_at"] == rfc3339(login_at)
+    # A password sign-in: amr pwd, at its login (docs/sessions.md).
+    assert first["amr"] == ["pwd"]
+    assert first["auth_time"] == first["created_at"]
     assert first["last_used_at"] == rfc3339(login_at + 120)
     assert first["expires_at"] == rfc3339(login_at + 120 + tw.settings.session_idle_ttl)
     assert (first["ip"], first["user_agent"], first["current"]) == (

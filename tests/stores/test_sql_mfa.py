@@ -69,3 +69,50 @@ async def test_recovery_codes_work_once_under_concurrency(engine: AsyncEngine) -
     assert await store.remove_all(uid) == 1
     assert await store.factors(uid) == []
     assert await store.recovery_left(uid) == 0
+
+
+async def _user(engine: AsyncEngine) -> str:
+    """A user row (the enrolment verbs lock it)."""
+    from sqlalchemy import insert
+
+    from tokenward.stores.sql_users import users_table
+
+    uid = uuid.uuid4().hex
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(users_table).values(
+                id=uid, email=f"{uid}@example.com", email_key=f"{uid}@example.com",
+                password_hash="x", created_at=NOW, updated_at=NOW,
+            )
+        )  # fmt: skip
+    return uid
+
+
+async def test_concurrent_enrolment_starts_leave_one_pending(engine: AsyncEngine) -> None:
+    """Each start deletes the pending rows it sees and inserts its own; unserialized, two
+    concurrent ones (PostgreSQL, READ COMMITTED) each see none and both insert: two pending
+    secrets. Locked on the user's row, the later replaces the earlier."""
+    store = SqlFactorStore(engine)
+    uid = await _user(engine)
+    factors = [_factor(uid) for _ in range(8)]
+    await asyncio.gather(*(store.put_pending(f) for f in factors))
+    rows = await store.factors(uid)
+    assert len(rows) == 1
+    assert rows[0].id in {f.id for f in factors}
+
+
+async def test_concurrent_confirmations_add_one_active_factor(engine: AsyncEngine) -> None:
+    """Two login challenges enrolling one user at once (``required``), and an account-page
+    confirmation racing them: one active authenticator app, never two."""
+    store = SqlFactorStore(engine)
+    uid = await _user(engine)
+    pending = _factor(uid)
+    await store.put_pending(pending)
+    results = await asyncio.gather(
+        *(store.add_confirmed(_factor(uid, confirmed_at=NOW), codes=["x"], now=NOW)
+          for _ in range(4)),
+        store.confirm(uid, pending.id, codes=["y"], now=NOW),
+    )  # fmt: skip
+    assert sum(results) == 1
+    active = [f for f in await store.factors(uid) if f.confirmed_at is not None]
+    assert len(active) == 1

@@ -13,7 +13,9 @@ factor with **200** and a body with no session in it::
 In cookie mode it also sets the challenge cookie (``__Secure-mfa_challenge``, HttpOnly,
 ``SameSite=Strict``, ``Path=/auth``) whose digest the challenge is bound to, beside the
 client's user agent and address prefix. An HTML form post is sent to ``/login/mfa`` with the
-challenge in the URL fragment (fragments never reach a server or a ``Referer``).
+challenge in the URL fragment (fragments never reach a server or a ``Referer``) and, for the
+page without JavaScript, in a cookie only that page receives
+(:func:`~tokenward.web.pages.mfa_page_cookie`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tokenward.mfa import challenge_binding, check_step_up
 from tokenward.runtime import Tokenward
 from tokenward.sessions import Principal
 from tokenward.users import User
+from tokenward.web.pages import MFA_PAGE, mfa_page_cookie
 
 __all__ = [
     "PAGE_MFA",
@@ -40,9 +43,8 @@ __all__ = [
     "require_recent_for_credentials",
 ]
 
-#: Where a form login that needs a code sends the browser (the page comes with issue 14's
-#: pages; the JSON API does not need it).
-PAGE_MFA = "/login/mfa"
+#: Where a form login that needs a code sends the browser (the JSON API does not need it).
+PAGE_MFA = MFA_PAGE
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -85,9 +87,19 @@ async def begin_mfa_login(
         return None
     response: Response
     if form:
-        response = RedirectResponse(
-            f"{PAGE_MFA}#challenge={challenge.token}", status_code=303, headers=_NO_STORE
-        )
+        fragment = f"challenge={challenge.token}"
+        if challenge.enrollment_required:
+            fragment += "&enroll=1"
+        response = RedirectResponse(f"{PAGE_MFA}#{fragment}", status_code=303, headers=_NO_STORE)
+        if not bearer:
+            # The page without JavaScript cannot read the fragment: see mfa_page_cookie.
+            page_cookie = mfa_page_cookie(
+                secure=tw.cookies.secure,
+                challenge=challenge.token,
+                max_age=challenge.expires_in,
+                enroll=challenge.enrollment_required,
+            )
+            response.headers.append("set-cookie", page_cookie.header())
     else:
         body = {
             "mfa_required": True,
@@ -104,8 +116,9 @@ async def begin_mfa_login(
 
 
 def clear_challenge_cookie(tw: Tokenward, response: Response) -> Response:
-    """Drop the challenge cookie (the login is done)."""
+    """Drop the challenge cookie and the code page's (the login is done)."""
     response.headers.append("set-cookie", _challenge_cookie(tw, "", 0).header())
+    response.headers.append("set-cookie", mfa_page_cookie(secure=tw.cookies.secure).header())
     return response
 
 

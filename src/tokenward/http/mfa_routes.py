@@ -260,6 +260,7 @@ class MfaRoutes:
         user = await signed_in_user(self.tw, p)
         client = client_of(self.tw, request)
         methods: list[str] = []
+        used = ""
         if req.password:
             async with self.tw.throttle.login(user.email, client[0], now=now) as ticket:
                 try:
@@ -272,13 +273,17 @@ class MfaRoutes:
         if req.code:
             if self.tw.mfa.policy == "off":
                 raise NotFound("second factors are off (TOKENWARD_MFA=off)")
-            await self.tw.mfa.verify(p.uid, user.email, req.code, ip=client[0], now=now)
+            used = await self.tw.mfa.verify(p.uid, user.email, req.code, ip=client[0], now=now)
             methods.append(AMR_OTP)
         # A step-up adds to what the session proved at login: a password session that
         # gives a code now is a multi-factor session from now on.
         earlier = await self.tw.sessions.level(p.uid, p.sid, p.state)
-        level = AuthLevel(combined_amr((*earlier.amr, *methods)), now)
+        level = AuthLevel(combined_amr((*earlier.amr, *methods)), now, used or earlier.factor)
         issued = await self.tw.sessions.step_up(p.uid, p.sid, level, now=now)
+        if req.code and used == FACTOR_RECOVERY:
+            left = {"left": await self.tw.mfa.factors.recovery_left(p.uid)}
+            kind = EventKind.RECOVERY_CODE_USED
+            self.tw.events.mfa(kind, p.uid, p.sid, client=client, now=now, detail=left)
         detail = {"amr": " ".join(level.amr)}
         kind = EventKind.REAUTHENTICATED
         self.tw.events.mfa(kind, p.uid, p.sid, client=client, now=now, detail=detail)

@@ -260,9 +260,7 @@ class AuthRoutes:
                 if len(cookies) > 1:  # one was tossed in: clearing ours would log the user out
                     raise
                 await ticket.failed()  # counted as refused (429 if that fills the limit)
-                return self._clear_cookies(
-                    render_error(exc), alarm=isinstance(exc, RefreshReused)
-                )
+                return self._clear_cookies(render_error(exc), alarm=isinstance(exc, RefreshReused))
         return self._with_cookies(
             json_response(self._session_body(issued, bearer=False)), issued, csrf
         )
@@ -444,8 +442,11 @@ class AuthRoutes:
                 "ip": info.record.ip,
                 "user_agent": info.record.user_agent,
                 "current": info.current,
+                "amr": list(level.amr),
+                "auth_time": rfc3339(level.auth_time),
+                "second_factor": level.factor or None,
             }
-            for info in rows
+            for info, level in ((info, info.record.auth_level()) for info in rows)
         ]
         return apply_pending_cookies(request, json_response(body))
 

@@ -156,6 +156,8 @@ class EmailChange(_Model):
 
     new_email: str = Field(max_length=1024)
     password: str
+
+
 class MfaLogin(_Model):
     """`POST /auth/login/mfa`: the login's challenge and a TOTP code (6 digits) or a
     recovery code (`xxxx-xxxx-xxxx-xxxx`)."""
@@ -300,6 +302,13 @@ class SessionRow(_Model):
     ip: str
     user_agent: str
     current: bool
+    amr: list[str] = Field(
+        description="how the session authenticated (RFC 8176: `pwd`, `otp`, `mfa`, ...)"
+    )
+    auth_time: Time = Field(description="its login, or its latest re-authentication")
+    second_factor: str | None = Field(
+        description="the second factor it used last (`totp`, `recovery`), or null"
+    )
 
 
 class EndedRow(_Model):

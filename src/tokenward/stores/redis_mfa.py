@@ -7,9 +7,10 @@ key                                    type    content and TTL
                                                attempts, sealed enrolment secret); TTL the
                                                challenge lifetime + 60 s
 ``tw:{u:<uid>}:mfa:step``              string  last accepted TOTP time step; TTL 120 s
-``tw:{u:<uid>}:al:<sid>``              string  ``amr|auth_time`` of a session opened with a
-                                               second factor or stepped up; TTL the
-                                               session's absolute lifetime
+``tw:{u:<uid>}:al:<sid>``              string  ``amr|auth_time|kind`` of a session opened
+                                               with a second factor or stepped up (kind:
+                                               ``totp``, ``recovery``; absent in older
+                                               values); TTL the session's absolute lifetime
 =====================================  ======  ==============================================
 
 Every script touches one key, so all of it works on Redis Cluster; the user's keys share
@@ -49,8 +50,11 @@ local f = redis.call('HMGET', KEYS[1], 'bind', 'mode', 'exp', 'uid', 'email')
 if f[1] ~= ARGV[1] then return {'client'} end
 if tonumber(f[3]) <= tonumber(ARGV[3]) then return {'expired'} end
 if f[2] ~= 'enroll' then return {'mode'} end
+-- A second call (another tab, a reload) gets the secret already shown, never a new one.
+local shown = redis.call('HGET', KEYS[1], 'pending')
+if shown then return {'ok', f[4], f[5], shown} end
 redis.call('HSET', KEYS[1], 'pending', ARGV[2])
-return {'ok', f[4], f[5]}
+return {'ok', f[4], f[5], ARGV[2]}
 """
 
 # KEYS: the step marker. ARGV: step, ttl. A step not later than the last accepted is a replay.
@@ -116,13 +120,13 @@ class RedisMfaStore:
 
     async def set_pending(
         self, digest: str, *, binding: str, pending: str, now: int
-    ) -> tuple[str, str, str]:
+    ) -> tuple[str, str, str, str]:
         """See :meth:`tokenward.mfa.MfaStateStore.set_pending`."""
         async with _backend():
             reply = await self._pending(keys=[_challenge_key(digest)], args=[binding, pending, now])
         if reply[0] != "ok":
-            return str(reply[0]), "", ""
-        return "ok", str(reply[1]), str(reply[2])
+            return str(reply[0]), "", "", ""
+        return "ok", str(reply[1]), str(reply[2]), str(reply[3])
 
     async def accept_step(self, uid: str, step: int, *, ttl: int) -> bool:
         """See :meth:`tokenward.mfa.MfaStateStore.accept_step`."""

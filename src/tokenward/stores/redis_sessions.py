@@ -59,6 +59,7 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
+from tokenward.authn import AuthLevel
 from tokenward.errors import Unavailable
 from tokenward.sessions import (
     EndReason,
@@ -553,6 +554,8 @@ _LIST = (
     + """
 local prefix, now, channel, uid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local agents = string.sub(prefix, 1, #prefix - 2) .. 'ua'
+-- how each session authenticated (level_key), in the same slot: read here, one round trip
+local levels = string.sub(prefix, 1, #prefix - 2) .. 'al:'
 local out, bad = {}, {}
 if index_fix(KEYS[1]) then table.insert(bad, '$REBUILT') end
 for _, s in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, -1)) do
@@ -574,7 +577,9 @@ for _, s in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, -1)) do
         end
       end
     end
-    table.insert(out, {s, f[1], f[2], f[3], f[4], agent, f[6]})
+    local level = redis.pcall('GET', levels .. s)
+    if type(level) ~= 'string' then level = '' end
+    table.insert(out, {s, f[1], f[2], f[3], f[4], agent, f[6], level})
   end
 end
 return {out, bad}
@@ -988,7 +993,7 @@ def _state(fields: Sequence[str], expires_at: int) -> SessionState:
 
 
 def _record(uid: str, row: Sequence[str]) -> SessionRecord:
-    sid, created, last, absolute, ip, ua, expires = row
+    sid, created, last, absolute, ip, ua, expires, level = row
     return SessionRecord(
         sid=sid,
         uid=uid,
@@ -998,4 +1003,5 @@ def _record(uid: str, row: Sequence[str]) -> SessionRecord:
         absolute_expires_at=int(absolute),
         ip=ip,
         user_agent=ua,
+        level=AuthLevel.decode(level) if level else None,
     )

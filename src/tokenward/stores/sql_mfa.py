@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tokenward.errors import Unavailable
 from tokenward.mfa import Factor
-from tokenward.stores.sql_users import metadata
+from tokenward.stores.sql_users import metadata, users_table
 
 __all__ = ["SqlFactorStore", "factors_table", "recovery_table"]
 
@@ -104,6 +104,26 @@ def _factor_values(factor: Factor) -> dict[str, Any]:
     }
 
 
+async def _lock_user(conn: Any, uid: str) -> None:
+    """Serialize the enrolment verbs of one user: a no-op ``UPDATE`` of the user's row,
+    first thing in the transaction. PostgreSQL holds its row lock to the commit; SQLite
+    (whose driver would run a leading ``SELECT`` outside the transaction) takes the
+    database's write lock. ``SELECT ... FOR UPDATE`` would do the first only.
+
+    Without it, two concurrent enrolment starts each delete the pending rows they can see
+    (none: the other's insert is not committed yet) and insert their own: two pending
+    secrets, and the first code typed confirms whichever the listing names first. With it
+    the later start replaces the earlier, so only the last secret shown can be confirmed
+    (``test_concurrent_enrolment_starts_leave_one_pending``), and two confirmations of two
+    login challenges cannot both add a confirmed factor.
+    """
+    await conn.execute(
+        update(users_table)
+        .where(users_table.c.id == uid)
+        .values(updated_at=users_table.c.updated_at)
+    )
+
+
 class SqlFactorStore:
     """Factors and recovery codes in two tables."""
 
@@ -124,6 +144,7 @@ class SqlFactorStore:
     async def put_pending(self, factor: Factor) -> None:
         """See :meth:`tokenward.mfa.FactorStore.put_pending`."""
         async with _backend(), self.engine.begin() as conn:
+            await _lock_user(conn, factor.uid)
             await conn.execute(
                 delete(factors_table).where(
                     factors_table.c.user_id == factor.uid,
@@ -140,6 +161,21 @@ class SqlFactorStore:
         applies; the other's transaction changes nothing.
         """
         async with _backend(), self.engine.begin() as conn:
+            await _lock_user(conn, uid)
+            # A factor of the same kind confirmed meanwhile (a login under ``required``)
+            # wins: one active authenticator app per user.
+            kinds = select(factors_table.c.kind).where(factors_table.c.id == factor_id)
+            active = await conn.execute(
+                select(func.count())
+                .select_from(factors_table)
+                .where(
+                    factors_table.c.user_id == uid,
+                    factors_table.c.kind == kinds.scalar_subquery(),
+                    factors_table.c.confirmed_at.is_not(None),
+                )
+            )
+            if active.scalar_one():
+                return False
             result = await conn.execute(
                 update(factors_table)
                 .where(
@@ -157,6 +193,7 @@ class SqlFactorStore:
     async def add_confirmed(self, factor: Factor, *, codes: Sequence[str], now: int) -> bool:
         """See :meth:`tokenward.mfa.FactorStore.add_confirmed`."""
         async with _backend(), self.engine.begin() as conn:
+            await _lock_user(conn, factor.uid)
             existing = await conn.execute(
                 select(func.count())
                 .select_from(factors_table)

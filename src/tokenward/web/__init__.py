@@ -1,6 +1,7 @@
 """The browser experience: Tokenward's own pages, its JavaScript client, security headers.
 
-* :func:`page_routes` -- ``/``, ``/login``, ``/register``, ``/account``,
+* :func:`page_routes` -- ``/``, ``/login``, ``/login/mfa`` (the second step of a sign-in),
+  ``/register``, ``/account``,
   ``/account/sessions``, the pages of the mailed links (``/forgot-password``,
   ``/reset-password``, ``/verify-email``, ``/confirm-email``), their plain form posts, and
   the static files under ``/static`` (``/static/tokenward.js`` is the documented client,

@@ -25,6 +25,11 @@ The account pages need a session cookie to be worth showing; without one the bro
 sent to the sign-in page. That is a convenience, not a security check: the data on those
 pages comes from the API, which authenticates every call.
 
+A sign-in that needs a second factor goes on to ``/login/mfa``: a script there reads the
+challenge from the address's fragment; a plain page gets it from the cookie of
+:func:`mfa_page_cookie`, and its forms post straight to ``/auth/login/mfa`` (whose 303s
+lead on), so that the browser sends the challenge's binding cookie (``Path=/auth``) too.
+
 The theft alarm on the sign-in page ("signed out for safety") is shown only when the
 server set :data:`ALARM_COOKIE` while ending a session whose refresh token was reused, never
 because of a query a link can carry.
@@ -55,11 +60,13 @@ from tokenward.errors import NotFound, TokenwardError
 
 __all__ = [
     "ALARM_COOKIE",
+    "MFA_PAGE",
     "Pages",
     "StaticFiles",
     "alarm_cookie",
     "call_api",
     "duration",
+    "mfa_page_cookie",
     "not_found_page",
     "page_routes",
     "wants_html",
@@ -101,8 +108,12 @@ _ALARM_VALUE = "refresh-reused"
 #: sign-in answers 401 with this page.
 _ALARM_NOTICE = "theft-alarm"
 
+#: The second step of a sign-in: the code page.
+MFA_PAGE = "/login/mfa"
+
 PATHS = {
     "login": "/login",
+    "mfa": MFA_PAGE,
     "register": "/register",
     "account": "/account",
     "sessions": "/account/sessions",
@@ -124,6 +135,23 @@ def alarm_cookie(*, secure: bool, clear: bool = False) -> CookieSpec:
     name = ALARM_COOKIE if secure else _ALARM_COOKIE_PLAIN
     value, age = ("", 0) if clear else (_ALARM_VALUE, _ALARM_MAX_AGE)
     return CookieSpec(name, value, age, "/", True, secure, "Lax")
+
+
+def mfa_page_cookie(
+    *, secure: bool, challenge: str = "", max_age: int = 0, enroll: bool = False
+) -> CookieSpec:
+    """The cookie that takes a sign-in's MFA challenge to the code page without JavaScript.
+
+    A script reads the challenge from the page address's fragment, which never reaches a
+    server; a plain form cannot. So a form sign-in also sets this cookie (HttpOnly,
+    ``SameSite=Strict``, ``Path=/login/mfa``: only the code page ever receives it, for the
+    challenge's lifetime), and the page writes the challenge into its forms' hidden field.
+    The value is ``v.<challenge>`` (a code) or ``e.<challenge>`` (enrolment first).
+    Without arguments: the header that clears it.
+    """
+    name = "__Secure-mfa_login" if secure else "mfa_login"
+    value = f"{'e' if enroll else 'v'}.{challenge}" if challenge else ""
+    return CookieSpec(name, value, max_age if challenge else 0, MFA_PAGE, True, secure, "Strict")
 
 
 def duration(seconds: int) -> str:
@@ -288,6 +316,20 @@ async def call_api(
     if status >= 400:
         answer.problem = _problem_from(status, answer.body)
     return answer
+
+
+def _mfa_challenge(body: bytes) -> tuple[str, bool, int] | None:
+    """``(challenge, enrollment_required, expires_in)`` of a login's second-step answer."""
+    try:
+        doc = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or doc.get("mfa_required") is not True:
+        return None
+    challenge, ttl = doc.get("challenge"), doc.get("expires_in")
+    if not isinstance(challenge, str) or not isinstance(ttl, int):
+        return None
+    return challenge, doc.get("enrollment_required") is True, ttl
 
 
 def _hand_on(answer: Answer, response: Response) -> Response:
@@ -621,7 +663,30 @@ class Pages:
             values = {"email": email, "next": form.get("next", "")}
             return _hand_on(answer, self.refused("login", answer.problem, values=values))
         target = safe_next(form.get("next"))
+        second = _mfa_challenge(answer.body)
+        if second is not None:
+            # A second step: on to the code page, the challenge in its cookie (a form
+            # cannot read a fragment), the API's binding cookie handed on.
+            challenge, enroll, ttl = second
+            redirect = RedirectResponse(MFA_PAGE, status_code=303, headers=_PAGE_HEADERS)
+            cookie = mfa_page_cookie(
+                secure=self.secure, challenge=challenge, max_age=ttl, enroll=enroll
+            )
+            redirect.headers.append("set-cookie", cookie.header())
+            return _hand_on(answer, redirect)
         return _hand_on(answer, RedirectResponse(target, status_code=303, headers=_PAGE_HEADERS))
+
+    async def mfa_page(self, request: Request) -> Response:
+        """``GET /login/mfa``: the code page (its challenge from the cookie or, with
+        JavaScript, the address's fragment); ``?use=recovery`` shows the recovery-code form."""
+        name = mfa_page_cookie(secure=self.secure).name
+        mode, _, challenge = request.cookies.get(name, "").partition(".")
+        recovery = request.query_params.get("use") == "recovery"
+        notice = self.notice_for("mfa", request)
+        if notice is None and mode == "e":
+            notice = "enroll-needs-script"
+        hide = ("code",) if recovery else ("recovery",)
+        return self.respond("mfa", notice, values={"challenge": challenge}, hide=hide)
 
     async def register_post(self, request: Request) -> Response:
         """``POST /register`` (JavaScript off): create the account, then sign in."""
@@ -795,6 +860,7 @@ def page_routes(
         Route("/", pages.home, methods=["GET"], name="page-home"),
         Route("/login", pages.login_page, methods=["GET"], name="page-login"),
         Route("/login", pages.login_post, methods=["POST"], name="form-login"),
+        Route(MFA_PAGE, pages.mfa_page, methods=["GET"], name="page-mfa"),
         pages.page("register", signed_in=False),
         Route("/register", pages.register_post, methods=["POST"], name="form-register"),
         pages.page("account", signed_in=True),

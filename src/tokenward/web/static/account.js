@@ -4,6 +4,7 @@
 import {
   formatDate, showNotice, showProblem, wireLogout, withBusy,
 } from "./ui.js";
+import "./security.js"; // the two-step verification section and the step-up prompt
 
 const api = (...args) => window.Tokenward.api(...args);
 

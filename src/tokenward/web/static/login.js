@@ -24,8 +24,9 @@ form.addEventListener("submit", (event) => {
   event.preventDefault();
   const button = form.querySelector('[type="submit"]');
   withBusy(button, async () => {
+    let answer;
     try {
-      await window.Tokenward.api("POST", "/auth/login", {
+      answer = await window.Tokenward.api("POST", "/auth/login", {
         email: email.value,
         password: password.value,
       });
@@ -35,7 +36,15 @@ form.addEventListener("submit", (event) => {
       password.focus();
       return;
     }
-    location.assign(safeNext(new URLSearchParams(location.search).get("next")));
+    const next = safeNext(new URLSearchParams(location.search).get("next"));
+    if (answer && answer.mfa_required) {
+      // The second step: the challenge goes in the fragment, which never reaches a server.
+      const fragment = new URLSearchParams({ challenge: answer.challenge });
+      if (answer.enrollment_required) fragment.set("enroll", "1");
+      location.assign(`/login/mfa?next=${encodeURIComponent(next)}#${fragment}`);
+      return;
+    }
+    location.assign(next);
   });
 });
 

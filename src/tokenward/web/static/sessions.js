@@ -26,6 +26,30 @@ const activeList = document.querySelector('[data-list="active"]');
 const endOthers = document.querySelector('[data-action="end-others"]');
 const template = document.getElementById("session-item");
 
+/**
+ * How a session signed in, from its amr (RFC 8176), second_factor and auth_time:
+ * "Signed in with password", "… password and an authenticator code", "… password and a
+ * recovery code", "… a passkey"; a later re-authentication is said too.
+ */
+function signInMethod(session) {
+  const amr = session.amr || [];
+  let how;
+  if (amr.includes("hwk") || amr.includes("swk")) {
+    how = amr.includes("pwd") ? "password and a passkey" : "a passkey";
+  } else if (amr.includes("otp")) {
+    const code = session.second_factor === "recovery" ? "a recovery code"
+      : session.second_factor === "totp" ? "an authenticator code" : "a one-time code";
+    how = amr.includes("pwd") ? `password and ${code}` : code;
+  } else if (amr.includes("pwd")) {
+    how = "password";
+  } else {
+    return "";
+  }
+  const text = `Signed in with ${how}`;
+  const later = session.auth_time && session.auth_time !== session.created_at;
+  return later ? `${text} · confirmed again ${formatRelative(session.auth_time)}` : text;
+}
+
 function sessionItem(session) {
   const item = template.content.firstElementChild.cloneNode(true);
   const slot = (name) => item.querySelector(`[data-slot="${name}"]`);
@@ -37,6 +61,7 @@ function sessionItem(session) {
   const where = session.ip ? `${session.ip} · ` : "";
   slot("meta").textContent = `${where}signed in ${formatDate(session.created_at)} · `
     + (session.current ? "active now" : `last active ${formatRelative(session.last_used_at)}`);
+  slot("method").textContent = signInMethod(session);
   if (!session.current) {
     const button = document.createElement("button");
     button.type = "button";

@@ -9,7 +9,10 @@
  *   - when the access token has expired, refreshes once (POST /auth/refresh) and retries.
  *     All calls of a tab share one refresh in flight, however many fail at the same time;
  *   - when the session is over (refresh refused), sends the browser to the sign-in page
- *     with ?reason=… and rejects the call with a Tokenward.Problem (loginRequired: true).
+ *     with ?reason=… and rejects the call with a Tokenward.Problem (loginRequired: true);
+ *   - when a route needs a second factor or a recent sign-in (403 mfa-required or
+ *     reauthentication-required) and an onStepUp hook is configured, asks it for the
+ *     password or a code, POSTs /auth/reauthenticate and sends the request once more.
  */
 (function () {
   "use strict";
@@ -23,7 +26,13 @@
     prefix: "", // where Tokenward's routes are mounted on this origin
     loginUrl: "/login",
     onLoginRequired: null, // (reason) => void; default: go to loginUrl
+    // async (need, problem, failure) => ({password?, code?}) | null: answer a step-up.
+    // need: "mfa-required" or "reauthentication-required"; failure: the Problem of the
+    // previous answer when it was refused (a wrong code), else null. null gives up.
+    onStepUp: null,
   };
+  const STEP_UPS = ["mfa-required", "reauthentication-required"];
+  const STEP_UP_TRIES = 3;
   let refreshing = null; // the refresh in flight in this tab, shared by every caller
   let generation = 0; // counts successful refreshes: a call sent before one needs no other
   let leaving = false;
@@ -71,7 +80,40 @@
     // Their 401s mean "wrong password" or "no session", never "refresh and retry".
     const path = url.pathname.slice(config.prefix.length);
     return url.pathname.startsWith(config.prefix)
-      && ["/auth/login", "/auth/register", "/auth/refresh"].includes(path);
+      && ["/auth/login", "/auth/register", "/auth/refresh", "/auth/login/mfa",
+        "/auth/login/mfa/enroll"].includes(path);
+  }
+
+  /**
+   * POST /auth/reauthenticate with {password} and/or {code}: the session's auth_time
+   * becomes now (and a code makes it a multi-factor session). Rejects with a Problem.
+   */
+  async function reauthenticate(credentials) {
+    const response = await tokenwardFetch(config.prefix + "/auth/reauthenticate", {
+      method: "POST",
+      headers: { Accept: "application/json", "Content-Type": "application/json" },
+      body: JSON.stringify(credentials),
+    });
+    if (!response.ok) throw await Problem.from(response);
+  }
+
+  /** A 403 asking for a step-up, answered through config.onStepUp; true: retry. */
+  async function steppedUp(response) {
+    const problem = await Problem.from(response);
+    if (!STEP_UPS.includes(problem.slug)) return false;
+    let failure = null;
+    for (let attempt = 0; attempt < STEP_UP_TRIES; attempt += 1) {
+      const credentials = await config.onStepUp(problem.slug, problem, failure);
+      if (!credentials) return false;
+      try {
+        await reauthenticate(credentials);
+        return true;
+      } catch (refused) {
+        if (!(refused instanceof Problem) || refused.loginRequired) throw refused;
+        failure = refused; // a wrong password or code: ask again, saying so
+      }
+    }
+    return false;
   }
 
   /** Rotate the refresh token: one request per tab, shared by every concurrent caller. */
@@ -137,6 +179,11 @@
     // Read before sending: a refused refresh of a concurrent call may clear the cookies.
     const hadSession = csrfToken() !== null;
     let response = await send();
+    if (response.status === 403 && config.onStepUp && !init.tokenwardStepUp
+        && url.pathname !== config.prefix + "/auth/reauthenticate"
+        && await steppedUp(response)) {
+      return tokenwardFetch(input, { ...init, tokenwardStepUp: true }); // once
+    }
     if (response.status !== 401 || isSessionEndpoint(url)) return response;
 
     const problem = await Problem.from(response);
@@ -186,7 +233,7 @@
     await api("POST", config.prefix + path);
   }
 
-  /** Change settings: {prefix, loginUrl, onLoginRequired(reason, problem)}. */
+  /** Change settings: {prefix, loginUrl, onLoginRequired(reason, problem), onStepUp}. */
   function configure(options) {
     for (const key of Object.keys(options)) {
       if (!(key in config)) throw new TypeError("Tokenward.configure: unknown option " + key);
@@ -198,6 +245,7 @@
     fetch: tokenwardFetch,
     api,
     refresh,
+    reauthenticate,
     logout,
     csrfToken,
     configure,
