@@ -323,6 +323,16 @@ def _parse(credential: object, kind: str) -> Any:
         if not isinstance(value, str) or not _B64URL.fullmatch(value):
             raise CredentialMalformed(f"field 'credential.{name}' must be base64url")
     try:
+        client_data = orjson.loads(from_b64url(response["clientDataJSON"]))
+    except (ValueError, orjson.JSONDecodeError):
+        client_data = None
+    if not isinstance(client_data, dict) or not all(
+        isinstance(client_data.get(k), str) for k in ("type", "challenge", "origin")
+    ):
+        raise CredentialMalformed(
+            "field 'credential.response.clientDataJSON' is not WebAuthn client data"
+        )
+    try:
         if kind == "registration":
             return parse_registration_credential_json(credential)
         return parse_authentication_credential_json(credential)
@@ -593,6 +603,7 @@ class Passkeys:
 
         Raises:
             MfaChallengeInvalid: unknown, expired, another client's or an enrolment.
+            NotFound: the user has no passkey.
         """
         from tokenward.mfa import _challenge_digest
 
@@ -611,6 +622,8 @@ class Passkeys:
                 }.get(status, "the challenge is unknown or was used; log in again")
             )
         allow = await self._descriptors(uid)
+        if not allow:
+            raise NotFound("this account has no passkey; send a code")
         return self._request_options(challenge, allow, uv="preferred")
 
     async def redeem_mfa(
