@@ -32,6 +32,7 @@ PIN or biometric unlocked the key) it is two factors in one: ``["hwk", "mfa"]``;
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import re
@@ -45,6 +46,7 @@ import orjson
 
 from tokenward.authn import AMR_HWK, AMR_MFA, AMR_PWD, AMR_SWK, AuthLevel, combined_amr
 from tokenward.errors import (
+    BadRequest,
     ConfigError,
     Conflict,
     CredentialMalformed,
@@ -52,6 +54,7 @@ from tokenward.errors import (
     NotFound,
     PasskeyInvalid,
     PasskeyRegistrationFailed,
+    Unavailable,
 )
 from tokenward.mfa import FACTOR_PASSKEY, Factor, Mfa, Redeemed
 
@@ -636,8 +639,8 @@ class Passkeys:
 
         Raises:
             CredentialMalformed: 400 (the challenge stays).
-            MfaChallengeInvalid: 401, the challenge is gone, or no passkey options were
-                asked for it.
+            MfaChallengeInvalid: 401, the challenge is gone.
+            BadRequest: 400, no passkey options were asked for it (the challenge stays).
             PasskeyInvalid: 401, the assertion was refused (the challenge stays, one
                 attempt less).
         """
@@ -649,13 +652,16 @@ class Passkeys:
         record = await mfa._take(token, binding=binding, now=now)
         if record.webauthn is None:
             await mfa._restore(token, record)
-            raise MfaChallengeInvalid(
-                "ask for passkey options first: POST /auth/login/mfa/passkey/options"
-            )
+            raise BadRequest("ask for passkey options first: POST /auth/login/mfa/passkey/options")
         try:
             _, uv, synced = await self._check(
                 parsed, record.webauthn, uid=record.uid, require_uv=False, now=now
             )
+        except Unavailable:
+            # The database is down: the challenge goes back for a retry (if Redis is up).
+            with contextlib.suppress(Unavailable):
+                await mfa._restore(token, record)
+            raise
         except PasskeyInvalid:
             tries = record.attempts + 1
             if tries < MAX_CODE_ATTEMPTS:

@@ -128,9 +128,12 @@ class PasskeyRoutes:
         now = self.tw.clock.now()
         client = client_of(self.tw, request)
         try:
-            done = await self.tw.passkeys.signin(
-                req.handle, req.credential, binding=signin_binding(self.tw, request), now=now
-            )
+            # Refused passkeys count as failed logins of the address, as wrong passwords do.
+            async with self.tw.throttle.passkey(client[0], now=now) as ticket:
+                done = await self.tw.passkeys.signin(
+                    req.handle, req.credential, binding=signin_binding(self.tw, request), now=now
+                )
+                await ticket.refund()
         except PasskeyInvalid as exc:
             if exc.clone and exc.uid is not None:
                 kind = EventKind.PASSKEY_CLONE_SUSPECTED
