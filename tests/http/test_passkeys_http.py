@@ -18,6 +18,7 @@ from private_redis import private_redis
 from soft_authenticator import SoftAuthenticator
 from tokenward.clock import FrozenClock
 from tokenward.events import EventKind
+from tokenward.http import schemas
 from tokenward.http.app import create_app
 from tokenward.mfa import TOTP_PERIOD, totp_code
 from tokenward.runtime import Tokenward
@@ -120,6 +121,23 @@ async def test_register_list_and_sign_in_without_an_email(world: World) -> None:
     ]
     assert EventKind.PASSKEY_ADDED in kinds
     assert EventKind.PASSKEY_USED in kinds
+
+
+async def test_answers_have_their_documented_shapes(world: World) -> None:
+    _, headers, auth, passkey = await world.with_passkey()
+    schemas.PasskeyOut.model_validate(passkey)
+    r = await world.client.get("/auth/passkeys", headers=headers)
+    schemas.PasskeyList.model_validate_json(r.content)
+    r = await world.client.post("/auth/passkeys/register/options", headers=headers)
+    schemas.PasskeyCreationOptions.model_validate_json(r.content)
+    options = schemas.PasskeyRequestOptions.model_validate(await world.signin_options())
+    assert options.handle
+    r = await world.client.post(
+        "/auth/login/passkey",
+        json={"handle": options.handle, "credential": auth.get(options.publicKey)},
+        headers=BEARER,
+    )
+    assert schemas.SessionBody.model_validate_json(r.content).access_token
 
 
 async def test_registration_options_ask_for_a_discoverable_credential(world: World) -> None:
