@@ -182,7 +182,7 @@ class MfaLogin(_Model):
     the options of `POST /auth/login/mfa/passkey/options`)."""
 
     challenge: str = Field(max_length=128)
-    code: str | SkipJsonSchema[None] = Field(default=None, max_length=64)
+    code: Annotated[str, Field(max_length=64)] | SkipJsonSchema[None] = None
     credential: WebAuthnCredential | SkipJsonSchema[None] = None
 
 
@@ -225,8 +225,8 @@ class ReauthRequest(_Model):
     passkey (`handle` and `credential`, as for `POST /auth/login/passkey`)."""
 
     password: str | SkipJsonSchema[None] = None
-    code: str | SkipJsonSchema[None] = Field(default=None, max_length=64)
-    handle: str | SkipJsonSchema[None] = Field(default=None, max_length=128)
+    code: Annotated[str, Field(max_length=64)] | SkipJsonSchema[None] = None
+    handle: Annotated[str, Field(max_length=128)] | SkipJsonSchema[None] = None
     credential: WebAuthnCredential | SkipJsonSchema[None] = None
 
 
