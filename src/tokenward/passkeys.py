@@ -147,7 +147,9 @@ def relying_party(
             f"TOKENWARD_WEBAUTHN_RP_ID: {chosen!r} is neither the issuer's host "
             f"{issuer_host!r} nor a parent domain of it"
         )
-    if "." not in chosen and chosen != "localhost" and not _is_ip(chosen):
+    # A parent domain must still be a registrable one (no public-suffix list here: at
+    # least not a bare top-level domain); the issuer's own host is always allowed.
+    if chosen != issuer_host and "." not in chosen:
         raise ConfigError(f"TOKENWARD_WEBAUTHN_RP_ID: {chosen!r} is a top-level domain")
     wanted = tuple(origins) or (_origin(issuer),)
     for origin in wanted:
