@@ -166,10 +166,6 @@ class LinkStore(Protocol):
         it to fill the ``email_verified`` claim)."""
         ...
 
-    async def is_verified(self, uid: str) -> bool:
-        """Whether :meth:`mark_verified` holds for the user."""
-        ...
-
 
 @dataclass(frozen=True, slots=True)
 class MailLimits:
@@ -345,11 +341,6 @@ class EmailFlows:
             await self.store.set_email_verified(user.id, user.email, now=now)
         await self.links.mark_verified(user.id, ttl=self.verified_ttl)
         self.events.email_verified(user.id, client=("", "tokenward-cli"), now=now)
-
-    async def remember_verified(self, user: User) -> None:
-        """At login: renew the marker refreshes read, so it outlives the new session."""
-        if user.email_verified:
-            await self.links.mark_verified(user.id, ttl=self.verified_ttl)
 
     # -- forgotten password --------------------------------------------------------------
 

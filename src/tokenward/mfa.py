@@ -269,6 +269,8 @@ class ChallengeRecord:
     attempts: int = 0
     #: enrolment under ``required``: the sealed secret shown to the client, once shown
     pending: bytes | None = None
+    #: whether the address was verified at the password step (the session's claim)
+    email_verified: bool = False
     #: a passkey answer asked for (:mod:`tokenward.passkeys`): the WebAuthn challenge sent
     webauthn: str | None = None
 
@@ -283,6 +285,7 @@ class ChallengeRecord:
             "bind": self.binding,
             "mode": self.mode,
             "tries": str(self.attempts),
+            "ev": "1" if self.email_verified else "0",
         }
         if self.pending is not None:
             out["pending"] = base64.b64encode(self.pending).decode()
@@ -312,6 +315,7 @@ class ChallengeRecord:
                 mode="verify" if mode == "verify" else "enroll",
                 attempts=int(f["tries"]),
                 pending=None if pending is None else base64.b64decode(pending),
+                email_verified=f.get("ev") == "1",
                 webauthn=f.get("wa"),
             )
         except (KeyError, ValueError):
@@ -438,6 +442,8 @@ class Redeemed:
     recovery_left: int
     #: a factor enrolled during this login (``required``): its recovery codes, shown once
     recovery_codes: tuple[str, ...] = field(default=(), repr=False)
+    #: whether the address was verified at the password step
+    email_verified: bool = False
 
 
 _REFUSALS = {
@@ -574,7 +580,15 @@ class Mfa:
     # -- two-step login -----------------------------------------------------------------
 
     async def begin_login(
-        self, uid: str, email: str, *, user_created_at: int, epoch: int, binding: str, now: int
+        self,
+        uid: str,
+        email: str,
+        *,
+        user_created_at: int,
+        epoch: int,
+        binding: str,
+        now: int,
+        email_verified: bool = False,
     ) -> Challenge | None:
         """After a right password: the challenge to answer, or ``None`` (no second step).
 
@@ -599,6 +613,7 @@ class Mfa:
             expires_at=now + self.challenge_ttl,
             binding=binding,
             mode=mode,
+            email_verified=email_verified,
         )
         # The Redis TTL only collects garbage (and outlives the deadline a little, so a late
         # redemption is told "expired", not "unknown"); the deadline is checked in app time.
@@ -710,6 +725,7 @@ class Mfa:
             method=method,
             recovery_left=left,
             recovery_codes=codes,
+            email_verified=record.email_verified,
         )
 
     # -- signed-in management -----------------------------------------------------------

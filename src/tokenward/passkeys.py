@@ -680,4 +680,5 @@ class Passkeys:
             level=level,
             method=FACTOR_PASSKEY,
             recovery_left=left,
+            email_verified=record.email_verified,
         )

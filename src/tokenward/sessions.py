@@ -234,8 +234,12 @@ class SessionStore(Protocol):
         ttl: int,
         max_sessions: int,
         index_ttl: int,
+        verified_ttl: int = 0,
     ) -> list[str]:
         """Store a new session; end the least recently used ones past ``max_sessions``.
+
+        ``verified_ttl``: when above 0, renew the user's "e-mail verified" marker (what a
+        rotation reads for the ``email_verified`` claim) for that many seconds.
 
         Returns the ids of the sessions it ended.
         """
@@ -464,6 +468,8 @@ class Sessions:
             ttl=ttl,
             max_sessions=self.policy.max_sessions,
             index_ttl=self.policy.max_ttl,
+            # The marker outlives the longest session, so a rotation can always read it.
+            verified_ttl=self.policy.max_ttl if user.email_verified else 0,
         )
         self.cache.forget(evicted)
         return self._issued(

@@ -71,8 +71,17 @@ async def test_registration_mails_a_link_that_verifies_once(
     )
     assert r.status_code == 200, r.text
     assert _claims(r.json()["access_token"])["email_verified"] is True
+    # A login renews the marker (with the session, in one script): gone, it comes back.
+    await redis.delete(f"tw:{{u:{me['id']}}}:verified")
     after = await _login(client, email)
     assert _claims(after["access_token"])["email_verified"] is True
+    marker_ttl = await redis.ttl(f"tw:{{u:{me['id']}}}:verified")
+    assert tw.settings.session_max_ttl - 60 < marker_ttl <= tw.settings.session_max_ttl
+    r = await client.post(
+        "/auth/refresh", json={"refresh_token": after["refresh_token"]}, headers=BEARER
+    )
+    assert r.status_code == 200, r.text
+    assert _claims(r.json()["access_token"])["email_verified"] is True
     await settled(tw)
     kinds = [e["kind"] for e in (await client.get("/auth/events", headers=auth)).json()]
     assert "email.verified" in kinds

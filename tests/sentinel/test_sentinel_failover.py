@@ -106,7 +106,14 @@ async def _refresh_chain(
     return token, acked
 
 
-async def _logout(c: httpx.AsyncClient, session: dict[str, Any], tally: Tally) -> bool:
+def _roles(topology: SentinelTopology) -> str:
+    """Each data node's role as it says, for a failure message."""
+    return ", ".join(f":{s.port} {topology.role(s.port) or 'down'}" for s in topology.data)
+
+
+async def _logout(
+    c: httpx.AsyncClient, session: dict[str, Any], tally: Tally, topology: SentinelTopology
+) -> bool:
     """One logout, retried while it answers 503 (bounded); whether a 204 acknowledged it.
     A retry of a logout whose 503 had in fact ended the session is a 204 too (never a 401)."""
     auth = {"Authorization": f"Bearer {session['access_token']}"}
@@ -114,7 +121,9 @@ async def _logout(c: httpx.AsyncClient, session: dict[str, Any], tally: Tally) -
     async def acknowledged() -> bool:
         r = await c.post("/auth/logout", headers=auth)
         tally.saw(r.status_code)
-        assert r.status_code in (204, 503), r.text
+        assert r.status_code in (204, 503), (
+            f"{r.text} after {dict(tally.statuses)}; {_roles(topology)}"
+        )
         return r.status_code == 204
 
     return await apoll_until(acknowledged, within=30, step=0.05)
@@ -153,7 +162,7 @@ async def _run(topology: SentinelTopology, tw: Tokenward, how: str) -> None:
             restarted = asyncio.create_task(asyncio.to_thread(restart))
         acknowledged = []
         for session in leaving:
-            if await _logout(c, session, logouts):
+            if await _logout(c, session, logouts, topology):
                 acknowledged.append(session)
             await asyncio.sleep(LOGOUT_SPREAD / LOGOUTS)  # pacing: spread over the window
         await asyncio.to_thread(topology.wait_master, new)

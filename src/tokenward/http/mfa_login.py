@@ -87,6 +87,7 @@ async def begin_mfa_login(
         epoch=user.credential_epoch,
         binding=challenge_binding(ip, agent, cookie),
         now=now,
+        email_verified=user.email_verified,
     )
     if challenge is None:
         return None

@@ -123,18 +123,19 @@ class MfaRoutes:
         uid: str,
         email: str,
         user_created_at: int,
+        email_verified: bool,
         epoch: int,
         level: AuthLevel,
         bearer: bool,
         now: int,
     ) -> Issued:
         """Open the session of a login whose last step just passed (a second factor, or a
-        passkey): what ``POST /auth/login`` does after the password, with ``level``."""
+        passkey): what ``POST /auth/login`` does after the password, with ``level``.
+        ``email_verified`` is as the login found the user (the session renews the marker
+        refreshes read)."""
         ip, agent = client_of(self.tw, request)
-        # The login's first step renewed the verified marker of a verified address.
-        verified = await self.tw.links.is_verified(uid)
         issued = await self.tw.sessions.open(
-            UserRef(uid, email, user_created_at, verified),
+            UserRef(uid, email, user_created_at, email_verified),
             ip=ip,
             user_agent=agent,
             now=now,
@@ -195,6 +196,7 @@ class MfaRoutes:
             uid=done.uid,
             email=done.email,
             user_created_at=done.user_created_at,
+            email_verified=done.email_verified,
             epoch=done.epoch,
             level=done.level,
             bearer=bearer,

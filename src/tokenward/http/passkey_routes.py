@@ -146,12 +146,12 @@ class PasskeyRoutes:
             raise EmailNotVerified(
                 "verify your e-mail address first", resend="/auth/email/verify/resend"
             )
-        await self.tw.email_flows.remember_verified(user)
         issued = await self.mfa.open_session(
             request,
             uid=user.id,
             email=user.email,
             user_created_at=user.created_at,
+            email_verified=user.email_verified,
             epoch=user.credential_epoch,
             level=done.level,
             bearer=bearer,

@@ -197,7 +197,6 @@ class AuthRoutes:
                 raise EmailNotVerified(
                     "verify your e-mail address first", resend="/auth/email/verify/resend"
                 )
-            await self.tw.email_flows.remember_verified(user)
             # A user with a second factor gets a challenge, and no session, here.
             second = await begin_mfa_login(
                 self.tw, request, user, bearer=bearer, form=body.form, now=now

@@ -25,6 +25,11 @@ throw those writes away. A ``READONLY`` answer (a connection still on a master t
 since become a replica) has the master address checked at once too. What the announcement
 cannot cover (the instant between the promotion and the announcement, and a crash of the
 master) is covered by :class:`Durability`: ``WAIT`` after every session write.
+
+Every (re)connection asks all the sentinels where the master is and believes the newest
+configuration epoch. redis-py would reconnect a broken connection to the host it had, and
+believe the first sentinel that answers: after a crash both can lead to the old master,
+restarted empty, where every session looks ended.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import (
+    MasterNotFoundError,
     Sentinel,
     SentinelConnectionPool,
     SentinelManagedConnection,
@@ -267,7 +273,7 @@ def _connect_sentinel(target: RedisTarget, timeout: float) -> aioredis.Redis:
         auth["password"] = target.password
     if target.username:
         auth["username"] = target.username
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = _EpochSentinel(
         list(target.hosts), sentinel_kwargs=sentinel_kwargs, **_options(timeout)
     )
     connection_class = _FailoverSSLConnection if tls else _FailoverConnection
@@ -284,8 +290,93 @@ def _connect_sentinel(target: RedisTarget, timeout: float) -> aioredis.Redis:
     return master
 
 
+class _EpochSentinel(Sentinel):
+    """Asks the sentinels and believes the one with the newest configuration.
+
+    redis-py takes the first sentinel whose answer looks healthy. A sentinel that has not
+    yet heard of a failover still names the old master, and once that server is back (an
+    empty master until Sentinel converts it, about ten seconds later) it looks healthy: a
+    client believing it would read nothing there (sessions "ended") and write what will be
+    thrown away. Each failover raises the configuration epoch, so the highest epoch among
+    the answers names the current master.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._inflight: dict[str, asyncio.Task[tuple[str, int]]] = {}
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        # One question at a time: a burst of new connections (a pool filling up) shares the
+        # answer instead of each asking every sentinel (and running out of connections).
+        task = self._inflight.get(service_name)
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+            task = asyncio.ensure_future(self._discover(service_name))
+            task.add_done_callback(_retrieved)
+            self._inflight[service_name] = task
+        return await asyncio.shield(task)
+
+    async def _discover(self, service_name: str) -> tuple[str, int]:
+        async def ask(sentinel: aioredis.Redis) -> tuple[bool, dict[str, Any] | None]:
+            """(whether it answered, its state of the master if healthy)."""
+            try:
+                masters: Any = await sentinel.sentinel_masters()
+            except (RedisError, OSError):
+                return False, None
+            state = masters.get(service_name)
+            healthy = state and self.check_master_state(state, service_name)
+            return True, state if healthy else None
+
+        # Until a majority has answered (Sentinel's own rule for a failover), or all have
+        # tried: one unreachable sentinel must not make every connection wait its timeout.
+        pending = {asyncio.ensure_future(ask(s)) for s in self.sentinels}
+        majority = len(pending) // 2 + 1
+        answered = 0
+        states: list[dict[str, Any]] = []
+        try:
+            while pending and answered < majority:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    reached, state = task.result()
+                    answered += reached
+                    if state is not None:
+                        states.append(state)
+        finally:
+            for task in pending:
+                task.cancel()
+        if not states:
+            raise MasterNotFoundError(f"No master found for {service_name!r}")
+        newest = max(states, key=lambda state: int(state.get("config-epoch", 0)))
+        return str(newest["ip"]), int(newest["port"])
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark a shared task's error as seen (its waiters may all have been cancelled)."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _FailoverConnection(SentinelManagedConnection):
-    """A connection that reports a ``READONLY`` answer to its pool (a demoted master)."""
+    """A connection that asks for the master whenever it (re)connects, and reports a
+    ``READONLY`` answer to its pool (a demoted master)."""
+
+    _addressed = False
+
+    async def connect_to(self, address: Any) -> None:
+        self._addressed = True  # the pool has just asked the sentinels
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self._addressed = False
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        # redis-py's command retry reconnects a broken connection here directly, to the
+        # host it had: after a crash that is the old master, back as an empty master
+        # before Sentinel converts it. Every (re)connection asks where the master is now.
+        if not self.is_connected and not self._addressed:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health=check_health, retry_socket_connect=False)
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:

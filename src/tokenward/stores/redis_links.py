@@ -114,8 +114,3 @@ class RedisLinkStore:
         """See :meth:`tokenward.email_flows.LinkStore.mark_verified`."""
         async with _backend():
             await self.redis.set(_verified_key(uid), "1", ex=ttl)
-
-    async def is_verified(self, uid: str) -> bool:
-        """See :meth:`tokenward.email_flows.LinkStore.is_verified`."""
-        async with _backend():
-            return await self.redis.get(_verified_key(uid)) == "1"
