@@ -212,6 +212,8 @@ class EmailNotVerified(Forbidden):
     def __init__(self, detail: str | None = None, *, resend: str) -> None:
         self.extra = {"resend": resend}
         super().__init__(detail)
+
+
 class MfaRequired(Forbidden):
     """The route needs a session that signed in with a second factor (``amr`` holds
     ``mfa``): the client should enrol a factor or re-authenticate with one

@@ -203,6 +203,10 @@ class PasskeyStore(Protocol):
         """Delete one factor of ``uid``; ``False`` when ``uid`` has no such factor."""
         ...
 
+    async def rename_factor(self, uid: str, factor_id: str, kind: str, label: str) -> bool:
+        """Rename one factor of ``uid``; ``False`` when ``uid`` has no such factor."""
+        ...
+
 
 class PasskeyStateStore(Protocol):
     """WebAuthn challenges (Redis); :class:`~tokenward.stores.redis_passkeys.RedisPasskeyStore`."""
@@ -486,6 +490,22 @@ class Passkeys:
         if status == "limit":
             raise Conflict(f"at most {MAX_PASSKEYS} passkeys; remove one first")
         return Passkey.of(factor)
+
+    async def rename(self, uid: str, passkey_id: str, name: str) -> Passkey:
+        """Give a passkey of ``uid`` another name; the passkey.
+
+        Raises:
+            NotFound: ``uid`` has no passkey ``passkey_id`` (someone else's included).
+        """
+        label = name.strip()[:64] or "Passkey"
+        if len(passkey_id) > 64 or not await self.store.rename_factor(
+            uid, passkey_id, FACTOR_PASSKEY, label
+        ):
+            raise NotFound("no such passkey")
+        for passkey in await self.passkeys(uid):
+            if passkey.id == passkey_id:
+                return passkey
+        raise NotFound("no such passkey")  # removed meanwhile
 
     async def remove(self, uid: str, passkey_id: str) -> None:
         """Remove a passkey of ``uid``.

@@ -513,9 +513,7 @@ class Settings(BaseSettings):
 
     _split = field_validator(
         "allowed_origins", "trusted_proxies", "audiences", "webauthn_origins", mode="before"
-    )(
-        _split_csv
-    )
+    )(_split_csv)
 
     @field_validator("audiences")
     @classmethod

@@ -271,6 +271,23 @@ async def test_removal_needs_a_recent_second_factor_and_is_final(world: World) -
     assert "not registered" in r.json()["detail"]
 
 
+async def test_rename_a_passkey_but_not_someone_elses(world: World) -> None:
+    _, headers, _, passkey = await world.with_passkey(name="Old")
+    _, others, _, _ = await world.with_passkey()
+    path = f"/auth/passkeys/{passkey['id']}"
+    r = await world.client.patch(path, json={"name": "  Work laptop "}, headers=headers)
+    assert r.status_code == 200, r.text
+    assert {**passkey, "name": "Work laptop"} == schemas.PasskeyOut.model_validate(
+        r.json()
+    ).model_dump()
+    r = await world.client.patch(path, json={"name": "Mine now"}, headers=others)
+    assert (r.status_code, _type(r)) == (404, "not-found")
+    r = await world.client.patch(path, json={"name": "x" * 65}, headers=headers)
+    assert (r.status_code, r.json()["rule"]) == (422, "too-long")
+    listed = (await world.client.get("/auth/passkeys", headers=headers)).json()["passkeys"]
+    assert [p["name"] for p in listed] == ["Work laptop"]
+
+
 async def test_registration_needs_a_recent_authentication(world: World) -> None:
     email = await world.accounts.register()
     headers = await world.bearer(email)

@@ -96,6 +96,9 @@ async def test_passkeys_unique_credential_ids_and_a_limit(engine: AsyncEngine) -
     assert found is not None
     assert (found.uid, found.kind, found.sign_count) == (ann, "passkey", 3)
     assert await store.by_credential("unknown") is None
+    assert not await store.rename_factor(bob, found.id, "passkey", "Bob's")  # not bob's
+    assert await store.rename_factor(ann, found.id, "passkey", "Phone")
+    assert [f.label for f in await store.factors(ann) if f.id == found.id] == ["Phone"]
     assert not await store.remove_factor(bob, found.id, "passkey")  # not bob's
     assert not await store.remove_factor(ann, found.id, "totp")  # not of that kind
     assert await store.remove_factor(ann, found.id, "passkey")

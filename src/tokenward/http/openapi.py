@@ -131,6 +131,7 @@ _BODY_REQUIRED = (
     "/auth/mfa/totp/confirm",
     "/auth/reauthenticate",
     "/auth/passkeys/register",
+    "/auth/passkeys/{id}",
     "/auth/login/passkey",
     "/auth/login/mfa/passkey/options",
 )
@@ -422,6 +423,15 @@ _ENDPOINTS: list[tuple[str, str, str, Shape, int, Shape, list[int]]] = [
         201,
         schemas.PasskeyOut,
         [*_AUTHED, 409, 413, 415, 422],
+    ),
+    (
+        "patch",
+        "/auth/passkeys/{id}",
+        "Rename a passkey (404: none of the user's)",
+        schemas.PasskeyRename,
+        200,
+        schemas.PasskeyOut,
+        [*_AUTHED, 404, 413, 415, 422],
     ),
     (
         "delete",

@@ -5,6 +5,7 @@
 ``POST /auth/passkeys/register/options``    creation options (recent authentication)
 ``POST /auth/passkeys/register``            ``{name, credential}``: 201, the passkey
 ``GET /auth/passkeys``                      the user's passkeys (never a key)
+``PATCH /auth/passkeys/{id}``               ``{name}``: rename one
 ``DELETE /auth/passkeys/{id}``              remove one; needs a recent second factor
 ``POST /auth/login/passkey/options``        request options for a sign-in with no e-mail
                                             and the ``handle`` to send back
@@ -37,7 +38,12 @@ from tokenward.http.mfa_login import binding_of, signin_binding
 from tokenward.http.mfa_routes import MfaRoutes
 from tokenward.http.problems import is_bearer_transport
 from tokenward.http.routes import NO_STORE, json_response, rfc3339, signed_in_user
-from tokenward.http.schemas import MfaPasskeyOptions, PasskeyRegistration, PasskeySignIn
+from tokenward.http.schemas import (
+    MfaPasskeyOptions,
+    PasskeyRegistration,
+    PasskeyRename,
+    PasskeySignIn,
+)
 from tokenward.passkeys import Passkey
 from tokenward.runtime import Tokenward
 
@@ -94,6 +100,15 @@ class PasskeyRoutes:
         auth = await authenticate(self.tw, request)
         rows = [_row(k) for k in await self.tw.passkeys.passkeys(auth.principal.uid)]
         return apply_pending_cookies(request, json_response({"passkeys": rows}))
+
+    async def rename(self, request: Request) -> Response:
+        """``PATCH /auth/passkeys/{id} {name}``: 200 with the passkey; 404 for an unknown
+        or someone else's."""
+        auth = await authenticate(self.tw, request)
+        name = (await read_body(request)).parse(PasskeyRename).name
+        passkey_id = str(request.path_params["id"])
+        passkey = await self.tw.passkeys.rename(auth.principal.uid, passkey_id, name)
+        return apply_pending_cookies(request, json_response(_row(passkey)))
 
     async def remove(self, request: Request) -> Response:
         """``DELETE /auth/passkeys/{id}``: 204; 404 for an unknown or someone else's."""
@@ -187,6 +202,7 @@ def passkey_routes(tw: Tokenward, mfa: MfaRoutes) -> list[Route]:
         Route("/auth/passkeys/register", handlers.register, methods=["POST"]),
         Route("/auth/passkeys", handlers.list, methods=["GET"]),
         Route("/auth/passkeys/{id}", handlers.remove, methods=["DELETE"]),
+        Route("/auth/passkeys/{id}", handlers.rename, methods=["PATCH"]),
         Route("/auth/login/passkey/options", handlers.signin_options, methods=["POST"]),
         Route("/auth/login/passkey", handlers.signin, methods=["POST"]),
         Route("/auth/login/mfa/passkey/options", handlers.mfa_options, methods=["POST"]),

@@ -41,6 +41,7 @@ __all__ = [
     "PasskeyList",
     "PasskeyOut",
     "PasskeyRegistration",
+    "PasskeyRename",
     "PasskeyRequestOptions",
     "PasskeySignIn",
     "PasswordChange",
@@ -198,6 +199,12 @@ class PasskeyRegistration(_Model):
 
     name: str = Field(default="Passkey", max_length=64)
     credential: WebAuthnCredential
+
+
+class PasskeyRename(_Model):
+    """`PATCH /auth/passkeys/{id}`: the passkey's new name."""
+
+    name: str = Field(max_length=64)
 
 
 class PasskeySignIn(_Model):

@@ -291,6 +291,20 @@ class SqlFactorStore:
             )
         return bool(result.rowcount)
 
+    async def rename_factor(self, uid: str, factor_id: str, kind: str, label: str) -> bool:
+        """See :meth:`tokenward.passkeys.PasskeyStore.rename_factor`."""
+        async with _backend(), self.engine.begin() as conn:
+            result = await conn.execute(
+                update(factors_table)
+                .where(
+                    factors_table.c.id == factor_id,
+                    factors_table.c.user_id == uid,
+                    factors_table.c.kind == kind,
+                )
+                .values(label=label)
+            )
+        return bool(result.rowcount)
+
     async def remove_factor(self, uid: str, factor_id: str, kind: str) -> bool:
         """See :meth:`tokenward.passkeys.PasskeyStore.remove_factor`."""
         async with _backend(), self.engine.begin() as conn:
