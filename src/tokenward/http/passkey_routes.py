@@ -101,6 +101,12 @@ class PasskeyRoutes:
         rows = [_row(k) for k in await self.tw.passkeys.passkeys(auth.principal.uid)]
         return apply_pending_cookies(request, json_response({"passkeys": rows}))
 
+    async def one(self, request: Request) -> Response:
+        """``/auth/passkeys/{id}``: ``PATCH`` renames, ``DELETE`` removes."""
+        if request.method == "PATCH":
+            return await self.rename(request)
+        return await self.remove(request)
+
     async def rename(self, request: Request) -> Response:
         """``PATCH /auth/passkeys/{id} {name}``: 200 with the passkey; 404 for an unknown
         or someone else's."""
@@ -201,8 +207,8 @@ def passkey_routes(tw: Tokenward, mfa: MfaRoutes) -> list[Route]:
         Route("/auth/passkeys/register/options", handlers.register_options, methods=["POST"]),
         Route("/auth/passkeys/register", handlers.register, methods=["POST"]),
         Route("/auth/passkeys", handlers.list, methods=["GET"]),
-        Route("/auth/passkeys/{id}", handlers.remove, methods=["DELETE"]),
-        Route("/auth/passkeys/{id}", handlers.rename, methods=["PATCH"]),
+        # One route for both methods: a 405 there lists them both in its Allow header.
+        Route("/auth/passkeys/{id}", handlers.one, methods=["PATCH", "DELETE"]),
         Route("/auth/login/passkey/options", handlers.signin_options, methods=["POST"]),
         Route("/auth/login/passkey", handlers.signin, methods=["POST"]),
         Route("/auth/login/mfa/passkey/options", handlers.mfa_options, methods=["POST"]),
