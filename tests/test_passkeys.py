@@ -284,6 +284,10 @@ async def test_malformed_credentials_are_a_precise_400(world: World, credential:
 def test_the_rp_id_must_match_the_issuer() -> None:
     # A single-label host (an intranet name, a test client's) is its own rp id.
     assert relying_party("http://testserver", rp_id=None, origins=(), name="X").id == "testserver"
+    rp = relying_party("https://Auth.example.com:443/base", rp_id=None, origins=(), name="X")
+    assert rp.origins == ("https://auth.example.com",)  # as browsers write it
+    rp = relying_party("http://[::1]:8080", rp_id=None, origins=(), name="X")
+    assert (rp.id, rp.origins) == ("::1", ("http://[::1]:8080",))
     rp = relying_party("https://auth.example.com", rp_id=None, origins=(), name="X")
     assert (rp.id, rp.origins) == ("auth.example.com", ("https://auth.example.com",))
     rp = relying_party(

@@ -151,7 +151,7 @@ def relying_party(
     # least not a bare top-level domain); the issuer's own host is always allowed.
     if chosen != issuer_host and "." not in chosen:
         raise ConfigError(f"TOKENWARD_WEBAUTHN_RP_ID: {chosen!r} is a top-level domain")
-    wanted = tuple(origins) or (_origin(issuer),)
+    wanted = tuple(_origin(o) for o in origins) or (_origin(issuer),)
     for origin in wanted:
         host = (urlsplit(origin).hostname or "").lower()
         if not host or not _host_within(host, chosen) or (_is_ip(chosen) and host != chosen):
@@ -171,8 +171,14 @@ def _is_ip(host: str) -> bool:
 
 
 def _origin(url: str) -> str:
+    """``url``'s origin as a browser writes it in ``clientDataJSON``: no userinfo, no
+    default port, a lower-case host, brackets around IPv6."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    host = (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host
+    default = 443 if parts.scheme == "https" else 80
+    port = "" if parts.port in (None, default) else f":{parts.port}"
+    return f"{parts.scheme}://{host}{port}"
 
 
 # ------------------------------------------------------------------------------ stores
