@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
+    "AMR_HWK",
     "AMR_MFA",
     "AMR_OTP",
     "AMR_PWD",
+    "AMR_SWK",
     "SECOND_FACTORS",
     "AuthLevel",
     "AuthLevelStore",
@@ -29,17 +31,26 @@ __all__ = [
 AMR_PWD = "pwd"
 AMR_OTP = "otp"
 AMR_MFA = "mfa"
-#: Methods that count as a factor other than the password (``hwk``/``swk`` join for passkeys).
-SECOND_FACTORS = frozenset({AMR_OTP, "hwk", "swk"})
+#: A passkey: bound to one device (hardware-secured key), or synced between devices
+#: (backup-eligible, so a software-secured key as far as the server can tell).
+AMR_HWK = "hwk"
+AMR_SWK = "swk"
+#: Methods that count as a factor other than the password.
+SECOND_FACTORS = frozenset({AMR_OTP, AMR_HWK, AMR_SWK})
 #: The order the values are listed in, whatever order they were added in.
-_ORDER = {AMR_PWD: 0, AMR_OTP: 1, "hwk": 2, "swk": 3, AMR_MFA: 9}
+_ORDER = {AMR_PWD: 0, AMR_OTP: 1, AMR_HWK: 2, AMR_SWK: 3, AMR_MFA: 9}
 
 
 def combined_amr(methods: Iterable[str]) -> tuple[str, ...]:
     """The ``amr`` of a session that used ``methods``: sorted, without duplicates, with
-    ``mfa`` added when a password and a second factor (or two factors) were both used."""
-    found = {m for m in methods if m != AMR_MFA}
-    if len(found) >= 2 and found & SECOND_FACTORS:
+    ``mfa`` added when a password and a second factor (or two factors) were both used.
+
+    An ``mfa`` already in ``methods`` stays: a passkey checked with user verification is
+    two factors in one (the device, and the PIN or biometric that unlocked it), and a
+    session that proved that keeps it when it steps up again with one method."""
+    given = list(methods)
+    found = {m for m in given if m != AMR_MFA}
+    if (len(found) >= 2 and found & SECOND_FACTORS) or (AMR_MFA in given and found):
         found.add(AMR_MFA)
     return tuple(sorted(found, key=lambda m: (_ORDER.get(m, 5), m)))
 

@@ -13,7 +13,8 @@ exception and never returns ``None`` or ``False`` for a failure.
     │   ├── RefreshReused         refresh-reused
     │   ├── InvalidCredentials    invalid-credentials
     │   ├── MfaChallengeInvalid   mfa-challenge-invalid
-    │   └── InvalidCode           invalid-code
+    │   ├── InvalidCode           invalid-code
+    │   └── PasskeyInvalid        passkey-invalid
     ├── CsrfError (403)           csrf
     ├── Forbidden (403)           forbidden
     │   ├── EmailNotVerified      email-not-verified, carries where to resend
@@ -30,7 +31,9 @@ exception and never returns ``None`` or ``False`` for a failure.
     ├── Conflict (409)            conflict
     ├── NotFound (404)            not-found
     ├── BadRequest (400)          bad-request
-    │   └── LinkTokenInvalid      token-invalid (an e-mailed link's token)
+    │   ├── LinkTokenInvalid      token-invalid (an e-mailed link's token)
+    │   ├── CredentialMalformed   credential-malformed (a WebAuthn credential's JSON)
+    │   └── PasskeyRegistrationFailed passkey-registration-failed
     ├── PayloadTooLarge (413)     payload-too-large
     ├── UnsupportedMediaType (415) unsupported-media-type
     └── ConfigError               start-up only, names the variable
@@ -47,6 +50,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "Conflict",
+    "CredentialMalformed",
     "CsrfError",
     "EmailNotVerified",
     "Forbidden",
@@ -57,6 +61,8 @@ __all__ = [
     "MfaChallengeInvalid",
     "MfaRequired",
     "NotFound",
+    "PasskeyInvalid",
+    "PasskeyRegistrationFailed",
     "PayloadTooLarge",
     "PolicyError",
     "RateLimited",
@@ -159,6 +165,24 @@ class InvalidCode(AuthError):
         super().__init__(detail)
 
 
+class PasskeyInvalid(AuthError):
+    """A passkey sign-in (or second step) was refused: its handle is unknown, used, expired
+    or another client's, or the assertion failed (unknown or removed passkey, signature,
+    origin, rp id, no user verification where required, a counter that went backwards)."""
+
+    slug = "passkey-invalid"
+    title = "Passkey refused"
+
+    def __init__(
+        self, detail: str | None = None, *, uid: str | None = None, clone: bool = False
+    ) -> None:
+        #: whose passkey it was, when known (for events; never shown)
+        self.uid = uid
+        #: the signature counter did not grow: two copies of the key may exist
+        self.clone = clone
+        super().__init__(detail)
+
+
 class CsrfError(TokenwardError):
     """A cookie-authenticated unsafe request failed the CSRF or Origin check."""
 
@@ -188,6 +212,8 @@ class EmailNotVerified(Forbidden):
     def __init__(self, detail: str | None = None, *, resend: str) -> None:
         self.extra = {"resend": resend}
         super().__init__(detail)
+
+
 class MfaRequired(Forbidden):
     """The route needs a session that signed in with a second factor (``amr`` holds
     ``mfa``): the client should enrol a factor or re-authenticate with one
@@ -309,6 +335,23 @@ class LinkTokenInvalid(BadRequest):
 
     slug = "token-invalid"
     title = "Invalid or expired link"
+
+
+class CredentialMalformed(BadRequest):
+    """The ``credential`` of a passkey request is not a WebAuthn ``PublicKeyCredential``
+    in its JSON form (missing fields, bad base64url, wrong structure)."""
+
+    slug = "credential-malformed"
+    title = "Malformed passkey credential"
+
+
+class PasskeyRegistrationFailed(BadRequest):
+    """A new passkey was refused: no registration in progress (never started, used or
+    expired), or its attestation does not verify (challenge, origin, rp id). Start again
+    with ``POST /auth/passkeys/register/options``."""
+
+    slug = "passkey-registration-failed"
+    title = "Passkey registration failed"
 
 
 class PayloadTooLarge(TokenwardError):

@@ -84,6 +84,10 @@ class EventKind(enum.StrEnum):
     RECOVERY_CODE_USED = "mfa.recovery-code-used"
     RECOVERY_CODES_REGENERATED = "mfa.recovery-codes-regenerated"
     REAUTHENTICATED = "login.reauthenticated"
+    PASSKEY_ADDED = "mfa.passkey-added"
+    PASSKEY_REMOVED = "mfa.passkey-removed"
+    PASSKEY_USED = "mfa.passkey-used"
+    PASSKEY_CLONE_SUSPECTED = "mfa.passkey-clone-suspected"
 
 
 #: Kinds always security-critical (see :attr:`SecurityEvent.critical`).
@@ -99,6 +103,9 @@ CRITICAL_KINDS = frozenset(
         EventKind.MFA_RESET,
         EventKind.RECOVERY_CODE_USED,
         EventKind.RECOVERY_CODES_REGENERATED,
+        EventKind.PASSKEY_ADDED,
+        EventKind.PASSKEY_REMOVED,
+        EventKind.PASSKEY_CLONE_SUSPECTED,
     }
 )
 #: ``sessions.ended`` reasons that are security-critical: an operator disabled the account,

@@ -61,6 +61,7 @@ from tokenward.throttle import Throttle
 from tokenward.tokens import AccessClaims
 
 __all__ = [
+    "FACTOR_PASSKEY",
     "FACTOR_RECOVERY",
     "FACTOR_TOTP",
     "MAX_CODE_ATTEMPTS",
@@ -87,6 +88,8 @@ MfaPolicy = Literal["off", "optional", "required"]
 
 FACTOR_TOTP = "totp"
 FACTOR_RECOVERY = "recovery"
+#: a WebAuthn credential (:mod:`tokenward.passkeys`), a row of the same table
+FACTOR_PASSKEY = "passkey"
 TOTP_PERIOD = 30
 TOTP_DIGITS = 6
 #: steps of clock drift accepted either way
@@ -186,7 +189,8 @@ def _looks_like_recovery(code: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Factor:
-    """A second factor of a user. ``secret`` is sealed (never the plain secret)."""
+    """A second factor of a user. ``secret`` is sealed (never the plain secret); a passkey's
+    is its public key (:mod:`tokenward.passkeys`), which is no secret."""
 
     id: str
     uid: str
@@ -196,6 +200,9 @@ class Factor:
     created_at: int
     confirmed_at: int | None = None
     last_used_at: int | None = None
+    #: passkeys: the credential id (base64url) and the authenticator's signature counter
+    credential_id: str | None = None
+    sign_count: int = 0
 
     def __repr__(self) -> str:
         return f"Factor(id={self.id!r}, uid={self.uid!r}, kind={self.kind!r}, secret=<sealed>)"
@@ -242,6 +249,11 @@ class FactorStore(Protocol):
         """Delete every factor and recovery code of ``uid``; returns the factors deleted."""
         ...
 
+    async def remove_kind(self, uid: str, kind: str, *, codes: bool) -> int:
+        """Delete the factors of one ``kind`` of ``uid`` (and, with ``codes``, the recovery
+        codes); returns the factors deleted."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ChallengeRecord:
@@ -259,6 +271,8 @@ class ChallengeRecord:
     pending: bytes | None = None
     #: whether the address was verified at the password step (the session's claim)
     email_verified: bool = False
+    #: a passkey answer asked for (:mod:`tokenward.passkeys`): the WebAuthn challenge sent
+    webauthn: str | None = None
 
     def fields(self) -> dict[str, str]:
         """The record as flat strings (what the store keeps)."""
@@ -275,6 +289,8 @@ class ChallengeRecord:
         }
         if self.pending is not None:
             out["pending"] = base64.b64encode(self.pending).decode()
+        if self.webauthn is not None:
+            out["wa"] = self.webauthn
         return out
 
     @classmethod
@@ -300,6 +316,7 @@ class ChallengeRecord:
                 attempts=int(f["tries"]),
                 pending=None if pending is None else base64.b64decode(pending),
                 email_verified=f.get("ev") == "1",
+                webauthn=f.get("wa"),
             )
         except (KeyError, ValueError):
             raise MfaChallengeInvalid("the challenge is invalid; log in again") from None
@@ -530,8 +547,19 @@ class Mfa:
     # -- status -------------------------------------------------------------------------
 
     async def has_factor(self, uid: str) -> bool:
-        """Whether ``uid`` has a confirmed second factor."""
+        """Whether ``uid`` has a confirmed second factor (an app or a passkey)."""
         return any(f.confirmed_at is not None for f in await self.factors.factors(uid))
+
+    async def kinds(self, uid: str) -> tuple[str, ...]:
+        """What the second step of ``uid``'s login accepts: ``totp`` and ``recovery`` with
+        an app, ``passkey`` with a passkey."""
+        confirmed = {f.kind for f in await self.factors.factors(uid) if f.confirmed_at}
+        out: list[str] = []
+        if FACTOR_TOTP in confirmed:
+            out += [FACTOR_TOTP, FACTOR_RECOVERY]
+        if FACTOR_PASSKEY in confirmed:
+            out.append(FACTOR_PASSKEY)
+        return tuple(out)
 
     async def status(self, uid: str) -> dict[str, object]:
         """What the account page shows: the factors (no secret) and codes left."""
@@ -573,7 +601,7 @@ class Mfa:
             return None
         if await self.has_factor(uid):
             mode: Literal["verify", "enroll"] = "verify"
-            kinds: tuple[str, ...] = (FACTOR_TOTP, FACTOR_RECOVERY)
+            kinds: tuple[str, ...] = await self.kinds(uid)
         elif self.policy == "required":
             mode, kinds = "enroll", (FACTOR_TOTP,)
         else:
@@ -793,8 +821,17 @@ class Mfa:
         await self.factors.replace_recovery(uid, [recovery_digest(uid, c) for c in codes], now=now)
         return codes
 
+    async def remove_totp(self, uid: str) -> int:
+        """Remove the app and the recovery codes of ``uid`` (not its passkeys); how many
+        factors went."""
+        removed = await self.factors.remove_kind(uid, FACTOR_TOTP, codes=True)
+        with contextlib.suppress(TokenwardError):
+            await self.state.forget_steps(uid)
+        return removed
+
     async def remove_all(self, uid: str) -> int:
-        """Remove every factor and recovery code of ``uid``; the number of factors."""
+        """Remove every factor (apps and passkeys) and recovery code of ``uid``; the number
+        of factors."""
         removed = await self.factors.remove_all(uid)
         with contextlib.suppress(TokenwardError):  # the marker expires in two minutes anyway
             await self.state.forget_steps(uid)

@@ -27,6 +27,7 @@ from tokenward.keys import KeySet
 from tokenward.mail import Mailer, MailSender, Outbox, Templates, default_sender
 from tokenward.metrics import Metrics, SessionCounter
 from tokenward.mfa import Mfa
+from tokenward.passkeys import Passkeys, relying_party
 from tokenward.password_policy import PasswordPolicy
 from tokenward.passwords import Argon2Params, PasswordHasher
 from tokenward.private_paths import SQLITE_SIDE_FILES, private_dir, private_file
@@ -41,6 +42,7 @@ from tokenward.stores.redis_events import RedisEventLog
 from tokenward.stores.redis_feed import RevocationFeed
 from tokenward.stores.redis_links import RedisLinkStore
 from tokenward.stores.redis_mfa import RedisMfaStore
+from tokenward.stores.redis_passkeys import RedisPasskeyStore
 from tokenward.stores.redis_ratelimit import RedisRateLimiter
 from tokenward.stores.redis_sessions import RedisSessionStore
 from tokenward.stores.sql_mfa import SqlFactorStore
@@ -128,6 +130,17 @@ class Tokenward:
                 "TOKENWARD_ISSUER: required when Tokenward runs inside your own app; set it "
                 "to the app's public URL (e.g. https://app.example.com)"
             )
+        #: None with TOKENWARD_MFA=off (no passkey routes); checked here, before any work
+        self.relying_party = (
+            None
+            if s.mfa == "off"
+            else relying_party(
+                s.effective_issuer,
+                rp_id=s.webauthn_rp_id,
+                origins=s.webauthn_origins,
+                name=s.webauthn_rp_name,
+            )
+        )
         self.keyring = KeyRing.from_settings(s)
         self.keys = self.keyring.load(self.clock.now())
         self.tokens = AccessTokens(
@@ -273,8 +286,9 @@ class Tokenward:
         self.sessions.email_verified_claim = True
         self.mailer.start()
         keys_text = s.mfa_keys.get_secret_value() if s.mfa_keys is not None else None
+        factor_store = SqlFactorStore(self.engine)
         self.mfa = Mfa(
-            SqlFactorStore(self.engine),
+            factor_store,
             self.mfa_state,
             SecretBox.from_config(keys_text, s.data_dir),
             self.throttle,
@@ -282,6 +296,10 @@ class Tokenward:
             challenge_ttl=s.mfa_challenge_ttl,
             issuer_name=s.mfa_issuer_name,
         )
+        rp = self.relying_party or relying_party(
+            s.effective_issuer, rp_id=None, origins=(), name=s.webauthn_rp_name
+        )
+        self.passkeys = Passkeys(factor_store, RedisPasskeyStore(self.redis), rp)
         self.feed = RevocationFeed(
             self.redis,
             self.cache,

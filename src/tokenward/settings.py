@@ -316,6 +316,23 @@ class Settings(BaseSettings):
         max_length=64,
         description="The name authenticator apps show beside the account.",
     )
+    webauthn_rp_id: str | None = Field(
+        default=None,
+        description="The WebAuthn relying-party id passkeys are bound to: the issuer's host "
+        "or a parent domain of it (`example.com` for `https://auth.example.com`). Browsers "
+        "refuse IP addresses: use a name (`localhost` locally). Unset: the issuer's host.",
+    )
+    webauthn_origins: tuple[str, ...] = Field(
+        default=(),
+        description="Comma-separated origins passkeys may be used from; each host must be "
+        "within the rp id. Unset: the issuer's origin.",
+    )
+    webauthn_rp_name: str = Field(
+        default="Tokenward",
+        min_length=1,
+        max_length=64,
+        description="The name browsers show when a passkey is created or used.",
+    )
     reauth_max_age: int = Field(
         default=300,
         gt=0,
@@ -499,9 +516,9 @@ class Settings(BaseSettings):
         "a change, with the number of codes left.",
     )
 
-    _split = field_validator("allowed_origins", "trusted_proxies", "audiences", mode="before")(
-        _split_csv
-    )
+    _split = field_validator(
+        "allowed_origins", "trusted_proxies", "audiences", "webauthn_origins", mode="before"
+    )(_split_csv)
 
     @field_validator("audiences")
     @classmethod
@@ -586,7 +603,7 @@ class Settings(BaseSettings):
         _origin_of(value)
         return value.rstrip("/")
 
-    @field_validator("allowed_origins")
+    @field_validator("allowed_origins", "webauthn_origins")
     @classmethod
     def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_origin_of(v) for v in value)

@@ -370,6 +370,19 @@ class Throttle:
         async with _refunded_on_outage(ticket):
             yield ticket
 
+    @asynccontextmanager
+    async def passkey(self, ip: str, *, now: int) -> AsyncIterator[Ticket]:
+        """Count a passkey sign-in from ``ip`` as a failed login of the address (the
+        ``login-ip`` limit, the bucket wrong passwords fill) for the ``async with`` block
+        that checks it; the block refunds it when the passkey passed. A 503 is refunded.
+
+        Raises:
+            RateLimited: too many failed logins from this address.
+        """
+        ticket = await self._per_address("login", self.limits.login_ip, ip, now)
+        async with _refunded_on_outage(ticket):
+            yield ticket
+
     async def refresh(self, ip: str, *, now: int) -> Ticket:
         """A refresh attempt from ``ip``; only a refused one counts against the address.
 

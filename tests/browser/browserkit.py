@@ -224,7 +224,7 @@ async def sign_in(page: Page, base: str, email: str, password: str = PASSWORD) -
         await page.goto(f"{base}/login")
     await page.get_by_label("Email address").fill(email)
     await page.get_by_label("Password", exact=True).fill(password)
-    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("button", name="Sign in", exact=True).click()
     await page.wait_for_url(f"{base}/account")
 
 

@@ -35,7 +35,7 @@ async def test_register_sign_in_refresh_unnoticed_and_sign_out(
     # The front door sends a visitor without a session to the sign-in page.
     await page.goto(base + "/")
     await expect(page).to_have_url(base + "/login")
-    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    await expect(page.get_by_role("heading", name="Sign in", exact=True)).to_be_visible()
     await screenshot(page, "login")
 
     await page.get_by_role("link", name="Create an account").click()
@@ -52,7 +52,7 @@ async def test_register_sign_in_refresh_unnoticed_and_sign_out(
     await expect(page.get_by_label("Email address")).to_have_value(email)
     await expect(page.get_by_label("Password", exact=True)).to_be_focused()
     await page.get_by_label("Password", exact=True).fill("violet tractor 42 umbrella")
-    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("button", name="Sign in", exact=True).click()
 
     # The profile comes from a protected call (GET /auth/me).
     await expect(page).to_have_url(base + "/account")
@@ -95,7 +95,7 @@ async def test_wrong_password_is_explained_and_the_email_kept(
     await page.goto(server.url + "/login")
     await page.get_by_label("Email address").fill(email)
     await page.get_by_label("Password", exact=True).fill("not the password at all")
-    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("button", name="Sign in", exact=True).click()
 
     notice = page.locator('[data-notice="invalid-credentials"]')
     await expect(notice).to_be_visible()
@@ -114,7 +114,7 @@ async def test_throttled_sign_in_says_how_long_to_wait(
     page = await (await new_context()).new_page()
     await page.goto(server.url + "/login")
     password = page.get_by_label("Password", exact=True)
-    sign_in = page.get_by_role("button", name="Sign in")
+    sign_in = page.get_by_role("button", name="Sign in", exact=True)
     statuses: list[int] = []
     for _ in range(LOGIN_PAIR_LIMIT + 1):
         await page.get_by_label("Email address").fill(email)
@@ -170,7 +170,7 @@ async def test_signed_in_visitor_goes_straight_to_the_account(
     await expect(page).to_have_url(server.url + "/login?next=%2Faccount%2Fsessions")
     await page.get_by_label("Email address").fill(email)
     await page.get_by_label("Password", exact=True).fill("violet tractor 42 umbrella")
-    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("button", name="Sign in", exact=True).click()
     await expect(page).to_have_url(server.url + "/account/sessions")
     await page.goto(server.url + "/")
     await expect(page).to_have_url(server.url + "/account")

@@ -215,7 +215,7 @@ async def test_an_unverified_address_is_asked_to_verify_and_can_get_a_new_link(
         await page.goto(server.url + "/login")
         await page.get_by_label("Email address").fill(email)
         await page.get_by_label("Password", exact=True).fill(PASSWORD)
-        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("button", name="Sign in", exact=True).click()
         notice = page.locator('[data-notice="email-not-verified"]')
         await expect(notice).to_be_visible()
         if scripts:

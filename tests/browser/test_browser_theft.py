@@ -51,7 +51,7 @@ async def test_a_stolen_refresh_token_signs_out_thief_and_victim_and_says_why(
         # gone once shown, and the same address alone shows nothing.
         assert {c["name"] for c in await context.cookies()} == set()
         await page.reload()
-        await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        await expect(page.get_by_role("heading", name="Sign in", exact=True)).to_be_visible()
         await expect(page.locator('[data-notice="theft-alarm"]')).to_be_hidden()
 
         # The thief's fresh pair went with the session, the access token at once.

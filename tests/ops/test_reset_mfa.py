@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from ops_support import OPS_PASSWORD, MakeOpsTw, RunCli, ops_client, ops_env, register_and_login
 from sqlalchemy import func, select
 
+from soft_authenticator import SoftAuthenticator
 from tokenward.admin import ADMIN_CLIENT
 from tokenward.clock import FrozenClock
+from tokenward.errors import PasskeyInvalid
 from tokenward.events import EventKind
 from tokenward.mfa import TOTP_PERIOD, totp_code
 from tokenward.stores.sql_mfa import factors_table, recovery_table
@@ -78,3 +81,23 @@ async def test_reset_mfa_of_an_unknown_user_exits_1(
     result = await run_cli("users", "reset-mfa", "ghost@example.com", env=env)
     assert result.code == 1
     assert "ghost@example.com" in result.err
+
+
+async def test_reset_mfa_removes_passkeys_too(
+    make_ops_tw: MakeOpsTw, run_cli: RunCli, redis_url: str
+) -> None:
+    tw = await make_ops_tw()
+    async with ops_client(tw) as client:
+        login = await register_and_login(client, "passkey-lost@example.com")
+        uid = login["user"]["id"]
+        device = SoftAuthenticator(tw.passkeys.rp.origins[0])
+        options = await tw.passkeys.registration_options(uid, "x", now=tw.clock.now())
+        await tw.passkeys.register(uid, "Phone", device.create(options), now=tw.clock.now())
+        env = ops_env(redis_url, tw.settings.data_dir)
+        result = await run_cli("users", "reset-mfa", "passkey-lost@example.com", "--json", env=env)
+        assert result.code == 0, result.err
+        assert json.loads(result.out)["factors_removed"] == 1
+        assert await tw.passkeys.passkeys(uid) == []
+        handle, request = await tw.passkeys.signin_options(binding="b", now=tw.clock.now())
+        with pytest.raises(PasskeyInvalid, match="not registered"):
+            await tw.passkeys.signin(handle, device.get(request), binding="b", now=tw.clock.now())

@@ -116,3 +116,66 @@ async def test_concurrent_confirmations_add_one_active_factor(engine: AsyncEngin
     assert sum(results) == 1
     active = [f for f in await store.factors(uid) if f.confirmed_at is not None]
     assert len(active) == 1
+
+
+def _passkey(uid: str, credential_id: str, **overrides: object) -> Factor:
+    return _factor(
+        uid,
+        kind="passkey",
+        label="Laptop",
+        secret=b'{"pk":"x"}',
+        confirmed_at=NOW,
+        credential_id=credential_id,
+        **overrides,
+    )
+
+
+async def test_passkeys_unique_credential_ids_and_a_limit(engine: AsyncEngine) -> None:
+    store = SqlFactorStore(engine)
+    ann, bob = uuid.uuid4().hex, uuid.uuid4().hex
+    cred = uuid.uuid4().hex
+    assert await store.add_passkey(_passkey(ann, cred, sign_count=3), limit=2) == "ok"
+    # The same authenticator credential, for anyone: refused by the unique index.
+    assert await store.add_passkey(_passkey(bob, cred), limit=2) == "exists"
+    assert await store.add_passkey(_passkey(ann, uuid.uuid4().hex), limit=2) == "ok"
+    assert await store.add_passkey(_passkey(ann, uuid.uuid4().hex), limit=2) == "limit"
+    found = await store.by_credential(cred)
+    assert found is not None
+    assert (found.uid, found.kind, found.sign_count) == (ann, "passkey", 3)
+    assert await store.by_credential("unknown") is None
+    assert not await store.rename_factor(bob, found.id, "passkey", "Bob's")  # not bob's
+    assert await store.rename_factor(ann, found.id, "passkey", "Phone")
+    assert [f.label for f in await store.factors(ann) if f.id == found.id] == ["Phone"]
+    assert not await store.remove_factor(bob, found.id, "passkey")  # not bob's
+    assert not await store.remove_factor(ann, found.id, "totp")  # not of that kind
+    assert await store.remove_factor(ann, found.id, "passkey")
+    assert await store.by_credential(cred) is None
+
+
+async def test_a_passkey_counter_moves_forward_once(engine: AsyncEngine) -> None:
+    store = SqlFactorStore(engine)
+    uid = uuid.uuid4().hex
+    key = _passkey(uid, uuid.uuid4().hex, sign_count=5)
+    assert await store.add_passkey(key, limit=20) == "ok"
+    assert not await store.use_passkey(key.id, 5, now=NOW)  # not greater
+    assert not await store.use_passkey(key.id, 0, now=NOW)  # went back to zero
+    results = await asyncio.gather(*(store.use_passkey(key.id, 9, now=NOW + 1) for _ in range(5)))
+    assert sorted(results) == [False] * 4 + [True]
+    (row,) = await store.factors(uid)
+    assert (row.sign_count, row.last_used_at) == (9, NOW + 1)
+    # An authenticator that counts nothing: zero stays usable.
+    still = _passkey(uid, uuid.uuid4().hex)
+    assert await store.add_passkey(still, limit=20) == "ok"
+    assert await store.use_passkey(still.id, 0, now=NOW)
+    assert await store.use_passkey(still.id, 0, now=NOW)
+
+
+async def test_removing_the_app_keeps_the_passkeys(engine: AsyncEngine) -> None:
+    store = SqlFactorStore(engine)
+    uid = uuid.uuid4().hex
+    assert await store.add_confirmed(_factor(uid, confirmed_at=NOW), codes=["a"], now=NOW)
+    assert await store.add_passkey(_passkey(uid, uuid.uuid4().hex), limit=20) == "ok"
+    assert await store.remove_kind(uid, "totp", codes=True) == 1
+    assert [f.kind for f in await store.factors(uid)] == ["passkey"]
+    assert await store.recovery_left(uid) == 0
+    assert await store.remove_all(uid) == 1

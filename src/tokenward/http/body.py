@@ -61,6 +61,7 @@ _EXPECTED = {
     "bool_type": "a boolean",
     "int_type": "an integer",
     "literal_error": "one of the listed values",
+    "dict_type": "an object",
 }
 
 

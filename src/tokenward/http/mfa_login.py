@@ -41,6 +41,7 @@ __all__ = [
     "challenge_cookie_name",
     "clear_challenge_cookie",
     "require_recent_for_credentials",
+    "signin_binding",
 ]
 
 #: Where a form login that needs a code sends the browser (the JSON API does not need it).
@@ -57,6 +58,13 @@ def _challenge_cookie(tw: Tokenward, value: str, max_age: int) -> CookieSpec:
     return CookieSpec(
         challenge_cookie_name(tw), value, max_age, "/auth", True, tw.cookies.secure, "Strict"
     )
+
+
+def signin_binding(tw: Tokenward, request: Request) -> str:
+    """The binding of a passkey sign-in: the client's user agent and address prefix (the
+    passkey's signature is the proof; this only keeps a handle to the client it went to)."""
+    ip, agent = client_of(tw, request)
+    return challenge_binding(ip, agent, None)
 
 
 def binding_of(tw: Tokenward, request: Request, *, bearer: bool) -> str:

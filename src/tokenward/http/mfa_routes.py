@@ -30,8 +30,10 @@ from tokenward.errors import (
     InvalidCredentials,
     MfaChallengeInvalid,
     NotFound,
+    PasskeyInvalid,
     PolicyError,
     TokenwardError,
+    WrongCode,
     WrongPassword,
 )
 from tokenward.events import EventKind
@@ -43,7 +45,12 @@ from tokenward.http.auth import (
     client_of,
 )
 from tokenward.http.body import read_body
-from tokenward.http.mfa_login import PAGE_MFA, binding_of, clear_challenge_cookie
+from tokenward.http.mfa_login import (
+    PAGE_MFA,
+    binding_of,
+    clear_challenge_cookie,
+    signin_binding,
+)
 from tokenward.http.problems import is_bearer_transport
 from tokenward.http.routes import (
     NO_STORE,
@@ -56,9 +63,9 @@ from tokenward.http.routes import (
     user_still_enabled,
 )
 from tokenward.http.schemas import MfaCode, MfaEnrollChallenge, MfaLogin, ReauthRequest
-from tokenward.mfa import FACTOR_RECOVERY, Enrolment, check_step_up
+from tokenward.mfa import FACTOR_PASSKEY, FACTOR_RECOVERY, Enrolment, Redeemed, check_step_up
 from tokenward.runtime import Tokenward
-from tokenward.sessions import EndReason, UserRef
+from tokenward.sessions import EndReason, Issued, UserRef
 
 __all__ = ["MfaRoutes", "mfa_routes"]
 
@@ -109,60 +116,106 @@ class MfaRoutes:
             redirect.headers.append("set-cookie", value)
         return redirect
 
+    async def open_session(
+        self,
+        request: Request,
+        *,
+        uid: str,
+        email: str,
+        user_created_at: int,
+        email_verified: bool,
+        epoch: int,
+        level: AuthLevel,
+        bearer: bool,
+        now: int,
+    ) -> Issued:
+        """Open the session of a login whose last step just passed (a second factor, or a
+        passkey): what ``POST /auth/login`` does after the password, with ``level``.
+        ``email_verified`` is as the login found the user (the session renews the marker
+        refreshes read)."""
+        ip, agent = client_of(self.tw, request)
+        issued = await self.tw.sessions.open(
+            UserRef(uid, email, user_created_at, email_verified),
+            ip=ip,
+            user_agent=agent,
+            now=now,
+            level=level,
+        )
+        if issued.evicted:
+            self.auth._ended(request, uid, list(issued.evicted), EndReason.EVICTED, now)
+        if not await user_still_enabled(self.tw, issued, epoch=epoch, now=now):
+            self.tw.events.login_failed(email, client=(ip, agent), now=now)
+            raise InvalidCredentials("invalid email or password")
+        if not bearer:
+            await self.auth._end_replaced(request, now)
+        self.tw.events.login_succeeded(uid, issued.sid, client=(ip, agent), now=now)
+        return issued
+
+    def session_response(
+        self, issued: Issued, *, bearer: bool, extra: dict[str, Any] | None = None
+    ) -> Response:
+        """What a login answers: the session body (tokens in bearer mode, cookies else)."""
+        out: dict[str, Any] = self.auth._session_body(issued, bearer=bearer)
+        out.update(extra or {})
+        response = json_response(out)
+        if bearer:
+            return response
+        assert issued.csrf_token is not None  # noqa: S101 - open() always makes one
+        return self.auth._with_cookies(response, issued, issued.csrf_token)
+
+    async def _redeem(self, request: Request, req: MfaLogin, *, bearer: bool, now: int) -> Redeemed:
+        ip, agent = client_of(self.tw, request)
+        binding = binding_of(self.tw, request, bearer=bearer)
+        try:
+            if req.credential is not None:
+                return await self.tw.passkeys.redeem_mfa(
+                    self.tw.mfa, req.challenge, req.credential, binding=binding, now=now
+                )
+            if req.code is None:
+                raise PolicyError("required", "field 'code' is required (or 'credential')")
+            return await self.tw.mfa.redeem(
+                req.challenge, req.code, binding=binding, ip=ip, now=now
+            )
+        except (InvalidCode, PasskeyInvalid) as exc:
+            # The password was right: the owner should know someone may have it.
+            if exc.uid is not None:
+                clone = isinstance(exc, PasskeyInvalid) and exc.clone
+                kind = EventKind.PASSKEY_CLONE_SUSPECTED if clone else EventKind.MFA_FAILED
+                self.tw.events.mfa(kind, exc.uid, None, client=(ip, agent), now=now)
+            raise
+
     async def _login_mfa(self, request: Request, req: MfaLogin) -> Response:
         bearer = is_bearer_transport(request)
         if not bearer:
             check_request_origin(self.tw, request)
         now = self.tw.clock.now()
-        ip, agent = client_of(self.tw, request)
-        try:
-            done = await self.tw.mfa.redeem(
-                req.challenge,
-                req.code,
-                binding=binding_of(self.tw, request, bearer=bearer),
-                ip=ip,
-                now=now,
-            )
-        except InvalidCode as exc:
-            # The password was right: the owner should know someone may have it.
-            if exc.uid is not None:
-                kind = EventKind.MFA_FAILED
-                self.tw.events.mfa(kind, exc.uid, None, client=(ip, agent), now=now)
-            raise
-        # Verified or not as the password step found the user (the session renews the
-        # marker refreshes read).
-        issued = await self.tw.sessions.open(
-            UserRef(done.uid, done.email, done.user_created_at, done.email_verified),
-            ip=ip,
-            user_agent=agent,
-            now=now,
+        client = client_of(self.tw, request)
+        done = await self._redeem(request, req, bearer=bearer, now=now)
+        issued = await self.open_session(
+            request,
+            uid=done.uid,
+            email=done.email,
+            user_created_at=done.user_created_at,
+            email_verified=done.email_verified,
+            epoch=done.epoch,
             level=done.level,
+            bearer=bearer,
+            now=now,
         )
-        if issued.evicted:
-            self.auth._ended(request, done.uid, list(issued.evicted), EndReason.EVICTED, now)
-        if not await user_still_enabled(self.tw, issued, epoch=done.epoch, now=now):
-            self.tw.events.login_failed(done.email, client=(ip, agent), now=now)
-            raise InvalidCredentials("invalid email or password")
-        if not bearer:
-            await self.auth._end_replaced(request, now)
         events = self.tw.events
-        events.login_succeeded(done.uid, issued.sid, client=(ip, agent), now=now)
         if done.method == FACTOR_RECOVERY:
             detail = {"left": done.recovery_left}
             kind = EventKind.RECOVERY_CODE_USED
-            events.mfa(kind, done.uid, issued.sid, client=(ip, agent), now=now, detail=detail)
+            events.mfa(kind, done.uid, issued.sid, client=client, now=now, detail=detail)
+        if done.method == FACTOR_PASSKEY:
+            events.mfa(EventKind.PASSKEY_USED, done.uid, issued.sid, client=client, now=now)
         if done.recovery_codes:
-            events.mfa(EventKind.MFA_ENABLED, done.uid, issued.sid, client=(ip, agent), now=now)
-        out: dict[str, Any] = self.auth._session_body(issued, bearer=bearer)
-        out["recovery_codes_left"] = done.recovery_left
+            events.mfa(EventKind.MFA_ENABLED, done.uid, issued.sid, client=client, now=now)
+        extra: dict[str, Any] = {"recovery_codes_left": done.recovery_left}
         if done.recovery_codes:
-            out["recovery_codes"] = list(done.recovery_codes)
-        response = json_response(out)
-        if bearer:
-            return response
-        assert issued.csrf_token is not None  # noqa: S101 - open() always makes one
-        self.auth._with_cookies(response, issued, issued.csrf_token)
-        return clear_challenge_cookie(self.tw, response)
+            extra["recovery_codes"] = list(done.recovery_codes)
+        response = self.session_response(issued, bearer=bearer, extra=extra)
+        return response if bearer else clear_challenge_cookie(self.tw, response)
 
     async def login_mfa_enroll(self, request: Request) -> Response:
         """``POST /auth/login/mfa/enroll``: the TOTP secret of an enrolment challenge."""
@@ -227,8 +280,8 @@ class MfaRoutes:
         self._recent(auth, mfa=True)
         now = self.tw.clock.now()
         p = auth.principal
-        if not await self.tw.mfa.remove_all(p.uid):
-            raise NotFound("no second factor is enrolled")
+        if not await self.tw.mfa.remove_totp(p.uid):
+            raise NotFound("no authenticator app is enrolled")
         client = client_of(self.tw, request)
         self.tw.events.mfa(EventKind.MFA_REMOVED, p.uid, p.sid, client=client, now=now)
         return apply_pending_cookies(request, Response(status_code=204, headers=NO_STORE))
@@ -253,8 +306,8 @@ class MfaRoutes:
         tokens)."""
         auth = await self.auth._current(request)
         req = (await read_body(request)).parse(ReauthRequest)
-        if not req.password and not req.code:
-            raise PolicyError("required", "give the password, a code, or both")
+        if not req.password and not req.code and req.credential is None:
+            raise PolicyError("required", "give the password, a code, both, or a passkey")
         now = self.tw.clock.now()
         p = auth.principal
         user = await signed_in_user(self.tw, p)
@@ -275,6 +328,8 @@ class MfaRoutes:
                 raise NotFound("second factors are off (TOKENWARD_MFA=off)")
             used = await self.tw.mfa.verify(p.uid, user.email, req.code, ip=client[0], now=now)
             methods.append(AMR_OTP)
+        if req.credential is not None:
+            methods += await self._reauth_passkey(request, p.uid, req.handle, req.credential)
         # A step-up adds to what the session proved at login: a password session that
         # gives a code now is a multi-factor session from now on.
         earlier = await self.tw.sessions.level(p.uid, p.sid, p.state)
@@ -289,6 +344,30 @@ class MfaRoutes:
         self.tw.events.mfa(kind, p.uid, p.sid, client=client, now=now, detail=detail)
         return self.auth._rekeyed(auth, issued)
 
+    async def _reauth_passkey(
+        self, request: Request, uid: str, handle: str | None, credential: dict[str, Any]
+    ) -> tuple[str, ...]:
+        """A passkey of ``uid`` again (options from ``POST /auth/login/passkey/options``);
+        the ``amr`` it proves. A refusal is 403 ``invalid-code``, as a wrong code is: the
+        session is fine."""
+        if self.tw.mfa.policy == "off":
+            raise NotFound("second factors are off (TOKENWARD_MFA=off)")
+        if not handle:
+            raise PolicyError("required", "field 'handle' is required with 'credential'")
+        now = self.tw.clock.now()
+        try:
+            done = await self.tw.passkeys.signin(
+                handle, credential, binding=signin_binding(self.tw, request), now=now
+            )
+        except PasskeyInvalid as exc:
+            if exc.clone and exc.uid is not None:
+                kind = EventKind.PASSKEY_CLONE_SUSPECTED
+                self.tw.events.mfa(kind, exc.uid, None, client=client_of(self.tw, request), now=now)
+            raise WrongCode(str(exc)) from None
+        if done.uid != uid:
+            raise WrongCode("this passkey belongs to another account")
+        return done.level.amr
+
 
 def mfa_routes(tw: Tokenward, auth: AuthRoutes) -> list[Route]:
     """The routes of :class:`MfaRoutes` for ``tw`` (none but re-authentication when off)."""
@@ -296,8 +375,11 @@ def mfa_routes(tw: Tokenward, auth: AuthRoutes) -> list[Route]:
     routes = [Route("/auth/reauthenticate", handlers.reauthenticate, methods=["POST"])]
     if tw.settings.mfa == "off":
         return routes
+    from tokenward.http.passkey_routes import passkey_routes  # builds on MfaRoutes
+
     return [
         *routes,
+        *passkey_routes(tw, handlers),
         Route("/auth/login/mfa", handlers.login_mfa, methods=["POST"]),
         Route("/auth/login/mfa/enroll", handlers.login_mfa_enroll, methods=["POST"]),
         Route("/auth/mfa", handlers.status, methods=["GET"]),

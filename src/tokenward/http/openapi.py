@@ -97,10 +97,25 @@ _MFA_PATHS = frozenset(
         "/auth/mfa/totp/confirm",
         "/auth/mfa/totp",
         "/auth/mfa/recovery-codes",
+        "/auth/passkeys/register/options",
+        "/auth/passkeys/register",
+        "/auth/passkeys",
+        "/auth/passkeys/{id}",
+        "/auth/login/passkey/options",
+        "/auth/login/passkey",
+        "/auth/login/mfa/passkey/options",
     }
 )
 #: Routes called without a session.
-_NO_SESSION = ("/auth/register", "/auth/login", "/auth/login/mfa", "/auth/login/mfa/enroll")
+_NO_SESSION = (
+    "/auth/register",
+    "/auth/login",
+    "/auth/login/mfa",
+    "/auth/login/mfa/enroll",
+    "/auth/login/passkey/options",
+    "/auth/login/passkey",
+    "/auth/login/mfa/passkey/options",
+)
 #: Paths whose body is required (the others accept an empty one).
 _BODY_REQUIRED = (
     "/auth/login",
@@ -115,6 +130,10 @@ _BODY_REQUIRED = (
     "/auth/login/mfa/enroll",
     "/auth/mfa/totp/confirm",
     "/auth/reauthenticate",
+    "/auth/passkeys/register",
+    "/auth/passkeys/{id}",
+    "/auth/login/passkey",
+    "/auth/login/mfa/passkey/options",
 )
 #: A body's shape: a model (:mod:`tokenward.http.schemas`), a list of one, a plain schema.
 Shape = type[BaseModel] | tuple[Literal["array"], type[BaseModel]] | dict[str, Any] | None
@@ -349,6 +368,82 @@ _ENDPOINTS: list[tuple[str, str, str, Shape, int, Shape, list[int]]] = [
     ),
     (
         "post",
+        "/auth/login/mfa/passkey/options",
+        "Second step of a login with a passkey: request options (the user's passkeys) for "
+        "the login's challenge; the answer goes to POST /auth/login/mfa as `credential`",
+        schemas.MfaPasskeyOptions,
+        200,
+        schemas.PasskeyRequestOptions,
+        [400, 401, 404, 413, 415, 422, 503],
+    ),
+    (
+        "post",
+        "/auth/login/passkey/options",
+        "Sign in with a passkey, no e-mail typed: request options (empty "
+        "`allowCredentials`, user verification required) and the `handle` to send back",
+        None,
+        200,
+        schemas.PasskeyRequestOptions,
+        [400, 403, 413, 415, 422, 503],
+    ),
+    (
+        "post",
+        "/auth/login/passkey",
+        "Sign in with a passkey: the handle and the assertion open the session (answered as "
+        "a login: tokens in bearer mode, cookies otherwise)",
+        schemas.PasskeySignIn,
+        200,
+        schemas.SessionBody,
+        [400, 401, 403, 413, 415, 422, 503],
+    ),
+    (
+        "get",
+        "/auth/passkeys",
+        "The user's passkeys (never a key)",
+        None,
+        200,
+        schemas.PasskeyList,
+        _AUTHED,
+    ),
+    (
+        "post",
+        "/auth/passkeys/register/options",
+        "Creation options for a new passkey (a discoverable credential); needs a recent "
+        "authentication",
+        None,
+        200,
+        schemas.PasskeyCreationOptions,
+        [*_AUTHED, 413, 415, 422],
+    ),
+    (
+        "post",
+        "/auth/passkeys/register",
+        "Register the passkey `navigator.credentials.create()` made for those options",
+        schemas.PasskeyRegistration,
+        201,
+        schemas.PasskeyOut,
+        [*_AUTHED, 409, 413, 415, 422],
+    ),
+    (
+        "patch",
+        "/auth/passkeys/{id}",
+        "Rename a passkey (404: none of the user's)",
+        schemas.PasskeyRename,
+        200,
+        schemas.PasskeyOut,
+        [*_AUTHED, 404, 413, 415, 422],
+    ),
+    (
+        "delete",
+        "/auth/passkeys/{id}",
+        "Remove a passkey; needs a recent second factor (404: none of the user's)",
+        None,
+        204,
+        None,
+        [*_AUTHED, 404],
+    ),
+    (
+        "post",
         "/auth/reauthenticate",
         "Authenticate again (password, code, or both): the session's `auth_time` is now and "
         "the methods given join its `amr`; the session is re-keyed",
@@ -466,8 +561,10 @@ def openapi_document(tw: Tokenward | None = None) -> dict[str, Any]:
             }
         if path.startswith("/auth/") and path not in _NO_SESSION:
             op["security"] = _SECURITY.get(path, [{"bearer": []}, {"cookie": []}])
-        if "{sid}" in path:
-            op["parameters"] = [{"name": "sid", "in": "path", "required": True, "schema": _STR}]
+        for name in ("sid", "id"):
+            if "{" + name + "}" in path:
+                param = {"name": name, "in": "path", "required": True, "schema": _STR}
+                op["parameters"] = [param]
         paths.setdefault(path, {})[method] = op
     return {
         "openapi": "3.1.0",

@@ -34,8 +34,16 @@ __all__ = [
     "MfaCode",
     "MfaEnrollChallenge",
     "MfaLogin",
+    "MfaPasskeyOptions",
     "MfaSessionBody",
     "MfaStatus",
+    "PasskeyCreationOptions",
+    "PasskeyList",
+    "PasskeyOut",
+    "PasskeyRegistration",
+    "PasskeyRename",
+    "PasskeyRequestOptions",
+    "PasskeySignIn",
     "PasswordChange",
     "PasswordReset",
     "Problem",
@@ -158,12 +166,53 @@ class EmailChange(_Model):
     password: str
 
 
+#: A WebAuthn credential as `PublicKeyCredential.toJSON()` gives it (base64url bytes).
+WebAuthnCredential = Annotated[
+    dict[str, Any],
+    Field(
+        description="The `PublicKeyCredential` in its JSON form (`toJSON()`): `id`, `rawId`, "
+        "`type`, `response` with base64url fields. Not an object: 422; an object that is "
+        "not a credential: 400 `credential-malformed`."
+    ),
+]
+
+
 class MfaLogin(_Model):
-    """`POST /auth/login/mfa`: the login's challenge and a TOTP code (6 digits) or a
-    recovery code (`xxxx-xxxx-xxxx-xxxx`)."""
+    """`POST /auth/login/mfa`: the login's challenge and a TOTP code (6 digits), a
+    recovery code (`xxxx-xxxx-xxxx-xxxx`), or a passkey's `credential` (an assertion for
+    the options of `POST /auth/login/mfa/passkey/options`)."""
 
     challenge: str = Field(max_length=128)
-    code: str = Field(max_length=64)
+    code: Annotated[str, Field(max_length=64)] | SkipJsonSchema[None] = None
+    credential: WebAuthnCredential | SkipJsonSchema[None] = None
+
+
+class MfaPasskeyOptions(_Model):
+    """`POST /auth/login/mfa/passkey/options`: the login's challenge."""
+
+    challenge: str = Field(max_length=128)
+
+
+class PasskeyRegistration(_Model):
+    """`POST /auth/passkeys/register`: a name for the passkey and the answer of
+    `navigator.credentials.create()` to the options of `/auth/passkeys/register/options`."""
+
+    name: str = Field(default="Passkey", max_length=64)
+    credential: WebAuthnCredential
+
+
+class PasskeyRename(_Model):
+    """`PATCH /auth/passkeys/{id}`: the passkey's new name."""
+
+    name: str = Field(max_length=64)
+
+
+class PasskeySignIn(_Model):
+    """`POST /auth/login/passkey`: the handle of `/auth/login/passkey/options` and the
+    answer of `navigator.credentials.get()` to its options."""
+
+    handle: str = Field(max_length=128)
+    credential: WebAuthnCredential
 
 
 class MfaEnrollChallenge(_Model):
@@ -179,10 +228,13 @@ class MfaCode(_Model):
 
 
 class ReauthRequest(_Model):
-    """`POST /auth/reauthenticate`: the password, a second-factor code, or both."""
+    """`POST /auth/reauthenticate`: the password, a second-factor code, or both; or a
+    passkey (`handle` and `credential`, as for `POST /auth/login/passkey`)."""
 
     password: str | SkipJsonSchema[None] = None
-    code: str | SkipJsonSchema[None] = Field(default=None, max_length=64)
+    code: Annotated[str, Field(max_length=64)] | SkipJsonSchema[None] = None
+    handle: Annotated[str, Field(max_length=128)] | SkipJsonSchema[None] = None
+    credential: WebAuthnCredential | SkipJsonSchema[None] = None
 
 
 # ----------------------------------------------------------------------------- responses
@@ -282,6 +334,42 @@ class MfaFactorRow(_Model):
     label: str
     created_at: Time
     last_used_at: Time | None
+
+
+class PasskeyOut(_Model):
+    """A passkey (never its key). `synced`: the authenticator may copy it to the owner's
+    other devices (backup-eligible)."""
+
+    id: str
+    name: str
+    created_at: Time
+    last_used_at: Time | None
+    synced: bool
+
+
+class PasskeyList(_Model):
+    """`GET /auth/passkeys`: the user's passkeys, oldest first."""
+
+    passkeys: list[PasskeyOut]
+
+
+class PasskeyCreationOptions(_Model):
+    """`POST /auth/passkeys/register/options`: `publicKey` is the
+    `PublicKeyCredentialCreationOptions` in JSON form (base64url bytes), for
+    `navigator.credentials.create({publicKey})` (or `parseCreationOptionsFromJSON`)."""
+
+    publicKey: dict[str, Any]  # noqa: N815 - the WebAuthn API's name
+    expires_in: int
+
+
+class PasskeyRequestOptions(_Model):
+    """Options for `navigator.credentials.get({publicKey})`: `publicKey` is the
+    `PublicKeyCredentialRequestOptions` in JSON form; `handle` (sign-in without an e-mail)
+    goes back with the answer."""
+
+    publicKey: dict[str, Any]  # noqa: N815 - the WebAuthn API's name
+    expires_in: int
+    handle: str | SkipJsonSchema[None] = None
 
 
 class MfaStatus(_Model):

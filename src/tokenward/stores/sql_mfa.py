@@ -2,11 +2,12 @@
 
 Two tables (migration 0004), on the same engine as the users:
 
-* ``tokenward_mfa_factors``: one row per factor. ``kind`` is ``totp`` today; passkeys will
-  be rows of kind ``webauthn`` with their ``credential_id`` and ``sign_count`` (columns
-  already here, unused by TOTP). ``secret`` is the sealed TOTP secret
-  (:class:`~tokenward.secretbox.SecretBox`), never the plain one. ``confirmed_at`` is
-  ``NULL`` while an enrolment waits for its first code.
+* ``tokenward_mfa_factors``: one row per factor. ``kind`` ``totp``: ``secret`` is the
+  sealed TOTP secret (:class:`~tokenward.secretbox.SecretBox`), never the plain one;
+  ``confirmed_at`` is ``NULL`` while an enrolment waits for its first code. ``kind``
+  ``passkey`` (:mod:`tokenward.passkeys`): ``secret`` holds the public key (and transports,
+  backup flag), ``credential_id`` the credential id (base64url, unique) and ``sign_count``
+  the authenticator's last signature counter.
 * ``tokenward_mfa_recovery_codes``: ``(user_id, digest)``, ``used_at`` once used.
 
 Any database failure is :class:`~tokenward.errors.Unavailable` (503); each verb is one
@@ -32,7 +33,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tokenward.errors import Unavailable
@@ -87,6 +88,8 @@ def _factor(row: Any) -> Factor:
         created_at=int(row.created_at),
         confirmed_at=None if row.confirmed_at is None else int(row.confirmed_at),
         last_used_at=None if row.last_used_at is None else int(row.last_used_at),
+        credential_id=row.credential_id,
+        sign_count=int(row.sign_count or 0),
     )
 
 
@@ -100,7 +103,8 @@ def _factor_values(factor: Factor) -> dict[str, Any]:
         "created_at": factor.created_at,
         "confirmed_at": factor.confirmed_at,
         "last_used_at": factor.last_used_at,
-        "sign_count": 0,
+        "credential_id": factor.credential_id,
+        "sign_count": factor.sign_count,
     }
 
 
@@ -262,3 +266,90 @@ class SqlFactorStore:
             result = await conn.execute(delete(factors_table).where(factors_table.c.user_id == uid))
             await conn.execute(delete(recovery_table).where(recovery_table.c.user_id == uid))
         return int(result.rowcount)
+
+    async def remove_kind(self, uid: str, kind: str, *, codes: bool) -> int:
+        """See :meth:`tokenward.mfa.FactorStore.remove_kind`."""
+        async with _backend(), self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(factors_table).where(
+                    factors_table.c.user_id == uid, factors_table.c.kind == kind
+                )
+            )
+            if codes:
+                await conn.execute(delete(recovery_table).where(recovery_table.c.user_id == uid))
+        return int(result.rowcount)
+
+    # -- passkeys (tokenward.passkeys.PasskeyStore) -------------------------------------
+
+    async def by_credential(self, credential_id: str) -> Factor | None:
+        """See :meth:`tokenward.passkeys.PasskeyStore.by_credential`."""
+        query = select(factors_table).where(factors_table.c.credential_id == credential_id)
+        async with _backend(), self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _factor(row)
+
+    async def add_passkey(self, factor: Factor, *, limit: int) -> str:
+        """See :meth:`tokenward.passkeys.PasskeyStore.add_passkey`."""
+        try:
+            async with self.engine.begin() as conn:
+                count = await conn.execute(
+                    select(func.count())
+                    .select_from(factors_table)
+                    .where(
+                        factors_table.c.user_id == factor.uid,
+                        factors_table.c.kind == factor.kind,
+                    )
+                )
+                if count.scalar_one() >= limit:
+                    return "limit"
+                await conn.execute(insert(factors_table).values(**_factor_values(factor)))
+        except IntegrityError:
+            # The unique index on credential_id: that authenticator is registered already.
+            return "exists"
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise Unavailable("user database unreachable") from exc
+        return "ok"
+
+    async def use_passkey(self, factor_id: str, sign_count: int, *, now: int) -> bool:
+        """See :meth:`tokenward.passkeys.PasskeyStore.use_passkey`.
+
+        One conditional ``UPDATE``: of two concurrent uses reporting one counter value,
+        one moves it; the other finds it no longer below and is refused.
+        """
+        counter = factors_table.c.sign_count
+        # An authenticator that counts nothing reports 0 every time; one that counts must
+        # report more than last time.
+        moves = counter == 0 if sign_count == 0 else counter < sign_count
+        async with _backend(), self.engine.begin() as conn:
+            result = await conn.execute(
+                update(factors_table)
+                .where(factors_table.c.id == factor_id, moves)
+                .values(sign_count=sign_count, last_used_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def rename_factor(self, uid: str, factor_id: str, kind: str, label: str) -> bool:
+        """See :meth:`tokenward.passkeys.PasskeyStore.rename_factor`."""
+        async with _backend(), self.engine.begin() as conn:
+            result = await conn.execute(
+                update(factors_table)
+                .where(
+                    factors_table.c.id == factor_id,
+                    factors_table.c.user_id == uid,
+                    factors_table.c.kind == kind,
+                )
+                .values(label=label)
+            )
+        return bool(result.rowcount)
+
+    async def remove_factor(self, uid: str, factor_id: str, kind: str) -> bool:
+        """See :meth:`tokenward.passkeys.PasskeyStore.remove_factor`."""
+        async with _backend(), self.engine.begin() as conn:
+            result = await conn.execute(
+                delete(factors_table).where(
+                    factors_table.c.id == factor_id,
+                    factors_table.c.user_id == uid,
+                    factors_table.c.kind == kind,
+                )
+            )
+        return bool(result.rowcount)

@@ -1,0 +1,94 @@
+"""Passkeys in real Chromium with the DevTools virtual authenticator (WebAuthn domain):
+register one from the account page, sign out, sign in with "Sign in with a passkey"
+without typing the e-mail, remove it, and see a sign-in with it refused.
+
+WebAuthn refuses IP addresses as the rp id: the browser uses ``http://localhost:<port>``
+(the server's issuer, so the rp id is ``localhost``), which Chromium treats as a secure
+context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from browserkit import NewContext, Server, new_email, profile_shows, screenshot, sign_in
+from playwright.async_api import expect
+
+
+async def _authenticator(context: Any, page: Any) -> tuple[Any, str]:
+    cdp = await context.new_cdp_session(page)
+    await cdp.send("WebAuthn.enable")
+    added = await cdp.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "automaticPresenceSimulation": True,
+            }
+        },
+    )
+    return cdp, str(added["authenticatorId"])
+
+
+async def test_register_sign_in_with_and_remove_a_passkey(
+    server: Server, new_context: NewContext
+) -> None:
+    base = server.url
+    email = server.register(new_email("passkey"))
+    context = await new_context()
+    page = await context.new_page()
+    cdp, authenticator = await _authenticator(context, page)
+
+    await sign_in(page, base, email)
+    await profile_shows(page, email)
+    section = page.locator("[data-passkeys]")
+    await expect(section.get_by_role("heading", name="Passkeys")).to_be_visible()
+    await expect(section.get_by_text("You have no passkeys yet.")).to_be_visible()
+    await section.get_by_label("Name for the new passkey").fill("Test laptop")
+    await section.get_by_role("button", name="Add a passkey").click()
+    await expect(section.locator('[data-notice="passkeys-added"]')).to_be_visible()
+    await expect(section.get_by_text("Test laptop")).to_be_visible()
+    await expect(section.get_by_text("never used")).to_be_visible()
+    stored = await cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})
+    assert len(stored["credentials"]) == 1
+    assert stored["credentials"][0]["isResidentCredential"] is True
+    assert stored["credentials"][0]["rpId"] == "localhost"
+    await screenshot(page, "account-passkeys")
+
+    # Sign out, then back in with the passkey alone: no e-mail typed.
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(f"{base}/login?reason=signed-out")
+    button = page.get_by_role("button", name="Sign in with a passkey")
+    await expect(button).to_be_visible()
+    await screenshot(page, "login-passkey")
+    await expect(page.get_by_label("Email address")).to_have_value("")
+    await button.click()
+    await page.wait_for_url(f"{base}/account")
+    await profile_shows(page, email)
+    await expect(section.get_by_text("Test laptop")).to_be_visible()
+    await expect(section.get_by_text("last used")).to_be_visible()
+
+    # This session used the passkey (amr mfa): it may remove it.
+    await section.get_by_role("button", name="Remove passkey: Test laptop").click()
+    await expect(section.locator('[data-notice="passkeys-removed"]')).to_be_visible()
+    await expect(section.get_by_text("You have no passkeys yet.")).to_be_visible()
+
+    # The authenticator still holds the key; the server no longer knows it.
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(f"{base}/login?reason=signed-out")
+    await page.get_by_role("button", name="Sign in with a passkey").click()
+    await expect(page.locator('[data-notice="passkey-invalid"]')).to_be_visible()
+    await expect(page).to_have_url(f"{base}/login?reason=signed-out")
+
+
+async def test_passkey_controls_are_hidden_without_javascript(
+    server: Server, new_context: NewContext
+) -> None:
+    context = await new_context(java_script_enabled=False)
+    page = await context.new_page()
+    await page.goto(server.url + "/login")
+    await expect(page.get_by_role("button", name="Sign in", exact=True)).to_be_visible()
+    await expect(page.get_by_role("button", name="Sign in with a passkey")).to_be_hidden()
