@@ -103,7 +103,7 @@ async def _password_step(page: Page, base: str, email: str) -> None:
     await page.goto(f"{base}/login")
     await page.get_by_label("Email address").fill(email)
     await page.get_by_label("Password", exact=True).fill(PASSWORD)
-    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("button", name="Sign in", exact=True).click()
     await page.wait_for_url(f"{base}/login/mfa*")
 
 

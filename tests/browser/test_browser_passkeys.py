@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from browserkit import NewContext, Server, new_email, profile_shows, screenshot, sign_in
+from browserkit import (
+    PASSWORD,
+    NewContext,
+    Server,
+    new_email,
+    profile_shows,
+    screenshot,
+    sign_in,
+)
 from playwright.async_api import expect
 
 
@@ -70,6 +78,26 @@ async def test_register_sign_in_with_and_remove_a_passkey(
     await profile_shows(page, email)
     await expect(section.get_by_text("Test laptop")).to_be_visible()
     await expect(section.get_by_text("last used")).to_be_visible()
+
+    # The passkey is now a second factor: a password sign-in is asked for it on /login/mfa
+    # (the user has no authenticator app, so the passkey comes first there).
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(f"{base}/login?reason=signed-out")
+    await page.get_by_label("Email address").fill(email)
+    await page.get_by_label("Password", exact=True).fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in", exact=True).click()
+    await page.wait_for_url(f"{base}/login/mfa*")
+    step = page.get_by_role("button", name="Use a passkey")
+    await expect(step).to_be_visible()
+    await expect(page.get_by_label("Authentication code")).to_be_hidden()
+    await screenshot(page, "login-mfa-passkey")
+    await step.click()
+    await page.wait_for_url(f"{base}/account")
+    await profile_shows(page, email)
+    await page.get_by_role("link", name="Sessions", exact=True).click()
+    await expect(page.get_by_text("Signed in with password and a passkey")).to_be_visible()
+    await page.get_by_role("link", name="Profile", exact=True).click()
+    await page.wait_for_url(f"{base}/account")
 
     # This session used the passkey (amr mfa): it may remove it.
     await section.get_by_role("button", name="Remove passkey: Test laptop").click()

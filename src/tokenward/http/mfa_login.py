@@ -98,6 +98,8 @@ async def begin_mfa_login(
         fragment = f"challenge={challenge.token}"
         if challenge.enrollment_required:
             fragment += "&enroll=1"
+        if "passkey" in challenge.factors:
+            fragment += "&factors=" + ",".join(challenge.factors)
         response = RedirectResponse(f"{PAGE_MFA}#{fragment}", status_code=303, headers=_NO_STORE)
         if not bearer:
             # The page without JavaScript cannot read the fragment: see mfa_page_cookie.

@@ -41,6 +41,7 @@ form.addEventListener("submit", (event) => {
       // The second step: the challenge goes in the fragment, which never reaches a server.
       const fragment = new URLSearchParams({ challenge: answer.challenge });
       if (answer.enrollment_required) fragment.set("enroll", "1");
+      if ((answer.factors || []).includes("passkey")) fragment.set("factors", answer.factors.join(","));
       location.assign(`/login/mfa?next=${encodeURIComponent(next)}#${fragment}`);
       return;
     }

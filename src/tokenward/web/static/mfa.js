@@ -5,6 +5,7 @@
 // sessionStorage and taken out of the address, and the code goes as JSON, so a wrong code
 // is explained in place and the challenge kept; a challenge that is gone (expired, used,
 // too many wrong codes) sends the browser back to /login with a message.
+import { cancelled, credentialJSON, requestOptions, supported } from "./passkeys.js";
 import { clearNotices, safeNext, showNotice, showProblem, withBusy } from "./ui.js";
 
 const KEPT = "tokenward:mfa-challenge";
@@ -14,6 +15,8 @@ if (fragment.get("challenge")) {
   sessionStorage.setItem(KEPT, JSON.stringify({
     challenge: fragment.get("challenge"),
     enroll: fragment.get("enroll") === "1",
+    // Listed only when the user has a passkey: then the page offers it.
+    factors: (fragment.get("factors") || "").split(",").filter(Boolean),
   }));
   // Out of the address bar and the history: it is single-use anyway.
   history.replaceState(null, "", location.pathname + location.search);
@@ -25,11 +28,15 @@ const challenge = (kept && kept.challenge) || written;
 const plainEnrol = document.querySelector('[data-notice="enroll-needs-script"]:not([hidden])');
 const enroll = kept ? kept.enroll : Boolean(plainEnrol);
 const next = safeNext(query.get("next"));
+const factors = (kept && kept.factors) || [];
+const passkey = supported && factors.includes("passkey");
 
 const section = (name) => document.querySelector(`[data-section="${name}"]`);
 
 function show(name) {
-  for (const other of ["code", "recovery", "enroll", "codes"]) section(other).hidden = other !== name;
+  for (const other of ["code", "recovery", "passkey", "enroll", "codes"]) {
+    section(other).hidden = other !== name;
+  }
 }
 
 function gone(problem) {
@@ -91,14 +98,59 @@ wire("enroll", (answer) => {
 });
 document.querySelector('[data-action="saved"]').addEventListener("click", onwards);
 
-for (const [action, target, field] of [["use-recovery", "recovery", "recovery-code"], ["use-code", "code", "code"]]) {
-  document.querySelector(`[data-action="${action}"]`).addEventListener("click", (event) => {
-    event.preventDefault();
-    clearNotices();
-    show(target);
-    document.getElementById(field).focus();
-  });
+const switches = [
+  ["use-recovery", "recovery", "recovery-code"],
+  ["use-code", "code", "code"],
+  ["use-passkey", "passkey", null],
+];
+for (const [action, target, field] of switches) {
+  for (const link of document.querySelectorAll(`[data-action="${action}"]`)) {
+    link.addEventListener("click", (event) => {
+      event.preventDefault();
+      clearNotices();
+      show(target);
+      const focus = field ? document.getElementById(field) : section(target).querySelector("button");
+      focus.focus();
+    });
+  }
 }
+
+// A passkey as the second step: options for this challenge (its user's passkeys), the
+// browser's assertion, then the same POST /auth/login/mfa with `credential` for `code`.
+const passkeyButton = document.querySelector('[data-action="passkey-step"]');
+passkeyButton.addEventListener("click", () => withBusy(passkeyButton, async () => {
+  clearNotices();
+  let assertion;
+  try {
+    const options = await window.Tokenward.api("POST", "/auth/login/mfa/passkey/options", {
+      challenge,
+    });
+    assertion = await navigator.credentials.get({ publicKey: requestOptions(options.publicKey) });
+  } catch (error) {
+    if (error instanceof window.Tokenward.Problem && error.slug === "mfa-challenge-invalid") {
+      gone(error);
+    } else if (cancelled(error)) {
+      showNotice("passkey-cancelled");
+    } else {
+      showProblem(error);
+    }
+    return;
+  }
+  try {
+    await window.Tokenward.api("POST", "/auth/login/mfa", {
+      challenge, credential: credentialJSON(assertion),
+    });
+  } catch (problem) {
+    if (problem instanceof window.Tokenward.Problem && problem.slug === "mfa-challenge-invalid") {
+      gone(problem);
+    } else {
+      showProblem(problem);
+    }
+    return;
+  }
+  sessionStorage.removeItem(KEPT);
+  onwards();
+}));
 
 /** An SVG document from the server (the QR code), as a node of this page. */
 function svgNode(text) {
@@ -135,8 +187,16 @@ if (!challenge) {
   // A notice the server revealed for the plain page is not this page's any more.
   if (plainEnrol) plainEnrol.hidden = true;
   for (const input of document.querySelectorAll('[name="challenge"]')) input.value = challenge;
+  if (passkey) {
+    // Offered: first when the user has no authenticator app, else as the other way.
+    document.querySelector("[data-passkey-step]").hidden = false;
+    document.querySelector("[data-code-switch]").hidden = !factors.includes("totp");
+  }
   if (enroll) {
     startEnrolment();
+  } else if (passkey && !factors.includes("totp")) {
+    show("passkey");
+    passkeyButton.focus();
   } else if (section("code").hidden) {
     document.getElementById("recovery-code").focus();
   } else {

@@ -1,11 +1,12 @@
 // Passkeys (WebAuthn) on Tokenward's pages: the "Passkeys" section of the account page
-// (list, add, remove) and the "Sign in with a passkey" button of the sign-in page.
+// (list, add, remove) and the "Sign in with a passkey" button of the sign-in page; the
+// second step of /login/mfa (mfa.js) imports its conversions.
 // Progressive enhancement: both start hidden and are shown only when this script runs in
 // a browser that has WebAuthn (window.PublicKeyCredential) and the server offers passkeys.
 // No library: the base64url <-> ArrayBuffer conversions WebAuthn's JSON needs are below.
 import { formatDate, formatRelative, safeNext, showNotice, showProblem, withBusy } from "./ui.js";
 
-const supported = typeof window.PublicKeyCredential === "function"
+export const supported = typeof window.PublicKeyCredential === "function"
   && navigator.credentials && typeof navigator.credentials.create === "function";
 
 // ------------------------------------------------------------------------- base64url
@@ -37,7 +38,7 @@ function creationOptions(json) {
 }
 
 /** The server's request options (JSON) as navigator.credentials.get() takes them. */
-function requestOptions(json) {
+export function requestOptions(json) {
   return {
     ...json,
     challenge: toBytes(json.challenge),
@@ -46,7 +47,7 @@ function requestOptions(json) {
 }
 
 /** A PublicKeyCredential in the JSON form the server reads (as toJSON() gives it). */
-function credentialJSON(credential) {
+export function credentialJSON(credential) {
   const r = credential.response;
   const response = { clientDataJSON: toText(r.clientDataJSON) };
   if (r.attestationObject) {
@@ -68,7 +69,7 @@ function credentialJSON(credential) {
 }
 
 /** The browser refused or the person cancelled (not a server problem). */
-function cancelled(error) {
+export function cancelled(error) {
   return error instanceof DOMException
     && ["NotAllowedError", "AbortError", "InvalidStateError"].includes(error.name);
 }
