@@ -29,6 +29,7 @@ runs; :class:`AccessTokens` adds issuing.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from collections import OrderedDict
@@ -175,9 +176,11 @@ class AccessTokenVerifier:
         self.leeway = leeway
         self.max_lifetime = max_lifetime
         self._jws = PyJWS()
-        self._cache: OrderedDict[str, AccessClaims] = OrderedDict()
+        self._cache: OrderedDict[bytes, AccessClaims] = OrderedDict()
         self._cache_size = cache_size
         self._cache_keys: VerificationKeys = keys
+        #: one tuple object per distinct ``amr`` (a handful), shared by every cached claim
+        self._amrs: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def verify(self, token: str, *, now: int) -> AccessClaims:
         """Return the claims of a genuine, current token for this issuer and audience.
@@ -191,16 +194,35 @@ class AccessTokenVerifier:
             # verified, or a token of a withdrawn key would live on in the cache.
             self._cache.clear()
             self._cache_keys = self.keys
-        claims = self._cache.get(token)
+        # Keyed by a 128-bit digest, not the token: the entry is about 450 bytes instead of
+        # 1.2 KB (the token string itself was most of it), so a full cache is ~30 MB.
+        digest = hashlib.blake2b(token.encode(), digest_size=16).digest()
+        claims = self._cache.get(digest)
         if claims is None:
             claims = self._verify_signed(token, now)
             if self._cache_size:
-                self._cache[token] = claims
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+                self._remember(digest, claims, now)
         if now > claims.exp + self.leeway:
             raise TokenExpired("access token expired")
         return claims
+
+    def _remember(self, digest: bytes, claims: AccessClaims, now: int) -> None:
+        """Cache ``claims``; entries leave oldest first, and expired ones at once.
+
+        Insertion order is roughly issue order, so the oldest entries expire first: a few
+        expired ones dropped per insertion keep the cache to the tokens still alive, and
+        a worker's memory from growing with tokens nobody can use any more.
+        """
+        cache = self._cache
+        cache[digest] = claims
+        for _ in range(4):
+            if not cache:
+                break
+            oldest = next(iter(cache.values()))
+            if len(cache) > self._cache_size or now > oldest.exp + self.leeway:
+                cache.popitem(last=False)
+            else:
+                break
 
     def _verify_signed(self, token: str, now: int) -> AccessClaims:
         check_compact_form(token)
@@ -280,15 +302,19 @@ class AccessTokenVerifier:
             raise TokenInvalid("malformed claims")
         if auth_time is not None and type(auth_time) is not int:
             raise TokenInvalid("malformed claims")
+        methods = tuple(amr)
+        if len(self._amrs) < 256:  # a handful in practice; bounded whatever tokens say
+            methods = self._amrs.setdefault(methods, methods)
         return AccessClaims(
             sub=payload["sub"],
             sid=payload["sid"],
             iat=payload["iat"],
             exp=payload["exp"],
             jti=payload["jti"],
-            iss=payload["iss"],
-            aud=payload["aud"],
-            amr=tuple(amr),
+            # Equal to ours (checked above): our objects, not one copy per cached token.
+            iss=self.issuer,
+            aud=self.audience,
+            amr=methods,
             auth_time=auth_time,
         )
 

@@ -326,6 +326,32 @@ def test_cached_token_still_expires(tokens: AccessTokens) -> None:
         tokens.verify(token, now=NOW + TTL + LEEWAY + 1)
 
 
+def test_expired_tokens_leave_the_cache_as_new_ones_come(tokens: AccessTokens) -> None:
+    """The cache holds live tokens, not every token a worker ever saw: once the first ones
+    are past exp + leeway, each new token verified pushes some out (a worker's memory stays
+    with the tokens still usable, as bench/soak.py measures)."""
+    first = [tokens.issue(sub=f"u{i}", sid=f"s{i}", now=NOW)[0] for i in range(20)]
+    for token in first:
+        tokens.verify(token, now=NOW)
+    assert len(tokens._cache) == 20
+    later = NOW + TTL + LEEWAY + 1
+    fresh = [tokens.issue(sub=f"v{i}", sid=f"t{i}", now=later)[0] for i in range(10)]
+    for token in fresh:
+        tokens.verify(token, now=later)
+    assert len(tokens._cache) == 10, "the 20 expired ones are gone, the 10 live ones kept"
+    for token in fresh:
+        assert tokens.verify(token, now=later).sub.startswith("v")
+    # Keyed by a digest: a cached entry does not keep the token string alive.
+    assert all(isinstance(k, bytes) and len(k) == 16 for k in tokens._cache)
+
+
+def test_the_cache_is_bounded_by_count(key: SigningKey) -> None:
+    small = AccessTokens(KeySet([key]), issuer=ISS, audience=AUD, ttl=TTL, cache_size=8)
+    for i in range(50):
+        small.verify(small.issue(sub=f"u{i}", sid=f"s{i}", now=NOW)[0], now=NOW)
+    assert len(small._cache) == 8
+
+
 def test_iat_in_the_future_is_refused(tokens: AccessTokens, key: SigningKey) -> None:
     """A token issued beyond the leeway in the future is refused; within it, accepted."""
     later = NOW + LEEWAY + 1
