@@ -32,14 +32,18 @@ if (cluster.isPrimary) {
   for (let i = 0; i < workers; i++) cluster.fork(env);
   let stopping = false;
   cluster.on("exit", (worker, code, signal) => {
-    if (!stopping) console.error(`worker ${worker.process.pid} exited (${signal || code})`);
-    if (stopping && Object.keys(cluster.workers).length === 0) process.exit(0);
+    if (!stopping) {
+      // A benchmark baseline that lost a worker measures something else: stop, loudly.
+      console.error(`worker ${worker.process.pid} exited (${signal || code}): stopping`);
+      process.exitCode = 1;
+      stop();
+    } else if (Object.keys(cluster.workers).length === 0) process.exit();
   });
   // Stopped by pid (bench/perf.py): take the workers down before the primary goes.
   const stop = () => {
     stopping = true;
     for (const worker of Object.values(cluster.workers)) worker.process.kill("SIGTERM");
-    setTimeout(() => process.exit(0), 5000).unref();
+    setTimeout(() => process.exit(), 5000).unref();
   };
   process.on("SIGINT", stop);
   process.on("SIGTERM", stop);
