@@ -370,6 +370,31 @@ async def make_users(base: str, n: int, cookie_share: int) -> dict[str, list[str
     return out
 
 
+def serve_env(
+    src: Path, tmp: Path, redis_port: int, database: str | None, base: str
+) -> dict[str, str]:
+    """The environment of ``tokenward serve`` under load: production settings, the limits
+    that one client address sending everything would trip raised (bench/soak.py too)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWARD_")}
+    env.update(
+        PYTHONPATH=str(src.resolve()),
+        TOKENWARD_DATA_DIR=str(tmp / "data"),
+        TOKENWARD_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        TOKENWARD_LOG_LEVEL="warning",
+        TOKENWARD_REGISTER_IP_LIMIT="1000000",
+        TOKENWARD_LOGIN_IP_LIMIT="1000000",
+        # on, but above what the load reaches (~10 rotations/s of one session)
+        TOKENWARD_REFRESH_RATE_LIMIT="100000",
+        TOKENWARD_COOKIE_SECURE="false",
+        # one address sends everything: the refused-refresh limit must not trip
+        TOKENWARD_REFRESH_IP_LIMIT="1000000",
+        TOKENWARD_ALLOWED_ORIGINS=base,
+    )
+    if database:
+        env["TOKENWARD_DATABASE_URL"] = database
+    return env
+
+
 def serve_supports(option: str, env: dict[str, str]) -> bool:
     out = subprocess.run(
         [str(VENV_BIN / "tokenward"), "serve", "--help"],
@@ -587,25 +612,9 @@ def main() -> int:
                         raise
                     time.sleep(0.1)
 
-            env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWARD_")}
-            env.update(
-                PYTHONPATH=str(args.src.resolve()),
-                TOKENWARD_DATA_DIR=str(tmp / "data"),
-                TOKENWARD_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-                TOKENWARD_LOG_LEVEL="warning",
-                TOKENWARD_REGISTER_IP_LIMIT="1000000",
-                TOKENWARD_LOGIN_IP_LIMIT="1000000",
-                # on, but above what the load reaches (~10 rotations/s of one session)
-                TOKENWARD_REFRESH_RATE_LIMIT="100000",
-                TOKENWARD_COOKIE_SECURE="false",
-                # one address sends everything: the refused-refresh limit must not trip
-                TOKENWARD_REFRESH_IP_LIMIT="1000000",
-            )
-            if database:
-                env["TOKENWARD_DATABASE_URL"] = database
             port = free_port()
             base = f"http://127.0.0.1:{port}"
-            env["TOKENWARD_ALLOWED_ORIGINS"] = base
+            env = serve_env(args.src, tmp, redis_port, database, base)
             argv = [str(VENV_BIN / "tokenward"), "serve", "--port", str(port),
                     "--workers", str(args.workers)]  # fmt: skip
             if args.server:
