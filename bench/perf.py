@@ -5,6 +5,7 @@ Usage (from the repository root; never in CI)::
     .venv/bin/python bench/perf.py --duration 10 --repeat 3
     .venv/bin/python bench/perf.py --server granian        # if `tokenward serve --server` exists
     .venv/bin/python bench/perf.py --src /tmp/tw-before/src --label before   # another tree's code
+    .venv/bin/python bench/perf.py --node     # the Node stack too (installs bench/node's packages)
 
 What it does, all on 127.0.0.1, every process bounded in time and stopped by pid:
 
@@ -23,12 +24,19 @@ What it does, all on 127.0.0.1, every process bounded in time and stopped by pid
      (rotation, grace, reuse detection and the per-session limit all on)
    * ``login``    -- bearer ``POST /auth/login`` cycling through the users
    * ``argon2``   -- the bare argon2id hash rate, one process per core, same parameters
+   * ``node-hello``, ``node-me``, ``node-refresh``, ``node-login`` -- the same requests to
+     the Node stack of issue 11 (``bench/node``: Express + jsonwebtoken + node-redis,
+     argon2id with the same parameters, node cluster with ``--workers`` workers) on its own
+     private Redis, with its own ``--users`` users; on when node is installed and
+     ``bench/node/node_modules`` exists (``--node`` installs it, ``--no-node`` skips it)
 
 4. per scenario: req/s, ratio to the baseline (``hello`` for the HTTP routes, ``argon2``
-   for login), p99 latency, server CPU per request (utime + stime of the server and its
-   workers from ``/proc``, before and after), Redis commands per request (``INFO
-   commandstats`` delta) and, from ``MONITOR`` over a few sequential requests, Redis round
-   trips (commands sent by clients) and commands run inside scripts, per request.
+   for login; for the Node rows ``node-hello`` and ``argon2``), Tokenward / Node (req/s
+   and server CPU per request of the matching Node row), p99 latency, server CPU per
+   request (utime + stime of the server and its workers from ``/proc``, before and
+   after), Redis commands per request (``INFO commandstats`` delta) and, from ``MONITOR``
+   over a few sequential requests, Redis round trips (commands sent by clients) and
+   commands run inside scripts, per request.
 
 The raw results go to ``bench/results/<label>.json``. The machine may be shared and noisy:
 compare runs of one invocation, or the medians of several.
@@ -55,6 +63,8 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
+from benchkit import private_redis
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PASSWORD = "violet tractor 42 umbrella"
@@ -64,6 +74,17 @@ BROWSER_UA = (
 )
 TICK = os.sysconf("SC_CLK_TCK")
 SCENARIOS = ("hello", "healthz", "me-bearer", "me-cookie", "refresh", "login", "argon2")
+NODE_SCENARIOS = ("node-hello", "node-me", "node-refresh", "node-login")
+NODE_DIR = ROOT / "bench" / "node"
+# Each Tokenward scenario and the Node stack's scenario it is compared with.
+VS_NODE = {
+    "hello": "node-hello",
+    "healthz": "node-hello",
+    "me-bearer": "node-me",
+    "me-cookie": "node-me",
+    "refresh": "node-refresh",
+    "login": "node-login",
+}
 
 
 def free_port() -> int:
@@ -244,6 +265,38 @@ def argon2_rate(seconds: float, processes: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the setup
 
 
+def node_ready(wanted: bool | None) -> bool:
+    """Whether to run the Node stack's scenarios; with ``--node``, installs its packages
+    (``npm ci``, from bench/node/package-lock.json) if they are missing."""
+    node, installed = shutil.which("node"), (NODE_DIR / "node_modules").is_dir()
+    if wanted is None:
+        return bool(node and installed)
+    if not wanted:
+        return False
+    if not node or not shutil.which("npm"):
+        raise SystemExit("--node needs node and npm (Debian: apt-get install nodejs npm)")
+    if not installed:
+        print("installing the Node stack's packages: npm ci in bench/node")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
+                       timeout=600)  # fmt: skip
+    return True
+
+
+def node_versions() -> dict[str, str]:
+    """Node's version and the installed versions of the baseline's direct dependencies."""
+    out = {"node": subprocess.run(["node", "--version"], capture_output=True, text=True,
+                                  check=False, timeout=30).stdout.strip()}  # fmt: skip
+    for name in json.loads((NODE_DIR / "package.json").read_text())["dependencies"]:
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            meta = json.loads((NODE_DIR / "node_modules" / name / "package.json").read_text())
+            out[name] = meta["version"]
+    return out
+
+
+def users_none() -> dict[str, list[str]]:
+    return {"emails": [], "access": [], "refresh": [], "cookies": []}
+
+
 @contextlib.contextmanager
 def postgres() -> Iterator[str]:
     """A private PostgreSQL (as the ``postgres`` OS user when root), fsync off; its URL."""
@@ -275,7 +328,8 @@ def postgres() -> Iterator[str]:
 
 
 async def make_users(base: str, n: int, cookie_share: int) -> dict[str, list[str]]:
-    """Register and log in ``n`` users; returns emails, bearer tokens and cookies."""
+    """Register and log in ``n`` users; returns emails, bearer tokens and cookies (one user
+    in ``cookie_share`` logs in in cookie mode too; none if 0: the Node stack has no cookies)."""
     import httpx
 
     out: dict[str, list[str]] = {"emails": [], "access": [], "refresh": [], "cookies": []}
@@ -301,7 +355,7 @@ async def make_users(base: str, n: int, cookie_share: int) -> dict[str, list[str
                 out["emails"].append(email)
                 out["access"].append(f"Bearer {body['access_token']}")
                 out["refresh"].append(body["refresh_token"])
-                if i % cookie_share == 0:
+                if cookie_share and i % cookie_share == 0:
                     r = await client.post(
                         "/auth/login", json={"email": email, "password": PASSWORD},
                         headers={"Origin": base, "User-Agent": BROWSER_UA},
@@ -316,6 +370,31 @@ async def make_users(base: str, n: int, cookie_share: int) -> dict[str, list[str
     return out
 
 
+def serve_env(
+    src: Path, tmp: Path, redis_port: int, database: str | None, base: str
+) -> dict[str, str]:
+    """The environment of ``tokenward serve`` under load: production settings, the limits
+    that one client address sending everything would trip raised (bench/soak.py too)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWARD_")}
+    env.update(
+        PYTHONPATH=str(src.resolve()),
+        TOKENWARD_DATA_DIR=str(tmp / "data"),
+        TOKENWARD_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        TOKENWARD_LOG_LEVEL="warning",
+        TOKENWARD_REGISTER_IP_LIMIT="1000000",
+        TOKENWARD_LOGIN_IP_LIMIT="1000000",
+        # on, but above what the load reaches (~10 rotations/s of one session)
+        TOKENWARD_REFRESH_RATE_LIMIT="100000",
+        TOKENWARD_COOKIE_SECURE="false",
+        # one address sends everything: the refused-refresh limit must not trip
+        TOKENWARD_REFRESH_IP_LIMIT="1000000",
+        TOKENWARD_ALLOWED_ORIGINS=base,
+    )
+    if database:
+        env["TOKENWARD_DATABASE_URL"] = database
+    return env
+
+
 def serve_supports(option: str, env: dict[str, str]) -> bool:
     out = subprocess.run(
         [str(VENV_BIN / "tokenward"), "serve", "--help"],
@@ -324,11 +403,11 @@ def serve_supports(option: str, env: dict[str, str]) -> bool:
     return option in out.stdout
 
 
-def template(name: str, tmp: Path, **subs: str) -> Path:
+def template(name: str, tmp: Path, dest: str | None = None, **subs: str) -> Path:
     text = (ROOT / "bench" / "wrk" / name).read_text()
     for key, value in subs.items():
         text = text.replace(f"@{key}@", value)
-    path = tmp / name
+    path = tmp / (dest or name)
     path.write_text(text)
     return path
 
@@ -476,10 +555,21 @@ def main() -> int:
         ".svg (flame graph) and -refresh.txt (hottest functions, from the collapsed stacks)",
     )  # fmt: skip
     parser.add_argument("--sqlite", action="store_true", help="users in SQLite, not PostgreSQL")
-    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument(
+        "--scenarios", nargs="+", choices=SCENARIOS + NODE_SCENARIOS,
+        default=list(SCENARIOS + NODE_SCENARIOS),
+    )  # fmt: skip
+    parser.add_argument(
+        "--node", action=argparse.BooleanOptionalAction, default=None,
+        help="the Node stack's scenarios (bench/node; --node installs its packages with npm ci "
+        "if needed). Default: on when node is installed and bench/node/node_modules exists",
+    )  # fmt: skip
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required (Debian: apt-get install wrk)")
+    args.node = node_ready(args.node)
+    if not args.node:
+        args.scenarios = [s for s in args.scenarios if s not in NODE_SCENARIOS]
 
     results: dict[str, Any] = {
         "label": args.label,
@@ -493,10 +583,11 @@ def main() -> int:
         ).stdout.strip(),
         "args": {k: str(v) for k, v in vars(args).items()},
         "cores": os.cpu_count(),
+        "node": node_versions() if args.node else None,
         "runs": {},
         "round_trips": {},
     }
-    redis_proc = serve_proc = hello_proc = None
+    redis_proc = serve_proc = hello_proc = node_proc = None
     with (
         tempfile.TemporaryDirectory(prefix="tokenward-perf-") as tmpdir,
         contextlib.ExitStack() as stack,
@@ -521,25 +612,9 @@ def main() -> int:
                         raise
                     time.sleep(0.1)
 
-            env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWARD_")}
-            env.update(
-                PYTHONPATH=str(args.src.resolve()),
-                TOKENWARD_DATA_DIR=str(tmp / "data"),
-                TOKENWARD_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-                TOKENWARD_LOG_LEVEL="warning",
-                TOKENWARD_REGISTER_IP_LIMIT="1000000",
-                TOKENWARD_LOGIN_IP_LIMIT="1000000",
-                # on, but above what the load reaches (~10 rotations/s of one session)
-                TOKENWARD_REFRESH_RATE_LIMIT="100000",
-                TOKENWARD_COOKIE_SECURE="false",
-                # one address sends everything: the refused-refresh limit must not trip
-                TOKENWARD_REFRESH_IP_LIMIT="1000000",
-            )
-            if database:
-                env["TOKENWARD_DATABASE_URL"] = database
             port = free_port()
             base = f"http://127.0.0.1:{port}"
-            env["TOKENWARD_ALLOWED_ORIGINS"] = base
+            env = serve_env(args.src, tmp, redis_port, database, base)
             argv = [str(VENV_BIN / "tokenward"), "serve", "--port", str(port),
                     "--workers", str(args.workers)]  # fmt: skip
             if args.server:
@@ -567,9 +642,33 @@ def main() -> int:
                 )  # fmt: skip
                 wait_http(f"http://127.0.0.1:{hello_port}/")
 
+            node_scenarios = [s for s in args.scenarios if s in NODE_SCENARIOS]
+            node_base, node_redis, node_users = "", redis, users_none()
+            if node_scenarios:
+                node_url = stack.enter_context(private_redis())
+                node_redis = Redis(int(node_url.rsplit(":", 1)[1].split("/")[0]))
+                node_port = free_port()
+                node_base = f"http://127.0.0.1:{node_port}"
+                node_env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWARD_")}
+                node_env.update(PORT=str(node_port), REDIS_URL=node_url,
+                                WORKERS=str(args.workers), NODE_ENV="production")  # fmt: skip
+                node_proc = subprocess.Popen(
+                    [shutil.which("node") or "node", "server.js"], cwd=NODE_DIR, env=node_env,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                wait_http(node_base + "/")
+
             t0 = time.monotonic()
             users = asyncio.run(make_users(base, args.users, 10))
             print(f"{args.users} users registered and logged in in {time.monotonic() - t0:.0f} s")
+            if node_scenarios:
+                t0 = time.monotonic()
+                node_users = asyncio.run(make_users(node_base, args.users, 0))
+                print(f"{args.users} Node users registered and logged in in "
+                      f"{time.monotonic() - t0:.0f} s")  # fmt: skip
+                (tmp / "node-access.txt").write_text("\n".join(node_users["access"]) + "\n")
+                (tmp / "node-refresh.txt").write_text("\n".join(node_users["refresh"]) + "\n")
+                (tmp / "node-emails.txt").write_text("\n".join(node_users["emails"]) + "\n")
             (tmp / "access.txt").write_text("\n".join(users["access"]) + "\n")
             (tmp / "cookies.txt").write_text("\n".join(users["cookies"]) + "\n")
             (tmp / "refresh.txt").write_text("\n".join(users["refresh"]) + "\n")
@@ -590,6 +689,19 @@ def main() -> int:
                 .replace("@HEADER@", "Cookie")
             )  # fmt: skip
             scripts["me-cookie"] = cookie
+            if node_scenarios:
+                scripts["node-me"] = template(
+                    "tokens_get.lua", tmp, "node_me.lua", PATH="/auth/me",
+                    FILE=str(tmp / "node-access.txt"), HEADER="Authorization",
+                )  # fmt: skip
+                scripts["node-refresh"] = template(
+                    "refresh.lua", tmp, "node_refresh.lua", FILE=str(tmp / "node-refresh.txt"),
+                    OUT=str(tmp / "node-refresh.txt"), THREADS="2",
+                )  # fmt: skip
+                scripts["node-login"] = template(
+                    "login.lua", tmp, "node_login.lua", FILE=str(tmp / "node-emails.txt"),
+                    PASSWORD=PASSWORD,
+                )  # fmt: skip
             urls = {
                 "hello": f"http://127.0.0.1:{hello_port}/",
                 "healthz": base + "/healthz",
@@ -597,18 +709,25 @@ def main() -> int:
                 "me-cookie": base + "/auth/me",
                 "refresh": base + "/auth/refresh",
                 "login": base + "/auth/login",
+                "node-hello": node_base + "/",
+                "node-me": node_base + "/auth/me",
+                "node-refresh": node_base + "/auth/refresh",
+                "node-login": node_base + "/auth/login",
             }
             server_pids = {"hello": hello_proc.pid if hello_proc else 0}
+            if node_proc:
+                server_pids.update(dict.fromkeys(NODE_SCENARIOS, node_proc.pid))
             for _ in range(args.repeat):
                 for name in args.scenarios:
                     if name == "argon2":
                         run = argon2_rate(args.duration, os.cpu_count() or 1)
                     else:
                         pid = server_pids.get(name, serve_proc.pid)
-                        stats0, rcpu0, cpu0 = redis.commandstats(), redis.cpu(), tree_cpu(pid)
+                        rds = node_redis if name in NODE_SCENARIOS else redis
+                        stats0, rcpu0, cpu0 = rds.commandstats(), rds.cpu(), tree_cpu(pid)
                         run = run_wrk(urls[name], args.duration, args.connections,
                                       scripts.get(name))  # fmt: skip
-                        cpu1, rcpu1, stats1 = tree_cpu(pid), redis.cpu(), redis.commandstats()
+                        cpu1, rcpu1, stats1 = tree_cpu(pid), rds.cpu(), rds.commandstats()
                         n = max(run["requests"], 1)
                         run["server_cpu_us"] = (cpu1 - cpu0) / n * 1e6
                         run["redis_cpu_us"] = (rcpu1 - rcpu0) / n * 1e6
@@ -631,7 +750,14 @@ def main() -> int:
                     results["round_trips"][kind] = round_trips(
                         redis, base, kind, users, serve_proc.pid
                     )
+            for name, kind in (("node-me", "me-bearer"), ("node-refresh", "refresh"),
+                               ("node-login", "login")):  # fmt: skip
+                if name in args.scenarios and node_proc:
+                    results["round_trips"][name] = round_trips(
+                        node_redis, node_base, kind, node_users, node_proc.pid
+                    )
         finally:
+            stop(node_proc)
             stop(hello_proc)
             stop(serve_proc)
             stop(redis_proc)
@@ -655,20 +781,35 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"\n# {results['label']} ({results['git']}), workers={results['args']['workers']}, "
           f"server={results['args']['server']}, median of {results['args']['repeat']} runs "
           f"of {results['args']['duration']} s, 64 connections")  # fmt: skip
-    head = ("scenario", "req/s", "ratio", "p99 ms", "srv CPU us/req", "redis cmds/req",
-            "round trips/req", "client cmds/req", "in-script cmds/req", "runs req/s")  # fmt: skip
+    if results.get("node"):
+        print("# Node stack: " + ", ".join(f"{k} {v}" for k, v in results["node"].items())
+              + "; 'vs Node': Tokenward / Node (req/s: higher is better; CPU: lower)")  # fmt: skip
+    head = ("scenario", "req/s", "ratio", "vs Node req/s", "vs Node CPU", "p99 ms",
+            "srv CPU us/req", "redis cmds/req", "round trips/req", "client cmds/req",
+            "in-script cmds/req", "runs req/s")  # fmt: skip
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name, run in med.items():
-        baseline = med.get("argon2") if name == "login" else base_http
+        # the ratio: to the same stack's hello-world route (login: to the bare argon2 rate)
+        if name.startswith("node-"):
+            baseline = med.get("argon2") if name == "node-login" else med.get("node-hello")
+        else:
+            baseline = med.get("argon2") if name == "login" else base_http
         if name == "argon2":
             baseline = None
         ratio = run["rps"] / baseline["rps"] if baseline and baseline is not run else None
+        node = med.get(VS_NODE.get(name, ""))
+        vs_rps = run["rps"] / node["rps"] if node else None
+        vs_cpu = (run["server_cpu_us"] / node["server_cpu_us"]
+                  if node and run.get("server_cpu_us") and node.get("server_cpu_us")
+                  else None)  # fmt: skip
         rt = results["round_trips"].get(name, {})
         cells = [
             name,
             f"{run['rps']:,.0f}" if run["rps"] >= 100 else f"{run['rps']:.1f}",
             f"{ratio:.2f}x" if ratio else "-",
+            f"{vs_rps:.2f}x" if vs_rps else "-",
+            f"{vs_cpu:.2f}x" if vs_cpu else "-",
             f"{run['p99_ms']:.1f}" if run.get("p99_ms") is not None else "-",
             f"{run['server_cpu_us']:.0f}" if "server_cpu_us" in run else "-",
             f"{run['redis_commands']:.2f}" if "redis_commands" in run else "-",
