@@ -6,7 +6,7 @@
 // is explained in place and the challenge kept; a challenge that is gone (expired, used,
 // too many wrong codes) sends the browser back to /login with a message.
 import { cancelled, credentialJSON, requestOptions, supported } from "./passkeys.js";
-import { clearNotices, safeNext, showNotice, showProblem, withBusy } from "./ui.js";
+import { clearNotices, safeNext, showNotice, showProblem, svgNode, withBusy } from "./ui.js";
 
 const KEPT = "tokenward:mfa-challenge";
 const fragment = new URLSearchParams(location.hash.slice(1));
@@ -151,16 +151,6 @@ passkeyButton.addEventListener("click", () => withBusy(passkeyButton, async () =
   sessionStorage.removeItem(KEPT);
   onwards();
 }));
-
-/** An SVG document from the server (the QR code), as a node of this page. */
-function svgNode(text) {
-  const parsed = new DOMParser().parseFromString(text, "image/svg+xml");
-  const svg = document.importNode(parsed.documentElement, true);
-  svg.setAttribute("aria-hidden", "true");
-  svg.removeAttribute("width");
-  svg.removeAttribute("height");
-  return svg;
-}
 
 async function startEnrolment() {
   show("enroll");

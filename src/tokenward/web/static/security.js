@@ -3,7 +3,7 @@
 // Changing factors needs a recent sign-in (and, once a factor is on, a recent code): the
 // API answers 403 reauthentication-required or mfa-required, and the Tokenward client's
 // onStepUp hook asks for the password or a code here, re-authenticates and retries.
-import { clearNotices, formatDate, showNotice, showProblem, withBusy } from "./ui.js";
+import { clearNotices, formatDate, showNotice, showProblem, svgNode, withBusy } from "./ui.js";
 
 const api = (...args) => window.Tokenward.api(...args);
 const panel = document.querySelector("[data-mfa]");
@@ -72,16 +72,6 @@ function showCodes(codes) {
   }));
   state("codes");
   action("mfa-saved").focus();
-}
-
-/** An SVG document from the server (the QR code), as a node of this page. */
-function svgNode(text) {
-  const parsed = new DOMParser().parseFromString(text, "image/svg+xml");
-  const svg = document.importNode(parsed.documentElement, true);
-  svg.setAttribute("aria-hidden", "true");
-  svg.removeAttribute("width");
-  svg.removeAttribute("height");
-  return svg;
 }
 
 async function load() {

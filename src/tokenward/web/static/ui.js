@@ -169,3 +169,13 @@ export function describeDevice(userAgent) {
   else name = ua ? ua.slice(0, 60) : "Unknown device"; // an API client: show what it says
   return { name, phone };
 }
+
+/** An SVG document from the server (the QR code), as a node of this page. */
+export function svgNode(text) {
+  const parsed = new DOMParser().parseFromString(text, "image/svg+xml");
+  const svg = document.importNode(parsed.documentElement, true);
+  svg.setAttribute("aria-hidden", "true");
+  svg.removeAttribute("width");
+  svg.removeAttribute("height");
+  return svg;
+}
