@@ -146,6 +146,12 @@ class VerificationKeys(Protocol):
         ...
 
 
+#: Verified tokens each process remembers (about 550 bytes each: 9 MB). A hit saves the
+#: signature check (about 60 µs for Ed25519); a worker serving more distinct live tokens
+#: than this checks the others' signatures again, which costs CPU but never correctness.
+ACCESS_CACHE_SIZE = 16_384
+
+
 class AccessTokenVerifier:
     """Verifies access tokens for one issuer and audience with public keys only.
 
@@ -167,7 +173,7 @@ class AccessTokenVerifier:
         issuer: str,
         audience: str,
         leeway: int = 30,
-        cache_size: int = 65_536,
+        cache_size: int = ACCESS_CACHE_SIZE,
         max_lifetime: int | None = None,
     ) -> None:
         self.keys = keys
@@ -202,16 +208,16 @@ class AccessTokenVerifier:
             claims = self._verify_signed(token, now)
             if self._cache_size:
                 self._remember(digest, claims, now)
+        else:
+            self._cache.move_to_end(digest)  # least recently used leaves first
         if now > claims.exp + self.leeway:
             raise TokenExpired("access token expired")
         return claims
 
     def _remember(self, digest: bytes, claims: AccessClaims, now: int) -> None:
-        """Cache ``claims``; entries leave oldest first, and expired ones at once.
-
-        Insertion order is roughly issue order, so the oldest entries expire first: a few
-        expired ones dropped per insertion keep the cache to the tokens still alive, and
-        a worker's memory from growing with tokens nobody can use any more.
+        """Cache ``claims``; the least recently used entry leaves first, and expired ones
+        as soon as they are the least recently used (a few per insertion): the cache holds
+        tokens still in use, and a worker's memory does not grow with tokens nobody uses.
         """
         cache = self._cache
         cache[digest] = claims
@@ -341,7 +347,7 @@ class AccessTokens(AccessTokenVerifier):
         audience: str,
         ttl: int,
         leeway: int = 30,
-        cache_size: int = 65_536,
+        cache_size: int = ACCESS_CACHE_SIZE,
     ) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")

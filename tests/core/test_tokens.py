@@ -345,11 +345,18 @@ def test_expired_tokens_leave_the_cache_as_new_ones_come(tokens: AccessTokens) -
     assert all(isinstance(k, bytes) and len(k) == 16 for k in tokens._cache)
 
 
-def test_the_cache_is_bounded_by_count(key: SigningKey) -> None:
+def test_the_cache_is_bounded_and_keeps_the_tokens_in_use(key: SigningKey) -> None:
+    """At most ``cache_size`` entries; the least recently used leaves first, so a token
+    presented all along stays while 50 others pass through."""
     small = AccessTokens(KeySet([key]), issuer=ISS, audience=AUD, ttl=TTL, cache_size=8)
+    busy, _ = small.issue(sub="busy", sid="s-busy", now=NOW)
+    small.verify(busy, now=NOW)
+    entry = next(iter(small._cache))
     for i in range(50):
         small.verify(small.issue(sub=f"u{i}", sid=f"s{i}", now=NOW)[0], now=NOW)
+        small.verify(busy, now=NOW)
     assert len(small._cache) == 8
+    assert entry in small._cache
 
 
 def test_iat_in_the_future_is_refused(tokens: AccessTokens, key: SigningKey) -> None:
