@@ -152,6 +152,24 @@ async def test_passkeys_unique_credential_ids_and_a_limit(engine: AsyncEngine) -
     assert await store.by_credential(cred) is None
 
 
+async def test_concurrent_passkey_registrations_stay_within_the_limit(
+    engine: AsyncEngine,
+) -> None:
+    """Each registration counts the user's passkeys and then inserts; unserialized,
+    concurrent ones (PostgreSQL, READ COMMITTED) all count below the limit and all insert.
+    Locked on the user's row, exactly ``limit`` of them are added, whatever the rounds."""
+    store = SqlFactorStore(engine)
+    limit = 3
+    for _ in range(5):
+        uid = await _user(engine)
+        assert await store.add_passkey(_passkey(uid, uuid.uuid4().hex), limit=limit) == "ok"
+        results = await asyncio.gather(
+            *(store.add_passkey(_passkey(uid, uuid.uuid4().hex), limit=limit) for _ in range(10))
+        )
+        assert sorted(results) == ["limit"] * (11 - limit) + ["ok"] * (limit - 1)
+        assert len(await store.factors(uid)) == limit
+
+
 async def test_a_passkey_counter_moves_forward_once(engine: AsyncEngine) -> None:
     store = SqlFactorStore(engine)
     uid = uuid.uuid4().hex

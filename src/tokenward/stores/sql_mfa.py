@@ -119,7 +119,8 @@ async def _lock_user(conn: Any, uid: str) -> None:
     secrets, and the first code typed confirms whichever the listing names first. With it
     the later start replaces the earlier, so only the last secret shown can be confirmed
     (``test_concurrent_enrolment_starts_leave_one_pending``), and two confirmations of two
-    login challenges cannot both add a confirmed factor.
+    login challenges cannot both add a confirmed factor. Passkey registrations take it
+    too, so that their count-then-insert cannot pass the limit.
     """
     await conn.execute(
         update(users_table)
@@ -292,6 +293,9 @@ class SqlFactorStore:
         """See :meth:`tokenward.passkeys.PasskeyStore.add_passkey`."""
         try:
             async with self.engine.begin() as conn:
+                # Unlocked, concurrent registrations all count below the limit and all
+                # insert (test_concurrent_passkey_registrations_stay_within_the_limit).
+                await _lock_user(conn, factor.uid)
                 count = await conn.execute(
                     select(func.count())
                     .select_from(factors_table)
