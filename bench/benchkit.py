@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: a private ``redis-server`` on 127.0.0.1.
+"""What the benchmark scripts share: a private ``redis-server`` on 127.0.0.1 and the
+header of a results file.
 
 The scripts import it as a sibling (``from benchkit import private_redis``): running
 ``python bench/<script>.py`` puts ``bench/`` first on the import path.
@@ -6,6 +7,8 @@ The scripts import it as a sibling (``from benchkit import private_redis``): run
 
 from __future__ import annotations
 
+import argparse
+import os
 import shutil
 import socket
 import subprocess
@@ -13,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 STARTUP_TIMEOUT = 10.0
 
@@ -52,3 +56,22 @@ def private_redis(*args: str) -> Iterator[str]:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def results_header(args: argparse.Namespace) -> dict[str, Any]:
+    """What a ``bench/results/<label>.json`` file starts with, to tell its runs apart: the
+    label, the UTC time, the measured source tree (``args.src``) and its git revision, the
+    command-line arguments and the machine's cores."""
+    return {
+        "label": args.label,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "src": str(args.src),
+        "git": subprocess.run(
+            ["git", "-C", str(args.src), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "cores": os.cpu_count(),
+    }

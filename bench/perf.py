@@ -63,7 +63,7 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
-from benchkit import private_redis
+from benchkit import private_redis, results_header
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -576,17 +576,7 @@ def main() -> int:
         args.scenarios = [s for s in args.scenarios if s not in NODE_SCENARIOS]
 
     results: dict[str, Any] = {
-        "label": args.label,
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "src": str(args.src),
-        "git": subprocess.run(
-            ["git", "-C", str(args.src), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip(),
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "cores": os.cpu_count(),
+        **results_header(args),
         "node": node_versions() if args.node else None,
         "runs": {},
         "round_trips": {},

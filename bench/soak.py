@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchkit import private_redis
+from benchkit import private_redis, results_header
 from perf import (
     PASSWORD,
     ROOT,
@@ -124,16 +124,7 @@ def main() -> int:
     seconds = round(args.minutes * 60)
 
     results: dict[str, Any] = {
-        "label": args.label,
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git": subprocess.run(
-            ["git", "-C", str(args.src), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip(),
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "cores": os.cpu_count(),
+        **results_header(args),
         "samples": [],
     }
     serve_proc = None
