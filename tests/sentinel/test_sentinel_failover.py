@@ -31,9 +31,10 @@ from waiting import apoll_until, await_until
 
 CHAINS = 32
 LOGOUTS = 10
-#: Seconds the logouts are spread over once the master has moved (the old loss window
-#: was about 10 s; most of it is after the promotion).
-LOGOUT_SPREAD = 4.0
+#: Refreshes acknowledged between two logouts (each chain rotates about four times): the
+#: logouts are spread through the window after the master has moved (the old loss window
+#: was about 10 s; most of it is after the promotion), paced by the traffic, not a clock.
+LOGOUT_PACE = 4 * CHAINS
 REPORT: list[str] = []
 
 
@@ -160,11 +161,19 @@ async def _run(topology: SentinelTopology, tw: Tokenward, how: str) -> None:
                 topology.server(old).start()
 
             restarted = asyncio.create_task(asyncio.to_thread(restart))
-        acknowledged = []
-        for session in leaving:
+        acknowledged: list[dict[str, Any]] = []
+        answered: list[float] = []  # seconds from the start of the failover
+        for i, session in enumerate(leaving):
+            if i:
+                target = refreshes.statuses[200] + LOGOUT_PACE
+                await await_until(
+                    lambda target=target: refreshes.statuses[200] >= target,
+                    within=30,
+                    what=f"{LOGOUT_PACE} more refreshes before logout {i + 1}",
+                )
             if await _logout(c, session, logouts, topology):
                 acknowledged.append(session)
-            await asyncio.sleep(LOGOUT_SPREAD / LOGOUTS)  # pacing: spread over the window
+            answered.append(time.monotonic() - started)
         await asyncio.to_thread(topology.wait_master, new)
         if restarted is not None:
             await restarted
@@ -197,7 +206,8 @@ async def _run(topology: SentinelTopology, tw: Tokenward, how: str) -> None:
         f"{how}: {time.monotonic() - started:.1f} s; refreshes {dict(refreshes.statuses)} "
         f"(503 window {refreshes.window:.2f} s), logouts {dict(logouts.statuses)} "
         f"(503 window {logouts.window:.2f} s); {len(acknowledged)}/{LOGOUTS} logouts "
-        f"acknowledged, {undone} undone; {lost_chains}/{CHAINS} chains broken; "
+        f"acknowledged (answered {answered[0]:.1f} to {answered[-1]:.1f} s), {undone} undone; "
+        f"{lost_chains}/{CHAINS} chains broken; "
         f"pool switches {getattr(tw.redis.connection_pool, 'switches', '?')}"
     )
     REPORT.append(line)
