@@ -244,7 +244,8 @@ class Tokenward:
             self.session_store, self.tokens, self.cache, self.policy, levels=levels
         )
         self.users = Users(self.user_store, self.hasher, self.password_policy)
-        self.profiles = Profiles(self.user_store)
+        # Kept long while the feed that announces address changes is up (see Profiles).
+        self.profiles = Profiles(self.user_store, vouched=lambda: self.cache.healthy)
         self.event_log = RedisEventLog(
             self.redis, ttl=s.events_ttl, per_user=s.events_per_user, global_max=s.events_global_max
         )
@@ -303,12 +304,18 @@ class Tokenward:
         self.feed = RevocationFeed(
             self.redis,
             self.cache,
-            on_change=self.metrics.revocation_feed,
+            on_change=self._feed_changed,
             on_user=self.profiles.forget,
         )
         await self.feed.start(wait=s.backend_timeout)
         self._key_watch = asyncio.create_task(self._watch_keys(), name="tokenward-key-watch")
         self._started = True
+
+    def _feed_changed(self, up: bool) -> None:
+        # Announcements may have been missed while the feed was down: the profiles read
+        # before are not vouched for any more.
+        self.profiles.reset()
+        self.metrics.revocation_feed(up)
 
     async def profile_changed(self, uid: str) -> None:
         """User ``uid``'s address or its verification changed: this process's profile cache

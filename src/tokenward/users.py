@@ -28,6 +28,7 @@ import re
 import unicodedata
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -301,37 +302,67 @@ class Profiles:
 
     Only the display path reads through it. Whether a session may go on never depends on
     it: disabling a user or changing their credentials ends their sessions (refused at
-    once through the session store), and logins and password changes read the store. So a
-    stale entry can only show an address (or its verification) up to ``ttl`` seconds old
-    in another process; the process that made the change calls :meth:`forget`.
+    once through the session store), and logins and password changes read the store.
+
+    A change of address or verification is announced on the revocation feed, and every
+    process calls :meth:`forget` when it arrives (the process making the change calls it
+    first). While ``vouched()`` says the feed is up, an entry is therefore trusted for
+    ``vouched_ttl`` seconds; otherwise for ``ttl``, the most a lost announcement can show an
+    old address. The owner calls :meth:`reset` whenever the feed goes down or comes back:
+    announcements may have been missed in between.
 
     Args:
         store: where users are.
-        ttl: seconds an entry is trusted.
+        ttl: seconds an entry is trusted while the feed is not vouching.
+        vouched_ttl: seconds an entry is trusted while it is (a safety net, as the
+            session cache's ``max_age``).
+        vouched: whether the feed is delivering announcements now; never, by default.
         max_entries: entries kept (the least recently used goes first).
     """
 
-    def __init__(self, store: UserStore, *, ttl: float = 5.0, max_entries: int = 10_000) -> None:
+    def __init__(
+        self,
+        store: UserStore,
+        *,
+        ttl: float = 5.0,
+        vouched_ttl: float = 300.0,
+        vouched: Callable[[], bool] = lambda: False,
+        max_entries: int = 10_000,
+    ) -> None:
         self.store = store
         self.ttl = ttl
+        self.vouched_ttl = vouched_ttl
+        self.vouched = vouched
         self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, User | None]] = OrderedDict()
+        self._generation = 0
 
     async def by_id(self, user_id: str) -> User | None:
         """The user (``None``: there is none), from the cache while it is fresh."""
         entry = self._entries.get(user_id)
         now = monotonic()
-        if entry is not None and entry[0] > now:
-            self._entries.move_to_end(user_id)
-            return entry[1]
+        if entry is not None:
+            age = now - entry[0]
+            if age < (self.vouched_ttl if self.vouched() else self.ttl):
+                self._entries.move_to_end(user_id)
+                return entry[1]
+        generation = self._generation
         user = await self.store.by_id(user_id)
-        if self.max_entries > 0:
-            self._entries[user_id] = (now + self.ttl, user)
+        # A change announced while the store was being read may not be in what it
+        # returned: that answer is used once, not kept.
+        if self.max_entries > 0 and generation == self._generation:
+            self._entries[user_id] = (now, user)
             self._entries.move_to_end(user_id)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return user
 
+    def reset(self) -> None:
+        """Drop every entry (the feed went down or came back)."""
+        self._generation += 1
+        self._entries.clear()
+
     def forget(self, user_id: str) -> None:
         """Drop the user's entry: the next read goes to the store."""
+        self._generation += 1
         self._entries.pop(user_id, None)

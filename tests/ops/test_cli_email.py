@@ -62,8 +62,8 @@ async def test_users_verify_marks_the_address_verified(
         async def shown() -> bool:
             return bool((await client.get("/auth/me", headers=auth)).json()["email_verified"])
 
-        # The running server had the profile cached (5 s): the command's announcement on
-        # the revocation feed makes it show the change well before that.
+        # The running server had the profile cached (300 s while its feed is up): the
+        # command's announcement on the revocation feed is what makes it show the change.
         await await_until(shown, within=2.5, what="/auth/me shows the verified address")
     missing = await run_cli(
         "users", "verify", "nobody@example.com", env=ops_env(redis_url, data_dir)
