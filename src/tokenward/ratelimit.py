@@ -165,6 +165,13 @@ class RateLimiter(Protocol):
         """Record ``event`` under every key of ``checks`` or under none (see :func:`acquire`)."""
         ...
 
+    async def acquire_each(
+        self, groups: Sequence[Sequence[tuple[str, Limit]]], *, now: int, event: str
+    ) -> list[Decision]:
+        """:meth:`acquire` of each group on its own (each atomic, all of them tried, one
+        decision per group), in one round trip where the back end allows."""
+        ...
+
     async def release(self, keys: Sequence[str], *, event: str) -> None:
         """Forget ``event`` under each key (a refund)."""
         ...

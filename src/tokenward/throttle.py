@@ -323,15 +323,32 @@ class Throttle:
                 )
             return known
 
-        by_ip = await self.limiter.acquire([(ip_key, lim.login_ip)], now=now, event=event)
+        by_ip_checks = [(ip_key, lim.login_ip)]
+        checks = [(pair_key, lim.login_pair), (account_key, lim.login_account)]
+        decision: Decision | None = None
+        if self._is_crowded(ip_key, now):
+            # Near or at its limit: the address is judged first and, refused, the account
+            # is not consulted (a refused address must not add strikes to an account).
+            by_ip = await self.limiter.acquire(by_ip_checks, now=now, event=event)
+        else:
+            # The common case: both judged in one round trip.
+            by_ip, decision = await self.limiter.acquire_each(
+                [by_ip_checks, checks], now=now, event=event
+            )
+        if not by_ip.allowed:
+            self._crowd(ip_key, now + by_ip.retry_after)
+        elif by_ip.remaining <= 0:
+            self._crowd(ip_key, now + lim.login_ip.window)
         counted_ip: str | None = ip_key
         if not by_ip.allowed:
             if not await is_known():
+                if decision is not None and decision.allowed:
+                    await self.limiter.release([pair_key, account_key], event=event)
                 raise self._refuse(by_ip, ip=ip, now=now, email=None)
             self._note_locks(by_ip, ip=ip, now=now, email=None)
             counted_ip = None
-        checks = [(pair_key, lim.login_pair), (account_key, lim.login_account)]
-        decision = await self.limiter.acquire(checks, now=now, event=event)
+        if decision is None:
+            decision = await self.limiter.acquire(checks, now=now, event=event)
         counted_account: str | None = account_key
         if (
             not decision.allowed
@@ -400,11 +417,7 @@ class Throttle:
         """
         key = f"tw:{{rl:ip:{address_digest(ip)}}}:refresh"
         limit = self.limits.refresh_ip
-        until = self._crowded.get(key)
-        if until is not None and until <= now:
-            del self._crowded[key]
-            until = None
-        if until is not None:
+        if self._is_crowded(key, now):
             event = secrets.token_hex(8)
             decision = await self.limiter.acquire([(key, limit)], now=now, event=event)
             if not decision.allowed:
@@ -443,6 +456,14 @@ class Throttle:
         except TokenwardError:
             await ticket.failed()
             raise
+
+    def _is_crowded(self, key: str, now: int) -> bool:
+        """Whether this process saw ``key``'s window full (or locked) until after ``now``."""
+        until = self._crowded.get(key)
+        if until is not None and until <= now:
+            del self._crowded[key]
+            return False
+        return until is not None
 
     def _crowd(self, key: str, until: int) -> None:
         if len(self._crowded) >= _CROWDED_MAX:

@@ -24,7 +24,12 @@ from abuse_support import (
 )
 
 from tokenward.clock import FrozenClock
+from tokenward.errors import InvalidCredentials, RateLimited
+from tokenward.ratelimit import Limit
 from tokenward.runtime import Tokenward
+from tokenward.stores.redis_client import connect_redis
+from tokenward.stores.redis_ratelimit import RedisRateLimiter
+from tokenward.throttle import Limits, Throttle, account_digest, address_digest
 
 RATE_LIMITED = "urn:tokenward:problem:rate-limited"
 
@@ -342,3 +347,35 @@ def test_generous_limits_name_real_settings() -> None:
     from tokenward.settings import Settings
 
     assert set(GENEROUS_LIMITS) <= set(Settings.model_fields)
+
+
+async def test_a_refused_address_leaves_the_accounts_it_names_untouched(
+    redis_url: str, redis: aioredis.Redis
+) -> None:
+    """The address and the account are judged in one round trip, unless this process saw
+    the address crowded. Either way an address refused (and not known to the account)
+    counts nothing against the account: process B, which has not seen the address that
+    process A filled, reserves the account with the address, finds the address refused
+    and releases the account; its next attempt judges the address alone."""
+    limits = Limits(login_ip=Limit("login-ip", 3, 900, 3600))
+    client = connect_redis(redis_url, timeout=2.0)
+    a = Throttle(RedisRateLimiter(client), limits)
+    b = Throttle(RedisRateLimiter(client), limits)
+    ip, now = fresh_ip(), 1_000
+    try:
+        for _ in range(3):
+            with pytest.raises(InvalidCredentials):
+                async with a.login(Accounts.new_email(), ip, now=now):
+                    raise InvalidCredentials("invalid email or password")
+        for victim in (Accounts.new_email(), Accounts.new_email()):
+            with pytest.raises(RateLimited):
+                async with b.login(victim, ip, now=now):
+                    pass
+            scope = f"tw:{{rl:a:{account_digest(victim)}}}"
+            for key in (f"{scope}:all", f"{scope}:ip:{address_digest(ip)}"):
+                assert await redis.zcard(f"{key}:z") == 0
+                assert not await redis.exists(f"{key}:l")
+        # The second victim's attempt went the careful way: B now knows the address.
+        assert b._is_crowded(f"tw:{{rl:ip:{address_digest(ip)}}}:login", now)
+    finally:
+        await client.aclose()

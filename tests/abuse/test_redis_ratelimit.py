@@ -140,3 +140,29 @@ async def test_settle_resets_releases_and_remembers(redis: aioredis.Redis) -> No
         assert await redis.zcard(f"{by_ip}:z") == 0
         assert await limiter.remembers(known, "addr", now=T0 + 1, ttl=100)
         assert (await limiter.acquire(checks, now=T0, event="e3")).allowed
+
+
+async def test_acquire_each_judges_each_group_alone_in_one_pipeline(
+    redis: aioredis.Redis,
+) -> None:
+    """acquire_each is acquire per group: a refused group reserves nothing and does not
+    stop another from reserving; it survives Redis forgetting the script (NOSCRIPT)."""
+    limiter = RedisRateLimiter(redis)
+    lim = Limit("k", 1, 900)
+    for flush in (False, True):
+        tag = uuid.uuid4().hex
+        full, a, b = (f"tw:{{rl:{tag}:{n}}}:k" for n in ("full", "a", "b"))
+        assert (await limiter.acquire([(full, lim)], now=T0, event="e0")).allowed
+        if flush:
+            await redis.script_flush()
+        refused, allowed = await limiter.acquire_each(
+            [[(full, lim)], [(a, lim), (b, lim)]], now=T0, event="e1"
+        )
+        assert not refused.allowed
+        assert refused.locked == ("k",)
+        assert allowed.allowed
+        assert allowed.remaining == 0
+        assert await redis.zrange(f"{a}:z", 0, -1) == ["e1"]
+        assert await redis.zrange(f"{b}:z", 0, -1) == ["e1"]
+        for k in await all_keys(redis, f"tw:{{rl:{tag}*"):
+            assert await redis.ttl(k) > 0

@@ -1,15 +1,18 @@
 """What a password login sends to Redis before it answers (issue 11): the login throttle's
-two checks (the address, then the account: an address refused alone must not count
-against the account), its success in one pipeline, and the session in one script that also
-renews the user's verified marker. Its security events and the device check are written
-after the answer."""
+two checks in one pipeline (the address and the account; an address this process saw
+crowded is judged alone first, so that a refused address does not count against the
+account), its success in one pipeline, and the session in one script that also renews the
+user's verified marker: three round trips. Its security events and the device check are
+written after the answer."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 from private_redis import private_redis
@@ -21,10 +24,13 @@ from tw_factory import TokenwardFactory
 BACKGROUND = ("tw:{ev:", "tw:{events:")
 
 
-async def test_a_login_is_four_round_trips_before_its_answer(tmp_path: Path) -> None:
+async def test_a_login_is_three_round_trips_before_its_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On a Redis of its own (MONITOR sees only this login), a verified user's login sends
-    two throttle scripts, the success pipeline (DEL, ZREM, ZREM, the known-address script)
-    and the session script, which renews the verified marker: no command of its own."""
+    the two throttle scripts together, the success pipeline (DEL, ZREM, ZREM, the
+    known-address script) and the session script, which renews the verified marker: no
+    command of its own. Round trips are the client's sends (a pipeline is one)."""
     with private_redis(tmp_path) as server:
         factory = TokenwardFactory(server.url, tmp_path, issuer=ORIGIN)
         try:
@@ -39,6 +45,16 @@ async def test_a_login_is_four_round_trips_before_its_answer(tmp_path: Path) -> 
                 await tw.email_flows.mark_verified(user, now=tw.clock.now())
                 await accounts.login_bearer(email)  # scripts loaded, connections open
                 await tw.events.drain()
+                sends: list[str] = []
+                connection_class = tw.redis.connection_pool.connection_class
+                send = connection_class.send_packed_command
+
+                async def counted(conn: Any, command: Any, check_health: bool = True) -> None:
+                    packed = command if isinstance(command, bytes | str) else b"".join(command)
+                    sends.append(packed if isinstance(packed, str) else packed.decode("latin-1"))
+                    await send(conn, command, check_health)
+
+                monkeypatch.setattr(connection_class, "send_packed_command", counted)
                 await server_marker(server.url)
                 watcher = aioredis.Redis.from_url(server.url, decode_responses=True)
                 sent: list[str] = []
@@ -73,6 +89,10 @@ async def test_a_login_is_four_round_trips_before_its_answer(tmp_path: Path) -> 
                     "EVALSHA",
                 ], on_path
                 assert ":known " in on_path[5]
+                trips = [t for t in sends if not any(k in t for k in BACKGROUND)]
+                trips = [t for t in trips if "PING" not in t[:20] and "HELLO" not in t[:20]]
+                assert len(trips) == 3, trips
+                assert trips[0].count("EVALSHA") == 2, trips[0]
                 create = on_path[6]
                 assert f"tw:{{u:{user.id}}}:verified" in create, create
                 ttl = await tw.redis.ttl(f"tw:{{u:{user.id}}}:verified")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from private_redis import private_redis
 from tokenward.stores.redis_client import POOL_SIZE, connect_redis
@@ -50,3 +53,44 @@ async def test_a_burst_past_the_pool_size_waits_for_a_connection(redis_url: str)
         assert len(pool._in_use_connections) + len(pool._available_connections) <= POOL_SIZE  # type: ignore[attr-defined]
     finally:
         await client.aclose()
+
+
+async def test_a_command_larger_than_the_socket_buffer_arrives_whole(redis_url: str) -> None:
+    """A write the kernel does not take at once (32 MiB: far past a loopback socket's
+    buffer) is drained by redis-py's path after the direct write (``_PromptSend``)."""
+    client = connect_redis(redis_url)
+    try:
+        value = "0123456789abcdef" * (2 * 1024 * 1024)
+        await client.set("tw:test:big", value, ex=60)
+        assert await client.strlen("tw:test:big") == len(value)
+        assert await client.getrange("tw:test:big", len(value) - 16, -1) == "0123456789abcdef"
+    finally:
+        await client.delete("tw:test:big")
+        await client.aclose()
+
+
+async def test_a_send_to_a_frozen_server_times_out_and_the_client_recovers(
+    tmp_path: Path,
+) -> None:
+    """Redis stopped (SIGSTOP) mid-write: a command bigger than the socket buffers cannot
+    be sent; its send gives up after the client's timeout ("Timeout writing", the drain
+    under redis-py's timer, not a read that would wait for an answer), the connection is
+    dropped, and once Redis runs again the next command gets through."""
+    with private_redis(tmp_path) as server:
+        client = connect_redis(server.url, timeout=0.5)
+        assert server.proc is not None
+        pid = server.proc.pid
+        try:
+            assert await client.ping()
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(RedisTimeoutError, match="writing"):
+                    await asyncio.wait_for(
+                        client.set("tw:test:big", "x" * (64 * 1024 * 1024), ex=60), 30
+                    )
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert await client.set("tw:test:small", "1", ex=60)
+            assert await client.get("tw:test:small") == "1"
+        finally:
+            await client.aclose()
