@@ -591,17 +591,20 @@ class Mfa:
         binding: str,
         now: int,
         email_verified: bool = False,
+        has_factor: bool | None = None,
     ) -> Challenge | None:
         """After a right password: the challenge to answer, or ``None`` (no second step).
 
         ``off``: never. A user with a confirmed factor: a challenge for a code. ``required``
-        and no factor: a challenge whose first step is enrolment.
+        and no factor: a challenge whose first step is enrolment. ``has_factor``: what the
+        user's read said (:attr:`tokenward.users.User.has_second_factor`); ``False`` spares
+        the factors' lookup, ``None`` (not known) or ``True`` reads them.
         """
         if self.policy == "off":
             return None
-        if await self.has_factor(uid):
+        kinds: tuple[str, ...] = () if has_factor is False else await self.kinds(uid)
+        if kinds:
             mode: Literal["verify", "enroll"] = "verify"
-            kinds: tuple[str, ...] = await self.kinds(uid)
         elif self.policy == "required":
             mode, kinds = "enroll", (FACTOR_TOTP,)
         else:

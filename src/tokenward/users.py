@@ -29,7 +29,7 @@ import unicodedata
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from tokenward.clock import monotonic
@@ -67,6 +67,10 @@ class User:
     credential_epoch: int = 0
     #: the owner proved they receive mail at ``email`` (a verification or change link)
     email_verified: bool = False
+    #: whether a confirmed second factor existed when the user was read (``None``: the
+    #: store did not look); a hint that spares a login's second-step lookup, not part of
+    #: the user's identity (not compared)
+    has_second_factor: bool | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         return f"User(id={self.id!r}, email={self.email!r}, disabled={self.disabled!r})"

@@ -107,3 +107,36 @@ async def server_marker(url: str) -> None:
         await marker.echo("login-round-trip-end")
     finally:
         await marker.aclose()
+
+
+async def test_a_login_reads_the_user_database_twice(make_tw: Any) -> None:
+    """A password login of a user without a second factor makes two queries: the user
+    (which also says whether a second factor is confirmed, so the second step needs no
+    lookup of its own) and, once the session exists, the user again (still enabled, same
+    credentials). With a confirmed factor, the factors are read once more."""
+    from sqlalchemy import event
+
+    tw = await make_tw()
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    transport = httpx.ASGITransport(app=create_app(tw, manage_lifespan=False))
+    async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as client:
+        accounts = Accounts(client)
+        email = await accounts.register()
+        await accounts.login_bearer(email)
+        # The first login's new-device notice (its own read of the user) is written and
+        # sent after its answer: let it finish.
+        await tw.events.drain()
+        await tw.email_flows.drain()
+        event.listen(tw.engine.sync_engine, "before_cursor_execute", seen)
+        try:
+            await accounts.login_bearer(email)
+        finally:
+            event.remove(tw.engine.sync_engine, "before_cursor_execute", seen)
+    assert len(statements) == 2, statements
+    assert statements[0].startswith("SELECT tokenward_users."), statements
+    assert statements[0].endswith("WHERE tokenward_users.email_key = ?"), statements
+    assert statements[1].endswith("WHERE tokenward_users.id = ?"), statements

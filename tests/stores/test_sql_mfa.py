@@ -197,3 +197,33 @@ async def test_removing_the_app_keeps_the_passkeys(engine: AsyncEngine) -> None:
     assert [f.kind for f in await store.factors(uid)] == ["passkey"]
     assert await store.recovery_left(uid) == 0
     assert await store.remove_all(uid) == 1
+
+
+async def test_the_user_read_at_login_says_whether_a_second_factor_is_confirmed(
+    engine: AsyncEngine,
+) -> None:
+    """``by_email`` (the login's read) carries ``has_second_factor``: not for a pending
+    factor, yes once one is confirmed (an app or a passkey), no again once they are
+    removed; the other reads do not look (``None``)."""
+    from tokenward.stores.sql_users import SqlUserStore
+
+    users, factors = SqlUserStore(engine), SqlFactorStore(engine)
+    uid = await _user(engine)
+    email = f"{uid}@example.com"
+
+    async def flag() -> bool | None:
+        user = await users.by_email(email)
+        assert user is not None
+        return user.has_second_factor
+
+    assert await flag() is False
+    pending = _factor(uid)
+    await factors.put_pending(pending)
+    assert await flag() is False
+    assert await factors.confirm(uid, pending.id, codes=["c"], now=NOW)
+    assert await flag() is True
+    assert (await users.by_id(uid)).has_second_factor is None  # type: ignore[union-attr]
+    assert await factors.remove_all(uid) == 1
+    assert await flag() is False
+    assert await factors.add_passkey(_passkey(uid, "cred-login-flag"), limit=5) == "ok"
+    assert await flag() is True

@@ -90,6 +90,7 @@ async def begin_mfa_login(
         binding=challenge_binding(ip, agent, cookie),
         now=now,
         email_verified=user.email_verified,
+        has_factor=user.has_second_factor,
     )
     if challenge is None:
         return None

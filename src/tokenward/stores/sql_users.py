@@ -27,8 +27,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    column,
+    exists,
     insert,
     select,
+    table,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -97,7 +100,17 @@ async def _backend() -> AsyncIterator[None]:
         raise Unavailable("user database unreachable") from exc
 
 
-def _user(row: Any) -> User:
+#: The second factors' table as far as this store reads it (owned by
+#: :mod:`tokenward.stores.sql_mfa`, created by the same migrations).
+_factors = table("tokenward_mfa_factors", column("user_id"), column("confirmed_at"))
+_HAS_SECOND_FACTOR = (
+    exists()
+    .where(_factors.c.user_id == users_table.c.id, _factors.c.confirmed_at.is_not(None))
+    .label("has_second_factor")
+)
+
+
+def _user(row: Any, has_second_factor: bool | None = None) -> User:
     return User(
         id=row.id,
         email=row.email,
@@ -106,6 +119,7 @@ def _user(row: Any) -> User:
         disabled=bool(row.disabled),
         credential_epoch=int(row.credential_epoch),
         email_verified=bool(row.email_verified),
+        has_second_factor=has_second_factor,
     )
 
 
@@ -136,11 +150,15 @@ class SqlUserStore:
             raise Conflict("an account with this email already exists") from None
 
     async def by_email(self, email: str) -> User | None:
-        """See :meth:`tokenward.users.UserStore.by_email`."""
+        """See :meth:`tokenward.users.UserStore.by_email`; also whether the user has a
+        confirmed second factor (``User.has_second_factor``), in the same query: a login
+        then needs no query of its own to know whether a second step follows."""
         async with _backend(), self.engine.connect() as conn:
-            query = select(users_table).where(users_table.c.email_key == email_key(email))
+            query = select(users_table, _HAS_SECOND_FACTOR).where(
+                users_table.c.email_key == email_key(email)
+            )
             row = (await conn.execute(query)).first()
-        return None if row is None else _user(row)
+        return None if row is None else _user(row, bool(row.has_second_factor))
 
     async def by_id(self, user_id: str) -> User | None:
         """See :meth:`tokenward.users.UserStore.by_id`."""
