@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tokenward.errors import Conflict, Unavailable
 from tokenward.users import User, email_key
 
-__all__ = ["SqlUserStore", "create_engine", "metadata", "upgrade", "users_table"]
+__all__ = ["SqlUserStore", "create_engine", "metadata", "reader", "upgrade", "users_table"]
 
 metadata = MetaData()
 
@@ -66,13 +66,27 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def create_engine(url: str, *, timeout: float = 2.0) -> AsyncEngine:
-    """An async engine with bounded connect and statement times."""
-    connect_args: dict[str, Any]
+    """An async engine with bounded connect and statement times.
+
+    A database server's pooled connections are pinged before each use, so that the first
+    queries after a restart of the server do not fail on connections it closed. SQLite
+    (a file, no server) is not: the ping was a thread hop of about 0.7 ms before every
+    query, half of each query's cost.
+    """
     if url.startswith("sqlite"):
-        connect_args = {"timeout": timeout}
-    else:
-        connect_args = {"timeout": timeout, "command_timeout": timeout}
+        return create_async_engine(url, connect_args={"timeout": timeout})
+    connect_args = {"timeout": timeout, "command_timeout": timeout}
     return create_async_engine(url, connect_args=connect_args, pool_pre_ping=True)
+
+
+def reader(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` for single read-only statements: without a transaction around each on a
+    database server (no ``BEGIN`` and ``ROLLBACK`` round trips: about 0.6 ms a query on
+    PostgreSQL); SQLite, whose transactions cost nothing and whose isolation setting is
+    one more thread hop, is used as it is. Shares ``engine``'s pool."""
+    if engine.dialect.name == "sqlite":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 async def upgrade(engine: AsyncEngine) -> None:
@@ -128,6 +142,7 @@ class SqlUserStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._reader = reader(engine)
 
     async def add(self, user: User) -> None:
         """See :meth:`tokenward.users.UserStore.add`."""
@@ -153,7 +168,7 @@ class SqlUserStore:
         """See :meth:`tokenward.users.UserStore.by_email`; also whether the user has a
         confirmed second factor (``User.has_second_factor``), in the same query: a login
         then needs no query of its own to know whether a second step follows."""
-        async with _backend(), self.engine.connect() as conn:
+        async with _backend(), self._reader.connect() as conn:
             query = select(users_table, _HAS_SECOND_FACTOR).where(
                 users_table.c.email_key == email_key(email)
             )
@@ -162,7 +177,7 @@ class SqlUserStore:
 
     async def by_id(self, user_id: str) -> User | None:
         """See :meth:`tokenward.users.UserStore.by_id`."""
-        async with _backend(), self.engine.connect() as conn:
+        async with _backend(), self._reader.connect() as conn:
             row = (
                 await conn.execute(select(users_table).where(users_table.c.id == user_id))
             ).first()
@@ -230,18 +245,18 @@ class SqlUserStore:
             .where(users_table.c.email_key.is_(None))
             .order_by(users_table.c.created_at, users_table.c.id)
         )
-        async with _backend(), self.engine.connect() as conn:
+        async with _backend(), self._reader.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_user(r) for r in rows]
 
     async def list(self, *, limit: int = 100, offset: int = 0) -> list[User]:
         """See :meth:`tokenward.users.UserStore.list`."""
         query = select(users_table).order_by(users_table.c.created_at, users_table.c.id)
-        async with _backend(), self.engine.connect() as conn:
+        async with _backend(), self._reader.connect() as conn:
             rows = (await conn.execute(query.limit(limit).offset(offset))).all()
         return [_user(r) for r in rows]
 
     async def ping(self) -> None:
         """Raise ``Unavailable`` unless the database answers."""
-        async with _backend(), self.engine.connect() as conn:
+        async with _backend(), self._reader.connect() as conn:
             await conn.execute(select(1))
