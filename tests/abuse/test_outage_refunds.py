@@ -7,7 +7,9 @@ against a real PostgreSQL server that the test stops and starts, and real Redis.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -196,3 +198,30 @@ async def test_a_registration_ticket_refunds_an_outage(
         await attempt()
     assert inside == [1]
     assert await redis.zcard(key) == 0
+
+
+async def test_reads_survive_a_database_restart(pg_up: OutagePostgres) -> None:
+    """Pooled connections are not pinged before each use. After a restart of the server
+    they are all dead: the first read finds so, runs once more on a new connection and
+    answers (no 503), and so does every read and write after it."""
+    from tokenward.stores.sql_users import SqlUserStore, create_engine, upgrade
+    from tokenward.users import User
+
+    engine = create_engine(pg_up.url)
+    try:
+        await upgrade(engine)
+        store = SqlUserStore(engine)
+        email = Accounts.new_email()
+        user = User(id=uuid.uuid4().hex, email=email, password_hash="x", created_at=1)
+        await store.add(user)
+        found = await asyncio.gather(*(store.by_id(user.id) for _ in range(4)))  # 4 pooled
+        assert [u.email for u in found if u is not None] == [email] * 4
+        pg_up.stop()
+        pg_up.start()
+        again = await store.by_email(email)
+        assert again is not None
+        assert again.id == user.id
+        assert [(await store.by_id(user.id)) == user for _ in range(4)] == [True] * 4
+        assert await store.set_disabled(user.id, True, now=2)
+    finally:
+        await engine.dispose()

@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tokenward.errors import Unavailable
 from tokenward.mfa import Factor
-from tokenward.stores.sql_users import metadata, reader, users_table
+from tokenward.stores.sql_users import metadata, read, reader, users_table
 
 __all__ = ["SqlFactorStore", "factors_table", "recovery_table"]
 
@@ -143,8 +143,7 @@ class SqlFactorStore:
             .where(factors_table.c.user_id == uid)
             .order_by(factors_table.c.created_at, factors_table.c.id)
         )
-        async with _backend(), self._reader.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = (await read(self._reader, query)).all()
         return [_factor(r) for r in rows]
 
     async def put_pending(self, factor: Factor) -> None:
@@ -259,8 +258,7 @@ class SqlFactorStore:
             .select_from(recovery_table)
             .where(recovery_table.c.user_id == uid, recovery_table.c.used_at.is_(None))
         )
-        async with _backend(), self._reader.connect() as conn:
-            return int((await conn.execute(query)).scalar_one())
+        return int((await read(self._reader, query)).scalar_one())
 
     async def remove_all(self, uid: str) -> int:
         """See :meth:`tokenward.mfa.FactorStore.remove_all`."""
@@ -286,8 +284,7 @@ class SqlFactorStore:
     async def by_credential(self, credential_id: str) -> Factor | None:
         """See :meth:`tokenward.passkeys.PasskeyStore.by_credential`."""
         query = select(factors_table).where(factors_table.c.credential_id == credential_id)
-        async with _backend(), self._reader.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = (await read(self._reader, query)).first()
         return None if row is None else _factor(row)
 
     async def add_passkey(self, factor: Factor, *, limit: int) -> str:

@@ -34,14 +34,15 @@ from sqlalchemy import (
     table,
     update,
 )
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import Connection, CursorResult
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql import Executable
 
 from tokenward.errors import Conflict, Unavailable
 from tokenward.users import User, email_key
 
-__all__ = ["SqlUserStore", "create_engine", "metadata", "reader", "upgrade", "users_table"]
+__all__ = ["SqlUserStore", "create_engine", "metadata", "read", "reader", "upgrade", "users_table"]
 
 metadata = MetaData()
 
@@ -68,15 +69,36 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 def create_engine(url: str, *, timeout: float = 2.0) -> AsyncEngine:
     """An async engine with bounded connect and statement times.
 
-    A database server's pooled connections are pinged before each use, so that the first
-    queries after a restart of the server do not fail on connections it closed. SQLite
-    (a file, no server) is not: the ping was a thread hop of about 0.7 ms before every
-    query, half of each query's cost.
+    Pooled connections are not pinged before each use (the ping was a round trip, or on
+    SQLite a thread hop, before every query: about half of a query's cost). After a
+    restart of the database server the first statement on a connection it closed fails;
+    SQLAlchemy then replaces every pooled connection, and :func:`read` runs a read once
+    more, so only a write can meet that failure (a 503: nothing was written).
     """
     if url.startswith("sqlite"):
         return create_async_engine(url, connect_args={"timeout": timeout})
     connect_args = {"timeout": timeout, "command_timeout": timeout}
-    return create_async_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    return create_async_engine(url, connect_args=connect_args)
+
+
+async def read(engine: AsyncEngine, query: Executable) -> CursorResult[Any]:
+    """Run a read-only ``query`` (through :func:`reader`'s engine); its rows are buffered.
+
+    A read that finds its pooled connection dead (the server restarted since it was
+    opened) runs once more on a new one: reading twice changes nothing.
+
+    Raises:
+        Unavailable: the database did not answer.
+    """
+    async with _backend():
+        try:
+            async with engine.connect() as conn:
+                return await conn.execute(query)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        async with engine.connect() as conn:
+            return await conn.execute(query)
 
 
 def reader(engine: AsyncEngine) -> AsyncEngine:
@@ -168,19 +190,16 @@ class SqlUserStore:
         """See :meth:`tokenward.users.UserStore.by_email`; also whether the user has a
         confirmed second factor (``User.has_second_factor``), in the same query: a login
         then needs no query of its own to know whether a second step follows."""
-        async with _backend(), self._reader.connect() as conn:
-            query = select(users_table, _HAS_SECOND_FACTOR).where(
-                users_table.c.email_key == email_key(email)
-            )
-            row = (await conn.execute(query)).first()
+        query = select(users_table, _HAS_SECOND_FACTOR).where(
+            users_table.c.email_key == email_key(email)
+        )
+        row = (await read(self._reader, query)).first()
         return None if row is None else _user(row, bool(row.has_second_factor))
 
     async def by_id(self, user_id: str) -> User | None:
         """See :meth:`tokenward.users.UserStore.by_id`."""
-        async with _backend(), self._reader.connect() as conn:
-            row = (
-                await conn.execute(select(users_table).where(users_table.c.id == user_id))
-            ).first()
+        query = select(users_table).where(users_table.c.id == user_id)
+        row = (await read(self._reader, query)).first()
         return None if row is None else _user(row)
 
     async def set_password_hash(
@@ -245,18 +264,15 @@ class SqlUserStore:
             .where(users_table.c.email_key.is_(None))
             .order_by(users_table.c.created_at, users_table.c.id)
         )
-        async with _backend(), self._reader.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = (await read(self._reader, query)).all()
         return [_user(r) for r in rows]
 
     async def list(self, *, limit: int = 100, offset: int = 0) -> list[User]:
         """See :meth:`tokenward.users.UserStore.list`."""
         query = select(users_table).order_by(users_table.c.created_at, users_table.c.id)
-        async with _backend(), self._reader.connect() as conn:
-            rows = (await conn.execute(query.limit(limit).offset(offset))).all()
+        rows = (await read(self._reader, query.limit(limit).offset(offset))).all()
         return [_user(r) for r in rows]
 
     async def ping(self) -> None:
         """Raise ``Unavailable`` unless the database answers."""
-        async with _backend(), self._reader.connect() as conn:
-            await conn.execute(select(1))
+        await read(self._reader, select(1))
