@@ -184,3 +184,25 @@ async def test_rename_a_passkey_from_the_account_page(
     await field.fill("")
     await field.press("Enter")
     await expect(section.locator(".session__device")).to_have_text(["Passkey"])
+
+    # Removed in another tab while this one renames it (a passkey sign-in may remove): 404
+    # says so and the list is reloaded.
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(f"{server.url}/login?reason=signed-out")
+    await page.get_by_role("button", name="Sign in with a passkey").click()
+    await page.wait_for_url(f"{server.url}/account")
+    await profile_shows(page, email)
+    await section.get_by_role("button", name="Rename passkey: Passkey").click()
+    await field.fill("Gone laptop")
+    other = await context.new_page()
+    await other.goto(f"{server.url}/account")
+    await profile_shows(other, email)
+    await (
+        other.locator("[data-passkeys]")
+        .get_by_role("button", name="Remove passkey: Passkey")
+        .click()
+    )
+    await expect(other.locator('[data-notice="passkeys-removed"]')).to_be_visible()
+    await field.press("Enter")
+    await expect(section.locator('[data-notice="passkeys-not-found"]')).to_be_visible()
+    await expect(section.get_by_text("You have no passkeys yet.")).to_be_visible()
