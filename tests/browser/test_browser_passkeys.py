@@ -120,3 +120,89 @@ async def test_passkey_controls_are_hidden_without_javascript(
     await page.goto(server.url + "/login")
     await expect(page.get_by_role("button", name="Sign in", exact=True)).to_be_visible()
     await expect(page.get_by_role("button", name="Sign in with a passkey")).to_be_hidden()
+
+
+async def test_rename_a_passkey_from_the_account_page(
+    server: Server, new_context: NewContext
+) -> None:
+    email = server.register(new_email("passkey-rename"))
+    context = await new_context()
+    page = await context.new_page()
+    await _authenticator(context, page)
+    await sign_in(page, server.url, email)
+    await profile_shows(page, email)
+    section = page.locator("[data-passkeys]")
+    await section.get_by_label("Name for the new passkey").fill("Old laptop")
+    await section.get_by_role("button", name="Add a passkey").click()
+    await expect(section.locator('[data-notice="passkeys-added"]')).to_be_visible()
+
+    # Keyboard only: the input is labelled and prefilled, Enter saves.
+    rename = section.get_by_role("button", name="Rename passkey: Old laptop")
+    await rename.click()
+    field = section.get_by_label("New name for this passkey")
+    await expect(field).to_be_focused()
+    await expect(field).to_have_value("Old laptop")
+    await expect(section.get_by_role("button", name="Remove passkey: Old laptop")).to_be_hidden()
+    await field.fill("Work laptop")
+    await screenshot(page, "account-passkey-rename")
+    await field.press("Enter")
+    await expect(section.locator('[data-notice="passkeys-renamed"]')).to_be_visible()
+    await expect(field).to_be_hidden()
+    renamed = section.get_by_role("button", name="Rename passkey: Work laptop")
+    await expect(renamed).to_be_focused()
+    await expect(section.get_by_role("button", name="Remove passkey: Work laptop")).to_be_visible()
+    await page.reload()
+    await profile_shows(page, email)
+    await expect(section.locator(".session__device")).to_have_text(["Work laptop"])
+
+    # Escape cancels: nothing is sent, the name stays.
+    await renamed.click()
+    await field.fill("Never saved")
+    await field.press("Escape")
+    await expect(field).to_be_hidden()
+    await expect(renamed).to_be_focused()
+    await expect(section.locator(".session__device")).to_have_text(["Work laptop"])
+
+    # Too long for the API (maxlength stops typing it; a value set by script still gets
+    # there): its 422 is shown, the form stays open, the row keeps its name.
+    await renamed.click()
+    await field.evaluate("(input, value) => { input.value = value; }", "x" * 65)
+    await section.get_by_role("button", name="Save").click()
+    problem = section.locator('[data-notice="passkeys-validation"]')
+    await expect(problem).to_be_visible()
+    await expect(problem).to_have_text("Field 'name' is too long.")
+    await expect(field).to_be_visible()
+    await expect(field).to_have_attribute("aria-invalid", "true")
+    await section.get_by_role("button", name="Cancel").click()
+    await expect(section.locator(".session__device")).to_have_text(["Work laptop"])
+    await page.reload()
+    await profile_shows(page, email)
+    await expect(section.locator(".session__device")).to_have_text(["Work laptop"])
+
+    # Empty: the API names it "Passkey", as when adding one without a name.
+    await section.get_by_role("button", name="Rename passkey: Work laptop").click()
+    await field.fill("")
+    await field.press("Enter")
+    await expect(section.locator(".session__device")).to_have_text(["Passkey"])
+
+    # Removed in another tab while this one renames it (a passkey sign-in may remove): 404
+    # says so and the list is reloaded.
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(f"{server.url}/login?reason=signed-out")
+    await page.get_by_role("button", name="Sign in with a passkey").click()
+    await page.wait_for_url(f"{server.url}/account")
+    await profile_shows(page, email)
+    await section.get_by_role("button", name="Rename passkey: Passkey").click()
+    await field.fill("Gone laptop")
+    other = await context.new_page()
+    await other.goto(f"{server.url}/account")
+    await profile_shows(other, email)
+    await (
+        other.locator("[data-passkeys]")
+        .get_by_role("button", name="Remove passkey: Passkey")
+        .click()
+    )
+    await expect(other.locator('[data-notice="passkeys-removed"]')).to_be_visible()
+    await field.press("Enter")
+    await expect(section.locator('[data-notice="passkeys-not-found"]')).to_be_visible()
+    await expect(section.get_by_text("You have no passkeys yet.")).to_be_visible()

@@ -1,5 +1,5 @@
 // Passkeys (WebAuthn) on Tokenward's pages: the "Passkeys" section of the account page
-// (list, add, remove) and the "Sign in with a passkey" button of the sign-in page; the
+// (list, add, rename, remove) and the "Sign in with a passkey" button of the sign-in page; the
 // second step of /login/mfa (mfa.js) imports its conversions.
 // Progressive enhancement: both start hidden and are shown only when this script runs in
 // a browser that has WebAuthn (window.PublicKeyCredential) and the server offers passkeys.
@@ -126,6 +126,7 @@ function wireAccount(section) {
   const empty = section.querySelector("[data-passkey-empty]");
   const notices = section.querySelector('[data-notices="passkeys"]');
   const form = section.querySelector('[data-form="passkey-add"]');
+  let renameForms = 0; // numbers the rename inputs' ids
 
   function item(passkey) {
     const li = document.createElement("li");
@@ -145,6 +146,11 @@ function wireAccount(section) {
       + (passkey.synced ? " · synced" : "");
     body.append(name, meta);
     const action = document.createElement("div");
+    const rename = document.createElement("button");
+    rename.type = "button";
+    rename.className = "button button--secondary button--small";
+    rename.textContent = "Rename";
+    rename.setAttribute("aria-label", `Rename passkey: ${passkey.name}`);
     const remove = document.createElement("button");
     remove.type = "button";
     remove.className = "button button--danger-outline button--small";
@@ -161,9 +167,101 @@ function wireAccount(section) {
       showNotice("removed", {}, notices);
       await load();
     }));
-    action.append(remove);
+    action.append(rename, " ", remove);
     li.append(icon, body, action);
+
+    // Renaming happens in the row: the name gives way to a labelled input (Enter saves,
+    // Escape cancels); a refused name keeps the form open, the old name untouched.
+    const editor = renameForm(passkey.name);
+    body.insertBefore(editor.form, meta);
+    function setName(value) {
+      passkey.name = value;
+      name.textContent = value;
+      rename.setAttribute("aria-label", `Rename passkey: ${value}`);
+      remove.setAttribute("aria-label", `Remove passkey: ${value}`);
+    }
+    function editing(on) {
+      editor.form.hidden = !on;
+      name.hidden = on;
+      action.hidden = on;
+      editor.input.removeAttribute("aria-invalid");
+      if (on) {
+        editor.input.value = passkey.name;
+        editor.input.focus();
+        editor.input.select();
+      } else {
+        rename.focus();
+      }
+    }
+    rename.addEventListener("click", () => editing(true));
+    editor.cancel.addEventListener("click", () => editing(false));
+    editor.form.addEventListener("keydown", (event) => {
+      if (event.key !== "Escape") return;
+      event.preventDefault();
+      editing(false);
+    });
+    editor.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      withBusy(editor.save, async () => {
+        let renamed;
+        try {
+          renamed = await api("PATCH", `/auth/passkeys/${encodeURIComponent(passkey.id)}`, {
+            name: editor.input.value,
+          });
+        } catch (problem) {
+          if (problem instanceof window.Tokenward.Problem && problem.status === 422) {
+            editor.input.setAttribute("aria-invalid", "true");
+          }
+          showProblem(problem, notices);
+          if (problem instanceof window.Tokenward.Problem && problem.status === 404) await load();
+          else editor.input.focus();
+          return;
+        }
+        setName(renamed.name);
+        editing(false);
+        showNotice("renamed", {}, notices);
+      });
+    });
     return li;
+  }
+
+  function renameForm(current) {
+    renameForms += 1;
+    const form = document.createElement("form");
+    form.className = "form form--narrow";
+    form.hidden = true;
+    form.dataset.form = "passkey-rename";
+    const field = document.createElement("div");
+    field.className = "field";
+    const label = document.createElement("label");
+    const input = document.createElement("input");
+    input.id = `passkey-rename-${renameForms}`;
+    input.name = "name";
+    input.type = "text";
+    input.maxLength = 64;
+    input.autocomplete = "off";
+    input.value = current;
+    label.htmlFor = input.id;
+    label.textContent = "New name for this passkey";
+    const hint = document.createElement("p");
+    hint.className = "hint";
+    hint.id = `${input.id}-hint`;
+    hint.textContent = "Up to 64 characters; left empty, it is called “Passkey”.";
+    input.setAttribute("aria-describedby", hint.id);
+    field.append(label, input, hint);
+    const buttons = document.createElement("p");
+    const save = document.createElement("button");
+    save.type = "submit";
+    save.className = "button button--primary button--small";
+    save.textContent = "Save";
+    save.dataset.busyLabel = "Saving…";
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "button button--quiet button--small";
+    cancel.textContent = "Cancel";
+    buttons.append(save, " ", cancel);
+    form.append(field, buttons);
+    return { form, input, save, cancel };
   }
 
   async function load() {
