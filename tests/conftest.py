@@ -47,6 +47,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from ports import free_port
+from reaper import spawn_reaper
 from tokenward.runtime import Tokenward
 from tw_accounts import ORIGIN, Accounts
 from tw_factory import TokenwardFactory
@@ -75,19 +76,6 @@ def _poll(check: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: flo
     """Call ``check`` until it returns True, ``proc`` exits, or ``timeout`` seconds pass."""
     settled = poll_until(lambda: proc.poll() is not None or check(), within=timeout, step=0.05)
     return settled and proc.poll() is None
-
-
-def _spawn_reaper(cleanup: str) -> subprocess.Popen[bytes]:
-    """Start a detached watchdog that runs the shell snippet ``cleanup`` once this
-    pytest process is gone. Normal teardown kills the watchdog first."""
-    script = f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; {cleanup}"
-    return subprocess.Popen(
-        ["sh", "-c", script],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # survives the terminal's Ctrl-C and pytest's death
-    )
 
 
 def _stop_reaper(reaper: subprocess.Popen[bytes]) -> None:
@@ -155,7 +143,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 pytrace=False,
             )
 
-    reaper = _spawn_reaper(f"kill {proc.pid}")
+    reaper = spawn_reaper(f"kill {proc.pid}")
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
@@ -295,7 +283,7 @@ def postgres_url() -> Iterator[str]:
                     pytrace=False,
                 )
         stop_now = shlex.join([*pg_ctl, "-m", "immediate", "stop"])
-        reaper = _spawn_reaper(f"{stop_now} >/dev/null 2>&1; rm -rf {shlex.quote(str(workdir))}")
+        reaper = spawn_reaper(f"{stop_now} >/dev/null 2>&1; rm -rf {shlex.quote(str(workdir))}")
         createdb = [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port)]
         check([*createdb, "-U", POSTGRES_USER, POSTGRES_DB], "createdb")
         yield f"postgresql+asyncpg://{POSTGRES_USER}@127.0.0.1:{port}/{POSTGRES_DB}"

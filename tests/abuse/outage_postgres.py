@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ports import free_port
+from reaper import spawn_reaper
 
 __all__ = ["OutagePostgres", "outage_postgres"]
 
@@ -82,11 +83,7 @@ class OutagePostgres:
         pg_ctl = [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.data)]
         cleanup = f"{shlex.join([*pg_ctl, '-m', 'immediate', 'stop'])} >/dev/null 2>&1; "
         cleanup += f"rm -rf {shlex.quote(str(self.workdir))}"
-        self.reaper = subprocess.Popen(
-            ["sh", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; {cleanup}"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
+        self.reaper = spawn_reaper(cleanup)
 
     def start(self) -> None:
         """Start it (again, same port and data) and wait until it accepts connections."""

@@ -20,6 +20,7 @@ import pytest
 from playwright.async_api import BrowserContext, Page
 
 from ports import free_port
+from reaper import spawn_reaper
 from waiting import await_until, poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,13 +165,7 @@ def stop_server(server: Server) -> None:
 
 def watchdog(pid: int) -> subprocess.Popen[bytes]:
     """Stop process ``pid`` if pytest dies without running its teardown."""
-    script = f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; kill {pid}"
-    return subprocess.Popen(
-        ["sh", "-c", script],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return spawn_reaper(f"kill {pid}")
 
 
 # ------------------------------------------------------------------ browser helpers

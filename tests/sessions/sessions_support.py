@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from ports import free_port
+from reaper import spawn_reaper
 from tokenward.http.app import create_app
 from tokenward.runtime import Tokenward
 from tw_accounts import BEARER, ORIGIN, PASSWORD, Accounts, new_email  # noqa: F401 - re-exported
@@ -161,15 +162,7 @@ def run_server(
             start_new_session=True,  # its own process group, stopped as one
         )
     # If pytest dies without running finalizers, the watchdog stops the server group.
-    watch = f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; "
-    watch += f"kill -TERM -{proc.pid} 2>/dev/null"
-    reaper = subprocess.Popen(
-        ["sh", "-c", watch],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    reaper = spawn_reaper(f"kill -TERM -{proc.pid} 2>/dev/null")
     server = Server(proc, f"http://127.0.0.1:{port}", log, workers)
     try:
 
