@@ -395,6 +395,33 @@ def serve_env(
     return env
 
 
+def start_serve(
+    args: argparse.Namespace, tmp: Path, redis_port: int, database: str | None
+) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
+    """``tokenward serve`` of ``args.src`` with ``args.workers`` (and ``args.server`` when
+    that serve has the option) on a free port, answering ``/healthz``: the process, its
+    base URL and its environment. Stopped by pid if it does not come up."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = serve_env(args.src, tmp, redis_port, database, base)
+    argv = [str(VENV_BIN / "tokenward"), "serve", "--port", str(port),
+            "--workers", str(args.workers)]  # fmt: skip
+    if args.server:
+        if serve_supports("--server", env):
+            argv += ["--server", args.server]
+        else:
+            print("note: this tokenward serve has no --server; using its default")
+    proc = subprocess.Popen(
+        argv, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_http(base + "/healthz")
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, base, env
+
+
 def serve_supports(option: str, env: dict[str, str]) -> bool:
     out = subprocess.run(
         [str(VENV_BIN / "tokenward"), "serve", "--help"],
@@ -606,21 +633,9 @@ def main() -> int:
                         raise
                     time.sleep(0.1)
 
-            port = free_port()
-            base = f"http://127.0.0.1:{port}"
-            env = serve_env(args.src, tmp, redis_port, database, base)
-            argv = [str(VENV_BIN / "tokenward"), "serve", "--port", str(port),
-                    "--workers", str(args.workers)]  # fmt: skip
-            if args.server:
-                if serve_supports("--server", env):
-                    argv += ["--server", args.server]
-                else:
-                    print("note: this tokenward serve has no --server; using its default")
-                    results["args"]["server"] = "default (no --server option)"
-            serve_proc = subprocess.Popen(
-                argv, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            wait_http(base + "/healthz")
+            serve_proc, base, env = start_serve(args, tmp, redis_port, database)
+            if args.server and "--server" not in serve_proc.args:
+                results["args"]["server"] = "default (no --server option)"
             hello_port = free_port()
             hello_argv = [str(VENV_BIN / "uvicorn"), "hello_app:app", "--port", str(hello_port),
                           "--workers", str(args.workers), "--no-access-log",

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,16 +40,13 @@ from benchkit import private_redis, results_header
 from perf import (
     PASSWORD,
     ROOT,
-    VENV_BIN,
     Redis,
-    free_port,
     make_users,
     postgres,
     run_wrk,
-    serve_env,
+    start_serve,
     stop,
     template,
-    wait_http,
 )
 
 
@@ -138,17 +134,7 @@ def main() -> int:
         redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
         redis = Redis(redis_port)
         try:
-            port = free_port()
-            base = f"http://127.0.0.1:{port}"
-            env = serve_env(args.src, tmp, redis_port, database, base)
-            argv = [str(VENV_BIN / "tokenward"), "serve", "--port", str(port),
-                    "--workers", str(args.workers)]  # fmt: skip
-            if args.server:
-                argv += ["--server", args.server]
-            serve_proc = subprocess.Popen(
-                argv, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            wait_http(base + "/healthz")
+            serve_proc, base, _ = start_serve(args, tmp, redis_port, database)
             t0 = time.monotonic()
             users = asyncio.run(make_users(base, args.users, 0))
             print(f"{args.users} users registered and logged in in {time.monotonic() - t0:.0f} s")
