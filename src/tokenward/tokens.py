@@ -200,8 +200,8 @@ class AccessTokenVerifier:
             # verified, or a token of a withdrawn key would live on in the cache.
             self._cache.clear()
             self._cache_keys = self.keys
-        # Keyed by a 128-bit digest, not the token: the entry is about 450 bytes instead of
-        # 1.2 KB (the token string itself was most of it), so a full cache is ~30 MB.
+        # Keyed by a 128-bit digest, not the token: an entry is about 550 bytes instead of
+        # 1.2 KB (the token string itself was most of it; see ACCESS_CACHE_SIZE).
         digest = hashlib.blake2b(token.encode(), digest_size=16).digest()
         claims = self._cache.get(digest)
         if claims is None:
