@@ -498,13 +498,16 @@ def round_trips(
     }
 
 
-def profile_refresh(pid: int, url: str, script: Path, args: argparse.Namespace) -> None:
-    """py-spy on the server's processes during refresh load: a flame graph and a text top."""
+def profile_scenario(
+    name: str, pid: int, url: str, script: Path | None, args: argparse.Namespace
+) -> None:
+    """py-spy on the server's processes during one scenario's load: a flame graph and a
+    text top, ``bench/profiles/<label>-<name>.svg`` and ``.txt``."""
     spy = shutil.which("py-spy") or str(VENV_BIN / "py-spy")
     out = ROOT / "bench" / "profiles"
     out.mkdir(exist_ok=True)
-    for fmt, path in (("flamegraph", out / f"{args.label}-refresh.svg"),
-                      ("raw", out / f"{args.label}-refresh.raw")):  # fmt: skip
+    for fmt, path in (("flamegraph", out / f"{args.label}-{name}.svg"),
+                      ("raw", out / f"{args.label}-{name}.raw")):  # fmt: skip
         argv = [
             spy,
             "record",
@@ -525,9 +528,9 @@ def profile_refresh(pid: int, url: str, script: Path, args: argparse.Namespace) 
         time.sleep(1)
         run_wrk(url, args.duration, args.connections, script)
         proc.wait(timeout=args.duration + 60)
-    raw = out / f"{args.label}-refresh.raw"
+    raw = out / f"{args.label}-{name}.raw"
     if raw.exists():
-        (out / f"{args.label}-refresh.txt").write_text(summarize(raw.read_text()))
+        (out / f"{args.label}-{name}.txt").write_text(summarize(raw.read_text()))
         raw.unlink()
 
 
@@ -582,8 +585,9 @@ def main() -> int:
     parser.add_argument("--label", default="run")
     parser.add_argument(
         "--profile", action="store_true",
-        help="after the runs, two more refresh runs under py-spy: bench/profiles/<label>-refresh"
-        ".svg (flame graph) and -refresh.txt (hottest functions, from the collapsed stacks)",
+        help="after the runs, two more runs of refresh and of me-bearer (those of them chosen) "
+        "under py-spy: bench/profiles/<label>-<scenario>.svg (flame graph) and .txt (hottest "
+        "functions, from the collapsed stacks)",
     )  # fmt: skip
     parser.add_argument("--sqlite", action="store_true", help="users in SQLite, not PostgreSQL")
     parser.add_argument(
@@ -758,8 +762,9 @@ def main() -> int:
                           + (f"  {run.get('server_cpu_us', 0):7.0f} us CPU"
                              f"  non-2xx {run.get('non_2xx', 0)}" if name != "argon2" else ""),
                           flush=True)  # fmt: skip
-            if args.profile and "refresh" in args.scenarios:
-                profile_refresh(serve_proc.pid, urls["refresh"], scripts["refresh"], args)
+            for name in ("refresh", "me-bearer") if args.profile else ():
+                if name in args.scenarios:
+                    profile_scenario(name, serve_proc.pid, urls[name], scripts.get(name), args)
             for kind in ("me-bearer", "refresh", "login"):
                 if kind in args.scenarios:
                     results["round_trips"][kind] = round_trips(
