@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,12 @@ async def write_user(log: RedisEventLog, uid: str, n: int, history: Any = usual_
         await log.append(event)
 
 
+def uid_of(n: int) -> str:
+    """A user id as the service makes them (``uuid4().hex``: 32 characters), since key
+    names count in ``MEMORY USAGE``."""
+    return uuid.UUID(int=n).hex
+
+
 async def keys_of(r: aioredis.Redis, uid: str) -> dict[str, int]:
     out: dict[str, int] = {}
     async for key in r.scan_iter(match=f"*{uid}*", count=1000):
@@ -94,20 +101,21 @@ async def keys_of(r: aioredis.Redis, uid: str) -> dict[str, int]:
 async def run(users: int, url: str) -> dict[str, Any]:
     r = aioredis.Redis.from_url(url, decode_responses=True)
     log = RedisEventLog(r)  # the service's default caps
-    await write_user(log, "u-usual-0", 0)
-    one = await keys_of(r, "u-usual-0")
-    await write_user(log, "u-new-0", 0, new_user)
-    fresh = await keys_of(r, "u-new-0")
+    usual, fresh_uid, capped_uid = (uid_of(n) for n in (1, 2, 3))
+    await write_user(log, usual, 0)
+    one = await keys_of(r, usual)
+    await write_user(log, fresh_uid, 0, new_user)
+    fresh = await keys_of(r, fresh_uid)
     for i in range(log.per_user):
         kind = EventKind.LOGIN_SUCCEEDED
         await log.append(
-            SecurityEvent(kind, NOW - DAY + i, "u-capped", "sid", "203.0.113.9", LAPTOP)
+            SecurityEvent(kind, NOW - DAY + i, capped_uid, f"s{i:021d}", "203.0.113.9", LAPTOP)
         )
         kind = EventKind.NEW_DEVICE
         await log.append(
-            SecurityEvent(kind, NOW - DAY + i, "u-capped", "sid", "203.0.113.9", LAPTOP)
+            SecurityEvent(kind, NOW - DAY + i, capped_uid, f"s{i:021d}", "203.0.113.9", LAPTOP)
         )
-    capped = await keys_of(r, "u-capped")
+    capped = await keys_of(r, capped_uid)
     await r.flushall()
     before = int((await r.info("memory"))["used_memory"])
     started = time.perf_counter()
@@ -115,7 +123,7 @@ async def run(users: int, url: str) -> dict[str, Any]:
 
     async def one_user(n: int) -> None:
         async with sem:
-            await write_user(log, f"u-{n:08d}", n)
+            await write_user(log, uid_of(1000 + n), n)
 
     await asyncio.gather(*(one_user(n) for n in range(users)))
     elapsed = time.perf_counter() - started
@@ -131,11 +139,15 @@ async def run(users: int, url: str) -> dict[str, Any]:
         "new_user_bytes": sum(fresh.values()),
         "usual_user_keys": one,
         "usual_user_bytes": sum(one.values()),
+        "usual_user_history_bytes": sum(v for k, v in one.items() if not k.endswith(":d")),
+        "usual_user_devices_bytes": sum(v for k, v in one.items() if k.endswith(":d")),
         "capped_user_keys": capped,
         "capped_user_bytes": sum(capped.values()),
         "used_memory_delta_per_user": round((after - before) / users, 1),
         "operators_log_keys": len(shared),
         "operators_log_bytes": sum(shared.values()),
+        "shared_agent_keys": len([k for k in shared if ":ua:" in k]),
+        "shared_agent_bytes": sum(v for k, v in shared.items() if ":ua:" in k),
         "used_memory_delta_per_user_without_operators_log": round(
             (after - before - sum(shared.values())) / users, 1
         ),

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import socket
 import uuid
+import zlib
 from typing import Any
 
 import httpx
@@ -26,7 +27,13 @@ from abuse_support import (
 from tokenward.events import EventKind, SecurityEvent, SecurityEvents
 from tokenward.logs import JsonFormatter
 from tokenward.stores.redis_client import connect_redis
-from tokenward.stores.redis_events import GLOBAL_SHARDS, RedisEventLog, global_key
+from tokenward.stores.redis_events import (
+    GLOBAL_SHARDS,
+    RedisEventLog,
+    agent_key,
+    agent_ref,
+    global_key,
+)
 from tokenward.throttle import account_digest
 
 
@@ -208,11 +215,15 @@ async def test_histories_are_capped_and_expire(make_tw: MakeTw, redis: aioredis.
     uid = tokens["user"]["id"]
     assert kinds(rows) == ["login.succeeded"] * 5 + ["login.new-device"]
     assert await redis.llen(f"tw:{{ev:{uid}}}:h") == 6  # five routine, one critical
-    user_keys = [f"tw:{{ev:{uid}}}:{name}" for name in ("h", "a", "d")]
+    assert all(row["user_agent"] for row in rows)  # from the agent table
+    assert not await redis.exists(f"tw:{{ev:{uid}}}:a")  # no clash: no agent of its own
+    user_keys = [f"tw:{{ev:{uid}}}:{name}" for name in ("h", "d")]
     shards = [global_key(n) for n in range(GLOBAL_SHARDS)]
+    agent = agent_key(zlib.crc32(uid.encode()) % GLOBAL_SHARDS, agent_ref(rows[0]["user_agent"]))
+    assert await redis.get(agent) == rows[0]["user_agent"]
     for key in (*user_keys, *[k for k in shards if await redis.exists(k)]):
         assert 0 < await redis.ttl(key) <= 90 * 86_400, key
-    for key in user_keys[:2]:
+    for key in (user_keys[0], agent):
         assert 0 < await redis.ttl(key) <= 3600, key
 
 

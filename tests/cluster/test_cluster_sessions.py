@@ -83,7 +83,14 @@ async def test_http_login_throttle_and_events_on_cluster(cluster_tw: Tokenward) 
         ok = await c.post("/auth/login", json=creds, headers=bearer)
         assert ok.status_code == 200, ok.text
         auth = {"Authorization": f"Bearer {ok.json()['access_token']}"}
-        assert (await c.get("/auth/events", headers=auth)).status_code == 200
+        await cluster_tw.events.drain()
+        history = await c.get("/auth/events", headers={**auth, "User-Agent": "other"})
+        assert history.status_code == 200
+        # The agent comes from the agent table, another slot than the user's history.
+        rows = history.json()
+        kinds = [row["kind"] for row in rows]
+        assert kinds == ["login.new-device", "login.succeeded", "account.registered"]
+        assert {row["user_agent"] for row in rows} == {c.headers["user-agent"]}
         wrong = {**creds, "password": "not the password at all"}
         statuses = [(await c.post("/auth/login", json=wrong)).status_code for _ in range(11)]
         assert statuses[-1] == 429, statuses

@@ -11,6 +11,7 @@ import itertools
 import random
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator
 
 import orjson
@@ -23,6 +24,8 @@ from tokenward.stores.redis_events import (
     GLOBAL_SHARDS,
     LEGACY_GLOBAL_STREAM,
     RedisEventLog,
+    agent_key,
+    agent_ref,
     global_key,
 )
 
@@ -53,6 +56,11 @@ def critical(uid: str, n: int = 0) -> SecurityEvent:
     return SecurityEvent(EventKind.NEW_DEVICE, NOW, uid, f"s{n}", "192.0.2.9", "new")
 
 
+async def agent_keys(redis: RedisClient, ref: str) -> list[str]:
+    """Every agent table entry named ``ref``, in any shard."""
+    return [key async for key in redis.scan_iter(match=f"tw:{{events:*}}:ua:{ref}")]
+
+
 def order(event: SecurityEvent) -> tuple[int, int]:
     ms, _, seq = event.id.partition("-")
     return int(ms), int(seq)
@@ -78,7 +86,9 @@ async def test_critical_events_are_capped_apart_from_routine_ones(redis: RedisCl
     assert await redis.llen(k["h"]) == 10  # five of each class
     events = await log.for_user(uid, now=NOW)
     assert [e.kind for e in events].count(EventKind.NEW_DEVICE) == 5
-    for key in k.values():
+    assert not await redis.exists(k["a"])  # the agents are in the shared table
+    agents = [agent_key(shard_of(uid), agent_ref(ua)) for ua in ("ua", "new")]
+    for key in (k["h"], k["d"], *agents):
         assert 0 < await redis.ttl(key) <= TTL, key
     assert len({key_slot(key.encode()) for key in k.values()}) == 1
 
@@ -156,26 +166,130 @@ async def test_what_01_wrote_is_still_read(redis: RedisClient) -> None:
 
 
 async def test_a_user_agent_is_stored_once(redis: RedisClient) -> None:
-    """Ten events from one browser store its user agent once; events read back with it.
-    Past 32 browsers the least recently used agent is dropped: its events read back with
-    an empty user agent, never with another one."""
+    """Ten events each of five users of one browser, all in one shard of the operators'
+    log, store its user agent once, in that shard's agent table (same hash slot as the
+    stream), with the events' TTL; every event reads back with it. A user with 40 browsers
+    reads back each event with its own agent (none is evicted while its events live)."""
     log = RedisEventLog(redis, ttl=TTL, per_user=100)
-    uid = uuid.uuid4().hex
-    browser = "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0.0.0 Safari/537.36"
-    for n in range(10):
-        await log.append(
-            SecurityEvent(EventKind.LOGIN_SUCCEEDED, NOW, uid, f"s{n}", "192.0.2.1", browser)
-        )
-    assert await redis.llen(keys(uid)["a"]) == 1
-    assert {e.user_agent for e in await log.for_user(uid, now=NOW)} == {browser}
+    users = [uid for uid in (uuid.uuid4().hex for _ in range(200)) if shard_of(uid) == 3][:5]
+    browser = f"Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0.0.0 Safari/537.36 {uuid.uuid4()}"
+    for uid in users:
+        for n in range(10):
+            await log.append(
+                SecurityEvent(EventKind.LOGIN_SUCCEEDED, NOW, uid, f"s{n}", "192.0.2.1", browser)
+            )
+    assert await agent_keys(redis, agent_ref(browser)) == [agent_key(3, agent_ref(browser))]
+    assert await redis.get(agent_key(3, agent_ref(browser))) == browser
+    assert 0 < await redis.ttl(agent_key(3, agent_ref(browser))) <= TTL
+    assert key_slot(agent_key(3, "x").encode()) == key_slot(global_key(3).encode())
+    for uid in users:
+        events = await log.for_user(uid, now=NOW)
+        assert [e.user_agent for e in events] == [browser] * 10
+        assert not await redis.exists(keys(uid)["a"])
+    uid = users[0]
     for n in range(40):
         await log.append(
             SecurityEvent(EventKind.LOGIN_SUCCEEDED, NOW, uid, f"b{n}", "192.0.2.1", f"agent {n}")
         )
-    assert await redis.llen(keys(uid)["a"]) == 32
     by_sid = {e.sid: e.user_agent for e in await log.for_user(uid, now=NOW)}
-    assert (by_sid["b39"], by_sid["b8"]) == ("agent 39", "agent 8")
-    assert (by_sid["b7"], by_sid["s0"]) == ("", "")
+    assert [by_sid[f"b{n}"] for n in range(40)] == [f"agent {n}" for n in range(40)]
+    assert by_sid["s0"] == browser
+
+
+async def test_an_agent_reference_clash_keeps_each_events_own_agent(redis: RedisClient) -> None:
+    """If the table entry of an agent's reference already holds another agent (a hash
+    clash, or someone's crafted one), the event's agent goes to the user's own list and
+    reads back right; the entry of the first agent is untouched."""
+    log = RedisEventLog(redis, ttl=TTL, per_user=10)
+    uid, browser = uuid.uuid4().hex, "Mozilla/5.0 (Clashing) Firefox/133.0"
+    key = agent_key(shard_of(uid), agent_ref(browser))
+    await redis.set(key, "an older agent", ex=TTL)
+    await log.append(SecurityEvent(EventKind.NEW_DEVICE, NOW, uid, "s1", "192.0.2.1", browser))
+    (event,) = await log.for_user(uid, now=NOW)
+    assert event.user_agent == browser
+    assert await redis.get(key) == "an older agent"
+    assert await redis.lrange(keys(uid)["a"], 0, -1) == [f"{agent_ref(browser)}|{browser}"]
+    assert 0 < await redis.ttl(keys(uid)["a"]) <= TTL
+
+
+async def test_entries_in_the_decimal_id_format_are_still_read(redis: RedisClient) -> None:
+    """History entries written before the ids were base 36 (``<ms>-<seq>|<class>|<kind>|``,
+    their agents in the user's ``:a`` list) read back next to new ones, which go above them
+    in the same id sequence and still count against their class's cap; the API sees
+    decimal ids either way."""
+    log = RedisEventLog(redis, ttl=TTL, per_user=2)
+    uid, ahead = uuid.uuid4().hex, (int(time.time()) + 60) * 1000
+    old = [f"{ahead}-1|r|L||old-2|192.0.2.1|0a1b2c3d|", f"{ahead}-0|c|N||old-1|192.0.2.1||"]
+    await redis.rpush(keys(uid)["h"], *old)
+    await redis.rpush(keys(uid)["a"], "0a1b2c3d|Old Browser/1.0")
+    await redis.expire(keys(uid)["h"], TTL)
+    await redis.expire(keys(uid)["a"], TTL)
+    await log.append(routine(uid, 1))
+    events = await log.for_user(uid, now=NOW)
+    assert [e.id for e in events] == [f"{ahead}-2", f"{ahead}-1", f"{ahead}-0"]
+    assert [e.sid for e in events] == ["s1", "old-2", "old-1"]
+    assert [e.user_agent for e in events] == ["ua", "Old Browser/1.0", ""]
+    newest = await redis.lindex(keys(uid)["h"], 0)
+    assert newest is not None
+    assert newest.startswith(f"{_b36(ahead)}.2|rL|")
+    await log.append(routine(uid, 2))  # a third routine entry: the decimal one leaves
+    assert [e.sid for e in await log.for_user(uid, now=NOW)] == ["s2", "s1", "old-1"]
+
+
+async def test_the_operators_log_names_agents_by_reference(redis: RedisClient) -> None:
+    """The operators' streams hold an agent's reference, not the agent, for events with and
+    without a user; ``recent`` reads each back with its agent, a clashing one (stored whole)
+    and one whose table entry expired (empty) included."""
+    log = RedisEventLog(redis, ttl=TTL, per_user=10)
+    uid, ip = uuid.uuid4().hex, f"198.51.100.{random.randrange(1, 250)}"  # noqa: S311
+    browser, clashing, gone = (f"Mozilla/5.0 {name} {uuid.uuid4()}" for name in "abc")
+    failed = SecurityEvent(EventKind.LOGIN_FAILED, NOW, None, None, ip, browser)
+    await log.append(failed)
+    await log.append(SecurityEvent(EventKind.LOGIN_SUCCEEDED, NOW, uid, "s1", ip, browser))
+    await redis.set(agent_key(shard_of(uid), agent_ref(clashing)), "another agent", ex=TTL)
+    await log.append(SecurityEvent(EventKind.LOGIN_SUCCEEDED, NOW, uid, "s2", ip, clashing))
+    await log.append(SecurityEvent(EventKind.LOGIN_SUCCEEDED, NOW, uid, "s3", ip, gone))
+    await redis.delete(agent_key(shard_of(uid), agent_ref(gone)))
+    mine = [(f.get("ur"), f.get("ua")) for _, f in await redis.xrange(global_key(shard_of(uid)))
+            if f.get("uid") == uid]  # fmt: skip
+    assert mine == [(agent_ref(browser), None), (None, clashing), (agent_ref(gone), None)]
+    (anonymous,) = [
+        f for _, f in await redis.xrange(global_key(shard_of(ip))) if f["ip"] == ip and not f["uid"]
+    ]
+    assert (anonymous.get("ur"), anonymous.get("ua")) == (agent_ref(browser), None)
+    recent = await log.recent(limit=10_000)
+    assert [(e.sid, e.user_agent) for e in recent if e.uid == uid] == [
+        ("s3", ""), ("s2", clashing), ("s1", browser),
+    ]  # fmt: skip
+    assert [e.user_agent for e in recent if e.ip == ip and e.uid is None] == [browser]
+
+
+async def test_a_damaged_newest_entry_neither_blocks_writes_nor_reads(
+    redis: RedisClient,
+) -> None:
+    """A history whose newest entry is in neither format (garbage, or written by a newer
+    version) still takes new events, and reads skip the unreadable entry."""
+    log = RedisEventLog(redis, ttl=TTL, per_user=10)
+    for garbage in ("garbage", "-|", "!!|rL||s|ip|ref|"):
+        uid = uuid.uuid4().hex
+        await redis.lpush(keys(uid)["h"], garbage)
+        await redis.expire(keys(uid)["h"], TTL)
+        await log.append(routine(uid, 1))
+        assert [e.sid for e in await log.for_user(uid, now=NOW)] == ["s1"], garbage
+
+
+def _b36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, d = divmod(n, 36)
+        out = digits[d] + out
+        if n == 0:
+            return out
+
+
+def shard_of(uid: str) -> int:
+    return zlib.crc32(uid.encode()) % GLOBAL_SHARDS
 
 
 async def test_details_and_clock_skew_round_trip(redis: RedisClient) -> None:

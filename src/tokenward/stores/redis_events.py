@@ -7,13 +7,18 @@ key                             type    content, cap and TTL
                                         entry each (below); ``TOKENWARD_EVENTS_PER_USER``
                                         routine and as many critical ones kept; TTL
                                         ``TOKENWARD_EVENTS_TTL``
-``tw:{ev:<uid>}:a``             list    the user agents those events name, ``<ref>|<ua>``,
-                                        most recently used first; 32 kept; TTL as above
+``tw:{ev:<uid>}:a``             list    user agents of the user's events that clashed in
+                                        the agent table (below), ``<ref>|<ua>``, most
+                                        recently used first; 32 kept; TTL as above
 ``tw:{ev:<uid>}:d``             hash    device digest -> last login; 64 newest; 90 days
 ``tw:{events:<n>}``             stream  every event, for operators, in
                                         :data:`GLOBAL_SHARDS` streams; about
                                         ``TOKENWARD_EVENTS_GLOBAL_MAX`` kept in all; TTL
                                         as above
+``tw:{events:<n>}:ua:<ref>``    string  the agent table: a user agent the events of
+                                        stream ``n`` (and its users' histories) name,
+                                        stored once for all of them; TTL as above,
+                                        renewed by every event naming it
 ==============================  ======  ===============================================
 
 Memory is the reason for this shape (``bench/event_memory.py`` measures it):
@@ -21,11 +26,16 @@ Memory is the reason for this shape (``bench/event_memory.py`` measures it):
 * A user's history is a *list*, not a stream: Redis gives every new stream a listpack of
   ``stream-node-max-bytes`` (4 KiB) at once, so a stream holding one event took about
   4.7 KB, more than the user's sessions.
-* An entry is ``<id>|<class>|<kind>|<at>|<sid>|<ip>|<ua ref>|<detail JSON>``: the kind as a
-  one-letter code (:data:`KIND_CODES`), ``at`` as its difference from the id's own time
+* An entry is ``<id>|<class><kind>|<at>|<sid>|<ip>|<ua ref>|<detail JSON>``: the id in
+  base 36 (``<ms>`` or ``<ms>.<seq>``; read back as the decimal ``<ms>-<seq>``), the kind as
+  a one-letter code (:data:`KIND_CODES`), ``at`` as its difference from the id's own time
   (empty when they agree, as they do unless the application's clock is not the server's),
-  no user id (the key names the user), and the user agent as an 8-character reference into
-  ``:a``: a user has a few browsers but many events, and a user agent is about 130 bytes.
+  no user id (the key names the user), and the user agent as an 8-character reference
+  (:func:`agent_ref`, 48 bits of SHA-256) into the agent table: a user agent is about 130
+  bytes, and a few dozen of them serve all the users. The table lives in the slot of the
+  user's operators' stream, so the script that writes the stream writes it too; an entry
+  that already holds another agent (a clash) is left alone, and that event's agent goes to
+  the user's own ``:a`` list, which reads take first.
 * Critical events (:attr:`~tokenward.events.SecurityEvent.critical`, class ``c``) and
   routine ones (``r``) share the list but not the cap: when one class is over
   ``TOKENWARD_EVENTS_PER_USER``, its oldest entry leaves, so an intruder's hundred logins
@@ -42,18 +52,21 @@ TTL. A user's events older than the TTL are also filtered out on read: an active
 history never expires as a whole. Ids are the server's time in milliseconds and a sequence,
 raised above the user's newest id, so they are unique and ordered per user.
 
-Keys of 0.1 (a user's ``:log`` stream and ``:sec`` list and ``:dev`` sorted set, and
-``tw:events``) are read, never written, until their TTL ends them (at most
-``TOKENWARD_EVENTS_TTL``; 90 days for ``:dev``): no history, no known device and no operator
-event is lost by upgrading.
+Entries with decimal ids (``<ms>-<seq>|<class>|<kind>|...``, written before the agent
+table; their agents in ``:a``) are still read, and count against the caps. Keys of 0.1 (a
+user's ``:log`` stream and ``:sec`` list and ``:dev`` sorted set, and ``tw:events``) are
+read, never written, until their TTL ends them (at most ``TOKENWARD_EVENTS_TTL``; 90 days
+for ``:dev``): no history, no known device and no operator event is lost by upgrading.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -63,7 +76,15 @@ from tokenward.errors import Unavailable
 from tokenward.events import EventKind, SecurityEvent
 from tokenward.stores.redis_client import RedisClient
 
-__all__ = ["GLOBAL_SHARDS", "KIND_CODES", "LEGACY_GLOBAL_STREAM", "RedisEventLog", "global_key"]
+__all__ = [
+    "GLOBAL_SHARDS",
+    "KIND_CODES",
+    "LEGACY_GLOBAL_STREAM",
+    "RedisEventLog",
+    "agent_key",
+    "agent_ref",
+    "global_key",
+]
 
 #: Streams the operators' log is spread over (one hash tag each).
 GLOBAL_SHARDS = 16
@@ -83,6 +104,20 @@ KIND_CODES: dict[EventKind, str] = {
     EventKind.REFRESH_REPLAYED: "G",
     EventKind.PASSWORD_CHANGED: "P",
     EventKind.SESSIONS_ENDED: "E",
+    EventKind.PASSWORD_RESET: "W",
+    EventKind.EMAIL_VERIFIED: "V",
+    EventKind.EMAIL_CHANGED: "C",
+    EventKind.MFA_ENABLED: "M",
+    EventKind.MFA_REMOVED: "X",
+    EventKind.MFA_RESET: "Z",
+    EventKind.MFA_FAILED: "Y",
+    EventKind.RECOVERY_CODE_USED: "K",
+    EventKind.RECOVERY_CODES_REGENERATED: "Q",
+    EventKind.REAUTHENTICATED: "A",
+    EventKind.PASSKEY_ADDED: "B",
+    EventKind.PASSKEY_REMOVED: "D",
+    EventKind.PASSKEY_USED: "H",
+    EventKind.PASSKEY_CLONE_SUSPECTED: "J",
 }
 _KINDS_BY_CODE = {code: kind for kind, code in KIND_CODES.items()}
 
@@ -92,10 +127,14 @@ def global_key(shard: int) -> str:
     return f"tw:{{events:{shard}}}"
 
 
-# KEYS[1]: one stream of the operators' log. ARGV: cap, ttl, shard, then field/value
-# pairs. The id is the server time in ms (raised above the stream's newest) and a sequence
-# whose remainder by the number of shards is the shard: ids are unique across the streams,
-# so paging the merged log with an exclusive "before" id never skips an event.
+# KEYS[1]: one stream of the operators' log; KEYS[2], when the event has a user agent: that
+# agent's entry in the stream's agent table. ARGV: cap, ttl, shard, user agent, its
+# reference, then field/value pairs. The entry names the agent by its reference (``ur``), or
+# holds it whole (``ua``) when KEYS[2] already holds another agent (a clash: the user's
+# history then keeps it whole too). The id is the server time in ms (raised above the
+# stream's newest) and a sequence whose remainder by the number of shards is the shard: ids
+# are unique across the streams, so paging the merged log with an exclusive "before" id
+# never skips an event. Returns 1 on a clash, else 0.
 _APPEND = """
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -107,17 +146,32 @@ if last then
   tms, tseq = tonumber(tms), tonumber(tseq)
   if tms >= ms then ms, seq = tms, (math.floor(tseq / n) + 1) * n + shard end
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1],
-                      string.format('%.0f-%.0f', ms, seq), unpack(ARGV, 4))
+local clash, fields = 0, {unpack(ARGV, 6)}
+if KEYS[2] then
+  local held = redis.call('GET', KEYS[2])
+  if held and held ~= ARGV[4] then
+    clash = 1
+    table.insert(fields, 'ua')
+    table.insert(fields, ARGV[4])
+  else
+    redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[2])
+    table.insert(fields, 'ur')
+    table.insert(fields, ARGV[5])
+  end
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], string.format('%.0f-%.0f', ms, seq),
+           unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return id
+return clash
 """.replace("$SHARDS", str(GLOBAL_SHARDS))
 
 # KEYS: the history, the agents, then the 0.1 stream and list (read for their newest id
 # only while the history is empty). ARGV: cap, ttl, class ('c' or 'r'), kind, at, the rest
-# of the entry ('<sid>|<ip>|<ua ref>|<detail>'), the agent entry ('<ref>|<ua>' or ''),
-# agents kept. The id is the server time in ms, raised above the newest id the user has:
-# one strictly increasing sequence, also across an upgrade from the 0.1 keys.
+# of the entry ('<sid>|<ip>|<ua ref>|<detail>'), the agent entry ('<ref>|<ua>' when the
+# agent table had a clash, else ''), agents kept. The id is the server time in ms, raised
+# above the newest id the user has (of either entry format): one strictly increasing
+# sequence, also across an upgrade from the 0.1 keys. It is written in base 36 (``ms`` or
+# ``ms.seq``), 7 characters shorter than the decimal ``ms-seq`` it reads back as.
 _APPEND_USER = """
 local t = redis.call('TIME')
 local ms, seq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 0
@@ -130,15 +184,31 @@ end
 for i = 1, 2 do
   if tops[i] then
     local tms, tseq = string.match(tops[i], '^(%d+)-(%d+)')
-    tms, tseq = tonumber(tms), tonumber(tseq)
-    if tms > ms or (tms == ms and tseq >= seq) then ms, seq = tms, tseq + 1 end
+    if tms then
+      tms, tseq = tonumber(tms), tonumber(tseq)
+    else
+      tms, tseq = string.match(tops[i], '^(%w+)%.?(%w*)|')
+      if tms then tms, tseq = tonumber(tms, 36), tonumber(tseq, 36) or 0 end
+    end
+    -- An entry in neither format (damaged) does not hold the sequence back.
+    if tms and (tms > ms or (tms == ms and tseq >= seq)) then ms, seq = tms, tseq + 1 end
   end
 end
-local id = string.format('%.0f-%.0f', ms, seq)
+local function b36(v)
+  local out = ''
+  repeat
+    local d = v % 36
+    out = string.sub('0123456789abcdefghijklmnopqrstuvwxyz', d + 1, d + 1) .. out
+    v = math.floor(v / 36)
+  until v == 0
+  return out
+end
+local id = b36(ms)
+if seq > 0 then id = id .. '.' .. b36(seq) end
 local cap, class = tonumber(ARGV[1]), ARGV[3]
 local late = tonumber(ARGV[5]) - math.floor(ms / 1000)
 if late == 0 then late = '' else late = string.format('%.0f', late) end
-local n = redis.call('LPUSH', KEYS[1], table.concat({id, class, ARGV[4], late, ARGV[6]}, '|'))
+local n = redis.call('LPUSH', KEYS[1], table.concat({id, class .. ARGV[4], late, ARGV[6]}, '|'))
 if n > cap then
   -- At most one class is over its cap, by one: drop that class's oldest entry.
   local entries, mine, oldest = redis.call('LRANGE', KEYS[1], 0, -1), 0, nil
@@ -205,12 +275,22 @@ def _legacy_keys(uid: str) -> tuple[str, str, str]:
 
 
 def _shard_of(event: SecurityEvent) -> int:
-    return zlib.crc32((event.uid or event.ip).encode()) % GLOBAL_SHARDS
+    return _shard_of_user(event.uid or event.ip)
+
+
+def _shard_of_user(name: str) -> int:
+    """The operators' stream (and agent table) of a user id, or of an address."""
+    return zlib.crc32(name.encode()) % GLOBAL_SHARDS
 
 
 def agent_ref(user_agent: str) -> str:
-    """The 8-character name of a user agent in a user's ``:a`` list."""
-    return hashlib.sha256(user_agent.encode()).hexdigest()[:8]
+    """The 8-character (48-bit) name of a user agent in the agent tables."""
+    return base64.urlsafe_b64encode(hashlib.sha256(user_agent.encode()).digest()[:6]).decode()
+
+
+def agent_key(shard: int, ref: str) -> str:
+    """The agent table entry ``ref`` of the operators' stream number ``shard`` (its slot)."""
+    return f"{global_key(shard)}:ua:{ref}"
 
 
 def _rest(event: SecurityEvent) -> str:
@@ -220,13 +300,39 @@ def _rest(event: SecurityEvent) -> str:
     return f"{event.sid or ''}|{event.ip}|{ref}|{detail}"
 
 
+def _split(entry: str) -> tuple[str, str, str, str, str, str, str] | None:
+    """A history entry's ``(id, kind, late, sid, ip, ref, detail)``, its id as the API gives
+    it (decimal ``ms-seq``); ``None`` if it is in neither format.
+
+    Two formats: ``<ms>-<seq>|<class>|<kind>|...`` (written before the ids were base 36)
+    and ``<ms36>[.<seq36>]|<class><kind>|...``.
+    """
+    head, _, tail = entry.partition("|")
+    if "-" in head:
+        parts = tail.split("|", 6)
+        if len(parts) != 7:
+            return None
+        _, code, late, sid, ip, ref, detail = parts
+        return head, code, late, sid, ip, ref, detail
+    parts = tail.split("|", 5)
+    if len(parts) != 6:
+        return None
+    ms, _, seq = head.partition(".")
+    try:
+        entry_id = f"{int(ms, 36)}-{int(seq or '0', 36)}"
+    except ValueError:
+        return None
+    klass_kind, late, sid, ip, ref, detail = parts
+    return entry_id, klass_kind[1:], late, sid, ip, ref, detail
+
+
 def _parse(entry: str, uid: str, agents: dict[str, str]) -> SecurityEvent | None:
     """A history entry as an event; ``None`` if it cannot be read (written by a newer
     version, or damaged): skipped, never a failed read."""
-    parts = entry.split("|", 7)
-    if len(parts) != 8:
+    parts = _split(entry)
+    if parts is None:
         return None
-    entry_id, _, code, late, sid, ip, ref, detail_text = parts
+    entry_id, code, late, sid, ip, ref, detail_text = parts
     try:
         kind = _KINDS_BY_CODE.get(code) or EventKind(code)
         at = int(entry_id.partition("-")[0]) // 1000 + int(late or "0")
@@ -313,27 +419,33 @@ class RedisEventLog:
         events holds one pooled connection each)."""
         fields: list[str | int] = [
             "k", event.kind.value, "at", event.at, "uid", event.uid or "", "sid", event.sid or "",
-            "ip", event.ip, "ua", event.user_agent, "d", orjson.dumps(dict(event.detail)).decode(),
+            "ip", event.ip, "d", orjson.dumps(dict(event.detail)).decode(),
         ]  # fmt: skip
         cap, shard = max(1, self.global_max // GLOBAL_SHARDS), _shard_of(event)
+        ua = event.user_agent
+        ref = agent_ref(ua) if ua else ""
+        keys = [global_key(shard)]
+        if ua:
+            keys.append(agent_key(shard, ref))
+        args = [cap, self.ttl, shard, ua, ref, *fields]
         async with _backend():
-            await self._append(keys=[global_key(shard)], args=[cap, self.ttl, shard, *fields])
+            clash = await self._append(keys=keys, args=args)
             if not event.uid:
                 return
             history, agents, _ = _user_keys(event.uid)
             old_log, old_sec, _ = _legacy_keys(event.uid)
-            ua = event.user_agent
             args = [
                 self.per_user, self.ttl, "c" if event.critical else "r",
                 KIND_CODES.get(event.kind, event.kind.value), event.at, _rest(event),
-                f"{agent_ref(ua)}|{ua}" if ua else "", AGENTS_KEPT,
+                f"{ref}|{ua}" if ua and clash else "", AGENTS_KEPT,
             ]  # fmt: skip
             await self._append_user(keys=[history, agents, old_log, old_sec], args=args)
 
     async def for_user(self, uid: str, *, now: int, limit: int = 100) -> list[SecurityEvent]:
         """See :meth:`tokenward.events.EventSink.for_user`: the newest ``limit`` routine and
         the newest ``limit`` critical events, merged by id (with any the 0.1 keys still
-        hold)."""
+        hold). Two round trips when the events name agents: the user's keys, then the
+        agent table (another hash slot)."""
         history, agents_key, _ = _user_keys(uid)
         old_log, old_sec, _ = _legacy_keys(uid)
         count = max(1, min(limit, self.per_user))
@@ -343,14 +455,23 @@ class RedisEventLog:
             pipe.xrevrange(old_log, count=count)
             pipe.lrange(old_sec, 0, count - 1)
             entries, agent_rows, old_rows, old_listed = await pipe.execute()
+        # The user's own list first: it holds the agents of clashes and of older versions.
         agents = dict(row.split("|", 1) for row in agent_rows if "|" in row)
         kept = {"c": 0, "r": 0}
-        events: list[SecurityEvent | None] = []
+        chosen: list[str] = []
         for entry in entries:
             klass = entry.split("|", 2)[1:2]
-            if klass and klass[0] in kept and kept[klass[0]] < count:
-                kept[klass[0]] += 1
-                events.append(_parse(entry, uid, agents))
+            if klass and klass[0][:1] in kept and kept[klass[0][:1]] < count:
+                kept[klass[0][:1]] += 1
+                chosen.append(entry)
+        split = (_split(entry) for entry in chosen)
+        wanted = sorted({p[5] for p in split if p is not None and p[5] and p[5] not in agents})
+        if wanted:
+            shard = _shard_of_user(uid)
+            async with _backend():
+                found = await self.redis.mget([agent_key(shard, ref) for ref in wanted])
+            agents.update((ref, ua) for ref, ua in zip(wanted, found, strict=True) if ua)
+        events = [_parse(entry, uid, agents) for entry in chosen]
         old = [*old_rows, *(_listed(e) for e in old_listed)]
         events += [_decode(entry_id, f) for entry_id, f in old]
         mine = [e for e in events if e is not None and e.uid == uid and e.at > now - self.ttl]
@@ -368,19 +489,20 @@ class RedisEventLog:
             kinds: only these kinds (``login.failed``, ``refresh.reused`` ...); all if empty.
             before: page backwards: only events older than this id.
         """
-        streams = [global_key(n) for n in range(GLOBAL_SHARDS)] + [LEGACY_GLOBAL_STREAM]
         out: list[SecurityEvent] = []
         async with _backend():
-            for stream in streams:
-                out += await self._recent_of(stream, limit, kinds, before)
+            for shard in [*range(GLOBAL_SHARDS), None]:
+                out += await self._recent_of(shard, limit, kinds, before)
         out.sort(key=_id_order, reverse=True)
         return out[:limit]
 
     async def _recent_of(
-        self, stream: str, limit: int, kinds: Sequence[str], before: str | None
+        self, shard: int | None, limit: int, kinds: Sequence[str], before: str | None
     ) -> list[SecurityEvent]:
-        """Up to ``limit`` matching events of one stream, newest first."""
-        out: list[SecurityEvent] = []
+        """Up to ``limit`` matching events of one stream (``None``: the 0.1 one), newest
+        first, their agents read from the stream's agent table."""
+        stream = LEGACY_GLOBAL_STREAM if shard is None else global_key(shard)
+        out: list[tuple[SecurityEvent, str]] = []  # with the agent's reference, if any
         rows: list[Any]
         top = "+" if before is None else f"({before}"
         while len(out) < limit:
@@ -390,11 +512,17 @@ class RedisEventLog:
             for entry_id, f in rows:
                 event = _decode(entry_id, f)
                 if event is not None and (not kinds or event.kind.value in kinds):
-                    out.append(event)
+                    out.append((event, f.get("ur", "")))
                     if len(out) == limit:
                         break
             top = f"({rows[-1][0]}"
-        return out
+        wanted = sorted({ref for _, ref in out if ref})
+        if not wanted or shard is None:
+            return [event for event, _ in out]
+        found: list[str | None]
+        found = await self.redis.mget([agent_key(shard, ref) for ref in wanted])  # type: ignore[assignment]
+        agents = {ref: ua for ref, ua in zip(wanted, found, strict=True) if ua}
+        return [replace(e, user_agent=agents.get(ref, "")) if ref else e for e, ref in out]
 
     async def seen(self, uid: str, device: str, *, now: int, memory: int) -> bool:
         """See :meth:`tokenward.events.DeviceRegistry.seen` (a device the 0.1 set knows
