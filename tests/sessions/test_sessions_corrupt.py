@@ -22,6 +22,8 @@ GARBAGE: dict[str, Callable[[aioredis.Redis, str], Awaitable[Any]]] = {
     "junk-hash": lambda r, k: r.hset(k, mapping={"foo": "bar", "x": "1"}),
     "bad-number": lambda r, k: r.hset(k, "uca", "not a number"),
     "bad-expiry": lambda r, k: r.hset(k, "exp", "soon"),
+    # records no longer hold the user id; one that names another user is not this session
+    "other-user": lambda r, k: r.hset(k, "uid", "0" * 32),
 }
 
 

@@ -432,6 +432,29 @@ async def test_all_keys_of_a_user_share_one_hash_slot(
     }
 
 
+@pytest.mark.parametrize("then", ["refresh", "rekey"])
+async def test_records_hold_no_user_id_and_older_ones_drop_theirs(
+    sessions: Sessions, redis: aioredis.Redis, then: str
+) -> None:
+    """The key names the user, so a new record has no ``uid`` field. A record written
+    before (with its user's id) reads as before, and its next rotation or re-key deletes
+    the field; one naming another user is corrupt (tests/sessions/test_sessions_corrupt.py)."""
+    user = _user()
+    issued = await _open(sessions, user)
+    key = f"tw:{{u:{user.id}}}:s:{issued.sid}"
+    assert not await redis.hexists(key, "uid")
+    await redis.hset(key, "uid", user.id)  # as written before
+    state = await sessions.store.get(user.id, issued.sid, now=NOW + 1)
+    assert state is not None
+    assert state.uid == user.id
+    if then == "refresh":
+        again = await sessions.refresh(issued.refresh_token, csrf_token=None, now=NOW + 60)
+    else:
+        again = await sessions.rekey(user.id, issued.sid, now=NOW + 60)
+    assert (again.uid, again.access_claims.sub) == (user.id, user.id)
+    assert not await redis.hexists(key, "uid")
+
+
 @pytest.mark.parametrize("upgraded", [False, True])
 async def test_a_record_written_by_0_1_is_read_and_upgraded(
     sessions: Sessions, redis: aioredis.Redis, upgraded: bool

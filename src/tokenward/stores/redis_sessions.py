@@ -12,9 +12,10 @@ key                                type    TTL
 ``tw:{u:<uid>}:ended``             list    recently ended sessions and why; 30 days
 =================================  ======  ==================================================
 
-Session hash fields: ``uid uca`` (user id and when the user was created; never the e-mail
-address: a record written by 0.1 may still carry an ``email`` field, which nothing reads and
-the next rotation or re-key deletes), ``created last abs exp`` (times: ``exp`` is
+Session hash fields: ``uca`` (when the user was created; no user id, since the key names the
+user, and never the e-mail address: a record written before may still carry a ``uid``
+field, which must match the key's, and one written by 0.1 an ``email`` field, which nothing
+reads; the next rotation or re-key deletes both), ``created last abs exp`` (times: ``exp`` is
 ``min(last refresh + idle timeout, abs)``, the moment the key's TTL runs out), ``ip``,
 ``uk`` (64 bits of SHA-256 of the user agent, stored once per user in ``:ua``; a record
 written by 0.1 holds the agent itself in ``ua``), ``csrf`` (SHA-256 of the CSRF token),
@@ -166,7 +167,8 @@ end
 -- record is corrupt for all of them or for none.
 -- The fields in the order fields_ok expects them (a script may read more after them).
 local function fields_ok(f, uid)
-  if f[1] ~= uid or not f[2] or not f[3] or not f[17] or not (f[18] or f[19]) then
+  -- 'uid' (f[1]) is only in records written before it was dropped (the key names the user).
+  if (f[1] and f[1] ~= uid) or not f[2] or not f[3] or not f[17] or not (f[18] or f[19]) then
     return false
   end
   for i = 4, 8 do
@@ -186,7 +188,7 @@ end
 local function load(key, uid, ...)
   local f = redis.pcall('HMGET', key, $WF, ...)
   if f.err then return false end
-  if not f[1] then
+  if not f[3] then
     if redis.call('EXISTS', key) == 1 then return false end
     return nil
   end
@@ -333,7 +335,7 @@ if not f then return {'missing'} end
 local exp = tonumber(f[8])
 if exp <= now then return {'missing'} end
 if csrf ~= '' and csrf ~= f[2] then return {'csrf'} end
-local state = {f[1], f[4], f[2], f[5]}
+local state = {uid, f[4], f[2], f[5]}
 -- What the access token needs besides the record (the user's verified address, the
 -- session's second-factor level): read here, so a refresh stays one round trip.
 for i = 4, #KEYS do table.insert(state, redis.call('GET', KEYS[i]) or '') end
@@ -363,9 +365,10 @@ if presented == f[3] then
     end
   end
   -- 'email' and 'old': written by 0.1 ('email' is personal data no script reads; 'old' is
-  -- now in 'anc')
+  -- now in 'anc'); 'uid': written before the key alone named the user
   local gone = {}
   if f[23] then table.insert(gone, 'email') end
+  if f[1] then table.insert(gone, 'uid') end
   if f[20] then table.insert(gone, 'old') end
   if f[16] and gch == '' then table.insert(gone, 'gch') end
   local set = {'cur', successor, 'prev', presented, 'salt', salt, 'rot', now, 'last', now,
@@ -431,7 +434,7 @@ local f = load(KEYS[1], uid)
 if f == false then return corrupt(KEYS[1], KEYS[2], sid, channel) end
 if not f then return false end
 if tonumber(f[8]) <= now then return false end
-return {f[1], f[4], f[2], f[5], f[8]}
+return {uid, f[4], f[2], f[5], f[8]}
 """
 )
 
@@ -486,12 +489,12 @@ if exp <= now then return {'missing'} end
 local parts = ancestors(f[2], (f[9] or '') .. (f[10] or '') .. (f[11] or ''), f[3])
 parts = ancestors(f[1], table.concat(parts), nil)
 local set, gone = {'cur', cur, 'csrf', csrf, 'rot', 0}, {'prev', 'salt', 'gch', 'gn', 'fp',
-  'email', 'old'}
+  'email', 'old', 'uid'}
 store_ancestors(parts, {f[9], f[10], f[11]}, set, gone)
 redis.call('HDEL', KEYS[1], unpack(gone))
 redis.call('HSET', KEYS[1], unpack(set))
 announce(channel, sid)
-local state = {f[5], f[6], csrf, f[8]}
+local state = {uid, f[6], csrf, f[8]}
 -- As a rotation does: the user's verified marker and the session's level (KEYS[3], [4]).
 for i = 3, #KEYS do table.insert(state, redis.call('GET', KEYS[i]) or '') end
 return {'rekeyed', tostring(exp - now), '0', state}
@@ -753,7 +756,7 @@ class RedisSessionStore:
         prefix, idx, ended = _keys(record.uid)
         agent = _agent_digest(record.user_agent)
         fields: list[str | int] = [
-            "uid", record.uid, "uca", state.user_created_at,
+            "uca", state.user_created_at,
             "csrf", state.csrf_digest, "created", record.created_at, "last", record.last_used_at,
             "abs", record.absolute_expires_at, "ip", record.ip, "uk", agent,
             "cur", refresh_digest, "rot", 0, "exp", state.expires_at,
