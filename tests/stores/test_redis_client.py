@@ -8,7 +8,9 @@ import signal
 from pathlib import Path
 
 import pytest
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from private_redis import private_redis
@@ -51,6 +53,62 @@ async def test_a_burst_past_the_pool_size_waits_for_a_connection(redis_url: str)
         assert replies == [str(n) for n in range(600)]
         pool = client.connection_pool
         assert len(pool._in_use_connections) + len(pool._available_connections) <= POOL_SIZE  # type: ignore[attr-defined]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "a" * 40, 2, "tw:{u:1}:s:x", "tw:{u:1}:idx", "1796641261", 0, -5, 2**62),
+        ("SCRIPT LOAD", "return 1"),  # a command name of two words is split
+        (b"CLIENT SETNAME", b"tokenward"),
+        ("SET", "k", "ünïcode ✓", "EX", 30),
+        ("ZADD", "z", 0.1, "a", 1796641261.123, "b", 1e20, "c", 2.5e-07, "d"),
+        ("SET", "k", b"\x00\xff binary"),
+    ],
+)
+async def test_commands_are_packed_as_redis_py_packs_them(
+    redis_url: str, args: tuple[object, ...]
+) -> None:
+    """Our connections pack with hiredis; the bytes are redis-py's own, byte for byte."""
+    client = connect_redis(redis_url)
+    try:
+        connection = client.connection_pool.make_connection()  # type: ignore[attr-defined]
+        plain = Connection()
+        assert b"".join(connection.pack_command(*args)) == b"".join(plain.pack_command(*args))
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("bad", [None, True, object()])
+async def test_an_argument_redis_cannot_take_gets_redis_pys_error(
+    redis_url: str, bad: object
+) -> None:
+    """``None``, a bool or an object: redis-py's ``DataError`` (a client mistake that the
+    callers map like any Redis error), not hiredis's ``TypeError``."""
+    client = connect_redis(redis_url)
+    try:
+        with pytest.raises(DataError):
+            await client.set("tw:test:bad", bad)  # type: ignore[arg-type]
+    finally:
+        await client.aclose()
+
+
+async def test_sequential_commands_reuse_one_pooled_connection(redis_url: str) -> None:
+    """Commands one after another take the free connection and give it back (the pool's
+    quick path): one connection, none left marked in use, after a burst as before."""
+    client = connect_redis(redis_url)
+    try:
+        pool = client.connection_pool
+        for n in range(50):
+            assert await client.eval("return ARGV[1]", 0, n) == str(n)
+        assert (len(pool._available_connections), len(pool._in_use_connections)) == (1, 0)  # type: ignore[attr-defined]
+        await asyncio.gather(*(client.eval("return ARGV[1]", 0, n) for n in range(300)))
+        assert len(pool._in_use_connections) == 0  # type: ignore[attr-defined]
+        for n in range(50):
+            assert await client.eval("return ARGV[1]", 0, n) == str(n)
+        assert len(pool._in_use_connections) == 0  # type: ignore[attr-defined]
     finally:
         await client.aclose()
 

@@ -44,6 +44,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+try:
+    import hiredis as _hiredis
+except ImportError:  # pragma: no cover - redis[hiredis] is a dependency; packing still works
+    _hiredis = None  # type: ignore[assignment]
+
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
@@ -234,11 +239,53 @@ def connect_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
             **opts,
         )
         return cluster  # type: ignore[no-any-return]
-    pool = aioredis.BlockingConnectionPool.from_url(
+    pool = _QuickBlockingPool.from_url(
         url, max_connections=POOL_SIZE, timeout=timeout, **_options(timeout)
     )
     pool.connection_class = _prompt(pool.connection_class)
     return aioredis.Redis(connection_pool=pool)
+
+
+class _QuickPool(aioredis.BlockingConnectionPool):
+    """Hands out a free connection, and takes one back, without redis-py 8's per-call
+    machinery when nobody waits: its ``get_connection`` takes two locks, a timer, argument
+    inspection and observability hooks (about 90 µs a command on these machines; we use
+    neither its observability nor its re-authentication events). The connection is still
+    checked (:meth:`ensure_connection`: connected, nothing unread) exactly as redis-py
+    does. While any caller waits for a connection, every call takes redis-py's own path,
+    so a waiter is never passed over by a newcomer.
+    """
+
+    _waiting = 0
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self._waiting or args or kwargs or not self._available_connections:
+            self._waiting += 1
+            try:
+                return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+            finally:
+                self._waiting -= 1
+        connection = self._available_connections.pop()
+        self._in_use_connections.add(connection)
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        if self._waiting or connection not in self._in_use_connections:
+            await super().release(connection)  # wakes a waiter; or redis-py's error
+            return
+        self._in_use_connections.remove(connection)
+        if connection.should_reconnect():  # type: ignore[no-untyped-call]
+            await connection.disconnect()
+        self._available_connections.append(connection)
+
+
+class _QuickBlockingPool(_QuickPool):
+    """The standalone client's pool."""
 
 
 class _PromptSend(AbstractConnection):
@@ -278,6 +325,22 @@ class _PromptSend(AbstractConnection):
         if transport.get_write_buffer_size():
             # The rest waits in the transport: redis-py's drain, timeout and error mapping.
             await super().send_packed_command([], check_health=False)
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        """The command in RESP, packed by hiredis (C) instead of redis-py's Python loop:
+        about 4 against 35 µs for a rotation's script call. Same bytes: a first argument
+        with spaces is split (``"SCRIPT LOAD"``), text is UTF-8, numbers as ``repr``; an
+        argument hiredis does not take (``None``, a bool) gets redis-py's own packing and
+        error."""
+        if _hiredis is None:
+            return super().pack_command(*args)
+        head = args[0]
+        if (isinstance(head, str) and " " in head) or (isinstance(head, bytes) and b" " in head):
+            args = (*head.split(), *args[1:])
+        try:
+            return [_hiredis.pack_command(args)]
+        except TypeError:
+            return super().pack_command(*args)
 
 
 def _prompt(cls: type[AbstractConnection]) -> type[AbstractConnection]:
@@ -438,7 +501,7 @@ class _FailoverSSLConnection(_FailoverConnection, SentinelManagedSSLConnection):
     pass
 
 
-class FailoverPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+class FailoverPool(_QuickPool, SentinelConnectionPool, aioredis.BlockingConnectionPool):
     """A Sentinel pool that drops every connection to a master that is no longer one (and,
     like the standalone client's, waits for a free connection when all are busy).
 
@@ -457,7 +520,7 @@ class FailoverPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         self._start_watch()
-        return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        return await super().get_connection(*args, **kwargs)
 
     def _start_watch(self) -> None:
         if self._watch is None or self._watch.done():
