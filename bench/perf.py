@@ -356,15 +356,18 @@ async def make_users(base: str, n: int, cookie_share: int) -> dict[str, list[str
                 out["access"].append(f"Bearer {body['access_token']}")
                 out["refresh"].append(body["refresh_token"])
                 if cookie_share and i % cookie_share == 0:
-                    r = await client.post(
-                        "/auth/login", json={"email": email, "password": PASSWORD},
-                        headers={"Origin": base, "User-Agent": BROWSER_UA},
-                    )  # fmt: skip
+                    # A client of its own: in the shared one, the cookies of this login went
+                    # out with the other users' concurrent logins, and a login presenting a
+                    # session's cookies ends that session (1 in 100 cookie users got 401s).
+                    async with httpx.AsyncClient(base_url=base, timeout=60) as browser:
+                        r = await browser.post(
+                            "/auth/login", json={"email": email, "password": PASSWORD},
+                            headers={"Origin": base, "User-Agent": BROWSER_UA},
+                        )  # fmt: skip
                     r.raise_for_status()
                     jar = [h.split(";", 1)[0] for h in r.headers.get_list("set-cookie")]
                     access = [c for c in jar if c.split("=", 1)[0].endswith("access_token")]
                     out["cookies"].append(access[0])
-                    client.cookies.clear()
 
         await asyncio.gather(*(one(i) for i in range(n)))
     return out
