@@ -239,9 +239,7 @@ def connect_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
             **opts,
         )
         return cluster  # type: ignore[no-any-return]
-    pool = _QuickBlockingPool.from_url(
-        url, max_connections=POOL_SIZE, timeout=timeout, **_options(timeout)
-    )
+    pool = _QuickPool.from_url(url, max_connections=POOL_SIZE, timeout=timeout, **_options(timeout))
     pool.connection_class = _prompt(pool.connection_class)
     return aioredis.Redis(connection_pool=pool)
 
@@ -282,10 +280,6 @@ class _QuickPool(aioredis.BlockingConnectionPool):
         if connection.should_reconnect():  # type: ignore[no-untyped-call]
             await connection.disconnect()
         self._available_connections.append(connection)
-
-
-class _QuickBlockingPool(_QuickPool):
-    """The standalone client's pool."""
 
 
 class _PromptSend(AbstractConnection):
