@@ -52,6 +52,7 @@ except ImportError:  # pragma: no cover - redis[hiredis] is a dependency; packin
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import Connection as ClusterConnection
 from redis.asyncio.sentinel import (
     MasterNotFoundError,
     Sentinel,
@@ -282,7 +283,28 @@ class _QuickPool(aioredis.BlockingConnectionPool):
         self._available_connections.append(connection)
 
 
-class _PromptSend(AbstractConnection):
+class _HiredisPack(AbstractConnection):
+    """Packs commands with hiredis (every connection we make: standalone, Sentinel and
+    Cluster)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        """The command in RESP, packed by hiredis (C) instead of redis-py's Python loop:
+        about 4 against 35 µs for a rotation's script call. Same bytes: a first argument
+        with spaces is split (``"SCRIPT LOAD"``), text is UTF-8, numbers as ``repr``; an
+        argument hiredis does not take (``None``, a bool) gets redis-py's own packing and
+        error."""
+        if _hiredis is None:
+            return super().pack_command(*args)
+        head = args[0]
+        if (isinstance(head, str) and " " in head) or (isinstance(head, bytes) and b" " in head):
+            args = (*head.split(), *args[1:])
+        try:
+            return [_hiredis.pack_command(args)]
+        except TypeError:
+            return super().pack_command(*args)
+
+
+class _PromptSend(_HiredisPack):
     """Sends a command without a timer when the socket takes it at once.
 
     redis-py wraps every send in ``asyncio.wait_for(..., socket_timeout)``, which on Python
@@ -320,27 +342,16 @@ class _PromptSend(AbstractConnection):
             # The rest waits in the transport: redis-py's drain, timeout and error mapping.
             await super().send_packed_command([], check_health=False)
 
-    def pack_command(self, *args: Any) -> list[bytes]:
-        """The command in RESP, packed by hiredis (C) instead of redis-py's Python loop:
-        about 4 against 35 µs for a rotation's script call. Same bytes: a first argument
-        with spaces is split (``"SCRIPT LOAD"``), text is UTF-8, numbers as ``repr``; an
-        argument hiredis does not take (``None``, a bool) gets redis-py's own packing and
-        error."""
-        if _hiredis is None:
-            return super().pack_command(*args)
-        head = args[0]
-        if (isinstance(head, str) and " " in head) or (isinstance(head, bytes) and b" " in head):
-            args = (*head.split(), *args[1:])
-        try:
-            return [_hiredis.pack_command(args)]
-        except TypeError:
-            return super().pack_command(*args)
-
 
 def _prompt(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     """``cls`` (the connection class ``from_url`` chose: TCP, TLS or Unix socket) with
     :class:`_PromptSend`."""
     return type(f"Prompt{cls.__name__}", (_PromptSend, cls), {})
+
+
+def _packed(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls`` (a cluster node's connection class: TCP or TLS) with :class:`_HiredisPack`."""
+    return type(f"Packed{cls.__name__}", (_HiredisPack, cls), {})
 
 
 class _Cluster(RedisCluster):
@@ -351,6 +362,16 @@ class _Cluster(RedisCluster):
     next command tries the seeds again, so an instance started while they were down (or
     whose first seed stays dead) becomes ready as soon as one of them answers.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # redis-py fixes the nodes' connection class; ours packs with hiredis. The same
+        # two places redis-py itself updates for nodes made later and the seeds made now.
+        manager = self.nodes_manager
+        packed = _packed(manager.connection_kwargs.get("connection_class", ClusterConnection))
+        manager.connection_kwargs["connection_class"] = packed
+        for node in manager.startup_nodes.values():
+            node.connection_class = packed  # type: ignore[assignment]
 
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
         try:
