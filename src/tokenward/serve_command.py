@@ -67,7 +67,7 @@ def worker_app() -> object:
         if not die_with_parent(int(supervisor)):
             raise SystemExit("tokenward: the supervising process exited; worker not started")
 
-    return create_app(Tokenward(load_settings(), migrate=False))
+    return create_app(Tokenward(load_settings(), migrate=False), freeze_gc=True)
 
 
 def log_config(level: str) -> dict[str, Any]:
