@@ -112,7 +112,7 @@ def create_app(
             collector's permanent generation (:func:`gc.freeze`). A process of its own
             (``tokenward serve``'s workers) wants it: a full collection then walks only
             what requests made since, not the modules, the app and its pools (measured
-            pauses of 45-56 ms, which a request caught in one waits out). A library must
+            pauses of 45-84 ms, which a request caught in one waits out). A library must
             not do it to its host's process, so it is off by default.
     """
     auth = AuthRoutes(tw)
