@@ -246,7 +246,7 @@ async def test_the_operators_log_names_agents_by_reference(redis: RedisClient) -
     without a user; ``recent`` reads each back with its agent, a clashing one (stored whole)
     and one whose table entry expired (empty) included."""
     log = RedisEventLog(redis, ttl=TTL, per_user=10)
-    uid, ip = uuid.uuid4().hex, f"198.51.100.{random.randrange(1, 250)}"  # noqa: S311
+    uid, ip = uuid.uuid4().hex, f"2001:db8::{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
     browser, clashing, gone = (f"Mozilla/5.0 {name} {uuid.uuid4()}" for name in "abc")
     failed = SecurityEvent(EventKind.LOGIN_FAILED, NOW, None, None, ip, browser)
     await log.append(failed)
