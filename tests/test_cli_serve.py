@@ -359,7 +359,18 @@ def test_granian_serves_counts_closes_slow_heads_and_dies_with_serve(
             assert proc.poll() is None, log.read_text(errors="replace")
             return log.read_text(errors="replace").count("metrics listener on") >= 2
 
+        def serving() -> bool:
+            # granian opens the HTTP port once a worker's start-up is over, a moment
+            # after that worker's metrics line (a connection, not a request: the test
+            # counts the requests each worker saw)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            except OSError:
+                return False
+            return True
+
         wait_until(both_workers_up, within=START_DEADLINE, what="two workers", step=0.1)
+        wait_until(serving, within=START_DEADLINE, what="/healthz answers", step=0.05)
         return proc
 
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio.connection import SSLConnection
 
 from ports import free_port
 from tokenward.errors import ConfigError
@@ -116,7 +117,11 @@ async def test_tls_options_reach_the_cluster_client() -> None:
         seeds = [(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()]
         assert seeds == [("127.0.0.1", 7000), ("127.0.0.1", 7001)]
         kwargs = client.connection_kwargs
-        assert kwargs["connection_class"].__name__ == "SSLConnection"
+        # TLS connections (ours: packed with hiredis), for the seeds and the nodes to come
+        assert issubclass(kwargs["connection_class"], SSLConnection)
+        assert {n.connection_class for n in client.nodes_manager.startup_nodes.values()} == {
+            kwargs["connection_class"]
+        }
         assert kwargs["ssl_ca_certs"] == "/ca.pem"
         assert (kwargs["ssl_certfile"], kwargs["ssl_keyfile"]) == ("/c.pem", "/k.pem")
         assert kwargs["ssl_cert_reqs"] == "required"

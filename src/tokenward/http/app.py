@@ -214,11 +214,13 @@ def create_app(
         if manage_lifespan:
             await tw.start()
         try:
-            if listener is not None:
-                await listener.start()
             if freeze_gc:
+                # Before the metrics listener: its "listening" line stays the last step
+                # of a worker's start (the full collection takes a moment).
                 gc.collect()  # what start-up left as garbage is freed, not frozen
                 gc.freeze()
+            if listener is not None:
+                await listener.start()
             try:
                 yield
             finally:
