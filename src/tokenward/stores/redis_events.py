@@ -64,7 +64,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -326,10 +326,11 @@ def _split(entry: str) -> tuple[str, str, str, str, str, str, str] | None:
     return entry_id, klass_kind[1:], late, sid, ip, ref, detail
 
 
-def _parse(entry: str, uid: str, agents: dict[str, str]) -> SecurityEvent | None:
+def _parse(
+    parts: tuple[str, str, str, str, str, str, str] | None, uid: str, agents: dict[str, str]
+) -> SecurityEvent | None:
     """A history entry as an event; ``None`` if it cannot be read (written by a newer
     version, or damaged): skipped, never a failed read."""
-    parts = _split(entry)
     if parts is None:
         return None
     entry_id, code, late, sid, ip, ref, detail_text = parts
@@ -464,14 +465,12 @@ class RedisEventLog:
             if klass and klass[0][:1] in kept and kept[klass[0][:1]] < count:
                 kept[klass[0][:1]] += 1
                 chosen.append(entry)
-        split = (_split(entry) for entry in chosen)
-        wanted = sorted({p[5] for p in split if p is not None and p[5] and p[5] not in agents})
-        if wanted:
-            shard = _shard_of_user(uid)
-            async with _backend():
-                found = await self.redis.mget([agent_key(shard, ref) for ref in wanted])
-            agents.update((ref, ua) for ref, ua in zip(wanted, found, strict=True) if ua)
-        events = [_parse(entry, uid, agents) for entry in chosen]
+        split = [_split(entry) for entry in chosen]
+        async with _backend():
+            agents |= await self._agents(
+                _shard_of_user(uid), (p[5] for p in split if p and p[5] not in agents)
+            )
+        events = [_parse(parts, uid, agents) for parts in split]
         old = [*old_rows, *(_listed(e) for e in old_listed)]
         events += [_decode(entry_id, f) for entry_id, f in old]
         mine = [e for e in events if e is not None and e.uid == uid and e.at > now - self.ttl]
@@ -516,13 +515,20 @@ class RedisEventLog:
                     if len(out) == limit:
                         break
             top = f"({rows[-1][0]}"
-        wanted = sorted({ref for _, ref in out if ref})
-        if not wanted or shard is None:
+        if shard is None:
             return [event for event, _ in out]
+        agents = await self._agents(shard, (ref for _, ref in out))
+        return [replace(e, user_agent=agents.get(ref, "")) if ref else e for e, ref in out]
+
+    async def _agents(self, shard: int, refs: Iterable[str]) -> dict[str, str]:
+        """The agents that stream ``shard``'s table holds for ``refs`` (empty ones skipped):
+        one ``MGET`` in one slot, none for no reference."""
+        wanted = sorted({ref for ref in refs if ref})
+        if not wanted:
+            return {}
         found: list[str | None]
         found = await self.redis.mget([agent_key(shard, ref) for ref in wanted])  # type: ignore[assignment]
-        agents = {ref: ua for ref, ua in zip(wanted, found, strict=True) if ua}
-        return [replace(e, user_agent=agents.get(ref, "")) if ref else e for e, ref in out]
+        return {ref: ua for ref, ua in zip(wanted, found, strict=True) if ua}
 
     async def seen(self, uid: str, device: str, *, now: int, memory: int) -> bool:
         """See :meth:`tokenward.events.DeviceRegistry.seen` (a device the 0.1 set knows
