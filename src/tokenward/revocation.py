@@ -36,8 +36,9 @@ class SessionCache:
     """Live sessions seen recently by this process.
 
     Args:
-        max_entries: bound on memory; the least recently stored entry goes first. ``0``
-            turns caching off: every request asks the store (for measurements and for
+        max_entries: bound on memory; the least recently stored entry goes first (and
+            entries that have run out go anyway, a few at each store). ``0`` turns
+            caching off: every request asks the store (for measurements and for
             deployments that prefer a Redis round trip to any staleness window).
         max_age: seconds an entry may vouch before it is looked up again, a safety net
             on top of the feed.
@@ -121,10 +122,20 @@ class SessionCache:
         """Remember a state just read from the store, unless anything ended meanwhile."""
         if not self._healthy or ticket != self._generation or self._max_entries <= 0:
             return
-        self._entries[sid] = (state, min(state.expires_at, now + self._max_age))
-        self._entries.move_to_end(sid)
-        if len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        entries = self._entries
+        entries[sid] = (state, min(state.expires_at, now + self._max_age))
+        entries.move_to_end(sid)
+        if len(entries) > self._max_entries:
+            entries.popitem(last=False)
+        # The oldest stored come first, and none may vouch for more than max_age seconds:
+        # drop up to two that have run out (more than one a store, so the sweep keeps up).
+        # The cache then holds the sessions seen in the last max_age seconds, not the last
+        # max_entries: a worker's memory stops growing with every new session it meets.
+        for _ in range(2):
+            oldest = next(iter(entries.values()))
+            if oldest[1] > now:
+                break
+            entries.popitem(last=False)
 
     def forget(self, sids: Iterable[str]) -> None:
         """Drop these sessions (they ended, or changed)."""

@@ -167,7 +167,8 @@ class Tokenward:
         )
         self.hasher = PasswordHasher(
             self.argon2
-            or Argon2Params(s.argon2_memory_kib, s.argon2_time_cost, s.argon2_parallelism)
+            or Argon2Params(s.argon2_memory_kib, s.argon2_time_cost, s.argon2_parallelism),
+            concurrency=s.argon2_threads,
         )
         self.password_policy = PasswordPolicy(min_length=s.password_min_length)
         self.templates = Templates(s.mail_templates_dir)

@@ -359,6 +359,15 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(
         default=OWASP_ARGON2_PARALLELISM, ge=1, le=16, description="argon2id lanes."
     )
+    argon2_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="argon2id computations at once in each process. Unset: the cores the "
+        "process may run on, shared out among the workers of `tokenward serve --workers N` "
+        "(at least 1 each). More than the cores only slows every login: each computation "
+        "needs its 19 MiB in the caches.",
+    )
     backend_timeout: float = Field(
         default=2.0,
         gt=0,

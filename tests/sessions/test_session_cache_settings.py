@@ -41,6 +41,29 @@ async def test_cache_size_bounds_the_entries(make_tw: MakeTw) -> None:
     assert tw.cache.hits == hits + 1  # evicted: asked Redis
 
 
+async def test_entries_that_ran_out_leave_without_waiting_for_the_size_bound(
+    make_tw: MakeTw,
+) -> None:
+    """TTL 5, size 1,000: 30 sessions seen, then 5 s later 20 others. Each store drops up
+    to two entries that ran out, so the first 30 are gone (before, all 50 stayed until
+    1,000 sessions had pushed them out); the 20 recent ones are still vouched for."""
+    tw = await make_tw(session_cache_ttl=5, session_cache_size=1000)
+    assert isinstance(tw.clock, FrozenClock)
+    await await_until(lambda: tw.feed.subscribed, within=5, what="the feed subscribes")
+    for n in range(30):
+        await tw.sessions.authenticate(await _logged_in(tw, 300 + n), now=tw.clock.now())
+    assert len(tw.cache) == 30
+    tw.clock.advance(5)
+    recent = [await _logged_in(tw, 400 + n) for n in range(20)]
+    for token in recent:
+        await tw.sessions.authenticate(token, now=tw.clock.now())
+    assert len(tw.cache) == 20
+    hits = tw.cache.hits
+    for token in recent:
+        await tw.sessions.authenticate(token, now=tw.clock.now())
+    assert tw.cache.hits == hits + 20
+
+
 async def test_cache_size_zero_turns_it_off(make_tw: MakeTw) -> None:
     """Size 0: 20 authentications of one session, 0 answered by the cache."""
     tw = await make_tw(session_cache_size=0)
