@@ -93,7 +93,9 @@ async def test_other_processes_pings_are_not_endings(tmp_path: Path) -> None:
 
     with private_redis(tmp_path) as server:
         client = aioredis.from_url(server.url, decode_responses=True)
-        feeds = [RevocationFeed(client, SessionCache()) for _ in range(3)]
+        # A wide lease: a ping late on a loaded machine must not lapse a feed (a lapse
+        # empties its cache too, and would read here as a ping taken for an ending).
+        feeds = [RevocationFeed(client, SessionCache(), lease=5.0) for _ in range(3)]
         try:
             for feed in feeds:
                 await feed.start(wait=5)
