@@ -130,10 +130,10 @@ class SessionCache:
         # The oldest stored come first, and none may vouch for more than max_age seconds:
         # drop up to two that have run out (more than one a store, so the sweep keeps up).
         # The cache then holds the sessions seen in the last max_age seconds, not the last
-        # max_entries: a worker's memory stops growing with every new session it meets.
+        # max_entries whenever they were seen.
         for _ in range(2):
-            oldest = next(iter(entries.values()))
-            if oldest[1] > now:
+            oldest = next(iter(entries.values()), None)
+            if oldest is None or oldest[1] > now:
                 break
             entries.popitem(last=False)
 

@@ -9,8 +9,9 @@ import pytest
 
 from tokenward.clock import FrozenClock
 from tokenward.errors import ConfigError
+from tokenward.revocation import SessionCache
 from tokenward.runtime import Tokenward
-from tokenward.sessions import UserRef
+from tokenward.sessions import SessionState, UserRef
 from tokenward.settings import load_settings
 from waiting import await_until
 
@@ -62,6 +63,18 @@ async def test_entries_that_ran_out_leave_without_waiting_for_the_size_bound(
     for token in recent:
         await tw.sessions.authenticate(token, now=tw.clock.now())
     assert tw.cache.hits == hits + 20
+
+
+def test_storing_an_entry_that_has_already_run_out_leaves_the_cache_empty() -> None:
+    """The sweep may meet the entry just stored (a state expiring this very second) and
+    then an empty cache: it stops there, without an error."""
+    cache = SessionCache()
+    cache.set_healthy(True)
+    state = SessionState(
+        uid="u" * 32, user_created_at=1, csrf_digest="0" * 64, created_at=1, expires_at=100
+    )
+    cache.put("s" * 22, state, ticket=cache.ticket(), now=100)
+    assert len(cache) == 0
 
 
 async def test_cache_size_zero_turns_it_off(make_tw: MakeTw) -> None:
