@@ -41,14 +41,7 @@ from argon2 import PasswordHasher as _Argon2
 from argon2 import Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-__all__ = [
-    "CHEAP_FOR_TESTS",
-    "COST_SAMPLES",
-    "OWASP_2025",
-    "Argon2Params",
-    "PasswordHasher",
-    "threads_per_worker",
-]
+__all__ = ["CHEAP_FOR_TESTS", "COST_SAMPLES", "OWASP_2025", "Argon2Params", "PasswordHasher"]
 
 #: How many recent verifications at the current parameters estimate what one costs: few,
 #: so that the estimate follows a change of load within a few requests (with 16 it lagged
@@ -77,17 +70,6 @@ def _cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-def threads_per_worker(workers: int) -> int:
-    """argon2 computations at once for each of ``workers`` processes sharing this machine.
-
-    The cores shared out, rounded down, at least one: with one thread per core in every
-    worker, two workers on two cores ran four 19 MiB computations at once and a login
-    cost a quarter more CPU than a bare hash (``bench/perf.py``). Rounding down leaves
-    any odd core to the event loops, which keep answering other requests meanwhile.
-    """
-    return max(1, _cores() // max(1, workers))
 
 
 class PasswordHasher:

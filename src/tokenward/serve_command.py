@@ -20,7 +20,6 @@ from typing import Any
 
 from tokenward.cli import EXIT_OK, CannotListen
 from tokenward.errors import ConfigError
-from tokenward.passwords import threads_per_worker
 from tokenward.settings import Settings, load_settings
 
 __all__ = ["SUPERVISOR_PID_ENV", "log_config", "serve", "worker_app"]
@@ -180,9 +179,6 @@ def serve(
         os.environ["TOKENWARD_REDIS_URL"] = str(settings.redis_url)
         os.environ["TOKENWARD_ISSUER"] = settings.effective_issuer
         os.environ["TOKENWARD_ALLOWED_ORIGINS"] = ",".join(settings.allowed_origins)
-        if workers > 1 and settings.argon2_threads is None:
-            # Otherwise every worker would hash on every core at once.
-            os.environ["TOKENWARD_ARGON2_THREADS"] = str(threads_per_worker(workers))
         if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             # Several processes: prometheus_client's multiprocess mode, one fresh directory
             # per run (stale files would add a previous run's counts). See docs/deployment.md.

@@ -363,10 +363,8 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=256,
-        description="argon2id computations at once in each process. Unset: the cores the "
-        "process may run on, shared out among the workers of `tokenward serve --workers N` "
-        "(at least 1 each). More than the cores only slows every login: each computation "
-        "needs its 19 MiB in the caches.",
+        description="argon2id computations at once in each process (each holds its memory "
+        "cost while it runs). Unset: one per core the process may run on.",
     )
     backend_timeout: float = Field(
         default=2.0,

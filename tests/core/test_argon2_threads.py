@@ -1,8 +1,4 @@
-"""How many argon2 computations run at once: one per core, shared out among serve's workers.
-
-Two workers on two cores, each with one thread per core, ran four 19 MiB computations on two
-cores: a login then cost about a quarter more CPU than a bare hash (``bench/perf.py``).
-"""
+"""``TOKENWARD_ARGON2_THREADS``: how many argon2 computations a process runs at once."""
 
 from __future__ import annotations
 
@@ -11,22 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tokenward import passwords
-from tokenward.passwords import CHEAP_FOR_TESTS, PasswordHasher, threads_per_worker
+from tokenward.passwords import CHEAP_FOR_TESTS, PasswordHasher
 from tokenward.runtime import Tokenward
 from tokenward.settings import load_settings
 
 
-@pytest.mark.parametrize(
-    ("cores", "workers", "threads"),
-    [(2, 1, 2), (2, 2, 1), (2, 3, 1), (8, 3, 2), (8, 4, 2), (16, 1, 16), (1, 8, 1)],
-)
-def test_the_cores_are_shared_out_rounded_down_and_at_least_one(
-    monkeypatch: pytest.MonkeyPatch, cores: int, workers: int, threads: int
-) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
-    assert threads_per_worker(workers) == threads
-    assert PasswordHasher(CHEAP_FOR_TESTS).concurrency == cores  # one process: every core
+def test_one_per_core_the_process_may_run_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 3, 5})
+    assert PasswordHasher(CHEAP_FOR_TESTS).concurrency == 3
+    assert PasswordHasher(CHEAP_FOR_TESTS, concurrency=1).concurrency == 1
 
 
 def test_the_setting_reaches_the_hasher(redis_url: str, tmp_path: Path) -> None:
@@ -36,7 +25,7 @@ def test_the_setting_reaches_the_hasher(redis_url: str, tmp_path: Path) -> None:
         "TOKENWARD_ISSUER": "https://tokenward.test",
     }
     default = Tokenward(load_settings(env, env_file=tmp_path / "none.env"), argon2=CHEAP_FOR_TESTS)
-    assert default.hasher.concurrency == passwords._cores()
+    assert default.hasher.concurrency == len(os.sched_getaffinity(0))
     env["TOKENWARD_ARGON2_THREADS"] = "3"
     three = Tokenward(load_settings(env, env_file=tmp_path / "none.env"), argon2=CHEAP_FOR_TESTS)
     assert three.hasher.concurrency == 3

@@ -26,21 +26,6 @@ MakeOpsTw = Callable[..., Awaitable[Tokenward]]
 OPS_METRICS_TOKEN = "ops-metrics-scrape-token-0123456789abcdef"
 
 
-def children(pid: int) -> list[int]:
-    """The processes ``pid`` started (a server's workers, multiprocessing's tracker)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
 def ops_env(redis_url: str | None, data_dir: Path, **overrides: Any) -> dict[str, str]:
     """The ``TOKENWARD_*`` variables of a test deployment."""
     env = {

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import httpx
-from ops_support import children
 from prometheus_client.parser import text_string_to_metric_families
 
 from ports import free_port
@@ -88,13 +87,6 @@ def test_serve_with_two_workers_reports_every_request(redis_url: str, tmp_path: 
             return log.read_text(errors="replace").count("Application startup complete") >= 2
 
         wait_until(both_workers_started, within=STARTUP_TIMEOUT, step=0.1)
-        # Each worker hashes on its share of the cores, not on all of them.
-        share = str(max(1, len(os.sched_getaffinity(0)) // 2)).encode()
-        workers = children(proc.pid)
-        assert len(workers) >= 2
-        for pid in workers:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            assert b"TOKENWARD_ARGON2_THREADS=" + share in environ
         base = f"http://127.0.0.1:{port}"
         for _ in range(20):
             # A new connection each time, so the kernel may hand it to either worker.

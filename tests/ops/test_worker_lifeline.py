@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import httpx
-from ops_support import children
 
 from ports import free_port
 from waiting import wait_until
@@ -26,6 +25,20 @@ START_DEADLINE = 90.0
 #: Seconds for the orphans to go: the death signal is immediate; a graceful uvicorn
 #: shutdown and the kernel's reaping take well under this on a loaded machine.
 EXIT_DEADLINE = 20.0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -81,7 +94,7 @@ def test_workers_exit_when_the_supervisor_is_killed(redis_url: str, tmp_path: Pa
     second: subprocess.Popen[bytes] | None = None
     try:
         _wait_started(first, first_log)
-        orphans = children(first.pid)
+        orphans = _children(first.pid)
         assert len(orphans) >= 2, "two workers (and the resource tracker)"
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
         # A scrape: the listener closes first, leaving its port in TIME_WAIT for the restart.
