@@ -373,12 +373,13 @@ async def make_users(base: str, n: int, cookie_share: int) -> dict[str, list[str
     return out
 
 
-#: settings given with --setting, for the server under test
-SETTINGS: dict[str, str] = {}
-
-
 def serve_env(
-    src: Path, tmp: Path, redis_port: int, database: str | None, base: str
+    src: Path,
+    tmp: Path,
+    redis_port: int,
+    database: str | None,
+    base: str,
+    settings: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment of ``tokenward serve`` under load: production settings, the limits
     that one client address sending everything would trip raised (bench/soak.py too)."""
@@ -400,7 +401,7 @@ def serve_env(
     if database:
         env["TOKENWARD_DATABASE_URL"] = database
     # --setting NAME=VALUE: one setting for the server under test (an A/B of one knob)
-    env.update(SETTINGS)
+    env.update(settings or {})
     return env
 
 
@@ -412,7 +413,8 @@ def start_serve(
     base URL and its environment. Stopped by pid if it does not come up."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = serve_env(args.src, tmp, redis_port, database, base)
+    # bench/soak.py's arguments have no --setting
+    env = serve_env(args.src, tmp, redis_port, database, base, getattr(args, "settings", None))
     argv = [str(VENV_BIN / "tokenward"), "serve", "--port", str(port),
             "--workers", str(args.workers)]  # fmt: skip
     if args.server:
@@ -613,11 +615,12 @@ def main() -> int:
         "if needed). Default: on when node is installed and bench/node/node_modules exists",
     )  # fmt: skip
     args = parser.parse_args()
+    args.settings = {}
     for item in args.setting:
         name, sep, value = item.partition("=")
         if not name.startswith("TOKENWARD_") or not sep:
             parser.error(f"--setting: TOKENWARD_NAME=VALUE expected (got {item!r})")
-        SETTINGS[name] = value
+        args.settings[name] = value
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required (Debian: apt-get install wrk)")
     args.node = node_ready(args.node)

@@ -488,20 +488,31 @@ class RedisEventLog:
             kinds: only these kinds (``login.failed``, ``refresh.reused`` ...); all if empty.
             before: page backwards: only events older than this id.
         """
-        out: list[SecurityEvent] = []
+        out: list[tuple[SecurityEvent, int | None, str]] = []
         async with _backend():
             for shard in [*range(GLOBAL_SHARDS), None]:
                 out += await self._recent_of(shard, limit, kinds, before)
-        out.sort(key=_id_order, reverse=True)
-        return out[:limit]
+            out.sort(key=lambda row: _id_order(row[0]), reverse=True)
+            del out[limit:]
+            # Agents only for the events kept: one MGET per stream they came from.
+            refs: dict[int, list[str]] = {}
+            for _, shard, ref in out:
+                if shard is not None and ref:
+                    refs.setdefault(shard, []).append(ref)
+            agents = {shard: await self._agents(shard, wanted) for shard, wanted in refs.items()}
+        return [
+            replace(e, user_agent=agents[shard].get(ref, "")) if shard is not None and ref else e
+            for e, shard, ref in out
+        ]
 
     async def _recent_of(
         self, shard: int | None, limit: int, kinds: Sequence[str], before: str | None
-    ) -> list[SecurityEvent]:
+    ) -> list[tuple[SecurityEvent, int | None, str]]:
         """Up to ``limit`` matching events of one stream (``None``: the 0.1 one), newest
-        first, their agents read from the stream's agent table."""
+        first, each with its stream and the reference of its agent in the stream's agent
+        table (empty: the entry holds its agent, or none)."""
         stream = LEGACY_GLOBAL_STREAM if shard is None else global_key(shard)
-        out: list[tuple[SecurityEvent, str]] = []  # with the agent's reference, if any
+        out: list[tuple[SecurityEvent, int | None, str]] = []
         rows: list[Any]
         top = "+" if before is None else f"({before}"
         while len(out) < limit:
@@ -511,14 +522,11 @@ class RedisEventLog:
             for entry_id, f in rows:
                 event = _decode(entry_id, f)
                 if event is not None and (not kinds or event.kind.value in kinds):
-                    out.append((event, f.get("ur", "")))
+                    out.append((event, shard, f.get("ur", "")))
                     if len(out) == limit:
                         break
             top = f"({rows[-1][0]}"
-        if shard is None:
-            return [event for event, _ in out]
-        agents = await self._agents(shard, (ref for _, ref in out))
-        return [replace(e, user_agent=agents.get(ref, "")) if ref else e for e, ref in out]
+        return out
 
     async def _agents(self, shard: int, refs: Iterable[str]) -> dict[str, str]:
         """The agents that stream ``shard``'s table holds for ``refs`` (empty ones skipped):
