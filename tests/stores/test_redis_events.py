@@ -338,8 +338,12 @@ async def test_the_operators_log_is_spread_over_shards(redis: RedisClient) -> No
 
 async def test_per_user_memory_stays_bounded(redis: RedisClient) -> None:
     """However many events a user gets, their history holds at most ``per_user`` entries of
-    each class, and their memory stops growing: after 2,000 events of each kind it is within
-    10 % of what it was after 1,000 (uncapped, it would double)."""
+    each class, and their memory stops growing: after 2,000 events of each kind it is well
+    under twice what it was after 1,000 (uncapped, it would double). Not tighter: an entry's
+    id carries a sequence suffix when several of the user's events fall in one millisecond,
+    so entry sizes depend on how fast this loop runs (and the second round's session ids
+    are a digit longer); with a 10 % bound it failed 1 run in 3 next to the security-event
+    tests."""
     log = RedisEventLog(redis, ttl=TTL, per_user=100)
     uid = uuid.uuid4().hex
 
@@ -354,4 +358,4 @@ async def test_per_user_memory_stays_bounded(redis: RedisClient) -> None:
 
     first, second = await write(1000), await write(1000)
     assert await redis.llen(keys(uid)["h"]) == 200
-    assert second <= first * 1.1, (first, second)
+    assert second <= first * 1.5, (first, second)
