@@ -27,6 +27,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     column,
     exists,
     insert,
@@ -81,8 +82,11 @@ def create_engine(url: str, *, timeout: float = 2.0) -> AsyncEngine:
     return create_async_engine(url, connect_args=connect_args)
 
 
-async def read(engine: AsyncEngine, query: Executable) -> CursorResult[Any]:
-    """Run a read-only ``query`` (through :func:`reader`'s engine); its rows are buffered.
+async def read(
+    engine: AsyncEngine, query: Executable, params: dict[str, Any] | None = None
+) -> CursorResult[Any]:
+    """Run a read-only ``query`` with ``params`` (through :func:`reader`'s engine); its rows
+    are buffered.
 
     A read that finds its pooled connection dead (the server restarted since it was
     opened) runs once more on a new one: reading twice changes nothing.
@@ -93,12 +97,12 @@ async def read(engine: AsyncEngine, query: Executable) -> CursorResult[Any]:
     async with _backend():
         try:
             async with engine.connect() as conn:
-                return await conn.execute(query)
+                return await conn.execute(query, params)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
         async with engine.connect() as conn:
-            return await conn.execute(query)
+            return await conn.execute(query, params)
 
 
 def reader(engine: AsyncEngine) -> AsyncEngine:
@@ -146,6 +150,15 @@ _HAS_SECOND_FACTOR = (
 )
 
 
+# The two reads on the login path, built once with bound parameters: a statement built per
+# call is compiled from the SQL cache each time, but its cache key is computed anew, which
+# cost about as much as the database's answer (bench/inprocess.py --database-reads).
+_BY_EMAIL_KEY = select(users_table, _HAS_SECOND_FACTOR).where(
+    users_table.c.email_key == bindparam("email_key")
+)
+_BY_ID = select(users_table).where(users_table.c.id == bindparam("id"))
+
+
 def _user(row: Any, has_second_factor: bool | None = None) -> User:
     return User(
         id=row.id,
@@ -190,16 +203,12 @@ class SqlUserStore:
         """See :meth:`tokenward.users.UserStore.by_email`; also whether the user has a
         confirmed second factor (``User.has_second_factor``), in the same query: a login
         then needs no query of its own to know whether a second step follows."""
-        query = select(users_table, _HAS_SECOND_FACTOR).where(
-            users_table.c.email_key == email_key(email)
-        )
-        row = (await read(self._reader, query)).first()
+        row = (await read(self._reader, _BY_EMAIL_KEY, {"email_key": email_key(email)})).first()
         return None if row is None else _user(row, bool(row.has_second_factor))
 
     async def by_id(self, user_id: str) -> User | None:
         """See :meth:`tokenward.users.UserStore.by_id`."""
-        query = select(users_table).where(users_table.c.id == user_id)
-        row = (await read(self._reader, query)).first()
+        row = (await read(self._reader, _BY_ID, {"id": user_id})).first()
         return None if row is None else _user(row)
 
     async def set_password_hash(
