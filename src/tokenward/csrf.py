@@ -15,12 +15,12 @@ Two checks, both from OWASP's CSRF cheat sheet:
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from urllib.parse import urlsplit
 
 from tokenward.errors import CsrfError
+from tokenward.refresh import stored_digest
 
 __all__ = ["check_origin", "check_token", "csrf_digest", "new_csrf_token", "referer_origin"]
 
@@ -31,8 +31,8 @@ def new_csrf_token() -> str:
 
 
 def csrf_digest(token: str) -> str:
-    """Hex SHA-256 of a CSRF token, as stored with the session."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    """A CSRF token as stored with the session (:func:`tokenward.refresh.stored_digest`)."""
+    return stored_digest(token.encode())
 
 
 def check_origin(

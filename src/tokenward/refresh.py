@@ -2,8 +2,8 @@
 
 Wire form: ``<user id>.<session id>.<secret>``. The two ids only locate the session record
 (all of a user's keys share one Redis hash slot, so the user id must be known before the
-lookup); the 32-byte secret is what proves possession, and the server keeps nothing but its
-SHA-256.
+lookup); the 32-byte secret is what proves possession, and the server keeps nothing but the
+first 128 bits of its SHA-256 (:func:`stored_digest`).
 
 Rotation is idempotent: the successor's secret is ``HMAC-SHA256(key=presented secret,
 msg=salt)`` with a fresh random salt chosen at rotation and kept with the session. Whoever
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from tokenward.errors import TokenInvalid
 
-__all__ = ["SECRET_BYTES", "RefreshToken", "new_salt"]
+__all__ = ["SECRET_BYTES", "RefreshToken", "new_salt", "stored_digest"]
 
 SECRET_BYTES = 32
 _FORMAT = re.compile(r"^([0-9a-f]{32})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")
@@ -31,6 +31,17 @@ _FORMAT = re.compile(r"^([0-9a-f]{32})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def stored_digest(secret: bytes) -> str:
+    """What the session store keeps of a secret (a refresh secret, a CSRF token): the first
+    128 bits of its SHA-256, base64url, 22 characters.
+
+    128 bits of a hash of 256 random bits: finding a secret that matches them takes 2**128
+    tries, and they are a third of the hex of the whole digest, which records held before
+    (the session scripts read those as the same 128 bits).
+    """
+    return _b64(hashlib.sha256(secret).digest()[:16])
 
 
 def new_salt() -> str:
@@ -75,8 +86,8 @@ class RefreshToken:
 
     @property
     def digest(self) -> str:
-        """Hex SHA-256 of the secret: the only form the store ever sees."""
-        return hashlib.sha256(self.secret).hexdigest()
+        """:func:`stored_digest` of the secret: the only form the store ever sees."""
+        return stored_digest(self.secret)
 
     def successor(self, salt: str) -> RefreshToken:
         """The token that replaces this one when rotated with ``salt``."""

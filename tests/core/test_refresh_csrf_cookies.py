@@ -33,9 +33,11 @@ def test_refresh_token_round_trips() -> None:
 
 
 def test_refresh_digest_is_sha256_of_the_secret() -> None:
-    """Only the SHA-256 of the secret is ever stored."""
+    """Only the SHA-256 of the secret is ever stored: its first 128 bits, base64url."""
     token = RefreshToken.new(UID, SID)
-    assert token.digest == hashlib.sha256(token.secret).hexdigest()
+    whole = hashlib.sha256(token.secret).digest()
+    assert token.digest == base64.urlsafe_b64encode(whole[:16]).rstrip(b"=").decode()
+    assert len(token.digest) == 22
 
 
 def test_refresh_repr_hides_the_secret() -> None:

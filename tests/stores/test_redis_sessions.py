@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import math
 import time
 import uuid
@@ -19,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
+from tokenward.csrf import new_csrf_token
 from tokenward.errors import CsrfError, RefreshReused, SessionEnded, TokenInvalid
 from tokenward.keys import KeySet, generate_key
 from tokenward.refresh import RefreshToken
@@ -61,6 +63,11 @@ def _user() -> UserRef:
 
 async def _open(sessions: Sessions, user: UserRef | None = None, now: int = NOW) -> Issued:
     return await sessions.open(user or _user(), ip="192.0.2.1", user_agent="pytest", now=now)
+
+
+def _hex(token: str) -> str:
+    """The whole SHA-256 of a refresh token's secret in hex: how records held it before."""
+    return hashlib.sha256(RefreshToken.parse(token).secret).hexdigest()
 
 
 async def _user_keys(redis: aioredis.Redis, uid: str) -> list[str]:
@@ -455,13 +462,79 @@ async def test_records_hold_no_user_id_and_older_ones_drop_theirs(
     assert not await redis.hexists(key, "uid")
 
 
+async def _in_the_hex_form(redis: aioredis.Redis, key: str, tokens: list[str], csrf: str) -> None:
+    """Rewrite the record at ``key`` as records were kept before digests were cut to 128
+    bits: every digest whole in hex, an ancestor its first 16 hex characters (four to a
+    field, up to ``anc3``), a grace-chain entry 96 characters."""
+    stored = await redis.hgetall(key)
+    whole = {RefreshToken.parse(t).digest: _hex(t) for t in tokens}
+    fields = {"cur": whole[stored["cur"]], "prev": whole[stored["prev"]]}
+    fields["csrf"] = hashlib.sha256(csrf.encode()).hexdigest()
+    entries = [stored["gch"][i : i + 54] for i in range(0, len(stored["gch"]), 54)]
+    fields["gch"] = "".join(whole[e[:22]] + e[22:] for e in entries)
+    heads = {d[:10]: h[:16] for d, h in whole.items()}
+    lineage = stored["anc"] + stored.get("anc2", "")
+    old = "".join(heads[lineage[i : i + 10]] for i in range(0, len(lineage), 10))
+    for n, name in enumerate(("anc", "anc2", "anc3")):
+        fields[name] = old[64 * n : 64 * n + 64]
+    await redis.hset(key, mapping=fields)
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+async def test_a_record_with_whole_hex_digests_is_read_and_rewritten(
+    sessions: Sessions, redis: aioredis.Redis, rotated: bool
+) -> None:
+    """Records written before held every digest whole, in hex. Such a record works as it
+    is: its current token rotates, its replaced tokens inside their grace get the current
+    one (through the grace chain too), its CSRF digest still checks, and an ancestor is
+    theft; the first rotation rewrites it in today's form (22-character digests, 10 for an
+    ancestor, two ancestor fields) and an ancestor is still theft after it."""
+    user = _user()
+    issued = await _open(sessions, user)
+    assert issued.csrf_token is not None
+    csrf = issued.csrf_token
+    key = f"tw:{{u:{user.id}}}:s:{issued.sid}"
+    tokens = [issued.refresh_token]
+    # 9 rotations a minute apart (ancestors fill all three hex fields), then two inside
+    # the grace (a grace chain of one entry)
+    for now in [NOW + 60 * i for i in range(1, 10)] + [NOW + 600, NOW + 601]:
+        tokens.append((await sessions.refresh(tokens[-1], csrf_token=csrf, now=now)).refresh_token)
+    await _in_the_hex_form(redis, key, tokens, csrf)
+    stored = await redis.hgetall(key)
+    assert {len(stored[f]) for f in ("cur", "prev", "csrf")} == {64}
+    assert (len(stored["gch"]), len(stored["anc3"])) == (96, 32)
+    assert await sessions.store.matches_refresh(
+        user.id, issued.sid, RefreshToken.parse(tokens[-1]).digest
+    )
+    with pytest.raises(CsrfError):
+        await sessions.refresh(tokens[-1], csrf_token=new_csrf_token(), now=NOW + 602)
+    for replayed in (tokens[-2], tokens[-3]):  # 'prev', then the grace chain's entry
+        again = await sessions.refresh(replayed, csrf_token=csrf, now=NOW + 602)
+        assert again.refresh_token == tokens[-1]
+    if rotated:
+        tokens.append(
+            (await sessions.refresh(tokens[-1], csrf_token=csrf, now=NOW + 700)).refresh_token
+        )
+        stored = await redis.hgetall(key)
+        assert {len(stored[f]) for f in ("cur", "prev", "csrf")} == {22}
+        assert stored["anc"] + stored["anc2"] == "".join(
+            RefreshToken.parse(t).digest[:10] for t in reversed(tokens[-14:-2])
+        )
+        assert "anc3" not in stored
+        assert "gch" not in stored
+        assert await sessions.state(user.id, issued.sid, now=NOW + 701)
+    with pytest.raises(RefreshReused):
+        await sessions.refresh(tokens[1], csrf_token=csrf, now=NOW + 800)
+    assert await redis.exists(key) == 0
+
+
 @pytest.mark.parametrize("upgraded", [False, True])
 async def test_a_record_written_by_0_1_is_read_and_upgraded(
     sessions: Sessions, redis: aioredis.Redis, upgraded: bool
 ) -> None:
     """0.1 kept the agent itself in ``ua`` and 128-bit ancestor prefixes in ``old``: such a
     record lists its agent and its ancestors are theft, before and after the rotation that
-    moves them to ``anc`` (64-bit prefixes) and drops ``old``."""
+    moves them to ``anc`` (the first 60 bits of each) and drops ``old``."""
     user = _user()
     issued = await _open(sessions, user)
     key = f"tw:{{u:{user.id}}}:s:{issued.sid}"
@@ -470,9 +543,10 @@ async def test_a_record_written_by_0_1_is_read_and_upgraded(
         now = NOW + 60 * i
         tokens.append((await sessions.refresh(tokens[-1], csrf_token=None, now=now)).refresh_token)
     digest = [RefreshToken.parse(t).digest for t in tokens]
+    hexed = [_hex(t) for t in tokens]
     # As 0.1 wrote it: tokens[2] is 'prev', tokens[1] and tokens[0] the older ancestors.
     assert await redis.hdel(key, "anc", "uk") == 2
-    await redis.hset(key, mapping={"old": digest[1][:32] + digest[0][:32], "ua": "Legacy/0.1"})
+    await redis.hset(key, mapping={"old": hexed[1][:32] + hexed[0][:32], "ua": "Legacy/0.1"})
     listed = await sessions.list(user.id, current=None, now=NOW + 200)
     assert [info.record.user_agent for info in listed] == ["Legacy/0.1"]
     if upgraded:
@@ -481,10 +555,30 @@ async def test_a_record_written_by_0_1_is_read_and_upgraded(
         )
         stored = await redis.hgetall(key)
         assert "old" not in stored
-        assert stored["anc"] == digest[2][:16] + digest[1][:16] + digest[0][:16]
+        assert stored["anc"] == digest[2][:10] + digest[1][:10] + digest[0][:10]
         assert stored["ua"] == "Legacy/0.1"  # kept until the session ends
     with pytest.raises(RefreshReused):
         await sessions.refresh(tokens[0], csrf_token=None, now=NOW + 300)
+
+
+async def test_a_session_record_stays_a_compact_listpack(
+    sessions: Sessions, redis: aioredis.Redis
+) -> None:
+    """After 20 refreshes (12 ancestors kept) and two rotations inside the grace window (a
+    grace chain of one entry), every value of the record is at most 64 characters, so Redis
+    keeps it as a listpack (docs/sessions.md, Bytes per session): digests of 22 characters,
+    ancestors of 10, six to a field."""
+    user = _user()
+    issued = await _open(sessions, user)
+    key = f"tw:{{u:{user.id}}}:s:{issued.sid}"
+    token = issued.refresh_token
+    for now in [NOW + 60 * i for i in range(1, 21)] + [NOW + 1300, NOW + 1301]:
+        token = (await sessions.refresh(token, csrf_token=None, now=now)).refresh_token
+    stored = await redis.hgetall(key)
+    assert {len(stored[f]) for f in ("cur", "prev", "csrf")} == {22}
+    assert (len(stored["anc"]), len(stored["anc2"]), len(stored["gch"])) == (60, 60, 54)
+    assert max(len(v) for v in stored.values()) <= 64
+    assert await redis.object("encoding", key) == "listpack"
 
 
 async def test_user_agents_are_stored_once_per_user(

@@ -18,14 +18,16 @@ field, which must match the key's, and one written by 0.1 an ``email`` field, wh
 reads; the next rotation or re-key deletes both), ``created last abs exp`` (times: ``exp`` is
 ``min(last refresh + idle timeout, abs)``, the moment the key's TTL runs out), ``ip``,
 ``uk`` (64 bits of SHA-256 of the user agent, stored once per user in ``:ua``; a record
-written by 0.1 holds the agent itself in ``ua``), ``csrf`` (SHA-256 of the CSRF token),
-``cur`` (SHA-256 of the current refresh secret), ``prev`` and ``rot`` (the just-replaced
-digest and when), ``salt`` (of the last rotation), ``anc anc2 anc3`` (the first 64 bits of
-up to 12 older replaced digests, for theft detection, at most 64 characters a field so the
-hash stays a listpack; 0.1 kept 128-bit prefixes in ``old``, read as ancestors and moved by
-the next rotation or re-key), ``gch`` (the grace chain: the tokens before ``prev`` replaced
-less than the grace window ago, each with the salt that replaced it and when; usually
-absent), ``rlw rln`` (refresh rate window), ``rlx`` (the window whose first refusal was
+written by 0.1 holds the agent itself in ``ua``), ``csrf`` (the CSRF token's digest),
+``cur`` (the current refresh secret's digest: a digest is the first 128 bits of SHA-256,
+base64url, :func:`tokenward.refresh.stored_digest`), ``prev`` and ``rot`` (the
+just-replaced digest and when), ``salt`` (of the last rotation), ``anc anc2`` (the first 60
+bits of up to 12 older replaced digests, for theft detection, at most 60 characters a field
+so the hash stays a listpack; records written before kept whole hex digests, 64-bit
+ancestors up to ``anc3`` and, by 0.1, 128-bit ones in ``old``: every script reads them as
+today's form and the next rotation or re-key rewrites them), ``gch`` (the grace chain: the
+tokens before ``prev`` replaced less than the grace window ago, each with the salt that
+replaced it and when; usually absent), ``rlw rln`` (refresh rate window), ``rlx`` (the window whose first refusal was
 reported), ``fp`` (a digest of the user agent and address prefix of the client that made the
 last rotation), ``gn`` (grace replays since that rotation), ``gev`` (when a grace replay was
 last reported).
@@ -48,6 +50,7 @@ channel of the user's slot instead (:mod:`tokenward.stores.redis_channels`).
 
 from __future__ import annotations
 
+import base64
 import builtins
 import contextlib
 import functools
@@ -83,19 +86,24 @@ ENDED_TTL = 30 * 86_400
 ENDED_KEEP = 50
 #: Older replaced refresh digests kept for theft detection (besides ``prev``).
 ANCESTORS_KEPT = 12
-#: Hex characters kept of each ancestor digest: 64 bits. An ancestor is only recognised,
-#: never accepted (presenting one ends the session), so a match by chance costs an attacker
-#: about 2**60 tries against the refresh limits to end a session whose ids they know.
-#: 12 x 16 characters fill three fields of 64, the longest value a small hash keeps in its
-#: compact listpack encoding (``hash-max-listpack-value``): one value longer turns the whole
-#: record into a hash table, about twice the memory.
-ANCESTOR_CHARS = 16
+#: Characters of a stored digest (``cur``, ``prev``, ``csrf``, a grace-chain entry's): the
+#: first 128 bits of SHA-256 in base64url (:func:`tokenward.refresh.stored_digest`).
+DIGEST_CHARS = 22
+#: Characters kept of each ancestor digest: its first 60 bits. An ancestor is only
+#: recognised, never accepted (presenting one ends the session), so a match by chance costs
+#: an attacker about 2**56 tries against the refresh limits to end a session whose ids they
+#: know. 12 x 10 characters fill two fields of 60; a field stays under 64 characters, the
+#: longest value a small hash keeps in its compact listpack encoding
+#: (``hash-max-listpack-value``): one value longer turns the whole record into a hash
+#: table, about twice the memory.
+ANCESTOR_CHARS = 10
+_ANCESTORS_A_FIELD = 6
 #: Tokens before ``prev`` still inside their grace window that keep the grace (see
 #: ``gch``); past this many rotations within one grace window the oldest become theft.
 GRACE_CHAIN_MAX = 8
-#: One grace-chain entry: the full digest (64 hex), the salt that replaced it (22
+#: One grace-chain entry: the digest (22 characters), the salt that replaced it (22
 #: base64url characters) and when (10 digits).
-_GRACE_ENTRY = 96
+_GRACE_ENTRY = DIGEST_CHARS + 22 + 10
 
 #: Every field a well-formed record is checked on, in the order the Lua ``fields_ok`` reads
 #: them (``f[1]`` ... ``f[18]``).
@@ -147,18 +155,78 @@ local function read(key, ...)
   if not f[1] and redis.call('EXISTS', key) == 1 then return nil end
   return f
 end
+-- Digests were kept whole in hex before (64 characters; ancestors their first 16, 0.1's
+-- 'old' its first 32, a grace-chain entry 96 with its 64): every script reads a record in
+-- either form, as the form kept now (the first 128 bits in base64url, as Python's
+-- urlsafe_b64encode without padding), and whatever rewrites a record writes it in that.
+local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+local function b64_of_hex(h)
+  local out, acc, bits = {}, 0, 0
+  for i = 1, #h do
+    local v = tonumber(string.sub(h, i, i), 16)
+    if not v then return nil end
+    acc, bits = acc * 16 + v, bits + 4
+    if bits >= 6 then
+      bits = bits - 6
+      local c = math.floor(acc / 2 ^ bits)
+      acc = acc - c * 2 ^ bits
+      table.insert(out, string.sub(B64, c + 1, c + 1))
+    end
+  end
+  if bits > 0 then
+    local c = acc * 2 ^ (6 - bits)
+    table.insert(out, string.sub(B64, c + 1, c + 1))
+  end
+  return table.concat(out)
+end
+-- A stored digest in today's form; a value that is neither form stays as it is (it
+-- matches nothing a client can present).
+local function digest(x)
+  if x and #x == 64 then return b64_of_hex(string.sub(x, 1, 32)) or x end
+  return x
+end
+-- The first $CHARS characters (60 bits) of the digest whose hex begins with 'h'; a run of
+-- '?' (never a digest's) when 'h' is not hex.
+local function head_of_hex(h)
+  return string.sub(b64_of_hex(h) or string.rep('?', $CHARS), 1, $CHARS)
+end
+-- The grace chain in today's form. A chain written before has entries of 96 characters
+-- (at most $CHAIN: no such length is a whole number of today's entries).
+local function chain(g)
+  if not g or #g == 0 or #g % 96 ~= 0 then return g end
+  local out = {}
+  for i = 1, #g, 96 do
+    table.insert(out, digest(string.sub(g, i, i + 63)) .. string.sub(g, i + 64, i + 95))
+  end
+  return table.concat(out)
+end
+-- Every ancestor, newest first, $CHARS characters each: 'anc', 'anc2', 'anc3' as one
+-- string (written before: 16 hex characters an entry, 64 a field, so a first field of a
+-- length divisible by 16), then 0.1's 'old' (32 hex characters an entry).
+local function lineage(anc, anc2, anc3, old)
+  local all = (anc or '') .. (anc2 or '') .. (anc3 or '')
+  local out = {all}
+  if anc and #anc % 16 == 0 then
+    out = {}
+    for i = 1, #all - 15, 16 do table.insert(out, head_of_hex(string.sub(all, i, i + 15))) end
+  end
+  if old then
+    for i = 1, #old - 31, 32 do table.insert(out, head_of_hex(string.sub(old, i, i + 15))) end
+  end
+  return table.concat(out)
+end
 local function numbers(f, ...)
   for _, i in ipairs({...}) do
     if f[i] and not tonumber(f[i]) then return false end
   end
   return true
 end
--- The grace chain is whole entries, each ending in a 10-digit time.
+-- The grace chain (in today's form) is whole entries, each ending in a 10-digit time.
 local function chain_ok(g)
   if not g then return true end
   if #g % $ENTRY ~= 0 then return false end
   for i = 1, #g, $ENTRY do
-    if not tonumber(string.sub(g, i + 86, i + 95)) then return false end
+    if not tonumber(string.sub(g, i + $ENTRY - 10, i + $ENTRY - 1)) then return false end
   end
   return true
 end
@@ -176,15 +244,16 @@ local function fields_ok(f, uid)
   end
   if not numbers(f, 9, 10, 11, 12, 13) then return false end
   if f[14] and not (f[9] and f[15]) then return false end
-  return chain_ok(f[16])
+  return chain_ok(chain(f[16]))
 end
 local function well_formed(key, uid)
   local f = redis.pcall('HMGET', key, $WF)
   if f.err then return false end
   return fields_ok(f, uid)
 end
--- The record in fields_ok's order plus the fields named, read once: the fields, or nil
--- when there is no record, or false when it is corrupt.
+-- The record in fields_ok's order plus the fields named, read once: the fields (the
+-- digests 'csrf', 'cur', 'prev' and the grace chain in today's form), or nil when there is
+-- no record, or false when it is corrupt.
 local function load(key, uid, ...)
   local f = redis.pcall('HMGET', key, $WF, ...)
   if f.err then return false end
@@ -193,20 +262,23 @@ local function load(key, uid, ...)
     return nil
   end
   if not fields_ok(f, uid) then return false end
+  f[2], f[3], f[14], f[16] = digest(f[2]), digest(f[3]), digest(f[14]), chain(f[16])
   return f
 end
 -- How a presented digest other than the current one relates to the session: 'prev' or
 -- 'chain' (with its position in the grace chain) when inside its grace window, 'reused'
 -- (a replaced token after its grace), or 'unknown'.
-local function replaced(presented, prev, rot, gch, old, anc, now, grace)
+-- (All in today's form: 'anc' is the lineage.)
+local function replaced(presented, prev, rot, gch, anc, now, grace)
   if presented == prev then
     if grace > 0 and now - tonumber(rot) <= grace then return 'prev', 0 end
     return 'reused', 0
   end
   if gch and grace > 0 then
     for i = 1, #gch - $ENTRY + 1, $ENTRY do
-      if string.sub(gch, i, i + 63) == presented then
-        if now - tonumber(string.sub(gch, i + 86, i + 95)) <= grace then return 'chain', i end
+      if string.sub(gch, i, i + $DIGEST - 1) == presented then
+        local at = tonumber(string.sub(gch, i + $ENTRY - 10, i + $ENTRY - 1))
+        if now - at <= grace then return 'chain', i end
         break
       end
     end
@@ -217,32 +289,26 @@ local function replaced(presented, prev, rot, gch, old, anc, now, grace)
     if (at - 1) % $CHARS == 0 then return 'reused', 0 end
     at = string.find(anc, head, at + 1, true)
   end
-  if old then
-    -- written by 0.1: 32-character prefixes
-    at = string.find(old, string.sub(presented, 1, 32), 1, true)
-    if at ~= nil and (at - 1) % 32 == 0 then return 'reused', 0 end
-  end
   return 'unknown', 0
 end
--- The ancestors once 'head' (a digest, or nil) joins them, newest first, at most $KEPT:
--- 'anc', 'anc2', 'anc3' (64 characters each at most, see ANCESTOR_CHARS), with 0.1's 'old'
--- (32-character prefixes) folded in behind them.
-local function ancestors(head, chain, old)
-  if old then
-    for i = 1, #old - 31, 32 do chain = chain .. string.sub(old, i, i + $CHARS - 1) end
-  end
+-- The ancestors once 'head' (a digest, or nil) joins the lineage, newest first, at most
+-- $KEPT: 'anc' and 'anc2' ($PER of $CHARS characters each at most, see ANCESTOR_CHARS).
+local function ancestors(head, chain)
   if head then chain = string.sub(head, 1, $CHARS) .. chain end
   chain = string.sub(chain, 1, $CHARS * $KEPT)
-  return {string.sub(chain, 1, 64), string.sub(chain, 65, 128), string.sub(chain, 129, 192)}
+  local n = $CHARS * $PER
+  return {string.sub(chain, 1, n), string.sub(chain, n + 1, 2 * n)}
 end
+-- 'anc3': only in records written before (see lineage)
 local ANCESTOR_FIELDS = {'anc', 'anc2', 'anc3'}
 -- Adds the ancestor fields to write to 'set' and those to delete ('had' shows what the
 -- record holds) to 'gone', for the script's one HSET and one HDEL.
 local function store_ancestors(parts, had, set, gone)
   for i, name in ipairs(ANCESTOR_FIELDS) do
-    if parts[i] ~= '' then
+    local part = parts[i] or ''
+    if part ~= '' then
       table.insert(set, name)
-      table.insert(set, parts[i])
+      table.insert(set, part)
     elseif had[i] then
       table.insert(gone, name)
     end
@@ -254,6 +320,9 @@ end
     .replace("$ENTRY", str(_GRACE_ENTRY))
     .replace("$CHARS", str(ANCESTOR_CHARS))
     .replace("$KEPT", str(ANCESTORS_KEPT))
+    .replace("$PER", str(_ANCESTORS_A_FIELD))
+    .replace("$DIGEST", str(DIGEST_CHARS))
+    .replace("$CHAIN", str(GRACE_CHAIN_MAX))
 )
 
 _CREATE = (
@@ -332,6 +401,7 @@ local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #sid)
 local f = load(KEYS[1], uid, 'old', 'rlx', 'fp', 'email', 'anc', 'anc2', 'anc3')
 if f == false then return corrupt(KEYS[1], KEYS[2], sid, channel) end
 if not f then return {'missing'} end
+local lineage_now = lineage(f[24], f[25], f[26], f[20])
 local exp = tonumber(f[8])
 if exp <= now then return {'missing'} end
 if csrf ~= '' and csrf ~= f[2] then return {'csrf'} end
@@ -350,7 +420,7 @@ if presented == f[3] then
     if first then redis.call('HSET', KEYS[1], 'rlx', rlw) end
     return {'limited', tostring(rlw + window - now), first and '1' or '0'}
   end
-  local parts = ancestors(f[14], (f[24] or '') .. (f[25] or '') .. (f[26] or ''), f[20])
+  local parts = ancestors(f[14], lineage_now)
   -- The grace chain: the token leaving 'prev' keeps its grace (with the salt that replaced
   -- it) if it was replaced less than the grace ago, and so do the entries after it that are
   -- still inside theirs. Newest first, so the first one too old ends the chain.
@@ -360,7 +430,7 @@ if presented == f[3] then
     local rest = f[16] or ''
     for i = 1, #rest - $ENTRY + 1, $ENTRY do
       if #gch >= $ENTRY * $CHAIN then break end
-      if now - tonumber(string.sub(rest, i + 86, i + 95)) > grace then break end
+      if now - tonumber(string.sub(rest, i + $ENTRY - 10, i + $ENTRY - 1)) > grace then break end
       gch = gch .. string.sub(rest, i, i + $ENTRY - 1)
     end
   end
@@ -372,7 +442,7 @@ if presented == f[3] then
   if f[20] then table.insert(gone, 'old') end
   if f[16] and gch == '' then table.insert(gone, 'gch') end
   local set = {'cur', successor, 'prev', presented, 'salt', salt, 'rot', now, 'last', now,
-    'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'fp', fp, 'gn', 0}
+    'exp', now + ttl, 'rlw', rlw, 'rln', rln + 1, 'fp', fp, 'gn', 0, 'csrf', f[2]}
   if gch ~= '' then table.insert(set, 'gch'); table.insert(set, gch) end
   store_ancestors(parts, {f[24], f[25], f[26]}, set, gone)
   if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
@@ -384,8 +454,7 @@ if presented == f[3] then
   if redis.call('TTL', KEYS[2]) < ttl then redis.call('EXPIRE', KEYS[2], ttl) end
   return {'rotated', tostring(ttl), '0', state}
 end
-local kind, at = replaced(presented, f[14], f[9], f[16], f[20],
-  (f[24] or '') .. (f[25] or '') .. (f[26] or ''), now, grace)
+local kind, at = replaced(presented, f[14], f[9], f[16], lineage_now, now, grace)
 if kind == 'prev' or kind == 'chain' then
   -- A grace replay hands out the current token: only to the client that rotated (a tab of
   -- the same browser, a retry), and only a few times per rotation. Anything else means a
@@ -410,7 +479,9 @@ if kind == 'prev' or kind == 'chain' then
   local out = {'grace', tostring(exp - now), report and '1' or '0', state}
   if kind == 'chain' then
     -- Through the salts from the presented token to the current one.
-    for j = at, 1, -$ENTRY do table.insert(out, string.sub(f[16], j + 64, j + 85)) end
+    for j = at, 1, -$ENTRY do
+      table.insert(out, string.sub(f[16], j + $DIGEST, j + $DIGEST + 21))
+    end
   end
   table.insert(out, f[15])
   return out
@@ -420,10 +491,9 @@ if kind == 'reused' then
   return {'reused', 'late'}
 end
 return {'unknown'}
-""".replace("$KEPT", str(ANCESTORS_KEPT))
-    .replace("$CHARS", str(ANCESTOR_CHARS))
-    .replace("$ENTRY", str(_GRACE_ENTRY))
+""".replace("$ENTRY", str(_GRACE_ENTRY))
     .replace("$CHAIN", str(GRACE_CHAIN_MAX))
+    .replace("$DIGEST", str(DIGEST_CHARS))
 )
 
 _GET = (
@@ -454,11 +524,11 @@ if not f or (f[1] and not well_formed(KEYS[1], uid)) then
 end
 if not f[1] then return {'missing'} end
 if tonumber(f[5]) <= now then return {'missing'} end
-if csrf ~= '' and csrf ~= f[4] then return {'csrf'} end
+if csrf ~= '' and csrf ~= digest(f[4]) then return {'csrf'} end
 local kind = 'current'
-if presented ~= f[1] then
-  local anc = (f[9] or '') .. (f[10] or '') .. (f[11] or '')
-  kind = replaced(presented, f[2], f[3], f[7], f[6], anc, now, grace)
+if presented ~= digest(f[1]) then
+  local anc = lineage(f[9], f[10], f[11], f[6])
+  kind = replaced(presented, digest(f[2]), f[3], chain(f[7]), anc, now, grace)
 end
 if kind == 'unknown' then return {'unknown'} end
 if kind == 'reused' then
@@ -473,9 +543,8 @@ return {'valid'}
 # Give a live session new credentials: a fresh refresh token and CSRF token. Every token
 # it had joins the ancestors (presented again: theft); no grace is left to any of them.
 _REKEY = (
-    (
-        _LUA_END
-        + """
+    _LUA_END
+    + """
 local sid, uid, cur, csrf, now, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   tonumber(ARGV[5]), ARGV[6]
 local f = read(KEYS[1], 'cur', 'prev', 'old', 'exp', 'uid', 'uca', 'csrf', 'created', 'anc',
@@ -486,8 +555,8 @@ end
 if not f[1] then return {'missing'} end
 local exp = tonumber(f[4])
 if exp <= now then return {'missing'} end
-local parts = ancestors(f[2], (f[9] or '') .. (f[10] or '') .. (f[11] or ''), f[3])
-parts = ancestors(f[1], table.concat(parts), nil)
+local parts = ancestors(digest(f[2]), lineage(f[9], f[10], f[11], f[3]))
+parts = ancestors(digest(f[1]), table.concat(parts))
 local set, gone = {'cur', cur, 'csrf', csrf, 'rot', 0}, {'prev', 'salt', 'gch', 'gn', 'fp',
   'email', 'old', 'uid'}
 store_ancestors(parts, {f[9], f[10], f[11]}, set, gone)
@@ -499,9 +568,6 @@ local state = {uid, f[6], csrf, f[8]}
 for i = 3, #KEYS do table.insert(state, redis.call('GET', KEYS[i]) or '') end
 return {'rekeyed', tostring(exp - now), '0', state}
 """
-    )
-    .replace("$KEPT", str(ANCESTORS_KEPT))
-    .replace("$CHARS", str(ANCESTOR_CHARS))
 )
 
 # 1: ended now; 2: it had already ended for this reason (a retry); 0: not live. A retry
@@ -927,7 +993,7 @@ class RedisSessionStore:
             if _wrong_type(exc):
                 return False  # not a session record: nothing matches it
             raise
-        return any(isinstance(d, str) and hmac.compare_digest(d, digest) for d in found)
+        return any(isinstance(d, str) and hmac.compare_digest(_today(d), digest) for d in found)
 
     async def ended(self, uid: str) -> builtins.list[tuple[str, str, int]]:
         """Recently ended sessions of ``uid`` as ``(sid, reason, ended_at)``, newest first."""
@@ -954,6 +1020,17 @@ def _agent_digest(user_agent: str) -> str:
     if not user_agent:
         return ""
     return hashlib.sha256(user_agent.encode()).hexdigest()[:16]
+
+
+def _today(stored: str) -> str:
+    """A stored digest in the form kept now: one written before is the whole SHA-256 in hex,
+    of which the first 128 bits are kept now (as the scripts' ``digest`` reads it)."""
+    if len(stored) == 64:
+        try:
+            return base64.urlsafe_b64encode(bytes.fromhex(stored[:32])).rstrip(b"=").decode()
+        except ValueError:
+            return stored
+    return stored
 
 
 def _corrupt(uid: str, sid: str) -> None:
