@@ -27,10 +27,10 @@ so the hash stays a listpack; records written before kept whole hex digests, 64-
 ancestors up to ``anc3`` and, by 0.1, 128-bit ones in ``old``: every script reads them as
 today's form and the next rotation or re-key rewrites them), ``gch`` (the grace chain: the
 tokens before ``prev`` replaced less than the grace window ago, each with the salt that
-replaced it and when; usually absent), ``rlw rln`` (refresh rate window), ``rlx`` (the window whose first refusal was
-reported), ``fp`` (a digest of the user agent and address prefix of the client that made the
-last rotation), ``gn`` (grace replays since that rotation), ``gev`` (when a grace replay was
-last reported).
+replaced it and when; usually absent), ``rlw rln`` (refresh rate window), ``rlx`` (the
+window whose first refusal was reported), ``fp`` (a digest of the user agent and address
+prefix of the client that made the last rotation), ``gn`` (grace replays since that
+rotation), ``gev`` (when a grace replay was last reported).
 No field holds a usable token.
 
 A record that cannot be read as a session (the key holds another type, or a field that
@@ -206,7 +206,7 @@ end
 local function lineage(anc, anc2, anc3, old)
   local all = (anc or '') .. (anc2 or '') .. (anc3 or '')
   local out = {all}
-  if anc and #anc % 16 == 0 then
+  if anc and #anc > 0 and #anc % 16 == 0 then
     out = {}
     for i = 1, #all - 15, 16 do table.insert(out, head_of_hex(string.sub(all, i, i + 15))) end
   end
