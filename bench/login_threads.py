@@ -31,9 +31,7 @@ from typing import Any
 
 import httpx
 from benchkit import private_redis, results_header
-from perf import PASSWORD, ROOT, start_serve, stop
-
-TICK = os.sysconf("SC_CLK_TCK")
+from perf import PASSWORD, ROOT, TICK, start_serve, stop, tree_cpu
 
 
 def thread_cpu(pid: int) -> dict[str, tuple[str, float]]:
@@ -50,11 +48,6 @@ def thread_cpu(pid: int) -> dict[str, tuple[str, float]]:
             (int(fields[11]) + int(fields[12])) / TICK,
         )
     return out
-
-
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def bare_verify_ms(count: int) -> float:
@@ -88,10 +81,10 @@ def main() -> int:
                 for _ in range(5):  # warm: scripts loaded, pools open
                     client.post("/auth/login", json=body).raise_for_status()
                 for r in range(args.rounds):
-                    before, total = thread_cpu(proc.pid), process_cpu(proc.pid)
+                    before, total = thread_cpu(proc.pid), tree_cpu(proc.pid)
                     for _ in range(args.logins):
                         client.post("/auth/login", json=body).raise_for_status()
-                    after, total = thread_cpu(proc.pid), process_cpu(proc.pid) - total
+                    after, total = thread_cpu(proc.pid), tree_cpu(proc.pid) - total
                     main_tid = str(proc.pid)
                     loop = (after[main_tid][1] - before[main_tid][1]) / args.logins * 1000
                     whole = total / args.logins * 1000

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from ports import free_port
+from processes import alive, children
 from waiting import wait_until
 
 TOKENWARD = Path(sys.executable).with_name("tokenward")
@@ -182,14 +183,6 @@ def server(tmp_path: Path) -> Iterator[Server]:
         srv.kill_if_running()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
 def test_serve_with_no_configuration_runs_and_keeps_sessions(server: Server) -> None:
     """No config: serve starts, users log in, and a restart keeps users, keys and sessions."""
     server.start()
@@ -216,11 +209,11 @@ def test_serve_with_no_configuration_runs_and_keeps_sessions(server: Server) -> 
     assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in key_files)
     assert stat.S_IMODE(data.stat().st_mode) & 0o077 == 0
     valkey_pid = int((data / "redis" / "valkey.pid").read_text())
-    assert _pid_alive(valkey_pid)
+    assert alive(valkey_pid)
 
     assert server.stop() == 0
     wait_until(
-        lambda: not _pid_alive(valkey_pid),
+        lambda: not alive(valkey_pid),
         within=STOP_DEADLINE,
         what="the embedded Redis exits with serve",
         step=0.05,
@@ -297,20 +290,6 @@ def test_a_port_in_use_is_one_line_and_exit_code_4(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- granian
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
 def _granian(
     redis_url: str, tmp: Path, args: list[str], log: Path, **settings: str
 ) -> subprocess.Popen[bytes]:
@@ -375,7 +354,7 @@ def test_granian_serves_counts_closes_slow_heads_and_dies_with_serve(
 
     try:
         first = start(logs[0])
-        workers = [p for p in _children(first.pid) if _pid_alive(p)]
+        workers = [p for p in children(first.pid) if alive(p)]
         with httpx.Client(base_url=base, timeout=10) as c:
             email = f"granian-{free_port()}@x.test"
             creds = {"email": email, "password": PASSWORD}
@@ -405,12 +384,12 @@ def test_granian_serves_counts_closes_slow_heads_and_dies_with_serve(
         assert first.wait(STOP_DEADLINE) == 0
 
         second = start(logs[1])
-        workers = [p for p in _children(second.pid) if _pid_alive(p)]
+        workers = [p for p in children(second.pid) if alive(p)]
         assert len(workers) >= 2
         os.kill(second.pid, signal.SIGKILL)
         second.wait(10)
         wait_until(
-            lambda: not any(_pid_alive(pid) for pid in workers),
+            lambda: not any(alive(pid) for pid in workers),
             within=STOP_DEADLINE,
             what=f"the workers {workers} exit with serve",
             step=0.05,
@@ -424,7 +403,7 @@ def test_granian_serves_counts_closes_slow_heads_and_dies_with_serve(
                 proc.kill()
                 proc.wait()
         for pid in workers:
-            if _pid_alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     log = "".join(p.read_text(errors="replace") for p in logs if p.exists())
     assert "Traceback" not in log

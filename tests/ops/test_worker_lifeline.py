@@ -19,34 +19,13 @@ from pathlib import Path
 import httpx
 
 from ports import free_port
+from processes import alive, children
 from waiting import wait_until
 
 START_DEADLINE = 90.0
 #: Seconds for the orphans to go: the death signal is immediate; a graceful uvicorn
 #: shutdown and the kernel's reaping take well under this on a loaded machine.
 EXIT_DEADLINE = 20.0
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _port_free(port: int) -> bool:
@@ -94,7 +73,7 @@ def test_workers_exit_when_the_supervisor_is_killed(redis_url: str, tmp_path: Pa
     second: subprocess.Popen[bytes] | None = None
     try:
         _wait_started(first, first_log)
-        orphans = _children(first.pid)
+        orphans = children(first.pid)
         assert len(orphans) >= 2, "two workers (and the resource tracker)"
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
         # A scrape: the listener closes first, leaving its port in TIME_WAIT for the restart.
@@ -104,7 +83,7 @@ def test_workers_exit_when_the_supervisor_is_killed(redis_url: str, tmp_path: Pa
         os.kill(first.pid, signal.SIGKILL)
         first.wait(10)
         wait_until(
-            lambda: not any(_alive(pid) for pid in orphans),
+            lambda: not any(alive(pid) for pid in orphans),
             within=EXIT_DEADLINE,
             what=f"the supervisor's children {orphans} exit",
             step=0.05,
@@ -130,7 +109,7 @@ def test_workers_exit_when_the_supervisor_is_killed(redis_url: str, tmp_path: Pa
                 proc.kill()
                 proc.wait()
         for pid in orphans:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     log = first_log.read_text(errors="replace") + second_log.read_text(errors="replace")
     assert "Traceback" not in log
