@@ -12,10 +12,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
+from processes import alive
 from waiting import wait_until
 
 #: The death signal is immediate; the watch looks every 0.5 s; slack for a loaded machine.
@@ -40,14 +40,6 @@ child.wait()  # the test kills this process before the child ends
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 @pytest.mark.parametrize("how", ["prctl", "watch"])
 def test_the_child_exits_when_its_parent_is_killed(how: str) -> None:
     """``prctl(PR_SET_PDEATHSIG)`` and, without it, the getppid watch: the child gets
@@ -69,7 +61,7 @@ def test_the_child_exits_when_its_parent_is_killed(how: str) -> None:
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(10)
         wait_until(
-            lambda: not _alive(child_pid),
+            lambda: not alive(child_pid),
             within=EXIT_DEADLINE,
             what=f"the orphan ({how}) exits",
             step=0.02,
@@ -78,7 +70,7 @@ def test_the_child_exits_when_its_parent_is_killed(how: str) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
-        if child_pid and _alive(child_pid):
+        if child_pid and alive(child_pid):
             os.kill(child_pid, signal.SIGKILL)
 
 
