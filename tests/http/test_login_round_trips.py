@@ -2,8 +2,9 @@
 two checks in one pipeline (the address and the account; an address this process saw
 crowded is judged alone first, so that a refused address does not count against the
 account), its success in one pipeline, and the session in one script that also renews the
-user's verified marker: three round trips. Its security events and the device check are
-written after the answer."""
+user's verified marker: three round trips. Its security event and the device check are
+written after the answer: two more (the event's two scripts in one pipeline, then the
+device check; a first login from a device writes a second event)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ async def test_a_login_is_three_round_trips_before_its_answer(
                             json={"email": email, "password": PASSWORD},
                             headers=BEARER,
                         )
+                        await tw.events.drain()
                         await server_marker(server.url)
                         async with asyncio.timeout(10):
                             async for cmd in monitor.listen():
@@ -93,6 +95,11 @@ async def test_a_login_is_three_round_trips_before_its_answer(
                 trips = [t for t in trips if "PING" not in t[:20] and "HELLO" not in t[:20]]
                 assert len(trips) == 3, trips
                 assert trips[0].count("EVALSHA") == 2, trips[0]
+                after = [t for t in sends if any(k in t for k in BACKGROUND)]
+                assert len(after) == 2, after
+                assert after[0].count("EVALSHA") == 2, after[0]
+                assert "tw:{events:" in after[0] and f"tw:{{ev:{user.id}}}:h" in after[0]
+                assert f"tw:{{ev:{user.id}}}:d" in after[1]
                 create = on_path[6]
                 assert f"tw:{{u:{user.id}}}:verified" in create, create
                 ttl = await tw.redis.ttl(f"tw:{{u:{user.id}}}:verified")

@@ -13,11 +13,13 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
 from redis.crc import key_slot
 
+from tokenward.errors import Unavailable
 from tokenward.events import EventKind, SecurityEvent
 from tokenward.stores.redis_client import RedisClient, connect_redis
 from tokenward.stores.redis_events import (
@@ -214,6 +216,67 @@ async def test_an_agent_reference_clash_keeps_each_events_own_agent(redis: Redis
     assert await redis.get(key) == "an older agent"
     assert await redis.lrange(keys(uid)["a"], 0, -1) == [f"{agent_ref(browser)}|{browser}"]
     assert 0 < await redis.ttl(keys(uid)["a"]) <= TTL
+
+
+def count_sends(redis: RedisClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every send of ``redis``'s connections from now on (a pipeline is one), as text."""
+    connection_class = redis.connection_pool.connection_class
+    send = connection_class.send_packed_command
+    sends: list[str] = []
+
+    async def counted(conn: Any, command: Any, check_health: bool = True) -> None:
+        packed = command if isinstance(command, bytes | str) else b"".join(command)
+        sends.append(packed if isinstance(packed, str) else packed.decode("latin-1"))
+        await send(conn, command, check_health)
+
+    monkeypatch.setattr(connection_class, "send_packed_command", counted)
+    return sends
+
+
+async def test_an_event_is_one_round_trip_and_a_clash_one_more(
+    redis: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operators' log and the user's history are written in one send (two scripts in one
+    pipeline), also when Redis has forgotten the scripts (NOSCRIPT: each runs again as a
+    script); an agent clash costs one more send, for the user's own agent list."""
+    log = RedisEventLog(redis, ttl=TTL, per_user=10)
+    uid, warm, browser = uuid.uuid4().hex, f"Warm/{uuid.uuid4()}", f"Clash/{uuid.uuid4()}"
+    for agent in (warm, browser):
+        await redis.set(agent_key(shard_of(uid), agent_ref(agent)), "another agent", ex=TTL)
+    # Scripts loaded, a connection open: a clash of its own.
+    await log.append(SecurityEvent(EventKind.LOGIN_SUCCEEDED, NOW, uid, "s0", "192.0.2.1", warm))
+    sends = count_sends(redis, monkeypatch)
+    await log.append(routine(uid, 1))
+    assert len(sends) == 1, sends
+    assert sends[0].count("EVALSHA") == 2
+    assert f"tw:{{ev:{uid}}}:h" in sends[0] and global_key(shard_of(uid)) in sends[0]
+    sends.clear()
+    await log.append(SecurityEvent(EventKind.LOGIN_SUCCEEDED, NOW, uid, "s2", "192.0.2.1", browser))
+    assert len(sends) == 2, sends  # the pipeline, then the agent list
+    assert f"tw:{{ev:{uid}}}:a" in sends[1] and sends[1].count("EVALSHA") == 1
+    await redis.script_flush()
+    await log.append(routine(uid, 3))
+    events = await log.for_user(uid, now=NOW)
+    assert [(e.sid, e.user_agent) for e in events] == [
+        ("s3", "ua"), ("s2", browser), ("s1", "ua"), ("s0", warm),
+    ]  # fmt: skip
+    mine = [f["sid"] for _, f in await redis.xrange(global_key(shard_of(uid))) if f["uid"] == uid]
+    assert mine == ["s0", "s1", "s2", "s3"]
+
+
+async def test_a_failed_history_write_is_an_outage_and_keeps_the_operators_entry(
+    redis: RedisClient,
+) -> None:
+    """The two scripts share a round trip, not a fate: when the user's history cannot be
+    written (here its key holds a string), the append fails as an outage (503 material,
+    logged by the caller) and the operators' log still has the event."""
+    log = RedisEventLog(redis, ttl=TTL, per_user=10)
+    uid = uuid.uuid4().hex
+    await redis.set(keys(uid)["h"], "not a list", ex=TTL)
+    with pytest.raises(Unavailable):
+        await log.append(routine(uid, 7))
+    mine = [f["sid"] for _, f in await redis.xrange(global_key(shard_of(uid))) if f["uid"] == uid]
+    assert mine == ["s7"]
 
 
 async def test_entries_in_the_decimal_id_format_are_still_read(redis: RedisClient) -> None:

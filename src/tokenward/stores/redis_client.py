@@ -62,7 +62,13 @@ from redis.asyncio.sentinel import (
 )
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from tokenward.errors import ConfigError
 
@@ -72,10 +78,12 @@ __all__ = [
     "RedisClient",
     "RedisTarget",
     "RedisWait",
+    "ScriptCall",
     "connect_redis",
     "parse_redis_url",
     "parse_redis_wait",
     "probe_redis",
+    "run_scripts",
 ]
 
 log = logging.getLogger("tokenward.redis")
@@ -615,6 +623,36 @@ class FailoverPool(_QuickPool, SentinelConnectionPool, aioredis.BlockingConnecti
         fields = data.split()
         if len(fields) == 5 and fields[0] == self.service_name and fields[4].isdigit():
             await self.switch_to((fields[3], int(fields[4])))
+
+
+ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[str | int]]
+"""``(script, keys, args)``: one call of a registered script."""
+
+
+async def run_scripts(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Run each ``(script, keys, args)`` in order, all in one pipeline: one round trip.
+
+    Returns the replies in order. ``EVALSHA`` itself is queued: a Script object would make
+    the pipeline send ``SCRIPT EXISTS`` first, a second round trip every time; a call the
+    server does not hold the script of (``NOSCRIPT``: Redis restarted or failed over) runs
+    again on its own, as a script. On a Cluster, where the calls' keys can live on several
+    nodes, one call after another.
+
+    Raises:
+        RedisError: the first call that failed (in a pipeline the others still ran).
+    """
+    if isinstance(redis, RedisCluster):
+        return [await script(keys=keys, args=args) for script, keys, args in calls]
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    for i, ((script, keys, args), reply) in enumerate(zip(calls, replies, strict=True)):
+        if isinstance(reply, NoScriptError):
+            replies[i] = await script(keys=keys, args=args)
+        elif isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 async def probe_redis(client: aioredis.Redis, url: str, *, wait: float) -> bool:

@@ -74,7 +74,7 @@ from redis.exceptions import RedisError
 
 from tokenward.errors import Unavailable
 from tokenward.events import EventKind, SecurityEvent
-from tokenward.stores.redis_client import RedisClient
+from tokenward.stores.redis_client import RedisClient, ScriptCall, run_scripts
 
 __all__ = [
     "GLOBAL_SHARDS",
@@ -165,10 +165,9 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return clash
 """.replace("$SHARDS", str(GLOBAL_SHARDS))
 
-# KEYS: the history, the agents, then the 0.1 stream and list (read for their newest id
-# only while the history is empty). ARGV: cap, ttl, class ('c' or 'r'), kind, at, the rest
-# of the entry ('<sid>|<ip>|<ua ref>|<detail>'), the agent entry ('<ref>|<ua>' when the
-# agent table had a clash, else ''), agents kept. The id is the server time in ms, raised
+# KEYS: the history, then the 0.1 stream and list (read for their newest id only while the
+# history is empty). ARGV: cap, ttl, class ('c' or 'r'), kind, at, the rest of the entry
+# ('<sid>|<ip>|<ua ref>|<detail>'). The id is the server time in ms, raised
 # above the newest id the user has (of either entry format): one strictly increasing
 # sequence, also across an upgrade from the 0.1 keys. It is written in base 36 (``ms`` or
 # ``ms.seq``), 7 characters shorter than the decimal ``ms-seq`` it reads back as.
@@ -177,9 +176,9 @@ local t = redis.call('TIME')
 local ms, seq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 0
 local tops = {redis.call('LINDEX', KEYS[1], 0)}
 if not tops[1] then
-  local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+  local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
   if last then tops[1] = last[1] end
-  tops[2] = redis.call('LINDEX', KEYS[4], 0)
+  tops[2] = redis.call('LINDEX', KEYS[3], 0)
 end
 for i = 1, 2 do
   if tops[i] then
@@ -221,15 +220,19 @@ if n > cap then
   if mine > cap then redis.call('LREM', KEYS[1], -1, oldest) end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-if ARGV[7] ~= '' then
-  if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[7] then
-    redis.call('LREM', KEYS[2], 0, ARGV[7])
-    redis.call('LPUSH', KEYS[2], ARGV[7])
-    redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[8]) - 1)
-  end
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-end
 return id
+"""
+
+# KEYS[1]: the user's agents. ARGV: '<ref>|<ua>' (an agent that clashed in the agent
+# table), agents kept, ttl. Moves it to the front (most recently used first).
+_AGENT = """
+if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then
+  redis.call('LREM', KEYS[1], 0, ARGV[1])
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
 """
 
 # KEYS[1]: the device hash, KEYS[2]: the 0.1 device zset. ARGV: device, now, memory, keep.
@@ -412,12 +415,17 @@ class RedisEventLog:
         self.global_max = global_max
         self._append = redis.register_script(_APPEND)
         self._append_user = redis.register_script(_APPEND_USER)
+        self._agent = redis.register_script(_AGENT)
         self._seen = redis.register_script(_SEEN)
 
     async def append(self, event: SecurityEvent) -> None:
-        """See :meth:`tokenward.events.EventSink.append`: the operators' log, then the
-        user's history (two hash slots, so two scripts; one after the other, so a burst of
-        events holds one pooled connection each)."""
+        """See :meth:`tokenward.events.EventSink.append`: the operators' log and the user's
+        history (two hash slots, so two scripts) in one round trip.
+
+        The history names the agent by its reference. When the agent table already held
+        another agent under it (a clash, which the first script reports), one more round
+        trip puts the agent whole in the user's own list, which reads take first.
+        """
         fields: list[str | int] = [
             "k", event.kind.value, "at", event.at, "uid", event.uid or "", "sid", event.sid or "",
             "ip", event.ip, "d", orjson.dumps(dict(event.detail)).decode(),
@@ -428,19 +436,19 @@ class RedisEventLog:
         keys = [global_key(shard)]
         if ua:
             keys.append(agent_key(shard, ref))
-        args = [cap, self.ttl, shard, ua, ref, *fields]
-        async with _backend():
-            clash = await self._append(keys=keys, args=args)
-            if not event.uid:
-                return
+        calls: list[ScriptCall] = [(self._append, keys, [cap, self.ttl, shard, ua, ref, *fields])]
+        if event.uid:
             history, agents, _ = _user_keys(event.uid)
             old_log, old_sec, _ = _legacy_keys(event.uid)
             args = [
                 self.per_user, self.ttl, "c" if event.critical else "r",
                 KIND_CODES.get(event.kind, event.kind.value), event.at, _rest(event),
-                f"{ref}|{ua}" if ua and clash else "", AGENTS_KEPT,
             ]  # fmt: skip
-            await self._append_user(keys=[history, agents, old_log, old_sec], args=args)
+            calls.append((self._append_user, [history, old_log, old_sec], args))
+        async with _backend():
+            clash, *_ = await run_scripts(self.redis, calls)
+            if clash and event.uid:
+                await self._agent(keys=[agents], args=[f"{ref}|{ua}", AGENTS_KEPT, self.ttl])
 
     async def for_user(self, uid: str, *, now: int, limit: int = 100) -> list[SecurityEvent]:
         """See :meth:`tokenward.events.EventSink.for_user`: the newest ``limit`` routine and

@@ -28,7 +28,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from tokenward.errors import Unavailable
 from tokenward.ratelimit import Decision, Limit
-from tokenward.stores.redis_client import RedisClient
+from tokenward.stores.redis_client import RedisClient, run_scripts
 
 __all__ = ["RedisRateLimiter"]
 
@@ -190,23 +190,10 @@ class RedisRateLimiter:
         Cluster, where the groups live on several nodes, one :meth:`acquire` after another."""
         if isinstance(self.redis, RedisCluster):
             return [await self.acquire(group, now=now, event=event) for group in groups]
-        calls = [_acquire_call(group, now, event) for group in groups]
+        calls = [(self._acquire, *_acquire_call(group, now, event)) for group in groups]
         async with _backend():
-            pipe = self.redis.pipeline(transaction=False)
-            async with pipe:
-                for keys, args in calls:
-                    # EVALSHA itself: a Script object would make the pipeline send SCRIPT
-                    # EXISTS first, a second round trip every time.
-                    pipe.evalsha(self._acquire.sha, len(keys), *keys, *args)
-                replies = await pipe.execute(raise_on_error=False)
-            decisions = []
-            for group, (keys, args), reply in zip(groups, calls, replies, strict=True):
-                if isinstance(reply, NoScriptError):  # not run: run it as a script
-                    reply = await self._acquire(keys=keys, args=args)
-                elif isinstance(reply, Exception):
-                    raise reply
-                decisions.append(_decision(group, reply))
-        return decisions
+            replies = await run_scripts(self.redis, calls)
+        return [_decision(group, reply) for group, reply in zip(groups, replies, strict=True)]
 
     async def _acquire_one(
         self, checks: Sequence[tuple[str, Limit]], *, now: int, event: str
