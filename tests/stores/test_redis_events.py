@@ -249,11 +249,13 @@ async def test_an_event_is_one_round_trip_and_a_clash_one_more(
     await log.append(routine(uid, 1))
     assert len(sends) == 1, sends
     assert sends[0].count("EVALSHA") == 2
-    assert f"tw:{{ev:{uid}}}:h" in sends[0] and global_key(shard_of(uid)) in sends[0]
+    assert f"tw:{{ev:{uid}}}:h" in sends[0]
+    assert global_key(shard_of(uid)) in sends[0]
     sends.clear()
     await log.append(SecurityEvent(EventKind.LOGIN_SUCCEEDED, NOW, uid, "s2", "192.0.2.1", browser))
     assert len(sends) == 2, sends  # the pipeline, then the agent list
-    assert f"tw:{{ev:{uid}}}:a" in sends[1] and sends[1].count("EVALSHA") == 1
+    assert f"tw:{{ev:{uid}}}:a" in sends[1]
+    assert sends[1].count("EVALSHA") == 1
     await redis.script_flush()
     await log.append(routine(uid, 3))
     events = await log.for_user(uid, now=NOW)
