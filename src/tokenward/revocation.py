@@ -20,6 +20,7 @@ No store import here: the feed adapter drives :meth:`SessionCache.forget`,
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -29,7 +30,10 @@ from tokenward.clock import monotonic
 if TYPE_CHECKING:
     from tokenward.sessions import SessionState
 
-__all__ = ["SessionCache"]
+__all__ = ["SPREAD", "SessionCache"]
+
+#: An entry vouches for a random 75-100 % of ``max_age`` (see :meth:`SessionCache.put`).
+SPREAD = 0.25
 
 
 class SessionCache:
@@ -43,6 +47,8 @@ class SessionCache:
         max_age: seconds an entry may vouch before it is looked up again, a safety net
             on top of the feed.
         clock: the monotonic clock the lease deadline is kept in (the event loop's).
+        spread: the share of ``max_age`` an entry may lose at random (:data:`SPREAD`).
+        rng: a number in [0, 1) per entry (tests pin it).
 
     Attributes:
         hits: requests the cache vouched for (answered without a store lookup).
@@ -55,10 +61,14 @@ class SessionCache:
         max_age: int = 60,
         *,
         clock: Callable[[], float] = monotonic,
+        spread: float = SPREAD,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self._entries: OrderedDict[str, tuple[SessionState, int]] = OrderedDict()
         self._max_entries = max_entries
         self._max_age = max_age
+        self._spread = spread
+        self._rng = rng
         self._generation = 0
         self._healthy = False
         #: the monotonic clock of the lease (the feed reads it too)
@@ -123,12 +133,17 @@ class SessionCache:
         if not self._healthy or ticket != self._generation or self._max_entries <= 0:
             return
         entries = self._entries
-        entries[sid] = (state, min(state.expires_at, now + self._max_age))
+        # Entries stored together (each worker's first requests after a start or a feed
+        # reconnect) would all run out in the same second and come back as one burst of
+        # lookups every max_age; a random share off each spreads them. Shorter only.
+        life = self._max_age - int(self._max_age * self._spread * self._rng())
+        entries[sid] = (state, min(state.expires_at, now + life))
         entries.move_to_end(sid)
         if len(entries) > self._max_entries:
             entries.popitem(last=False)
         # The oldest stored come first, and none may vouch for more than max_age seconds:
-        # drop up to two that have run out (more than one a store, so the sweep keeps up).
+        # drop up to two that have run out (an entry stored later that runs out sooner
+        # waits for its turn or for get) (more than one a store, so the sweep keeps up).
         # The cache then holds the sessions seen in the last max_age seconds, not the last
         # max_entries whenever they were seen.
         for _ in range(2):

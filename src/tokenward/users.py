@@ -24,6 +24,7 @@ A login remembers the epoch it authenticated under and, once its session exists,
 
 from __future__ import annotations
 
+import random
 import re
 import unicodedata
 import uuid
@@ -36,6 +37,7 @@ from tokenward.clock import monotonic
 from tokenward.errors import Conflict, Forbidden, InvalidCredentials, PolicyError, WrongPassword
 from tokenward.password_policy import PasswordPolicy
 from tokenward.passwords import PasswordHasher
+from tokenward.revocation import SPREAD
 
 __all__ = [
     "Profiles",
@@ -322,6 +324,11 @@ class Profiles:
             session cache's ``max_age``).
         vouched: whether the feed is delivering announcements now; never, by default.
         max_entries: entries kept (the least recently used goes first).
+        clock: a monotonic clock, in seconds.
+        spread: the share of either TTL an entry may lose at random, as the session
+            cache's (:data:`~tokenward.revocation.SPREAD`): users read together do not
+            all go back to the store in the same second.
+        rng: a number in [0, 1) per entry (tests pin it).
     """
 
     def __init__(
@@ -332,30 +339,37 @@ class Profiles:
         vouched_ttl: float = 300.0,
         vouched: Callable[[], bool] = lambda: False,
         max_entries: int = 10_000,
+        clock: Callable[[], float] = monotonic,
+        spread: float = SPREAD,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
         self.ttl = ttl
         self.vouched_ttl = vouched_ttl
         self.vouched = vouched
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[float, User | None]] = OrderedDict()
+        self.clock = clock
+        self.spread = spread
+        self.rng = rng
+        #: user id -> (when read, share of the TTL it is trusted, the user)
+        self._entries: OrderedDict[str, tuple[float, float, User | None]] = OrderedDict()
         self._generation = 0
 
     async def by_id(self, user_id: str) -> User | None:
         """The user (``None``: there is none), from the cache while it is fresh."""
         entry = self._entries.get(user_id)
-        now = monotonic()
+        now = self.clock()
         if entry is not None:
-            age = now - entry[0]
-            if age < (self.vouched_ttl if self.vouched() else self.ttl):
+            read_at, share, cached = entry
+            if now - read_at < (self.vouched_ttl if self.vouched() else self.ttl) * share:
                 self._entries.move_to_end(user_id)
-                return entry[1]
+                return cached
         generation = self._generation
         user = await self.store.by_id(user_id)
         # A change announced while the store was being read may not be in what it
         # returned: that answer is used once, not kept.
         if self.max_entries > 0 and generation == self._generation:
-            self._entries[user_id] = (now, user)
+            self._entries[user_id] = (now, 1.0 - self.spread * self.rng(), user)
             self._entries.move_to_end(user_id)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)

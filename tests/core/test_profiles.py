@@ -47,7 +47,7 @@ async def test_the_cache_is_bounded_and_remembers_unknown_users(tw: Tokenward) -
         await profiles.by_id(uid)
     assert list(profiles._entries) == ids[1:]
     assert await profiles.by_id("no-such-user") is None
-    assert profiles._entries["no-such-user"][1] is None
+    assert profiles._entries["no-such-user"][2] is None
 
 
 async def test_entries_live_long_only_while_the_feed_vouches(tw: Tokenward) -> None:
@@ -112,3 +112,27 @@ async def test_the_runtime_trusts_profiles_long_only_while_its_feed_is_up(tw: To
     assert uid in tw.profiles._entries
     tw._feed_changed(False)
     assert uid not in tw.profiles._entries
+
+
+async def test_an_entry_is_trusted_for_75_to_100_percent_of_its_ttl(tw: Tokenward) -> None:
+    """Users read together (a worker's first requests) must not all go back to the store in
+    the same second: each entry loses a random share of up to a quarter of the TTL, vouched
+    or not. Pinned draws give the bounds; a change shows after them and not before."""
+    uid, email = await _user(tw)
+    now = [0.0]
+    for draw, vouched, trusted_until in (
+        (0.0, False, 100.0), (0.999, False, 75.025), (0.5, True, 875.0),
+    ):  # fmt: skip
+        profiles = Profiles(
+            tw.user_store, ttl=100, vouched_ttl=1000, vouched=lambda v=vouched: v,
+            clock=lambda: now[0], rng=lambda d=draw: d,
+        )  # fmt: skip
+        now[0] = 0.0
+        current = (await profiles.by_id(uid)).email  # type: ignore[union-attr]
+        new = f"moved-{uuid.uuid4().hex[:10]}@example.com"
+        assert await tw.user_store.set_email(uid, new, expected_email=current, now=tw.clock.now())
+        now[0] = trusted_until - 0.01
+        assert (await profiles.by_id(uid)).email == current  # type: ignore[union-attr]
+        now[0] = trusted_until
+        assert (await profiles.by_id(uid)).email == new  # type: ignore[union-attr]
+    assert email != new

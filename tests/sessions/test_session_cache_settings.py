@@ -77,6 +77,37 @@ def test_storing_an_entry_that_has_already_run_out_leaves_the_cache_empty() -> N
     assert len(cache) == 0
 
 
+def test_entries_stored_together_run_out_spread_over_a_quarter_of_the_ttl() -> None:
+    """1,000 sessions stored in the same second (a worker's first requests after a start)
+    do not all run out together: each vouches for 75-100 % of the TTL, so their lookups
+    come back spread over 15 of 60 seconds, not as one burst every minute. A pinned draw
+    gives the bounds exactly."""
+    state = SessionState(
+        uid="u" * 32, user_created_at=1, csrf_digest="0" * 22, created_at=1, expires_at=10_000
+    )
+    for draw, last in ((0.0, 159), (0.999, 145)):
+        cache = SessionCache(max_age=60, rng=lambda draw=draw: draw)
+        cache.set_healthy(True)
+        cache.renew(cache.clock() + 60)
+        cache.put("s" * 22, state, ticket=cache.ticket(), now=100)
+        assert cache.get("s" * 22, now=last) is not None
+        assert cache.get("s" * 22, now=last + 1) is None
+    cache = SessionCache(max_age=60)
+    cache.set_healthy(True)
+    cache.renew(cache.clock() + 60)
+    for n in range(1000):
+        cache.put(f"{n:022d}", state, ticket=cache.ticket(), now=100)
+    ends = []
+    for at in range(100, 161):
+        alive = sum(cache.get(f"{n:022d}", now=at) is not None for n in range(1000))
+        ends.append(alive)
+    assert ends[45] == 1000  # none before 75 % of the TTL
+    assert ends[60] == 0  # none past it
+    dropped = [ends[i] - ends[i + 1] for i in range(45, 60)]
+    assert max(dropped) < 200, dropped  # about 67 a second; all at once would be 1,000
+    assert sum(1 for d in dropped if d) >= 12, dropped
+
+
 async def test_cache_size_zero_turns_it_off(make_tw: MakeTw) -> None:
     """Size 0: 20 authentications of one session, 0 answered by the cache."""
     tw = await make_tw(session_cache_size=0)
@@ -89,17 +120,18 @@ async def test_cache_size_zero_turns_it_off(make_tw: MakeTw) -> None:
 
 
 async def test_cache_ttl_sends_an_old_entry_back_to_redis(make_tw: MakeTw) -> None:
-    """TTL 5: vouched for at +4 s, asked again at +5 s (the default of 60 would vouch)."""
-    tw = await make_tw(session_cache_ttl=5)
+    """TTL 8: vouched for at +5 s (an entry loses at most a quarter of it at random),
+    asked again at +8 s (the default of 60 would vouch)."""
+    tw = await make_tw(session_cache_ttl=8)
     assert isinstance(tw.clock, FrozenClock)
     await await_until(lambda: tw.feed.subscribed, within=5, what="the feed subscribes")
     token = await _logged_in(tw, 200)
     await tw.sessions.authenticate(token, now=tw.clock.now())
     hits = tw.cache.hits
-    tw.clock.advance(4)
+    tw.clock.advance(5)
     await tw.sessions.authenticate(token, now=tw.clock.now())
     assert tw.cache.hits == hits + 1
-    tw.clock.advance(1)
+    tw.clock.advance(3)
     await tw.sessions.authenticate(token, now=tw.clock.now())
     assert tw.cache.hits == hits + 1
 
