@@ -178,8 +178,9 @@ class Settings(BaseSettings):
         default=60,
         gt=0,
         le=3600,
-        description="Seconds a cached session may vouch before Redis is asked again (a safety "
-        "net: the revocation feed removes ended sessions at once).",
+        description="Seconds a cached session may vouch at most before Redis is asked again "
+        "(each entry a random 75-100 % of it; a safety net: the revocation feed removes ended "
+        "sessions at once).",
     )
     # Abuse limits (docs/abuse.md). Each is "N events in any window of W seconds"; reaching
     # it locks for W, doubling per repeated lock up to the max block.
