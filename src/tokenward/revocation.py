@@ -135,15 +135,16 @@ class SessionCache:
         entries = self._entries
         # Entries stored together (each worker's first requests after a start or a feed
         # reconnect) would all run out in the same second and come back as one burst of
-        # lookups every max_age; a random share off each spreads them. Shorter only.
+        # lookups every max_age; a random share off each spreads them. It only ever
+        # shortens the trust, so the draw needs no secrecy (not a CSPRNG).
         life = self._max_age - int(self._max_age * self._spread * self._rng())
         entries[sid] = (state, min(state.expires_at, now + life))
         entries.move_to_end(sid)
         if len(entries) > self._max_entries:
             entries.popitem(last=False)
         # The oldest stored come first, and none may vouch for more than max_age seconds:
-        # drop up to two that have run out (an entry stored later that runs out sooner
-        # waits for its turn or for get) (more than one a store, so the sweep keeps up).
+        # drop up to two that have run out (more than one a store, so the sweep keeps up;
+        # one stored later that runs out sooner waits for its turn, or for get).
         # The cache then holds the sessions seen in the last max_age seconds, not the last
         # max_entries whenever they were seen.
         for _ in range(2):
