@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from private_redis import private_redis
+from redis_sends import count_sends
 from tokenward.http.app import create_app
 from tw_accounts import BEARER, ORIGIN, PASSWORD, Accounts
 from tw_factory import TokenwardFactory
@@ -46,16 +47,7 @@ async def test_a_login_is_three_round_trips_before_its_answer(
                 await tw.email_flows.mark_verified(user, now=tw.clock.now())
                 await accounts.login_bearer(email)  # scripts loaded, connections open
                 await tw.events.drain()
-                sends: list[str] = []
-                connection_class = tw.redis.connection_pool.connection_class
-                send = connection_class.send_packed_command
-
-                async def counted(conn: Any, command: Any, check_health: bool = True) -> None:
-                    packed = command if isinstance(command, bytes | str) else b"".join(command)
-                    sends.append(packed if isinstance(packed, str) else packed.decode("latin-1"))
-                    await send(conn, command, check_health)
-
-                monkeypatch.setattr(connection_class, "send_packed_command", counted)
+                sends = count_sends(tw.redis, monkeypatch)
                 await server_marker(server.url)
                 watcher = aioredis.Redis.from_url(server.url, decode_responses=True)
                 sent: list[str] = []

@@ -13,12 +13,12 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import orjson
 import pytest
 from redis.crc import key_slot
 
+from redis_sends import count_sends
 from tokenward.errors import Unavailable
 from tokenward.events import EventKind, SecurityEvent
 from tokenward.stores.redis_client import RedisClient, connect_redis
@@ -216,21 +216,6 @@ async def test_an_agent_reference_clash_keeps_each_events_own_agent(redis: Redis
     assert await redis.get(key) == "an older agent"
     assert await redis.lrange(keys(uid)["a"], 0, -1) == [f"{agent_ref(browser)}|{browser}"]
     assert 0 < await redis.ttl(keys(uid)["a"]) <= TTL
-
-
-def count_sends(redis: RedisClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every send of ``redis``'s connections from now on (a pipeline is one), as text."""
-    connection_class = redis.connection_pool.connection_class
-    send = connection_class.send_packed_command
-    sends: list[str] = []
-
-    async def counted(conn: Any, command: Any, check_health: bool = True) -> None:
-        packed = command if isinstance(command, bytes | str) else b"".join(command)
-        sends.append(packed if isinstance(packed, str) else packed.decode("latin-1"))
-        await send(conn, command, check_health)
-
-    monkeypatch.setattr(connection_class, "send_packed_command", counted)
-    return sends
 
 
 async def test_an_event_is_one_round_trip_and_a_clash_one_more(
