@@ -40,7 +40,7 @@ class Background:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, object]) -> None:
         """Run ``work`` in the background (or drop it, logged, when too much is pending)."""
         if len(self._pending) >= self.max_pending:
             work.close()
@@ -50,7 +50,7 @@ class Background:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+    async def _guarded(self, work: Coroutine[Any, Any, object]) -> None:
         try:
             await work
         except Exception as exc:  # a lost write must never fail the request that caused it

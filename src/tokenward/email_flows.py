@@ -49,7 +49,13 @@ from tokenward.errors import (
     RateLimited,
     TokenwardError,
 )
-from tokenward.events import EventKind, EventSink, SecurityEvent, SecurityEvents
+from tokenward.events import (
+    DEVICE_MEMORY,
+    EventKind,
+    EventSink,
+    SecurityEvent,
+    SecurityEvents,
+)
 from tokenward.mail import Mailer, Templates
 from tokenward.ratelimit import Limit, RateLimiter
 from tokenward.sessions import EndReason, Sessions
@@ -560,12 +566,14 @@ class NoticeSink:
         self.inner = inner
         self.flows: EmailFlows | None = None
 
-    async def append(self, event: SecurityEvent) -> None:
+    async def append(
+        self, event: SecurityEvent, *, device: str | None = None, memory: int = DEVICE_MEMORY
+    ) -> bool | None:
         """See :meth:`tokenward.events.EventSink.append`; the notice goes out even when the
         store failed (the owner must hear about theft whatever Redis does)."""
         if self.flows is not None:
             self.flows.notice(event)
-        await self.inner.append(event)
+        return await self.inner.append(event, device=device, memory=memory)
 
     async def for_user(self, uid: str, *, now: int, limit: int = 100) -> list[SecurityEvent]:
         """See :meth:`tokenward.events.EventSink.for_user`."""

@@ -44,7 +44,6 @@ __all__ = [
     "CRITICAL_END_REASONS",
     "CRITICAL_KINDS",
     "DEVICE_MEMORY",
-    "DeviceRegistry",
     "EventKind",
     "EventSink",
     "SecurityEvent",
@@ -167,7 +166,7 @@ class SecurityEvent:
 
 
 class EventSink(Protocol):
-    """Where events are kept.
+    """Where events are kept, and the devices each user logged in from recently.
 
     Contract: :meth:`append` adds the event to the global (operators') stream and, when it
     has a ``uid``, to that user's history; all are capped and expire (every key has a TTL).
@@ -176,8 +175,16 @@ class EventSink(Protocol):
     first.
     """
 
-    async def append(self, event: SecurityEvent) -> None:
-        """Store one event."""
+    async def append(
+        self, event: SecurityEvent, *, device: str | None = None, memory: int = DEVICE_MEMORY
+    ) -> bool | None:
+        """Store one event.
+
+        With ``device`` (a :func:`device_digest`) and an event that has a ``uid``, also
+        record that device for the user, in the same round trip where the store can, and
+        return whether it was seen within ``memory`` seconds before. Atomic: of two
+        concurrent first logins from one device, one is "new". Without, return ``None``.
+        """
         ...
 
     async def for_user(self, uid: str, *, now: int, limit: int = 100) -> list[SecurityEvent]:
@@ -189,17 +196,6 @@ class EventSink(Protocol):
         self, *, limit: int = 100, kinds: Sequence[str] = (), before: str | None = None
     ) -> list[SecurityEvent]:
         """The global stream, newest first (for operators), optionally filtered by kind."""
-        ...
-
-
-class DeviceRegistry(Protocol):
-    """The devices each user logged in from recently."""
-
-    async def seen(self, uid: str, device: str, *, now: int, memory: int) -> bool:
-        """Record ``device`` for ``uid``; return whether it was seen within ``memory`` seconds.
-
-        Atomic: of two concurrent first logins from one device, one is "new".
-        """
         ...
 
 
@@ -217,8 +213,7 @@ class SecurityEvents:
     """Records security events to a sink and to the log, off the request path.
 
     Args:
-        sink: where events are kept.
-        devices: the device registry (for "new device" events).
+        sink: where events (and the devices of "new device" events) are kept.
         users: used to name the user of a failed login when the account exists.
         device_memory: see :data:`DEVICE_MEMORY`.
         observer: told every event as it is written (metrics); must not block or raise.
@@ -229,7 +224,6 @@ class SecurityEvents:
     def __init__(
         self,
         sink: EventSink,
-        devices: DeviceRegistry,
         users: UserStore,
         *,
         device_memory: int = DEVICE_MEMORY,
@@ -237,7 +231,6 @@ class SecurityEvents:
         read_wait: float = READ_WAIT,
     ) -> None:
         self.sink = sink
-        self.devices = devices
         self.users = users
         self.device_memory = device_memory
         self.observer = observer
@@ -248,14 +241,14 @@ class SecurityEvents:
 
     # -- machinery -----------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         self._background.spawn(work)
 
-    async def _write(self, event: SecurityEvent) -> None:
+    async def _write(self, event: SecurityEvent, *, device: str | None = None) -> bool | None:
         if self.observer is not None:
             self.observer(event)
         log.info(event.kind.value, extra={"event": event.fields()})
-        await self.sink.append(event)
+        return await self.sink.append(event, device=device, memory=self.device_memory)
 
     def record(self, event: SecurityEvent) -> None:
         """Record ``event`` (log line and sink), in the background."""
@@ -289,9 +282,9 @@ class SecurityEvents:
         """A login opened session ``sid``; also reports a new device when it is one."""
 
         async def work() -> None:
-            await self._write(SecurityEvent(EventKind.LOGIN_SUCCEEDED, now, uid, sid, *client))
-            device = device_digest(client[1], client[0])
-            if not await self.devices.seen(uid, device, now=now, memory=self.device_memory):
+            # The device check rides with the event: one round trip for a known device.
+            event = SecurityEvent(EventKind.LOGIN_SUCCEEDED, now, uid, sid, *client)
+            if not await self._write(event, device=device_digest(client[1], client[0])):
                 await self._write(SecurityEvent(EventKind.NEW_DEVICE, now, uid, sid, *client))
 
         self._spawn(work())

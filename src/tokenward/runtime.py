@@ -251,9 +251,7 @@ class Tokenward:
             self.redis, ttl=s.events_ttl, per_user=s.events_per_user, global_max=s.events_global_max
         )
         notices = NoticeSink(self.event_log)
-        self.events = SecurityEvents(
-            notices, self.event_log, self.user_store, observer=self.metrics.security_event
-        )
+        self.events = SecurityEvents(notices, self.user_store, observer=self.metrics.security_event)
         self.throttle = Throttle(
             RedisRateLimiter(self.redis),
             Limits.from_settings(s),

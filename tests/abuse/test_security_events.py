@@ -250,7 +250,7 @@ async def test_reading_events_returns_under_steady_event_traffic(make_tw: MakeTw
         if traffic:
             events.record(SecurityEvent(EventKind.LOGIN_FAILED, now, uid))
 
-    events = SecurityEvents(tw.event_log, tw.event_log, tw.user_store, observer=record_next)
+    events = SecurityEvents(tw.event_log, tw.user_store, observer=record_next)
     events.record(SecurityEvent(EventKind.REGISTERED, now, uid))
     try:
         rows = await asyncio.wait_for(events.for_user(uid, now=now), timeout=10)

@@ -251,6 +251,38 @@ async def test_an_event_is_one_round_trip_and_a_clash_one_more(
     assert mine == ["s0", "s1", "s2", "s3"]
 
 
+async def test_the_device_check_rides_with_the_event(
+    redis: RedisClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event with a device records it in the same send as the event (a third script in
+    the pipeline) and says whether the user was seen on it within the memory: not the first
+    time, yes the second, not once the memory has passed; also after SCRIPT FLUSH. Without
+    a device, or without a user, nothing is checked (None)."""
+    log = RedisEventLog(redis, ttl=TTL, per_user=10)
+    uid = uuid.uuid4().hex
+    # Scripts loaded, a connection open.
+    assert await log.append(routine(uid, 0), device="dev-0", memory=100) is False
+    sends = count_sends(redis, monkeypatch)
+    assert await log.append(routine(uid, 1), device="dev-a", memory=100) is False
+    assert len(sends) == 1, sends
+    assert sends[0].count("EVALSHA") == 3
+    assert f"tw:{{ev:{uid}}}:d" in sends[0]
+    assert "dev-a" in sends[0]
+    assert await log.append(routine(uid, 2), device="dev-a", memory=100) is True
+    assert await log.append(routine(uid, 3), device="dev-b", memory=100) is False
+    later = SecurityEvent(EventKind.LOGIN_SUCCEEDED, NOW + 100, uid, "s4", "192.0.2.1", "ua")
+    assert await log.append(later, device="dev-a", memory=100) is False  # forgotten
+    await redis.script_flush()
+    assert await log.append(routine(uid, 5), device="dev-b", memory=100) is True
+    assert await log.append(routine(uid, 6)) is None
+    anonymous = SecurityEvent(EventKind.LOGIN_FAILED, NOW, None, None, "192.0.2.1", "ua")
+    assert await log.append(anonymous, device="dev-a", memory=100) is None
+    assert await redis.hget(keys(uid)["d"], "dev-b") == str(NOW)
+    assert 0 < await redis.ttl(keys(uid)["d"]) <= 100
+    sids = [e.sid for e in await log.for_user(uid, now=NOW)]
+    assert sids == ["s6", "s5", "s4", "s3", "s2", "s1", "s0"]
+
+
 async def test_a_failed_history_write_is_an_outage_and_keeps_the_operators_entry(
     redis: RedisClient,
 ) -> None:

@@ -73,7 +73,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from tokenward.errors import Unavailable
-from tokenward.events import EventKind, SecurityEvent
+from tokenward.events import DEVICE_MEMORY, EventKind, SecurityEvent
 from tokenward.stores.redis_client import RedisClient, ScriptCall, run_scripts
 
 __all__ = [
@@ -390,8 +390,7 @@ def _decode(entry_id: str, f: dict[str, str]) -> SecurityEvent | None:
 
 
 class RedisEventLog:
-    """Implements :class:`~tokenward.events.EventSink` and
-    :class:`~tokenward.events.DeviceRegistry` on Redis.
+    """Implements :class:`~tokenward.events.EventSink` on Redis.
 
     Args:
         redis: a client created with ``decode_responses=True``.
@@ -418,9 +417,12 @@ class RedisEventLog:
         self._agent = redis.register_script(_AGENT)
         self._seen = redis.register_script(_SEEN)
 
-    async def append(self, event: SecurityEvent) -> None:
-        """See :meth:`tokenward.events.EventSink.append`: the operators' log and the user's
-        history (two hash slots, so two scripts) in one round trip.
+    async def append(
+        self, event: SecurityEvent, *, device: str | None = None, memory: int = DEVICE_MEMORY
+    ) -> bool | None:
+        """See :meth:`tokenward.events.EventSink.append`: the operators' log, the user's
+        history and the device check (see :meth:`seen`; two hash slots, so three scripts) in
+        one round trip.
 
         The history names the agent by its reference. When the agent table already held
         another agent under it (a clash, which the first script reports), one more round
@@ -445,10 +447,15 @@ class RedisEventLog:
                 KIND_CODES.get(event.kind, event.kind.value), event.at, _rest(event),
             ]  # fmt: skip
             calls.append((self._append_user, [history, old_log, old_sec], args))
+            if device is not None:
+                # Last: on a Cluster (one call after another) a failed event records no
+                # device, so the next login still reports it as new.
+                calls.append(self._seen_call(event.uid, device, event.at, memory))
         async with _backend():
-            clash, *_ = await run_scripts(self.redis, calls)
+            clash, *replies = await run_scripts(self.redis, calls)
             if clash and event.uid:
                 await self._agent(keys=[agents], args=[f"{ref}|{ua}", AGENTS_KEPT, self.ttl])
+        return bool(replies[1]) if len(replies) > 1 else None
 
     async def for_user(self, uid: str, *, now: int, limit: int = 100) -> list[SecurityEvent]:
         """See :meth:`tokenward.events.EventSink.for_user`: the newest ``limit`` routine and
@@ -547,12 +554,14 @@ class RedisEventLog:
         return {ref: ua for ref, ua in zip(wanted, found, strict=True) if ua}
 
     async def seen(self, uid: str, device: str, *, now: int, memory: int) -> bool:
-        """See :meth:`tokenward.events.DeviceRegistry.seen` (a device the 0.1 set knows
-        counts as seen)."""
+        """Record ``device`` for ``uid``; return whether it was seen within ``memory``
+        seconds (a device the 0.1 set knows counts as seen). Atomic: of two concurrent first
+        logins from one device, one is new. :meth:`append` runs the same check with an event."""
+        script, keys, args = self._seen_call(uid, device, now, memory)
+        async with _backend():
+            return bool(await script(keys=keys, args=args))
+
+    def _seen_call(self, uid: str, device: str, now: int, memory: int) -> ScriptCall:
         _, _, devices = _user_keys(uid)
         _, _, old_devices = _legacy_keys(uid)
-        async with _backend():
-            known = await self._seen(
-                keys=[devices, old_devices], args=[device, now, memory, DEVICES_KEPT]
-            )
-        return bool(known)
+        return self._seen, [devices, old_devices], [device, now, memory, DEVICES_KEPT]
