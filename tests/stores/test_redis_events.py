@@ -298,6 +298,38 @@ async def test_a_failed_history_write_is_an_outage_and_keeps_the_operators_entry
     assert mine == ["s7"]
 
 
+async def test_a_lost_event_does_not_lose_its_new_device(redis: RedisClient) -> None:
+    """The device check shares the event's round trip, not its fate the wrong way round:
+    when the event cannot be written (its history key holds a string, then the operators'
+    stream does), the append fails as an outage and a device the check found new is
+    forgotten again, so the next login from it is still reported as new. A device already
+    known stays known."""
+    log = RedisEventLog(redis, ttl=TTL, per_user=10)
+    uid = uuid.uuid4().hex
+    assert await log.append(routine(uid, 0), device="known", memory=TTL) is False
+    await redis.set(keys(uid)["h"], "not a list", ex=TTL)
+    for device in ("new", "known"):
+        with pytest.raises(Unavailable):
+            await log.append(routine(uid, 1), device=device, memory=TTL)
+    assert await redis.hget(keys(uid)["d"], "new") is None
+    assert await redis.hget(keys(uid)["d"], "known") == str(NOW)
+    await redis.delete(keys(uid)["h"])
+    stream = global_key(shard_of(uid))
+    saved = await redis.dump(stream)
+    await redis.delete(stream)
+    await redis.set(stream, "not a stream", ex=TTL)
+    try:
+        with pytest.raises(Unavailable):
+            await log.append(routine(uid, 2), device="new", memory=TTL)
+        assert await redis.hget(keys(uid)["d"], "new") is None
+    finally:
+        await redis.delete(stream)
+        if saved is not None:
+            await redis.restore(stream, 0, saved)
+    assert await log.append(routine(uid, 3), device="new", memory=TTL) is False
+    assert await log.append(routine(uid, 4), device="new", memory=TTL) is True
+
+
 async def test_entries_in_the_decimal_id_format_are_still_read(redis: RedisClient) -> None:
     """History entries written before the ids were base 36 (``<ms>-<seq>|<class>|<kind>|``,
     their agents in the user's ``:a`` list) read back next to new ones, which go above them

@@ -629,28 +629,46 @@ ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[str | int]]
 """``(script, keys, args)``: one call of a registered script."""
 
 
-async def run_scripts(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+async def run_scripts(
+    redis: RedisClient, calls: Sequence[ScriptCall], *, raise_on_error: bool = True
+) -> list[Any]:
     """Run each ``(script, keys, args)`` in order, all in one pipeline: one round trip.
 
     Returns the replies in order. ``EVALSHA`` itself is queued: a Script object would make
     the pipeline send ``SCRIPT EXISTS`` first, a second round trip every time; a call the
     server does not hold the script of (``NOSCRIPT``: Redis restarted or failed over) runs
     again on its own, as a script. On a Cluster, where the calls' keys can live on several
-    nodes, one call after another.
+    nodes, one call after another. With ``raise_on_error=False`` every call runs and a
+    failed one's reply is its :class:`RedisError`, in its place.
 
     Raises:
-        RedisError: the first call that failed (in a pipeline the others still ran).
+        RedisError: the first call that failed (in a pipeline the others still ran; on a
+            Cluster the later ones did not).
     """
+    replies: list[Any]
     if isinstance(redis, RedisCluster):
-        return [await script(keys=keys, args=args) for script, keys, args in calls]
+        replies = []
+        for script, keys, args in calls:
+            try:
+                replies.append(await script(keys=keys, args=args))
+            except RedisError as exc:
+                if raise_on_error:
+                    raise
+                replies.append(exc)
+        return replies
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        replies = await pipe.execute(raise_on_error=False)
     for i, ((script, keys, args), reply) in enumerate(zip(calls, replies, strict=True)):
         if isinstance(reply, NoScriptError):
-            replies[i] = await script(keys=keys, args=args)
-        elif isinstance(reply, Exception):
+            try:
+                replies[i] = await script(keys=keys, args=args)
+            except RedisError as exc:
+                if raise_on_error:
+                    raise
+                replies[i] = exc
+        elif isinstance(reply, Exception) and raise_on_error:
             raise reply
     return replies
 

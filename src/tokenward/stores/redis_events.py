@@ -427,6 +427,10 @@ class RedisEventLog:
         The history names the agent by its reference. When the agent table already held
         another agent under it (a clash, which the first script reports), one more round
         trip puts the agent whole in the user's own list, which reads take first.
+
+        When a script fails the append fails (:class:`Unavailable`), and a device the check
+        found new is forgotten again (one more round trip), so that the event's loss does
+        not lose the "new device" report: the next login from it makes it.
         """
         fields: list[str | int] = [
             "k", event.kind.value, "at", event.at, "uid", event.uid or "", "sid", event.sid or "",
@@ -448,14 +452,20 @@ class RedisEventLog:
             ]  # fmt: skip
             calls.append((self._append_user, [history, old_log, old_sec], args))
             if device is not None:
-                # Last: on a Cluster (one call after another) a failed event records no
-                # device, so the next login still reports it as new.
                 calls.append(self._seen_call(event.uid, device, event.at, memory))
         async with _backend():
-            clash, *replies = await run_scripts(self.redis, calls)
-            if clash and event.uid:
+            replies = await run_scripts(self.redis, calls, raise_on_error=False)
+            seen = replies[2] if len(replies) > 2 else None
+            failed = [reply for reply in replies if isinstance(reply, Exception)]
+            if failed:
+                if seen == 0 and event.uid and device is not None:
+                    # A new device whose event was lost is forgotten again, so that the
+                    # next login from it still reports it (and its owner hears of it).
+                    await self.redis.hdel(_user_keys(event.uid)[2], device)
+                raise failed[0]
+            if replies[0] and event.uid:  # an agent-table clash
                 await self._agent(keys=[agents], args=[f"{ref}|{ua}", AGENTS_KEPT, self.ttl])
-        return bool(replies[1]) if len(replies) > 1 else None
+        return None if seen is None else bool(seen)
 
     async def for_user(self, uid: str, *, now: int, limit: int = 100) -> list[SecurityEvent]:
         """See :meth:`tokenward.events.EventSink.for_user`: the newest ``limit`` routine and
