@@ -127,17 +127,21 @@ async def test_active_sessions_are_counted_on_every_primary(cluster_tw: Tokenwar
 async def test_a_lost_event_forgets_its_new_device_on_cluster(cluster_tw: Tokenward) -> None:
     """On a cluster the event's scripts run one after another, on the nodes of their slots:
     a history that cannot be written still fails the append, the device check still runs
-    after it, and a device it found new is forgotten again."""
+    after it (a known device's time moves on), and a device it found new is forgotten
+    again."""
     from tokenward.errors import Unavailable
     from tokenward.events import EventKind, SecurityEvent
 
     log, uid, now = cluster_tw.event_log, f"{7777:032x}", cluster_tw.clock.now()
     login = SecurityEvent(EventKind.LOGIN_SUCCEEDED, now, uid, "s1", "192.0.2.1", "ua")
     history, devices = f"tw:{{ev:{uid}}}:h", f"tw:{{ev:{uid}}}:d"
+    assert not await log.seen(uid, "known", now=now - 10, memory=60)
     await cluster_tw.redis.set(history, "not a list", ex=60)
-    with pytest.raises(Unavailable):
-        await log.append(login, device="dev", memory=60)
+    for device in ("dev", "known"):
+        with pytest.raises(Unavailable):
+            await log.append(login, device=device, memory=60)
     assert await cluster_tw.redis.hget(devices, "dev") is None
+    assert await cluster_tw.redis.hget(devices, "known") == str(now)
     await cluster_tw.redis.delete(history)
     assert await log.append(login, device="dev", memory=60) is False
     assert await log.append(login, device="dev", memory=60) is True
