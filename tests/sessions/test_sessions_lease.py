@@ -56,10 +56,19 @@ async def test_frozen_redis_is_not_vouched_for_after_the_lease(
             early: collections.Counter[int] = collections.Counter()
             frozen_at = 0.0
             stop_at = time.monotonic() + 3600
+            made: list[int] = []
+            all_made, go = asyncio.Event(), asyncio.Event()
 
             async def load(n: int) -> None:
                 headers = auth(tokens[n % SESSIONS]["access_token"])
                 async with client_for(tw) as c:
+                    # Every client is made before the freeze and starts asking at it: making
+                    # 200 clients holds the event loop long enough on a busy machine that,
+                    # made after it, none asked anything before the lease ran out.
+                    made.append(n)
+                    if len(made) == CLIENTS:
+                        all_made.set()
+                    await go.wait()
                     while time.monotonic() < stop_at:
                         started = time.monotonic()
                         status = (await c.get("/auth/me", headers=headers)).status_code
@@ -70,9 +79,22 @@ async def test_frozen_redis_is_not_vouched_for_after_the_lease(
 
             tasks = [asyncio.create_task(load(n)) for n in range(CLIENTS)]
             try:
+                await asyncio.wait_for(all_made.wait(), timeout=60)
+
+                # Making them held the loop past the lease (the feed may have started over,
+                # emptying the cache): the freeze comes once the cache vouches again for
+                # every session.
+                async def all_vouched() -> bool:
+                    for t in tokens:
+                        await client.get("/auth/me", headers=auth(t["access_token"]))
+                    now = tw.clock.now()
+                    return all(tw.cache.get(t["session"]["id"], now=now) for t in tokens)
+
+                await await_until(all_vouched, within=10, what="the cache vouches for all")
                 os.kill(pid, signal.SIGSTOP)
                 frozen_at = time.monotonic()
                 stop_at = frozen_at + FROZEN
+                go.set()
                 await asyncio.wait_for(asyncio.gather(*tasks), timeout=FROZEN + 30)
             finally:
                 os.kill(pid, signal.SIGCONT)
