@@ -184,6 +184,8 @@ class EventSink(Protocol):
         record that device for the user, in the same round trip where the store can, and
         return whether it was seen within ``memory`` seconds before. Atomic: of two
         concurrent first logins from one device, one is "new". Without, return ``None``.
+        When the event cannot be stored (this raises), a device found new is not kept as
+        seen: the next login from it is still new.
         """
         ...
 
