@@ -645,29 +645,25 @@ async def run_scripts(
         RedisError: the first call that failed (in a pipeline the others still ran; on a
             Cluster the later ones did not).
     """
-    replies: list[Any]
+
+    async def alone(call: ScriptCall) -> Any:
+        script, keys, args = call
+        try:
+            return await script(keys=keys, args=args)
+        except RedisError as exc:
+            if raise_on_error:
+                raise
+            return exc
+
     if isinstance(redis, RedisCluster):
-        replies = []
-        for script, keys, args in calls:
-            try:
-                replies.append(await script(keys=keys, args=args))
-            except RedisError as exc:
-                if raise_on_error:
-                    raise
-                replies.append(exc)
-        return replies
+        return [await alone(call) for call in calls]
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-        replies = await pipe.execute(raise_on_error=False)
-    for i, ((script, keys, args), reply) in enumerate(zip(calls, replies, strict=True)):
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    for i, (call, reply) in enumerate(zip(calls, replies, strict=True)):
         if isinstance(reply, NoScriptError):
-            try:
-                replies[i] = await script(keys=keys, args=args)
-            except RedisError as exc:
-                if raise_on_error:
-                    raise
-                replies[i] = exc
+            replies[i] = await alone(call)
         elif isinstance(reply, Exception) and raise_on_error:
             raise reply
     return replies

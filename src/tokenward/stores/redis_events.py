@@ -456,13 +456,13 @@ class RedisEventLog:
         async with _backend():
             replies = await run_scripts(self.redis, calls, raise_on_error=False)
             seen = replies[2] if len(replies) > 2 else None
-            failed = [reply for reply in replies if isinstance(reply, Exception)]
-            if failed:
+            failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+            if failed is not None:
                 if seen == 0 and event.uid and device is not None:
                     # A new device whose event was lost is forgotten again, so that the
                     # next login from it still reports it (and its owner hears of it).
                     await self.redis.hdel(_user_keys(event.uid)[2], device)
-                raise failed[0]
+                raise failed
             if replies[0] and event.uid:  # an agent-table clash
                 await self._agent(keys=[agents], args=[f"{ref}|{ua}", AGENTS_KEPT, self.ttl])
         return None if seen is None else bool(seen)
