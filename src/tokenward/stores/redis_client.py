@@ -71,6 +71,7 @@ from redis.exceptions import (
 )
 
 from tokenward.errors import ConfigError
+from tokenward.stores.redis_mux import Multiplexer, multiplexer_for
 
 __all__ = [
     "Durability",
@@ -79,6 +80,7 @@ __all__ = [
     "RedisTarget",
     "RedisWait",
     "ScriptCall",
+    "call_script",
     "connect_redis",
     "parse_redis_url",
     "parse_redis_wait",
@@ -250,7 +252,21 @@ def connect_redis(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
         return cluster  # type: ignore[no-any-return]
     pool = _QuickPool.from_url(url, max_connections=POOL_SIZE, timeout=timeout, **_options(timeout))
     pool.connection_class = _prompt(pool.connection_class)
-    return aioredis.Redis(connection_pool=pool)
+    return _SharingRedis(connection_pool=pool)
+
+
+class _SharingRedis(aioredis.Redis):
+    """redis-py's client, plus a :class:`~tokenward.stores.redis_mux.Multiplexer` to the
+    same server for the session store's script calls (:func:`call_script`); closed with it."""
+
+    def __init__(self, *, connection_pool: aioredis.ConnectionPool) -> None:
+        super().__init__(connection_pool=connection_pool)
+        self.multiplexer = multiplexer_for(connection_pool)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        if self.multiplexer is not None:
+            await self.multiplexer.aclose()
+        await super().aclose(close_connection_pool)
 
 
 class _QuickPool(aioredis.BlockingConnectionPool):
@@ -669,6 +685,23 @@ async def run_scripts(
     return replies
 
 
+async def call_script(
+    script: AsyncScript, *, keys: Sequence[str], args: Iterable[str | int]
+) -> Any:
+    """``script(keys, args)``, over its client's shared connection where it has one
+    (:class:`~tokenward.stores.redis_mux.Multiplexer`: the commands of concurrent requests
+    in one write). A server that does not hold the script (``NOSCRIPT``: Redis restarted)
+    gets it through redis-py, which loads it."""
+    multiplexer: Multiplexer | None = getattr(script.registered_client, "multiplexer", None)
+    if multiplexer is None:
+        return await script(keys=keys, args=args)
+    keys, args = list(keys), list(args)
+    try:
+        return await multiplexer.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await script(keys=keys, args=args)
+
+
 async def probe_redis(client: aioredis.Redis, url: str, *, wait: float) -> bool:
     """PING ``client`` once; when that fails, log one line naming ``url`` (its passwords
     masked) and why, and return False. For start-up: the service starts anyway and answers
@@ -808,7 +841,7 @@ class Durability:
         """
         wait = self.wait
         if wait is None:
-            return await script(keys=keys, args=args)
+            return await call_script(script, keys=keys, args=args)
         # The script and its WAIT must share one connection (WAIT counts the replicas that
         # have this connection's last write), hence one pipeline; closed so its connection
         # goes back to the pool even when the master just went away.
