@@ -14,6 +14,7 @@ outage must not lock owners out once it is over. :meth:`Throttle.login` and
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import ipaddress
@@ -225,6 +226,25 @@ class LoginTicket:
         if not self.done:
             self.done = True
             await self.limiter.release(self._keys(), event=self.event)
+
+    @asynccontextmanager
+    async def succeeding(self, *, now: int) -> AsyncIterator[None]:
+        """:meth:`succeeded`, started as the block starts and waited for when it ends.
+
+        Its writes go out with the block's first store write rather than one round trip
+        ahead of it (a store that sends what one turn of the event loop asks for in one
+        write, as the Redis store does, makes that one round trip for both). Should they
+        fail, the block's work stands (a session it opened is answered: the password was
+        right); the attempt stays counted and a warning is logged.
+        """
+        settled = asyncio.ensure_future(self.succeeded(now=now))
+        try:
+            yield
+        finally:
+            try:
+                await settled
+            except Unavailable:
+                log.warning("clearing a right password's throttle record failed: it stays counted")
 
     async def succeeded(self, *, now: int) -> None:
         """The password was right: clear the (account, address) record, refund the rest,

@@ -157,6 +157,34 @@ async def test_a_good_login_clears_the_pair(make_tw: MakeTw) -> None:
         assert_429(await login(user, email, "typo password 1234"))
 
 
+async def test_a_failed_clearing_does_not_refuse_the_right_password(
+    make_tw: MakeTw, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The throttle's success rides with the session's write. When part of it fails (the
+    account's known-address record is corrupt, so remembering the address is refused), the
+    login still answers 200 with a working session: the password was right. A warning
+    says so; the rest of the clearing (the pair's record) was done all the same."""
+    tw = await make_tw()
+    email = await registered(tw)
+    known = f"tw:{{rl:a:{account_digest(email)}}}:known"
+    await tw.redis.set(known, "not a sorted set", ex=600)
+    async with client_for(tw, fresh_ip()) as user:
+        for _ in range(9):
+            await login(user, email, "typo password 1234")
+        with caplog.at_level("WARNING", logger="tokenward.throttle"):
+            r = await login(user, email, PASSWORD)
+        assert r.status_code == 200, r.text
+        assert "throttle record failed" in caplog.text
+        me = await user.get(
+            "/auth/me", headers={"Authorization": f"Bearer {r.json()['access_token']}"}
+        )
+        assert me.status_code == 200, me.text
+        assert await tw.redis.get(known) == "not a sorted set"
+        for _ in range(10):  # the pair's count started over
+            assert (await login(user, email, "typo password 1234")).status_code == 401
+        assert_429(await login(user, email, "typo password 1234"))
+
+
 async def test_per_address_limit_stops_credential_stuffing(make_tw: MakeTw) -> None:
     """One address trying many accounts is stopped; other addresses are not."""
     tw = await make_tw(login_ip_limit=5)

@@ -1,10 +1,11 @@
-"""What a password login sends to Redis before it answers (issue 11): the login throttle's
-two checks in one pipeline (the address and the account; an address this process saw
-crowded is judged alone first, so that a refused address does not count against the
-account), its success in one pipeline, and the session in one script that also renews the
-user's verified marker: three round trips. Its security event and the device check are
-written after the answer: one more (the event's two scripts and the device check in one
-pipeline; a first login from a device writes a second event)."""
+"""What a password login sends to Redis (issue 11): the login throttle's two checks in one
+pipeline (the address and the account; an address this process saw crowded is judged alone
+first, so that a refused address does not count against the account); then, in one write
+of the shared connection, the session in one script that also renews the user's verified
+marker and the throttle's success (the right password clears its record): two round trips
+before the answer. Its security event and the device check are written after the answer:
+one more (the event's two scripts and the device check in one write; a first login from a
+device writes a second event). Three in all."""
 
 from __future__ import annotations
 
@@ -26,13 +27,14 @@ from tw_factory import TokenwardFactory
 BACKGROUND = ("tw:{ev:", "tw:{events:")
 
 
-async def test_a_login_is_three_round_trips_before_its_answer(
+async def test_a_login_is_two_round_trips_before_its_answer_and_three_in_all(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a Redis of its own (MONITOR sees only this login), a verified user's login sends
-    the two throttle scripts together, the success pipeline (DEL, ZREM, ZREM, the
-    known-address script) and the session script, which renews the verified marker: no
-    command of its own. Round trips are the client's sends (a pipeline is one)."""
+    the two throttle scripts together, then the session script (which renews the verified
+    marker: no command of its own) with the throttle's success (DEL, ZREM, ZREM, the
+    known-address script). Round trips are the client's sends (a pipeline or one write of
+    the shared connection is one)."""
     with private_redis(tmp_path) as server:
         factory = TokenwardFactory(server.url, tmp_path, issuer=ORIGIN)
         try:
@@ -76,24 +78,27 @@ async def test_a_login_is_three_round_trips_before_its_answer(
                 assert verbs == [
                     "EVALSHA",
                     "EVALSHA",
+                    "EVALSHA",
                     "DEL",
                     "ZREM",
                     "ZREM",
                     "EVALSHA",
-                    "EVALSHA",
                 ], on_path
-                assert ":known " in on_path[5]
+                assert ":known " in on_path[6]
                 trips = [t for t in sends if not any(k in t for k in BACKGROUND)]
                 trips = [t for t in trips if "PING" not in t[:20] and "HELLO" not in t[:20]]
-                assert len(trips) == 3, trips
+                assert len(trips) == 2, trips
                 assert trips[0].count("EVALSHA") == 2, trips[0]
+                assert trips[1].count("EVALSHA") == 2, trips[1]
+                assert ":verified" in trips[1]
+                assert ":known" in trips[1]
                 after = [t for t in sends if any(k in t for k in BACKGROUND)]
                 assert len(after) == 1, after
                 assert after[0].count("EVALSHA") == 3, after[0]
                 assert "tw:{events:" in after[0]
                 assert f"tw:{{ev:{user.id}}}:h" in after[0]
                 assert f"tw:{{ev:{user.id}}}:d" in after[0]
-                create = on_path[6]
+                create = on_path[2]
                 assert f"tw:{{u:{user.id}}}:verified" in create, create
                 ttl = await tw.redis.ttl(f"tw:{{u:{user.id}}}:verified")
                 assert tw.settings.session_max_ttl - 60 < ttl <= tw.settings.session_max_ttl

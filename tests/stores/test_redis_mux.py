@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from private_redis import PrivateRedis, private_redis, stop_process
 from redis_sends import count_sends
 from tokenward.stores import redis_mux
-from tokenward.stores.redis_client import call_script, connect_redis
+from tokenward.stores.redis_client import call_script, connect_redis, send_batch
 from tokenward.stores.redis_mux import Multiplexer, multiplexer_for
 from waiting import await_until, wait_until
 
@@ -269,3 +269,46 @@ def test_tls_and_credential_providers_keep_redis_py(tmp_path: Path) -> None:
     plain: Any = multiplexer_for(aioredis.ConnectionPool.from_url("redis://h:7/5"))
     assert (plain.host, plain.port, plain.db, plain.path) == ("h", 7, 5, None)
     assert redis_mux.__all__ == ["Multiplexer", "multiplexer_for"]
+
+
+async def test_a_batch_answers_as_a_pipeline_does(redis_url: str) -> None:
+    """:func:`send_batch` over the shared connection and over redis-py's pipeline (a client
+    without one): the same replies, error replies in their places. (Raw replies: redis-py's
+    reply callbacks, which turn a ``SET``'s OK into True, apply only to the pipeline.)"""
+    shared = connect_redis(redis_url)
+    piped = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        echo = shared.register_script(ECHO)
+        await shared.script_load(ECHO)
+        assert shared.multiplexer is not None
+        assert getattr(piped, "multiplexer", None) is None
+
+        def batch(tag: str) -> list[tuple[str | int, ...]]:
+            key = f"tw:mux:batch:{tag}"
+            return [
+                ("DEL", key),
+                ("ZADD", key, 1, "a"),
+                ("EVALSHA", echo.sha, 1, key, "bad"),
+                ("ZREM", key, "a", "b"),
+                ("EVALSHA", "0" * 40, 0),
+                ("HSET", key + ":s", "f", "v"),
+                ("EXPIRE", key + ":s", 60),
+                ("ZADD", key + ":s", 1, "a"),
+                ("EVALSHA", echo.sha, 1, key + ":e", "ok"),
+            ]
+
+        replies = {tag: await send_batch(c, batch(tag)) for tag, c in (("s", shared), ("p", piped))}
+        shown = {
+            tag: [f"{type(r).__name__}: {r}" if isinstance(r, Exception) else r for r in rs]
+            for tag, rs in replies.items()
+        }
+        assert shown["s"] == [
+            s.replace("tw:mux:batch:p", "tw:mux:batch:s") if isinstance(s, str) else s
+            for s in shown["p"]
+        ]
+        assert isinstance(replies["s"][4], NoScriptError)
+        assert isinstance(replies["s"][7], ResponseError)
+        assert replies["s"][8] == "tw:mux:batch:s:e=ok"
+    finally:
+        await shared.aclose()
+        await piped.aclose()

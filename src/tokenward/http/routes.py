@@ -193,29 +193,33 @@ class AuthRoutes:
                 except InvalidCredentials:
                     self.tw.events.login_failed(email, client=(ip, agent), now=now)
                     raise
-                await ticket.succeeded(now=now)
-            if self.tw.settings.require_verified_email and not user.email_verified:
-                # Only after the password was right: it tells nothing to whoever guesses.
-                raise EmailNotVerified(
-                    "verify your e-mail address first", resend="/auth/email/verify/resend"
+            # The right password clears the throttle's record in the same round trip as the
+            # next Redis write (the session, or a second factor's challenge).
+            async with ticket.succeeding(now=now):
+                if self.tw.settings.require_verified_email and not user.email_verified:
+                    # Only after the password was right: it tells nothing to whoever guesses.
+                    raise EmailNotVerified(
+                        "verify your e-mail address first", resend="/auth/email/verify/resend"
+                    )
+                # A user with a second factor gets a challenge, and no session, here.
+                second = await begin_mfa_login(
+                    self.tw, request, user, bearer=bearer, form=body.form, now=now
                 )
-            # A user with a second factor gets a challenge, and no session, here.
-            second = await begin_mfa_login(
-                self.tw, request, user, bearer=bearer, form=body.form, now=now
-            )
-            if second is not None:
-                return second
-            ref = UserRef(user.id, user.email, user.created_at, user.email_verified)
-            issued = await self.tw.sessions.open(ref, ip=ip, user_agent=agent, now=now)
-            if issued.evicted:
-                self._ended(request, user.id, list(issued.evicted), EndReason.EVICTED, now)
-            if not await user_still_enabled(self.tw, issued, epoch=user.credential_epoch, now=now):
-                # Refused exactly as a disabled account is by ``Users.authenticate``.
-                self.tw.events.login_failed(email, client=(ip, agent), now=now)
-                raise InvalidCredentials("invalid email or password")
-            if not bearer:
-                await self._end_replaced(request, now)
-            self.tw.events.login_succeeded(user.id, issued.sid, client=(ip, agent), now=now)
+                if second is not None:
+                    return second
+                ref = UserRef(user.id, user.email, user.created_at, user.email_verified)
+                issued = await self.tw.sessions.open(ref, ip=ip, user_agent=agent, now=now)
+                if issued.evicted:
+                    self._ended(request, user.id, list(issued.evicted), EndReason.EVICTED, now)
+                if not await user_still_enabled(
+                    self.tw, issued, epoch=user.credential_epoch, now=now
+                ):
+                    # Refused exactly as a disabled account is by ``Users.authenticate``.
+                    self.tw.events.login_failed(email, client=(ip, agent), now=now)
+                    raise InvalidCredentials("invalid email or password")
+                if not bearer:
+                    await self._end_replaced(request, now)
+                self.tw.events.login_succeeded(user.id, issued.sid, client=(ip, agent), now=now)
         except TokenwardError as exc:
             if body.form:
                 return _form_redirect(PAGE_LOGIN, exc)

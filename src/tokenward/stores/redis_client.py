@@ -86,6 +86,7 @@ __all__ = [
     "parse_redis_wait",
     "probe_redis",
     "run_scripts",
+    "send_batch",
 ]
 
 log = logging.getLogger("tokenward.redis")
@@ -645,6 +646,27 @@ ScriptCall = tuple[AsyncScript, Sequence[str], Sequence[str | int]]
 """``(script, keys, args)``: one call of a registered script."""
 
 
+async def send_batch(redis: RedisClient, commands: Sequence[Sequence[str | int]]) -> list[Any]:
+    """``commands`` in one round trip: over the client's shared connection where it has one
+    (:class:`~tokenward.stores.redis_mux.Multiplexer`), else in one pipeline. Not for a
+    Cluster (whose pipelines split by node). Replies in order, an error reply (``NOSCRIPT``
+    too) in its place, not raised. Replies are Redis's own: for commands redis-py converts
+    (a ``SET``'s OK to True) the two paths differ, so send scripts and plain counting
+    commands (``DEL``, ``ZREM``).
+
+    Raises:
+        RedisError: the server could not be reached or did not answer in time.
+    """
+    multiplexer: Multiplexer | None = getattr(redis, "multiplexer", None)
+    if multiplexer is not None:
+        return await multiplexer.execute_many(commands)
+    async with redis.pipeline(transaction=False) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return replies
+
+
 async def run_scripts(
     redis: RedisClient, calls: Sequence[ScriptCall], *, raise_on_error: bool = True
 ) -> list[Any]:
@@ -673,10 +695,9 @@ async def run_scripts(
 
     if isinstance(redis, RedisCluster):
         return [await alone(call) for call in calls]
-    async with redis.pipeline(transaction=False) as pipe:
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    replies = await send_batch(
+        redis, [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
+    )
     for i, (call, reply) in enumerate(zip(calls, replies, strict=True)):
         if isinstance(reply, NoScriptError):
             replies[i] = await alone(call)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import hiredis
@@ -157,22 +158,43 @@ class Multiplexer:
             protocol = await self._connected()
         return await self._call(protocol, args)
 
-    async def _call(self, protocol: _Protocol, args: tuple[str | int, ...]) -> Any:
+    async def execute_many(self, commands: Sequence[Sequence[str | int]]) -> list[Any]:
+        """Send ``commands`` in one write, as a pipeline would; their replies in order, an
+        error reply in its place (an exception instance, not raised).
+
+        Raises:
+            RedisError: ``ConnectionError`` or ``TimeoutError``, as :meth:`execute`.
+        """
+        protocol = self._protocol
+        if (
+            protocol is None
+            or protocol.broken is not None
+            or protocol.loop is not asyncio.get_running_loop()
+        ):
+            protocol = await self._connected()
+        futures = [protocol.send(_packed(command)) for command in commands]
         try:
-            packed = hiredis.pack_command(args)  # type: ignore[arg-type]  # stub: 1-tuples only
-        except TypeError as exc:
-            raise DataError(f"cannot send {args[:1]!r}: {exc}") from None
-        future = protocol.send(packed)
+            async with asyncio.timeout(self.timeout):
+                return [await future for future in futures]
+        except TimeoutError:
+            raise self._timed_out(protocol) from None
+
+    async def _call(self, protocol: _Protocol, args: Sequence[str | int]) -> Any:
+        future = protocol.send(_packed(args))
         try:
             async with asyncio.timeout(self.timeout):
                 reply = await future
         except TimeoutError:
-            error = RedisTimeoutError(f"no reply from Redis within {self.timeout} s")
-            protocol.fail(error)
-            raise error from None
+            raise self._timed_out(protocol) from None
         if isinstance(reply, Exception):
             raise reply
         return reply
+
+    def _timed_out(self, protocol: _Protocol) -> RedisTimeoutError:
+        # Its reply may still come: the connection goes, so that it cannot answer another.
+        error = RedisTimeoutError(f"no reply from Redis within {self.timeout} s")
+        protocol.fail(error)
+        return error
 
     async def _connected(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -217,6 +239,14 @@ class Multiplexer:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.loop is asyncio.get_running_loop():
             protocol.fail(RedisConnectionError("Redis client closed"))
+
+
+def _packed(command: Sequence[str | int]) -> bytes:
+    try:
+        packed: bytes = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]  # stub: 1-tuples
+    except TypeError as exc:
+        raise DataError(f"cannot send {command[:1]!r}: {exc}") from None
+    return packed
 
 
 def multiplexer_for(pool: ConnectionPool) -> Multiplexer | None:

@@ -28,7 +28,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from tokenward.errors import Unavailable
 from tokenward.ratelimit import Decision, Limit
-from tokenward.stores.redis_client import RedisClient, run_scripts
+from tokenward.stores.redis_client import RedisClient, run_scripts, send_batch
 
 __all__ = ["RedisRateLimiter"]
 
@@ -232,19 +232,15 @@ class RedisRateLimiter:
                 key, member, now, ttl, keep = remember
                 await self.remember(key, member, now=now, ttl=ttl, keep=keep)
             return
+        commands: list[tuple[str | int, ...]] = [("DEL", f"{key}:z", f"{key}:l") for key in reset]
+        commands += [("ZREM", f"{key}:z", event) for key in release]
+        if remember is not None:
+            key, member, now, ttl, keep = remember
+            # EVALSHA itself: a Script object would make a pipeline send SCRIPT EXISTS
+            # first, a second round trip every time.
+            commands.append(("EVALSHA", self._remember.sha, 1, key, member, now, ttl, keep))
         async with _backend():
-            pipe = self.redis.pipeline(transaction=False)
-            async with pipe:
-                for key in reset:
-                    pipe.delete(f"{key}:z", f"{key}:l")
-                for key in release:
-                    pipe.zrem(f"{key}:z", event)
-                if remember is not None:
-                    key, member, now, ttl, keep = remember
-                    # EVALSHA itself: a Script object would make the pipeline send SCRIPT
-                    # EXISTS first, a second round trip every time.
-                    pipe.evalsha(self._remember.sha, 1, key, member, now, ttl, keep)
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await send_batch(self.redis, commands)
             if remember is not None and isinstance(replies[-1], NoScriptError):
                 await self._remember(keys=[remember[0]], args=list(remember[1:]))
             for reply in replies:
