@@ -260,9 +260,9 @@ class _SharingRedis(aioredis.Redis):
     """redis-py's client, plus a :class:`~tokenward.stores.redis_mux.Multiplexer` to the
     same server for the session store's script calls (:func:`call_script`); closed with it."""
 
-    def __init__(self, *, connection_pool: aioredis.ConnectionPool) -> None:
-        super().__init__(connection_pool=connection_pool)
-        self.multiplexer = multiplexer_for(connection_pool)
+    def __init__(self, **kwargs: Any) -> None:  # as redis-py's own (its client() passes more)
+        super().__init__(**kwargs)
+        self.multiplexer = multiplexer_for(self.connection_pool)
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         if self.multiplexer is not None:

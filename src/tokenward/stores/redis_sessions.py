@@ -74,7 +74,7 @@ from tokenward.sessions import (
     SessionState,
 )
 from tokenward.stores.redis_channels import USER_PREFIX, channel_for_user, is_cluster
-from tokenward.stores.redis_client import Durability, NotDurable, RedisClient
+from tokenward.stores.redis_client import Durability, NotDurable, RedisClient, call_script
 
 __all__ = ["ENDED_CHANNEL", "ENDED_TTL", "RedisSessionStore"]
 
@@ -889,8 +889,8 @@ class RedisSessionStore:
         """See :meth:`tokenward.sessions.SessionStore.get`."""
         prefix, idx, _ = _keys(uid)
         async with _backend():
-            reply = await self._get(
-                keys=[prefix + sid, idx], args=[now, uid, sid, self._channel(uid)]
+            reply = await call_script(
+                self._get, keys=[prefix + sid, idx], args=[now, uid, sid, self._channel(uid)]
             )
         reply = _rebuilt(uid, reply)
         if not reply:
