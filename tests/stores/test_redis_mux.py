@@ -161,10 +161,13 @@ async def test_a_frozen_server_times_out_and_its_late_reply_reaches_nobody(
     server: PrivateRedis,
 ) -> None:
     """A server frozen past the timeout: the call fails with a timeout and its connection
-    is dropped, so the reply the server sends on thawing cannot answer a later call."""
+    is dropped (a connection that went silent, a half-open one, would otherwise time out
+    every command for ever), so the next command goes on a new connection and the reply
+    the server sends on thawing cannot answer it."""
     mux = Multiplexer(port=server.port, timeout=0.5)
     try:
         assert await mux.execute("SET", "tw:mux:n", "0") == "OK"
+        first = await mux.execute("CLIENT", "ID")
         os.kill(_pid(server), signal.SIGSTOP)
         try:
             with pytest.raises(RedisTimeoutError):
@@ -172,6 +175,7 @@ async def test_a_frozen_server_times_out_and_its_late_reply_reaches_nobody(
         finally:
             os.kill(_pid(server), signal.SIGCONT)
         assert await mux.execute("ECHO", "mine") == "mine"
+        assert await mux.execute("CLIENT", "ID") != first
         watcher = aioredis.Redis(port=server.port, decode_responses=True)
         try:
             # the timed-out command may still have run: the caller was told 503, not "not done"
