@@ -670,7 +670,7 @@ async def send_batch(redis: RedisClient, commands: Sequence[Sequence[str | int]]
 async def run_scripts(
     redis: RedisClient, calls: Sequence[ScriptCall], *, raise_on_error: bool = True
 ) -> list[Any]:
-    """Run each ``(script, keys, args)`` in order, all in one pipeline: one round trip.
+    """Run each ``(script, keys, args)`` in order, in one round trip (:func:`send_batch`).
 
     Returns the replies in order. ``EVALSHA`` itself is queued: a Script object would make
     the pipeline send ``SCRIPT EXISTS`` first, a second round trip every time; a call the
@@ -680,8 +680,8 @@ async def run_scripts(
     failed one's reply is its :class:`RedisError`, in its place.
 
     Raises:
-        RedisError: the first call that failed (in a pipeline the others still ran; on a
-            Cluster the later ones did not).
+        RedisError: the first call that failed (in one round trip the others still ran; on
+            a Cluster the later ones did not).
     """
 
     async def alone(call: ScriptCall) -> Any:

@@ -223,8 +223,9 @@ class RedisRateLimiter:
         event: str,
         remember: tuple[str, str, int, int, int] | None = None,
     ) -> None:
-        """See :meth:`tokenward.ratelimit.RateLimiter.settle`: one pipeline, one round trip
-        (on a Cluster, where the keys live on several nodes, one command after another)."""
+        """See :meth:`tokenward.ratelimit.RateLimiter.settle`: one round trip
+        (:func:`~tokenward.stores.redis_client.send_batch`; on a Cluster, where the keys
+        live on several nodes, one command after another)."""
         if isinstance(self.redis, RedisCluster):
             await self.reset(reset)
             await self.release(release, event=event)
