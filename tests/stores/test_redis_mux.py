@@ -136,18 +136,19 @@ async def test_a_cancelled_caller_leaves_the_others_their_replies(server: Privat
 async def test_a_killed_server_fails_what_was_in_flight_then_reconnects(
     server: PrivateRedis,
 ) -> None:
-    """SIGKILL with ten commands in flight: each fails with a connection error at once (not
-    after the timeout); a call while the server is down fails too; once it is back, the
-    next call connects anew and is answered."""
+    """SIGKILL with ten commands and a batch of five in flight: each fails with a
+    connection error at once (not after the timeout); a call while the server is down fails
+    too; once it is back, the next call connects anew and is answered."""
     mux = Multiplexer(port=server.port, timeout=30)
     try:
         assert await mux.execute("SET", "tw:mux:k", "1") == "OK"
         os.kill(_pid(server), signal.SIGSTOP)
         tasks = [asyncio.ensure_future(mux.execute("INCR", "tw:mux:k")) for _ in range(10)]
-        await _in_flight(mux, 10)
+        batch = asyncio.ensure_future(mux.execute_many([("INCR", "tw:mux:k")] * 5))
+        await _in_flight(mux, 15)
         server.kill()  # SIGKILL ends a stopped process too
         async with asyncio.timeout(10):  # far below the 30 s reply timeout
-            results = await asyncio.gather(*tasks, return_exceptions=True)
+            results = await asyncio.gather(*tasks, batch, return_exceptions=True)
         assert all(isinstance(r, RedisConnectionError) for r in results), results
         with pytest.raises(RedisConnectionError):
             await mux.execute("PING")

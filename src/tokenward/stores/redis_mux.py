@@ -178,6 +178,10 @@ class Multiplexer:
                 return [await future for future in futures]
         except TimeoutError:
             raise self._timed_out(protocol) from None
+        finally:
+            for future in futures:  # after a failure, the rest failed alike: seen, not logged
+                if future.done() and not future.cancelled():
+                    future.exception()
 
     async def _call(self, protocol: _Protocol, args: Sequence[str | int]) -> Any:
         future = protocol.send(_packed(args))
