@@ -231,11 +231,12 @@ class LoginTicket:
     async def succeeding(self, *, now: int) -> AsyncIterator[None]:
         """:meth:`succeeded`, started as the block starts and waited for when it ends.
 
-        Its writes go out with the block's first store write rather than one round trip
-        ahead of it (a store that sends what one turn of the event loop asks for in one
-        write, as the Redis store does, makes that one round trip for both). Should they
-        fail, the block's work stands (a session it opened is answered: the password was
-        right); the attempt stays counted and a warning is logged.
+        Its writes are sent while the block runs, not one round trip ahead of it: with a
+        store that sends what one turn of the event loop asks for in one write (the Redis
+        store does), they join the block's first write when the block awaits nothing else
+        before it (a login's session). Should they fail, the block's work stands (a
+        session it opened is answered: the password was right); the attempt stays counted
+        and a warning is logged.
         """
         settled = asyncio.ensure_future(self.succeeded(now=now))
         try:

@@ -194,7 +194,7 @@ class AuthRoutes:
                     self.tw.events.login_failed(email, client=(ip, agent), now=now)
                     raise
             # The right password clears the throttle's record in the same round trip as the
-            # next Redis write (the session, or a second factor's challenge).
+            # session's write (with a second factor, on its own while the factors are read).
             async with ticket.succeeding(now=now):
                 if self.tw.settings.require_verified_email and not user.email_verified:
                     # Only after the password was right: it tells nothing to whoever guesses.
