@@ -149,14 +149,7 @@ class Multiplexer:
                 ``TimeoutError`` when the server could not be reached or did not answer in
                 time (every command in flight then fails alike).
         """
-        protocol = self._protocol
-        if (
-            protocol is None
-            or protocol.broken is not None
-            or protocol.loop is not asyncio.get_running_loop()  # a test's new loop
-        ):
-            protocol = await self._connected()
-        return await self._call(protocol, args)
+        return await self._call(await self._usable(), args)
 
     async def execute_many(self, commands: Sequence[Sequence[str | int]]) -> list[Any]:
         """Send ``commands`` in one write, as a pipeline would; their replies in order, an
@@ -165,13 +158,7 @@ class Multiplexer:
         Raises:
             RedisError: ``ConnectionError`` or ``TimeoutError``, as :meth:`execute`.
         """
-        protocol = self._protocol
-        if (
-            protocol is None
-            or protocol.broken is not None
-            or protocol.loop is not asyncio.get_running_loop()
-        ):
-            protocol = await self._connected()
+        protocol = await self._usable()
         futures = [protocol.send(_packed(command)) for command in commands]
         try:
             async with asyncio.timeout(self.timeout):
@@ -199,6 +186,17 @@ class Multiplexer:
         error = RedisTimeoutError(f"no reply from Redis within {self.timeout} s")
         protocol.fail(error)
         return error
+
+    async def _usable(self) -> _Protocol:
+        """The working connection, or a new one (none yet, broken, or a test's new loop)."""
+        protocol = self._protocol
+        if (
+            protocol is None
+            or protocol.broken is not None
+            or protocol.loop is not asyncio.get_running_loop()
+        ):
+            protocol = await self._connected()
+        return protocol
 
     async def _connected(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -255,8 +253,8 @@ def _packed(command: Sequence[str | int]) -> bytes:
 
 def multiplexer_for(pool: ConnectionPool) -> Multiplexer | None:
     """A :class:`Multiplexer` to the server of ``pool`` (same address, credentials,
-    database and timeout), or None where it does not apply: TLS, a credential provider, or
-    a connection class it does not know."""
+    database and timeout), or None where it does not apply: TLS or a credential provider.
+    A unix-socket pool gets one on its socket, any other on its host and port."""
     kwargs = pool.connection_kwargs
     kind = pool.connection_class
     if issubclass(kind, SSLConnection) or kwargs.get("credential_provider") is not None:
